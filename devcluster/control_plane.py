@@ -1,0 +1,410 @@
+"""Start and stop one development cluster: etcd, the API server, the scheduler,
+the controller manager and the process node agent, all on loopback.
+
+A cluster lives in one directory (certificates, etcd data, logs, kubeconfig and
+`state.json` with ports and process ids), so several can run at once and
+`down` kills exactly the processes that directory started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from devcluster import build, pki
+
+READY_TIMEOUT_S = 120.0
+
+
+def default_cluster_dir(name: str = "default") -> Path:
+    return build.cache_root() / "clusters" / name
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ClusterState:
+    directory: str
+    etcd_port: int
+    etcd_peer_port: int
+    apiserver_port: int
+    kubelet_port: int
+    node_args: list[str] = field(default_factory=list)
+    pids: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.apiserver_port}"
+
+    @property
+    def etcd_url(self) -> str:
+        return f"http://127.0.0.1:{self.etcd_port}"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return Path(self.directory) / "admin.kubeconfig"
+
+    def save(self) -> None:
+        (Path(self.directory) / "state.json").write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, directory: Path) -> ClusterState | None:
+        path = directory / "state.json"
+        if not path.exists():
+            return None
+        return cls(**json.loads(path.read_text()))
+
+
+def write_kubeconfig(path: Path, server: str, ca: Path, cert: Path, key: Path, user: str) -> Path:
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "devcluster", "cluster": {"server": server, "certificate-authority": str(ca)}}],
+        "users": [{"name": user, "user": {"client-certificate": str(cert), "client-key": str(key)}}],
+        "contexts": [{"name": user, "context": {"cluster": "devcluster", "user": user}}],
+        "current-context": user,
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _alive(pid: int, directory: str) -> bool:
+    """True if `pid` runs and belongs to this cluster (pids are reused)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    # A zombie has exited; it only waits to be reaped by its parent.
+    return directory.encode() in cmdline and stat.split(") ", 1)[1][0] != "Z"
+
+
+def _spawn(state: ClusterState, name: str, argv: list[str]) -> None:
+    log_dir = Path(state.directory) / "logs"
+    log_dir.mkdir(exist_ok=True)
+    with open(log_dir / f"{name}.log", "ab") as log:
+        proc = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=state.directory,
+        )
+    state.pids[name] = proc.pid
+
+
+def _ssl_context(directory: Path) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(directory / "pki" / "ca.crt"))
+    ctx.load_cert_chain(str(directory / "pki" / "admin.crt"), str(directory / "pki" / "admin.key"))
+    return ctx
+
+
+def _get(url: str, ctx: ssl.SSLContext | None = None, timeout: float = 2.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, context=ctx, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def _wait(what: str, check, state: ClusterState, timeout: float = READY_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except OSError:
+            pass
+        dead = [n for n, pid in state.pids.items() if not _alive(pid, state.directory)]
+        if dead:
+            raise RuntimeError(
+                f"{', '.join(dead)} exited while waiting for {what}; see {state.directory}/logs/{dead[0]}.log"
+            )
+        time.sleep(0.1)
+    raise TimeoutError(f"{what} not ready after {timeout:.0f}s; see {state.directory}/logs/")
+
+
+def _prepare_pki(directory: Path) -> dict[str, Path]:
+    pki_dir = directory / "pki"
+    ca, _ = pki.ensure_ca(pki_dir)
+    serving, serving_key = pki.ensure_cert(
+        pki_dir,
+        "apiserver",
+        "kube-apiserver",
+        server_hosts=("127.0.0.1", "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"),
+    )
+    admin, admin_key = pki.ensure_cert(pki_dir, "admin", "admin", organization="system:masters", client=True)
+    kubelet_client, kubelet_client_key = pki.ensure_cert(
+        pki_dir, "apiserver-kubelet-client", "kube-apiserver-kubelet-client",
+        organization="system:masters", client=True,
+    )
+    node_serving, node_serving_key = pki.ensure_cert(
+        pki_dir, "node-agent", "node-agent", server_hosts=("127.0.0.1", "localhost")
+    )
+    sa_key, sa_pub = pki.ensure_service_account_keys(pki_dir)
+    return {
+        "ca": ca,
+        "serving": serving,
+        "serving_key": serving_key,
+        "admin": admin,
+        "admin_key": admin_key,
+        "kubelet_client": kubelet_client,
+        "kubelet_client_key": kubelet_client_key,
+        "node_serving": node_serving,
+        "node_serving_key": node_serving_key,
+        "sa_key": sa_key,
+        "sa_pub": sa_pub,
+    }
+
+
+def start_etcd(state: ClusterState, bins: Path) -> None:
+    _spawn(
+        state,
+        "etcd",
+        [
+            str(bins / "etcd"),
+            "--name=devcluster",
+            f"--data-dir={state.directory}/etcd-data",
+            f"--listen-client-urls={state.etcd_url}",
+            f"--advertise-client-urls={state.etcd_url}",
+            f"--listen-peer-urls=http://127.0.0.1:{state.etcd_peer_port}",
+            f"--initial-advertise-peer-urls=http://127.0.0.1:{state.etcd_peer_port}",
+            f"--initial-cluster=devcluster=http://127.0.0.1:{state.etcd_peer_port}",
+            "--listen-metrics-urls=",
+            # A development cluster trades crash durability for speed on a 2-core machine.
+            "--unsafe-no-fsync=true",
+            "--quota-backend-bytes=4294967296",
+            "--log-level=warn",
+        ],
+    )
+    _wait("etcd", lambda: _get(f"{state.etcd_url}/health")[0] == 200, state)
+
+
+def start_apiserver(state: ClusterState, bins: Path, certs: dict[str, Path]) -> None:
+    _spawn(
+        state,
+        "kube-apiserver",
+        [
+            str(bins / "kube-apiserver"),
+            f"--etcd-servers={state.etcd_url}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={state.apiserver_port}",
+            f"--tls-cert-file={certs['serving']}",
+            f"--tls-private-key-file={certs['serving_key']}",
+            f"--client-ca-file={certs['ca']}",
+            "--authorization-mode=Node,RBAC",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={certs['sa_pub']}",
+            f"--service-account-signing-key-file={certs['sa_key']}",
+            "--service-cluster-ip-range=10.96.0.0/16",
+            "--enable-admission-plugins=NamespaceLifecycle,LimitRanger,ServiceAccount,"
+            "DefaultTolerationSeconds,ResourceQuota,NodeRestriction,PodSecurity",
+            f"--kubelet-client-certificate={certs['kubelet_client']}",
+            f"--kubelet-client-key={certs['kubelet_client_key']}",
+            f"--kubelet-certificate-authority={certs['ca']}",
+            "--kubelet-preferred-address-types=InternalIP",
+            "--allow-privileged=true",
+            "--profiling=false",
+            "--endpoint-reconciler-type=none",
+            "--v=0",
+        ],
+    )
+    ctx = _ssl_context(Path(state.directory))
+    _wait("kube-apiserver", lambda: _get(f"{state.server}/readyz", ctx)[0] == 200, state)
+
+
+def start_scheduler(state: ClusterState, bins: Path) -> None:
+    config = Path(state.directory) / "scheduler.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kubescheduler.config.k8s.io/v1",
+                "kind": "KubeSchedulerConfiguration",
+                # The defaults (50 QPS) would make binding, not the API server, the
+                # bottleneck of a burst on this machine.
+                "clientConnection": {"kubeconfig": str(state.kubeconfig), "qps": 500, "burst": 1000},
+                "leaderElection": {"leaderElect": False},
+            }
+        )
+    )
+    _spawn(
+        state,
+        "kube-scheduler",
+        [str(bins / "kube-scheduler"), f"--config={config}", "--secure-port=0", "--v=0"],
+    )
+
+
+def start_controller_manager(state: ClusterState, bins: Path, certs: dict[str, Path]) -> None:
+    _spawn(
+        state,
+        "kube-controller-manager",
+        [
+            str(bins / "kube-controller-manager"),
+            f"--kubeconfig={state.kubeconfig}",
+            f"--service-account-private-key-file={certs['sa_key']}",
+            f"--root-ca-file={certs['ca']}",
+            "--leader-elect=false",
+            "--secure-port=0",
+            "--kube-api-qps=200",
+            "--kube-api-burst=400",
+            # Nodes are processes on this machine: no cloud, no routes, no IPAM.
+            "--controllers=*,-node-ipam-controller",
+            "--v=0",
+        ],
+    )
+
+
+def start_node_agent(state: ClusterState, certs: dict[str, Path]) -> None:
+    _spawn(
+        state,
+        "node-agent",
+        [
+            sys.executable,
+            "-m",
+            "devcluster.node_agent",
+            f"--kubeconfig={state.kubeconfig}",
+            f"--state-dir={state.directory}/node-agent",
+            f"--port={state.kubelet_port}",
+            f"--tls-cert={certs['node_serving']}",
+            f"--tls-key={certs['node_serving_key']}",
+            f"--client-ca={certs['ca']}",
+            *state.node_args,
+        ],
+    )
+
+
+def up(directory: Path, node_args: list[str] | None = None) -> ClusterState:
+    """Start a cluster in `directory`, or return the one already running there."""
+    directory.mkdir(parents=True, exist_ok=True)
+    existing = ClusterState.load(directory)
+    if existing and existing.pids and all(_alive(p, existing.directory) for p in existing.pids.values()):
+        return existing
+    if existing:
+        down(directory)
+    bins = build.ensure_binaries()
+    certs = _prepare_pki(directory)
+    state = ClusterState(
+        directory=str(directory),
+        etcd_port=free_port(),
+        etcd_peer_port=free_port(),
+        apiserver_port=free_port(),
+        kubelet_port=free_port(),
+        node_args=node_args or [],
+    )
+    write_kubeconfig(state.kubeconfig, state.server, certs["ca"], certs["admin"], certs["admin_key"], "admin")
+    try:
+        start_etcd(state, bins)
+        start_apiserver(state, bins, certs)
+        start_scheduler(state, bins)
+        start_controller_manager(state, bins, certs)
+        start_node_agent(state, certs)
+        state.save()
+        wait_for_nodes(state)
+    except BaseException:
+        state.save()
+        down(directory)
+        raise
+    return state
+
+
+def wait_for_nodes(state: ClusterState) -> None:
+    ctx = _ssl_context(Path(state.directory))
+
+    def nodes_ready() -> bool:
+        status, body = _get(f"{state.server}/api/v1/nodes", ctx)
+        if status != 200:
+            return False
+        items = json.loads(body)["items"]
+        return bool(items) and all(
+            any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"].get("conditions", []))
+            for n in items
+        )
+
+    def default_service_account() -> bool:
+        status, _ = _get(f"{state.server}/api/v1/namespaces/default/serviceaccounts/default", ctx)
+        return status == 200
+
+    _wait("the node agent's nodes", nodes_ready, state)
+    _wait("the default service account", default_service_account, state)
+
+
+def down(directory: Path, grace_s: float = 10.0) -> list[str]:
+    """Stop every process of the cluster in `directory`; return the names stopped."""
+    state = ClusterState.load(directory)
+    if not state:
+        return []
+    # The node agent first, so it can still see the API server while it stops its pods.
+    order = ["node-agent", "kube-controller-manager", "kube-scheduler", "kube-apiserver", "etcd"]
+    stopped = []
+    for name in sorted(state.pids, key=lambda n: order.index(n) if n in order else -1):
+        pid = state.pids[name]
+        if not _alive(pid, state.directory):
+            continue
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+        deadline = time.monotonic() + grace_s
+        while _alive(pid, state.directory) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _alive(pid, state.directory):
+            os.killpg(pid, signal.SIGKILL)
+        stopped.append(name)
+    state.pids = {}
+    state.save()
+    return stopped
+
+
+def status(directory: Path) -> dict[str, object]:
+    state = ClusterState.load(directory)
+    if not state:
+        return {"directory": str(directory), "running": False}
+    processes = {name: _alive(pid, state.directory) for name, pid in state.pids.items()}
+    return {
+        "directory": str(directory),
+        "running": bool(processes) and all(processes.values()),
+        "server": state.server,
+        "kubeconfig": str(state.kubeconfig),
+        "processes": processes,
+    }
+
+
+def restart_component(directory: Path, name: str) -> ClusterState:
+    """Kill one component and start it again with the same ports (fault tests use this)."""
+    state = ClusterState.load(directory)
+    if state is None:
+        raise RuntimeError(f"no cluster in {directory}")
+    pid = state.pids.get(name)
+    if pid and _alive(pid, state.directory):
+        os.killpg(pid, signal.SIGKILL)
+        while _alive(pid, state.directory):
+            time.sleep(0.02)
+    bins = build.ensure_binaries(log=False)
+    certs = _prepare_pki(directory)
+    starters = {
+        "etcd": lambda: start_etcd(state, bins),
+        "kube-apiserver": lambda: start_apiserver(state, bins, certs),
+        "kube-scheduler": lambda: start_scheduler(state, bins),
+        "kube-controller-manager": lambda: start_controller_manager(state, bins, certs),
+        "node-agent": lambda: start_node_agent(state, certs),
+    }
+    starters[name]()
+    state.save()
+    return state

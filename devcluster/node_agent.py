@@ -1,0 +1,779 @@
+"""The process node agent: plays kubelet for one or more Nodes.
+
+There is no container runtime here, so a pod's containers run as local
+processes (the image is not pulled; the host's programs run) under
+`devcluster.shim`, which records each exit code on disk so an agent restart
+does not lose what its pods did. A node may instead use the simulated runtime:
+pods run nothing and end after the duration and exit code their annotations
+give, so thousands of pods can move through the real API server on 2 cores.
+
+Everything else is kubelet's contract with the API server: Node objects with
+capacity, Lease heartbeats, pod status with phases, conditions and container
+states, graceful deletion (SIGTERM, grace period, SIGKILL, then the pod object
+is removed) and the kubelet API for container logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import heapq
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from devcluster import build
+from devcluster.pod_status import ContainerState, now_iso, pod_status
+
+log = logging.getLogger("node-agent")
+
+DURATION_ANNOTATION = "devcluster.k8s-executor.dev/duration-seconds"
+EXIT_CODE_ANNOTATION = "devcluster.k8s-executor.dev/exit-code"
+SIMULATED_TAINT = "devcluster.k8s-executor.dev/simulated"
+RUNTIME_LABEL = "devcluster.k8s-executor.dev/runtime"
+DEFAULT_FAIL_IMAGES = r"(^|/)(does-not-exist|unpullable)[^/]*$|^invalid\.registry/"
+BACKOFF_S = 2.0
+MERGE_PATCH = "application/merge-patch+json"
+
+
+@dataclass
+class NodeSpec:
+    name: str
+    runtime: str = "process"
+    capacity: dict[str, str] = field(default_factory=lambda: {"cpu": "8", "memory": "16Gi", "pods": "250"})
+    labels: dict[str, str] = field(default_factory=dict)
+    taints: list[dict[str, str]] = field(default_factory=list)
+
+    @classmethod
+    def parse(cls, text: str) -> NodeSpec:
+        """`name=N,runtime=process|simulated,cpu=8,memory=16Gi,pods=250,label.K=V,taint.K=V:Effect`."""
+        items = dict(part.split("=", 1) for part in text.split(",") if part)
+        spec = cls(name=items.pop("name"), runtime=items.pop("runtime", "process"))
+        for key, value in items.items():
+            if key in ("cpu", "memory", "pods"):
+                spec.capacity[key] = value
+            elif key.startswith("label."):
+                spec.labels[key[len("label.") :]] = value
+            elif key.startswith("taint."):
+                taint_value, effect = value.rsplit(":", 1)
+                spec.taints.append({"key": key[len("taint.") :], "value": taint_value, "effect": effect})
+            else:
+                raise ValueError(f"unknown node field {key!r} in {text!r}")
+        if spec.runtime == "simulated":
+            spec.labels.setdefault(RUNTIME_LABEL, "simulated")
+            spec.taints.append({"key": SIMULATED_TAINT, "value": "true", "effect": "NoSchedule"})
+        elif spec.runtime != "process":
+            raise ValueError(f"runtime must be process or simulated, not {spec.runtime!r}")
+        return spec
+
+
+DEFAULT_NODES = [
+    "name=devnode-1,runtime=process,cpu=8,memory=16Gi,pods=250",
+    "name=devsim-1,runtime=simulated,cpu=1000,memory=4000Gi,pods=20000",
+]
+
+
+class Agent:
+    def __init__(self, api: client.CoreV1Api, nodes: list[NodeSpec], state_dir: Path, port: int,
+                 fail_images: str) -> None:
+        self.api = api
+        self.coordination = client.CoordinationV1Api(api.api_client)
+        self.nodes = {n.name: n for n in nodes}
+        self.state_dir = state_dir
+        self.port = port
+        self.fail_images = re.compile(fail_images)
+        self.pods: dict[str, PodWorker] = {}
+        self.by_name: dict[tuple[str, str], str] = {}
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.simulator = Simulator(self)
+        self.patch_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="status")
+
+    # --- nodes -----------------------------------------------------------
+    def register_nodes(self) -> None:
+        for spec in self.nodes.values():
+            body = {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {
+                    "name": spec.name,
+                    "labels": {
+                        "kubernetes.io/hostname": spec.name,
+                        "kubernetes.io/os": "linux",
+                        "kubernetes.io/arch": "amd64",
+                        **spec.labels,
+                    },
+                },
+                "spec": {"taints": spec.taints} if spec.taints else {},
+                "status": self._node_status(spec),
+            }
+            try:
+                self.api.create_node(body, _preload_content=False)
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+                self.api.patch_node(
+                    spec.name,
+                    {"metadata": body["metadata"], "spec": {"taints": spec.taints or None}},
+                    _content_type=MERGE_PATCH,
+                    _preload_content=False,
+                )
+                self.api.patch_node_status(
+                    spec.name, {"status": body["status"]}, _content_type=MERGE_PATCH, _preload_content=False
+                )
+
+    def _node_status(self, spec: NodeSpec) -> dict[str, Any]:
+        now = now_iso()
+        capacity = {**spec.capacity, "ephemeral-storage": "100Gi"}
+
+        def cond(kind: str, status: str, reason: str) -> dict[str, str]:
+            return {"type": kind, "status": status, "reason": reason,
+                    "lastHeartbeatTime": now, "lastTransitionTime": now}
+
+        return {
+            "capacity": capacity,
+            "allocatable": capacity,
+            "conditions": [
+                cond("MemoryPressure", "False", "KubeletHasSufficientMemory"),
+                cond("DiskPressure", "False", "KubeletHasNoDiskPressure"),
+                cond("PIDPressure", "False", "KubeletHasSufficientPID"),
+                cond("Ready", "True", "KubeletReady"),
+            ],
+            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": spec.name}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.port}},
+            "nodeInfo": {
+                "machineID": spec.name, "systemUUID": spec.name, "bootID": spec.name,
+                "kernelVersion": os.uname().release, "osImage": "devcluster", "operatingSystem": "linux",
+                "architecture": "amd64", "containerRuntimeVersion": f"devcluster-{spec.runtime}://0.1",
+                "kubeletVersion": build.kubernetes_version(), "kubeProxyVersion": "",
+            },
+        }
+
+    def heartbeat_loop(self) -> None:
+        last_status = 0.0
+        while not self.stopping.wait(0 if last_status == 0 else 10):
+            for name in self.nodes:
+                try:
+                    self._renew_lease(name)
+                    if time.monotonic() - last_status > 60:
+                        self.api.patch_node_status(
+                            name, {"status": self._node_status(self.nodes[name])},
+                            _content_type=MERGE_PATCH, _preload_content=False,
+                        )
+                except Exception:
+                    log.exception("heartbeat of node %s failed", name)
+            if time.monotonic() - last_status > 60:
+                last_status = time.monotonic()
+
+    def _renew_lease(self, name: str) -> None:
+        body = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": name, "namespace": "kube-node-lease"},
+            "spec": {"holderIdentity": name, "leaseDurationSeconds": 40,
+                     "renewTime": time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())},
+        }
+        try:
+            self.coordination.patch_namespaced_lease(
+                name, "kube-node-lease", {"spec": body["spec"]}, _content_type=MERGE_PATCH, _preload_content=False
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            self.coordination.create_namespaced_lease("kube-node-lease", body, _preload_content=False)
+
+    # --- pods ------------------------------------------------------------
+    def watch_node(self, node: str) -> None:
+        """List, then watch from the list's resourceVersion; relist after a 410 or a broken stream."""
+        selector = f"spec.nodeName={node}"
+        while not self.stopping.is_set():
+            try:
+                resp = self.api.list_pod_for_all_namespaces(field_selector=selector, _preload_content=False)
+                listing = json.loads(resp.data)
+                seen = set()
+                for pod in listing["items"]:
+                    seen.add(pod["metadata"]["uid"])
+                    self.on_pod(node, pod)
+                self.forget_missing(node, seen)
+                rv = listing["metadata"]["resourceVersion"]
+                while not self.stopping.is_set():
+                    resp = self.api.list_pod_for_all_namespaces(
+                        field_selector=selector, resource_version=rv, watch=True,
+                        allow_watch_bookmarks=True, timeout_seconds=300, _preload_content=False,
+                    )
+                    for event in json_lines(resp):
+                        obj = event["object"]
+                        if event["type"] == "ERROR":
+                            raise ApiException(status=obj.get("code", 500), reason=obj.get("message"))
+                        rv = obj["metadata"]["resourceVersion"]
+                        if event["type"] == "BOOKMARK":
+                            continue
+                        if event["type"] == "DELETED":
+                            self.forget(obj["metadata"]["uid"])
+                        else:
+                            self.on_pod(node, obj)
+            except Exception as exc:
+                if self.stopping.is_set():
+                    return
+                log.warning("pod watch of %s restarts after: %s", node, exc)
+                time.sleep(0.5)
+
+    def on_pod(self, node: str, pod: dict[str, Any]) -> None:
+        uid = pod["metadata"]["uid"]
+        with self.lock:
+            worker = self.pods.get(uid)
+            if worker is None:
+                if pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
+                    if pod["metadata"].get("deletionTimestamp"):
+                        self.remove_pod(pod)
+                    return
+                worker = (SimulatedPod if self.nodes[node].runtime == "simulated" else ProcessPod)(self, pod)
+                self.pods[uid] = worker
+                self.by_name[(pod["metadata"]["namespace"], pod["metadata"]["name"])] = uid
+                worker.start()
+        if pod["metadata"].get("deletionTimestamp"):
+            worker.request_deletion(int(pod["metadata"].get("deletionGracePeriodSeconds") or 0))
+
+    def forget(self, uid: str) -> None:
+        with self.lock:
+            worker = self.pods.pop(uid, None)
+            if worker:
+                self.by_name.pop((worker.namespace, worker.name), None)
+        if worker:
+            worker.kill()
+            worker.cleanup()
+
+    def forget_missing(self, node: str, present: set[str]) -> None:
+        with self.lock:
+            gone = [uid for uid, w in self.pods.items() if w.node == node and uid not in present]
+        for uid in gone:
+            self.forget(uid)
+
+    def patch_status(self, namespace: str, name: str, uid: str, status: dict[str, Any]) -> None:
+        body = {"metadata": {"uid": uid}, "status": status}
+        try:
+            self.api.patch_namespaced_pod_status(
+                name, namespace, body, _content_type=MERGE_PATCH, _preload_content=False
+            )
+        except ApiException as exc:
+            if exc.status not in (404, 409):
+                log.warning("status of %s/%s not written: %s", namespace, name, exc.reason)
+
+    def remove_pod(self, pod: dict[str, Any]) -> None:
+        meta = pod["metadata"]
+        try:
+            self.api.delete_namespaced_pod(
+                meta["name"], meta["namespace"], grace_period_seconds=0,
+                body={"preconditions": {"uid": meta["uid"]}}, _preload_content=False,
+            )
+        except ApiException as exc:
+            if exc.status not in (404, 409):
+                log.warning("pod %s/%s not removed: %s", meta["namespace"], meta["name"], exc.reason)
+
+    def worker_for(self, namespace: str, name: str) -> PodWorker | None:
+        with self.lock:
+            uid = self.by_name.get((namespace, name))
+            return self.pods.get(uid) if uid else None
+
+    def shutdown(self) -> None:
+        """Stop every container this agent started: `cluster down` leaves no stray process."""
+        self.stopping.set()
+        with self.lock:
+            workers = list(self.pods.values())
+        for worker in workers:
+            worker.kill()
+
+
+class PodWorker:
+    def __init__(self, agent: Agent, pod: dict[str, Any]) -> None:
+        self.agent = agent
+        self.pod = pod
+        meta, spec = pod["metadata"], pod["spec"]
+        self.uid, self.namespace, self.name = meta["uid"], meta["namespace"], meta["name"]
+        self.node = spec["nodeName"]
+        self.restart_policy = spec.get("restartPolicy", "Always")
+        self.init = [ContainerState(c["name"], c.get("image", "")) for c in spec.get("initContainers", [])]
+        self.main = [ContainerState(c["name"], c.get("image", "")) for c in spec.get("containers", [])]
+        self.start_time = pod.get("status", {}).get("startTime") or now_iso()
+        self.deleting = threading.Event()
+        self.grace_s = 30
+        self.dir = agent.state_dir / "pods" / self.uid
+
+    def status(self, reason: str | None = None, message: str | None = None) -> dict[str, Any]:
+        return pod_status(self.uid, self.init, self.main, self.restart_policy, self.start_time,
+                          reason=reason, message=message)
+
+    def publish(self, reason: str | None = None, message: str | None = None) -> None:
+        self.agent.patch_status(self.namespace, self.name, self.uid, self.status(reason, message))
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def request_deletion(self, grace_s: int) -> None:
+        self.grace_s = grace_s
+        self.deleting.set()
+
+    def kill(self) -> None:
+        """Stop whatever runs for this pod, without waiting for a grace period."""
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def log_path(self, container: str) -> Path:
+        return self.dir / f"{container}.log"
+
+    def container(self, name: str) -> ContainerState | None:
+        return next((c for c in self.init + self.main if c.name == name), None)
+
+
+class SimulatedPod(PodWorker):
+    """A pod that runs nothing: Running at once, terminated after its annotated duration."""
+
+    def start(self) -> None:
+        annotations = self.pod["metadata"].get("annotations") or {}
+        duration = float(annotations.get(DURATION_ANNOTATION, "0"))
+        self.exit_code = int(annotations.get(EXIT_CODE_ANNOTATION, "0"))
+        started = now_iso()
+        for c in self.init:
+            c.started_at, c.finished_at, c.exit_code = started, started, 0
+        for c in self.main:
+            c.started_at = started
+        if duration > 0:
+            self.agent.patch_pool.submit(self.publish)
+        self.agent.simulator.at(time.monotonic() + duration, self.finish)
+
+    def finish(self) -> None:
+        if self.deleting.is_set():
+            return
+        finished = now_iso()
+        for c in self.main:
+            c.finished_at, c.exit_code = finished, self.exit_code
+        self.agent.patch_pool.submit(self.publish)
+
+    def request_deletion(self, grace_s: int) -> None:
+        if not self.deleting.is_set():
+            super().request_deletion(grace_s)
+            self.agent.patch_pool.submit(self.agent.remove_pod, self.pod)
+
+
+class Simulator:
+    """One timer thread for all simulated pods: thousands of threads would not fit in 2 cores."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.heap: list[tuple[float, int, Callable[[], None]]] = []
+        self.cond = threading.Condition()
+        self.counter = 0
+        self.agent = agent
+
+    def at(self, when: float, fn: Callable[[], None]) -> None:
+        with self.cond:
+            self.counter += 1
+            heapq.heappush(self.heap, (when, self.counter, fn))
+            self.cond.notify()
+
+    def run(self) -> None:
+        while not self.agent.stopping.is_set():
+            with self.cond:
+                while not self.heap or self.heap[0][0] > time.monotonic():
+                    timeout = self.heap[0][0] - time.monotonic() if self.heap else 1.0
+                    self.cond.wait(timeout=max(0.0, min(timeout, 1.0)))
+                    if self.agent.stopping.is_set():
+                        return
+                _, _, fn = heapq.heappop(self.heap)
+            try:
+                fn()
+            except Exception:
+                log.exception("simulated pod step failed")
+
+
+class ConfigError(Exception):
+    """A container cannot be created from its spec (kubelet's CreateContainerConfigError)."""
+
+
+class ProcessPod(PodWorker):
+    """A pod whose containers run as local processes, one thread per pod."""
+
+    def __init__(self, agent: Agent, pod: dict[str, Any]) -> None:
+        super().__init__(agent, pod)
+        self.procs: dict[str, int] = {}
+        self.proc_lock = threading.Lock()
+        self.thread = threading.Thread(target=self.run, name=f"pod-{self.name}", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    # The state file lets a restarted agent find the containers it started.
+    def _save(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        state = {"procs": self.procs, "containers": {c.name: c.__dict__ for c in self.init + self.main}}
+        tmp = self.dir / "state.json.tmp"
+        tmp.write_text(json.dumps(state))
+        tmp.rename(self.dir / "state.json")
+
+    def _load(self) -> bool:
+        path = self.dir / "state.json"
+        if not path.exists():
+            return False
+        state = json.loads(path.read_text())
+        self.procs = state["procs"]
+        for c in self.init + self.main:
+            c.__dict__.update(state["containers"].get(c.name, {}))
+        return True
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except Exception as exc:
+            log.exception("pod %s/%s failed in the agent", self.namespace, self.name)
+            for c in self.init + self.main:
+                if not c.terminated:
+                    c.exit_code, c.reason, c.message = 128, "StartError", str(exc)
+                    c.finished_at = now_iso()
+            self.publish()
+        if self.deleting.is_set():
+            self.agent.remove_pod(self.pod)
+
+    def _run(self) -> None:
+        resumed = self._load()
+        spec = self.pod["spec"]
+        if not resumed:
+            self.publish()
+            if not self._pull_images(spec):
+                return
+        for container, state in zip(spec.get("initContainers", []), self.init, strict=True):
+            while not (state.terminated and state.exit_code == 0):
+                if self.deleting.is_set() or not self._run_container(container, state):
+                    return
+                if state.exit_code != 0:
+                    if self.restart_policy == "Never":
+                        self.publish()
+                        return
+                    self._restart(state)
+        self._run_main(spec.get("containers", []))
+
+    def _pull_images(self, spec: dict[str, Any]) -> bool:
+        containers = spec.get("initContainers", []) + spec.get("containers", [])
+        bad = [c for c in containers if self.agent.fail_images.search(c.get("image", ""))]
+        reason = "ErrImagePull"
+        while bad and not self.deleting.is_set():
+            for c in bad:
+                state = self.container(c["name"])
+                assert state is not None
+                state.waiting_reason = reason
+                state.waiting_message = (
+                    f'Failed to pull image "{c["image"]}": rpc error: code = NotFound desc = '
+                    f"failed to pull and unpack image: not found"
+                    if reason == "ErrImagePull"
+                    else f'Back-off pulling image "{c["image"]}"'
+                )
+            self.publish()
+            reason = "ImagePullBackOff" if reason == "ErrImagePull" else "ErrImagePull"
+            self.deleting.wait(BACKOFF_S)
+        return not bad
+
+    def _run_main(self, containers: list[dict[str, Any]]) -> None:
+        threads = []
+        for container, state in zip(containers, self.main, strict=True):
+            t = threading.Thread(target=self._keep_running, args=(container, state), daemon=True)
+            t.start()
+            threads.append(t)
+        for t in threads:
+            t.join()
+        self.publish()
+
+    def _keep_running(self, container: dict[str, Any], state: ContainerState) -> None:
+        if state.terminated and self._stays_terminated(state):
+            return
+        while not self.deleting.is_set():
+            if not self._run_container(container, state):
+                return
+            if self.deleting.is_set() or self._stays_terminated(state):
+                return
+            self._restart(state)
+
+    def _stays_terminated(self, state: ContainerState) -> bool:
+        return self.restart_policy == "Never" or (self.restart_policy == "OnFailure" and state.exit_code == 0)
+
+    def _restart(self, state: ContainerState) -> None:
+        state.last_terminated = state.to_status(self.uid)["state"]["terminated"]
+        state.restart_count += 1
+        state.exit_code = state.started_at = state.finished_at = state.reason = state.message = None
+        state.waiting_reason = "CrashLoopBackOff"
+        self.publish()
+        self.deleting.wait(min(BACKOFF_S * state.restart_count, 10))
+
+    def _run_container(self, container: dict[str, Any], state: ContainerState) -> bool:
+        """Run (or re-attach to) one container until it ends; False if the pod is going away."""
+        exit_file = self.dir / f"{state.name}.exit"
+        pid = self.procs.get(state.name)
+        if pid is None or not state.started_at:
+            while True:
+                try:
+                    argv, env, cwd = self._container_command(container)
+                    break
+                except ConfigError as exc:
+                    state.waiting_reason, state.waiting_message = "CreateContainerConfigError", str(exc)
+                    self.publish()
+                    if self.deleting.wait(BACKOFF_S):
+                        return False
+            exit_file.unlink(missing_ok=True)
+            self.dir.mkdir(parents=True, exist_ok=True)
+            memory_limit = parse_quantity((container.get("resources") or {}).get("limits", {}).get("memory"))
+            with open(self.log_path(state.name), "ab") as out:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "devcluster.shim", f"--exit-file={exit_file}",
+                     f"--memory-limit={memory_limit}", "--", *argv],
+                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    env=env, cwd=cwd, start_new_session=True,
+                )
+            with self.proc_lock:
+                self.procs[state.name] = proc.pid
+            state.started_at, state.waiting_reason, state.waiting_message = now_iso(), None, None
+            self._save()
+            self.publish()
+            pid = proc.pid
+        while process_alive(pid, str(exit_file)):
+            time.sleep(0.05)
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        if exit_file.exists():
+            result = json.loads(exit_file.read_text())
+            state.exit_code, state.reason = result["exitCode"], result["reason"]
+            state.message = result.get("message")
+            state.finished_at = now_iso(result.get("finishedAt"))
+        else:
+            # The shim was killed (SIGKILL after the grace period, or its process vanished).
+            state.exit_code = 137
+            state.reason = "Error"
+            state.finished_at = now_iso()
+            if not self.deleting.is_set():
+                state.message = "the container's process was lost (node agent restart or external kill)"
+        with self.proc_lock:
+            self.procs.pop(state.name, None)
+        self._save()
+        return True
+
+    def _container_command(self, container: dict[str, Any]) -> tuple[list[str], dict[str, str], str | None]:
+        argv = list(container.get("command") or []) + list(container.get("args") or [])
+        if not argv:
+            raise ConfigError(f'container "{container["name"]}" has no command: images are not run here')
+        env = {"PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+               "HOSTNAME": self.name, "HOME": os.environ.get("HOME", "/root")}
+        # A worker pod must find the same Python environment as the host it runs on.
+        for key in ("VIRTUAL_ENV", "PYTHONPATH", "LANG"):
+            if key in os.environ:
+                env[key] = os.environ[key]
+        env.update(self._resolve_env(container))
+        argv = [expand_env(a, env) for a in argv]
+        cwd = container.get("workingDir")
+        if cwd and not os.path.isdir(cwd):
+            cwd = None
+        return argv, env, cwd
+
+    def _resolve_env(self, container: dict[str, Any]) -> dict[str, str]:
+        env: dict[str, str] = {}
+        for source in container.get("envFrom") or []:
+            prefix = source.get("prefix", "")
+            if "configMapRef" in source:
+                data = self._config_map(source["configMapRef"]["name"], source["configMapRef"].get("optional"))
+            else:
+                data = self._secret(source["secretRef"]["name"], source["secretRef"].get("optional"))
+            env.update({prefix + k: v for k, v in data.items()})
+        for var in container.get("env") or []:
+            if "value" in var:
+                env[var["name"]] = expand_env(var["value"], env)
+                continue
+            ref = var.get("valueFrom") or {}
+            if "secretKeyRef" in ref:
+                r = ref["secretKeyRef"]
+                value = self._secret(r["name"], r.get("optional")).get(r["key"])
+                kind = "secret"
+            elif "configMapKeyRef" in ref:
+                r = ref["configMapKeyRef"]
+                value = self._config_map(r["name"], r.get("optional")).get(r["key"])
+                kind = "configmap"
+            elif "fieldRef" in ref:
+                value, kind, r = self._field(ref["fieldRef"]["fieldPath"]), "field", {}
+            else:
+                value, kind, r = "", "resource", {}
+            if value is None:
+                if r.get("optional"):
+                    continue
+                raise ConfigError(f'couldn\'t find key {r.get("key")} in {kind.capitalize()} '
+                                  f'{self.namespace}/{r.get("name")}')
+            env[var["name"]] = value
+        return env
+
+    def _secret(self, name: str, optional: bool | None) -> dict[str, str]:
+        try:
+            resp = self.agent.api.read_namespaced_secret(name, self.namespace, _preload_content=False)
+        except ApiException as exc:
+            if exc.status == 404 and not optional:
+                raise ConfigError(f'secret "{name}" not found') from exc
+            if exc.status == 404:
+                return {}
+            raise
+        data = json.loads(resp.data).get("data") or {}
+        return {k: base64.b64decode(v).decode() for k, v in data.items()}
+
+    def _config_map(self, name: str, optional: bool | None) -> dict[str, str]:
+        try:
+            resp = self.agent.api.read_namespaced_config_map(name, self.namespace, _preload_content=False)
+        except ApiException as exc:
+            if exc.status == 404 and not optional:
+                raise ConfigError(f'configmap "{name}" not found') from exc
+            if exc.status == 404:
+                return {}
+            raise
+        return json.loads(resp.data).get("data") or {}
+
+    def _field(self, path: str) -> str | None:
+        meta, spec = self.pod["metadata"], self.pod["spec"]
+        simple = {
+            "metadata.name": meta["name"], "metadata.namespace": meta["namespace"], "metadata.uid": meta["uid"],
+            "spec.nodeName": spec.get("nodeName"), "spec.serviceAccountName": spec.get("serviceAccountName"),
+            "status.podIP": "127.0.0.1", "status.hostIP": "127.0.0.1",
+        }
+        if path in simple:
+            return simple[path]
+        match = re.fullmatch(r"metadata\.(labels|annotations)\['(.+)'\]", path)
+        if match:
+            return (meta.get(match.group(1)) or {}).get(match.group(2), "")
+        return None
+
+    def request_deletion(self, grace_s: int) -> None:
+        if self.deleting.is_set():
+            return
+        super().request_deletion(grace_s)
+        threading.Thread(target=self._terminate, daemon=True).start()
+
+    def _terminate(self) -> None:
+        with self.proc_lock:
+            pids = list(self.procs.values())
+        if pids:
+            for pid in pids:
+                signal_group(pid, signal.SIGTERM)
+            deadline = time.monotonic() + self.grace_s
+            while time.monotonic() < deadline and any(process_alive(p) for p in pids):
+                time.sleep(0.05)
+            for pid in pids:
+                signal_group(pid, signal.SIGKILL)
+        if not self.thread.is_alive():
+            self.agent.remove_pod(self.pod)
+
+    def kill(self) -> None:
+        self.deleting.set()
+        with self.proc_lock:
+            pids = list(self.procs.values())
+        for pid in pids:
+            signal_group(pid, signal.SIGKILL)
+
+
+def json_lines(resp: Any) -> Any:
+    """Events of a watch response as dicts: parsing into model objects would cost the CPU we need."""
+    buffer = b""
+    try:
+        for chunk in resp.stream(amt=None, decode_content=False):
+            buffer += chunk
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                if line.strip():
+                    yield json.loads(line)
+    finally:
+        resp.release_conn()
+
+
+def signal_group(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def process_alive(pid: int, marker: str | None = None) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if marker and marker.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return False
+    except OSError:
+        return False
+    return stat.rsplit(") ", 1)[1][0] != "Z"
+
+
+def expand_env(text: str, env: dict[str, str]) -> str:
+    """Kubernetes' `$(VAR)` expansion; `$$` escapes."""
+    return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)",
+                  lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)), text)
+
+
+_UNITS = {"Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4, "k": 1000, "M": 1000**2, "G": 1000**3}
+
+
+def parse_quantity(value: str | None) -> int:
+    if not value:
+        return 0
+    match = re.fullmatch(r"([0-9.]+)([A-Za-z]*)", str(value))
+    if not match:
+        return 0
+    return int(float(match.group(1)) * _UNITS.get(match.group(2), 1))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kubeconfig", required=True)
+    parser.add_argument("--state-dir", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--tls-cert", required=True)
+    parser.add_argument("--tls-key", required=True)
+    parser.add_argument("--client-ca", required=True)
+    parser.add_argument("--node", action="append", help=NodeSpec.parse.__doc__)
+    parser.add_argument("--fail-images", default=DEFAULT_FAIL_IMAGES,
+                        help="images matching this pattern fail with ErrImagePull/ImagePullBackOff")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    cfg = client.Configuration()
+    config.load_kube_config(args.kubeconfig, client_configuration=cfg)
+    cfg.connection_pool_maxsize = 32
+    api = client.CoreV1Api(client.ApiClient(cfg))
+    nodes = [NodeSpec.parse(n) for n in (args.node or DEFAULT_NODES)]
+    agent = Agent(api, nodes, Path(args.state_dir), args.port, args.fail_images)
+    agent.state_dir.mkdir(parents=True, exist_ok=True)
+
+    from devcluster.kubelet_api import serve
+
+    server = serve(agent, args.port, args.tls_cert, args.tls_key, args.client_ca)
+    agent.register_nodes()
+    signal.signal(signal.SIGTERM, lambda *_: agent.stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: agent.stopping.set())
+    threads = [threading.Thread(target=agent.heartbeat_loop, daemon=True),
+               threading.Thread(target=agent.simulator.run, daemon=True)]
+    threads += [threading.Thread(target=agent.watch_node, args=(n,), daemon=True) for n in agent.nodes]
+    for t in threads:
+        t.start()
+    log.info("node agent serving %s on port %d", ", ".join(agent.nodes), args.port)
+    while not agent.stopping.wait(1):
+        pass
+    agent.shutdown()
+    server.shutdown()
+
+
+if __name__ == "__main__":
+    main()

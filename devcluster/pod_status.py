@@ -1,0 +1,146 @@
+"""Pod status documents as kubelet writes them.
+
+Pure functions: given what the node knows about each container, build the
+`status` the API server should hold. Kept apart from the agent so the shape of
+a status (phase, conditions, container states) has one home.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def now_iso(ts: float | None = None) -> str:
+    when = (
+        datetime.datetime.fromtimestamp(ts, datetime.timezone.utc)
+        if ts is not None
+        else datetime.datetime.now(datetime.timezone.utc)
+    )
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class ContainerState:
+    """What the node knows of one container."""
+
+    name: str
+    image: str
+    waiting_reason: str | None = "ContainerCreating"
+    waiting_message: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    exit_code: int | None = None
+    reason: str | None = None
+    message: str | None = None
+    restart_count: int = 0
+    last_terminated: dict[str, Any] | None = field(default=None)
+
+    @property
+    def running(self) -> bool:
+        return self.started_at is not None and self.exit_code is None
+
+    @property
+    def terminated(self) -> bool:
+        return self.exit_code is not None
+
+    def to_status(self, pod_uid: str) -> dict[str, Any]:
+        state: dict[str, Any]
+        if self.terminated:
+            terminated: dict[str, Any] = {
+                "exitCode": self.exit_code,
+                "reason": self.reason or ("Completed" if self.exit_code == 0 else "Error"),
+                "startedAt": self.started_at,
+                "finishedAt": self.finished_at,
+                "containerID": f"devcluster://{pod_uid}/{self.name}",
+            }
+            if self.message:
+                terminated["message"] = self.message
+            state = {"terminated": terminated}
+        elif self.running:
+            state = {"running": {"startedAt": self.started_at}}
+        else:
+            waiting: dict[str, Any] = {"reason": self.waiting_reason or "ContainerCreating"}
+            if self.waiting_message:
+                waiting["message"] = self.waiting_message
+            state = {"waiting": waiting}
+        status: dict[str, Any] = {
+            "name": self.name,
+            "image": self.image,
+            "imageID": f"devcluster://{self.image}" if self.started_at else "",
+            "ready": self.running,
+            "started": self.running,
+            "restartCount": self.restart_count,
+            "state": state,
+            "lastState": {"terminated": self.last_terminated} if self.last_terminated else {},
+        }
+        if self.started_at:
+            status["containerID"] = f"devcluster://{pod_uid}/{self.name}"
+        return status
+
+
+def phase_of(
+    init: list[ContainerState], main: list[ContainerState], restart_policy: str
+) -> str:
+    """Pod phase from container states, as kubelet computes it."""
+    if any(c.terminated and c.exit_code != 0 for c in init) and restart_policy == "Never":
+        return "Failed"
+    if not all(c.terminated and c.exit_code == 0 for c in init):
+        return "Pending"
+    if any(c.running for c in main):
+        return "Running"
+    if main and all(c.terminated for c in main):
+        if all(c.exit_code == 0 for c in main):
+            return "Succeeded"
+        return "Failed" if restart_policy == "Never" else "Running"
+    if any(c.started_at or c.terminated for c in main):
+        return "Running"
+    return "Pending"
+
+
+def _condition(kind: str, ok: bool, since: str, reason: str | None = None) -> dict[str, Any]:
+    cond: dict[str, Any] = {"type": kind, "status": "True" if ok else "False", "lastTransitionTime": since}
+    if reason and not ok:
+        cond["reason"] = reason
+    return cond
+
+
+def pod_status(
+    pod_uid: str,
+    init: list[ContainerState],
+    main: list[ContainerState],
+    restart_policy: str,
+    start_time: str,
+    host_ip: str = "127.0.0.1",
+    reason: str | None = None,
+    message: str | None = None,
+) -> dict[str, Any]:
+    phase = phase_of(init, main, restart_policy)
+    initialized = all(c.terminated and c.exit_code == 0 for c in init)
+    ready = phase == "Running" and all(c.running for c in main)
+    since = now_iso()
+    terminal = phase in ("Succeeded", "Failed")
+    status: dict[str, Any] = {
+        "phase": phase,
+        "hostIP": host_ip,
+        "hostIPs": [{"ip": host_ip}],
+        "podIP": host_ip,
+        "podIPs": [{"ip": host_ip}],
+        "startTime": start_time,
+        "conditions": [
+            _condition("PodReadyToStartContainers", not terminal, since),
+            _condition("Initialized", initialized, since, "ContainersNotInitialized"),
+            _condition("Ready", ready, since, "PodCompleted" if terminal else "ContainersNotReady"),
+            _condition("ContainersReady", ready, since, "PodCompleted" if terminal else "ContainersNotReady"),
+            _condition("PodScheduled", True, since),
+        ],
+        "containerStatuses": [c.to_status(pod_uid) for c in main],
+    }
+    if init:
+        status["initContainerStatuses"] = [c.to_status(pod_uid) for c in init]
+    if reason:
+        status["reason"] = reason
+    if message:
+        status["message"] = message
+    return status

@@ -1,0 +1,79 @@
+"""Container shim: runs one container's command and records how it ended.
+
+The node agent may be restarted while containers run (as kubelet may), so the
+exit code cannot live only in the agent's memory. The shim waits for the
+command, writes `{"exitCode": N, "reason": ...}` to its exit file and leaves.
+It ignores SIGTERM itself, so the agent's SIGTERM to the process group reaches
+the command the way a container's PID 1 receives it. It also plays the cgroup
+memory limit: a command whose resident memory passes the limit is killed with
+SIGKILL and reported as `OOMKilled`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _group_rss(pgid: int) -> int:
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(") ", 1)[1].split()
+        # fields[2] is the process group id, fields[21] the resident set in pages.
+        if int(fields[2]) == pgid:
+            total += int(fields[21]) * _PAGE
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--exit-file", required=True)
+    parser.add_argument("--memory-limit", type=int, default=0)
+    parser.add_argument("command", nargs=argparse.REMAINDER)
+    args = parser.parse_args()
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    reason = None
+    try:
+        # The child gets default signal handling back (ignored dispositions are inherited).
+        child = subprocess.Popen(
+            command, restore_signals=True, preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        )
+    except OSError as exc:
+        Path(args.exit_file).write_text(
+            json.dumps({"exitCode": 128, "reason": "StartError", "message": str(exc)})
+        )
+        return
+    while True:
+        try:
+            code = child.wait(timeout=0.1)
+            break
+        except subprocess.TimeoutExpired:
+            if args.memory_limit and _group_rss(os.getpgid(0)) > args.memory_limit:
+                reason = "OOMKilled"
+                child.kill()
+    if code < 0:
+        code = 128 - code
+    if reason is None:
+        reason = "Completed" if code == 0 else "Error"
+    tmp = Path(args.exit_file + ".tmp")
+    tmp.write_text(json.dumps({"exitCode": code, "reason": reason, "finishedAt": time.time()}))
+    tmp.rename(args.exit_file)
+
+
+if __name__ == "__main__":
+    main()

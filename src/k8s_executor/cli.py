@@ -1,0 +1,49 @@
+"""`k8s-executor`: the command for people. Today it manages the development cluster."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from devcluster import control_plane
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    directory = Path(args.dir) if args.dir else control_plane.default_cluster_dir(args.name)
+    if args.action == "up":
+        started = time.monotonic()
+        state = control_plane.up(directory, node_args=[f"--node={n}" for n in args.node or []])
+        print(f"cluster ready in {time.monotonic() - started:.1f}s at {state.server}")
+        print(f"export KUBECONFIG={state.kubeconfig}")
+        return 0
+    if args.action == "down":
+        stopped = control_plane.down(directory)
+        print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+        return 0
+    report = control_plane.status(directory)
+    print(json.dumps(report, indent=2))
+    return 0 if report["running"] else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="k8s-executor")
+    commands = parser.add_subparsers(dest="command", required=True)
+    cluster = commands.add_parser("cluster", help="the local development cluster")
+    cluster.add_argument("action", choices=["up", "down", "status"])
+    cluster.add_argument("--name", default="default", help="several clusters can run side by side")
+    cluster.add_argument("--dir", help="cluster directory (default: under the cache directory)")
+    cluster.add_argument(
+        "--node",
+        action="append",
+        help="node spec, e.g. name=gpu-1,runtime=process,cpu=4,label.accelerator=nvidia-gpu (repeatable)",
+    )
+    cluster.set_defaults(func=_cluster)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

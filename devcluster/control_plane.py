@@ -8,8 +8,10 @@ A cluster lives in one directory (certificates, etcd data, logs, kubeconfig and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -83,15 +85,41 @@ def write_kubeconfig(path: Path, server: str, ca: Path, cert: Path, key: Path, u
     return path
 
 
+def _running(pid: int) -> bool:
+    """True until the process has fully exited and closed its files and sockets.
+
+    A killed multi-threaded process shows its leader as a zombie while its other
+    threads still tear down and hold the listening socket, so count the threads.
+    """
+    try:
+        fields = dict(
+            line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line
+        )
+    except OSError:
+        return False
+    return fields["State"].strip()[0] not in "ZX" or int(fields["Threads"]) > 1
+
+
 def _alive(pid: int, directory: str) -> bool:
     """True if `pid` runs and belongs to this cluster (pids are reused)."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return False
-    # A zombie has exited; it only waits to be reaped by its parent.
-    return directory.encode() in cmdline and stat.split(") ", 1)[1][0] != "Z"
+    return directory.encode() in cmdline and _running(pid)
+
+
+def _kill(pid: int, grace_s: float) -> None:
+    """SIGTERM the process group, SIGKILL it after `grace_s`, and wait until it is gone."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM if grace_s > 0 else signal.SIGKILL)
+    deadline = time.monotonic() + grace_s
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    while _running(pid):
+        time.sleep(0.02)
 
 
 def _spawn(state: ClusterState, name: str, argv: list[str]) -> None:
@@ -298,6 +326,9 @@ def up(directory: Path, node_args: list[str] | None = None) -> ClusterState:
         return existing
     if existing:
         down(directory)
+    # A cluster does not outlive `down`: ports change, and etcd's member record would not match.
+    for stale in ("etcd-data", "node-agent"):
+        shutil.rmtree(directory / stale, ignore_errors=True)
     bins = build.ensure_binaries()
     certs = _prepare_pki(directory)
     state = ClusterState(
@@ -355,21 +386,28 @@ def down(directory: Path, grace_s: float = 10.0) -> list[str]:
     stopped = []
     for name in sorted(state.pids, key=lambda n: order.index(n) if n in order else -1):
         pid = state.pids[name]
-        if not _alive(pid, state.directory):
-            continue
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            continue
-        deadline = time.monotonic() + grace_s
-        while _alive(pid, state.directory) and time.monotonic() < deadline:
-            time.sleep(0.05)
         if _alive(pid, state.directory):
-            os.killpg(pid, signal.SIGKILL)
-        stopped.append(name)
+            _kill(pid, grace_s)
+            stopped.append(name)
+    stopped += _kill_orphan_containers(directory)
     state.pids = {}
     state.save()
     return stopped
+
+
+def _kill_orphan_containers(directory: Path) -> list[str]:
+    """Containers whose node agent died without stopping them (SIGKILL) must not outlive the cluster."""
+    killed = []
+    for state_file in (directory / "node-agent" / "pods").glob("*/state.json"):
+        try:
+            procs = json.loads(state_file.read_text())["procs"]
+        except (OSError, ValueError, KeyError):
+            continue
+        for container, pid in procs.items():
+            if _alive(pid, str(directory)):
+                _kill(pid, 0)
+                killed.append(f"container {container} (pid {pid})")
+    return killed
 
 
 def status(directory: Path) -> dict[str, object]:
@@ -393,9 +431,7 @@ def restart_component(directory: Path, name: str) -> ClusterState:
         raise RuntimeError(f"no cluster in {directory}")
     pid = state.pids.get(name)
     if pid and _alive(pid, state.directory):
-        os.killpg(pid, signal.SIGKILL)
-        while _alive(pid, state.directory):
-            time.sleep(0.02)
+        _kill(pid, 0)
     bins = build.ensure_binaries(log=False)
     certs = _prepare_pki(directory)
     starters = {
@@ -408,3 +444,36 @@ def restart_component(directory: Path, name: str) -> ClusterState:
     starters[name]()
     state.save()
     return state
+
+
+def mint_identity(directory: Path, user: str, groups: tuple[str, ...] = ()) -> Path:
+    """A client certificate and kubeconfig for `user`, with no rights until RBAC grants some."""
+    state = ClusterState.load(directory)
+    if state is None:
+        raise RuntimeError(f"no cluster in {directory}")
+    pki_dir = directory / "pki"
+    cert, key = pki.ensure_cert(
+        pki_dir, f"user-{user}", user, organization=",".join(groups) or None, client=True
+    )
+    return write_kubeconfig(directory / f"{user}.kubeconfig", state.server, pki_dir / "ca.crt", cert, key, user)
+
+
+def _etcd_call(state: ClusterState, path: str, body: dict[str, object]) -> dict[str, object]:
+    request = urllib.request.Request(
+        f"{state.etcd_url}{path}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        result: dict[str, object] = json.loads(resp.read())
+        return result
+
+
+def compact_etcd(directory: Path) -> int:
+    """Compact etcd's history up to now, as the API server does every few minutes; return the revision."""
+    state = ClusterState.load(directory)
+    if state is None:
+        raise RuntimeError(f"no cluster in {directory}")
+    header = _etcd_call(state, "/v3/kv/range", {"key": "Lw=="})["header"]
+    assert isinstance(header, dict)
+    revision = int(header["revision"])
+    _etcd_call(state, "/v3/kv/compaction", {"revision": revision, "physical": True})
+    return revision

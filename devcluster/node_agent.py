@@ -278,8 +278,9 @@ class Agent:
         meta = pod["metadata"]
         try:
             self.api.delete_namespaced_pod(
-                meta["name"], meta["namespace"], grace_period_seconds=0,
-                body={"preconditions": {"uid": meta["uid"]}}, _preload_content=False,
+                meta["name"], meta["namespace"],
+                # With a body, the API server reads the options from it, not from the query.
+                body={"gracePeriodSeconds": 0, "preconditions": {"uid": meta["uid"]}}, _preload_content=False,
             )
         except ApiException as exc:
             if exc.status not in (404, 409):

@@ -1,0 +1,278 @@
+"""The development cluster behaves as a real one where the executor depends on it."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+from devcluster import control_plane
+from devcluster.node_agent import (
+    DURATION_ANNOTATION,
+    EXIT_CODE_ANNOTATION,
+    RUNTIME_LABEL,
+    SIMULATED_TAINT,
+    process_alive,
+)
+from tests.conftest import CLUSTER_DIR, api_client_for
+from tests.helpers import pod_log, shell_pod, wait_for, wait_for_pod_phase
+
+pytestmark = pytest.mark.cluster
+
+
+def test_version_is_the_pinned_release(api_client: client.ApiClient) -> None:
+    from devcluster import build
+
+    info = client.VersionApi(api_client).get_code()
+    assert info.git_version == build.kubernetes_version()
+
+
+def test_failed_container_reports_exit_code_and_log(core: client.CoreV1Api, namespace: str) -> None:
+    core.create_namespaced_pod(namespace, shell_pod("hello", "echo hello; exit 3"))
+    pod = wait_for_pod_phase(core, namespace, "hello", ("Failed", "Succeeded"))
+    assert pod.status.phase == "Failed"
+    terminated = pod.status.container_statuses[0].state.terminated
+    assert (terminated.exit_code, terminated.reason) == (3, "Error")
+    assert pod_log(core, namespace, "hello", container="base") == "hello\n"
+
+
+def test_env_from_secret_and_field_refs(core: client.CoreV1Api, namespace: str) -> None:
+    core.create_namespaced_secret(namespace, {"metadata": {"name": "s"}, "stringData": {"password": "pw"}})
+    pod = shell_pod("env", 'echo "$PASSWORD $POD_NAME $GREETING"')
+    pod["spec"]["containers"][0]["env"] = [
+        {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "s", "key": "password"}}},
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "GREETING", "value": "hi-$(POD_NAME)"},
+    ]
+    core.create_namespaced_pod(namespace, pod)
+    assert wait_for_pod_phase(core, namespace, "env", ("Succeeded", "Failed")).status.phase == "Succeeded"
+    assert pod_log(core, namespace, "env") == "pw env hi-env\n"
+
+
+def test_missing_secret_is_a_create_container_config_error(core: client.CoreV1Api, namespace: str) -> None:
+    pod = shell_pod("nosecret", "true")
+    pod["spec"]["containers"][0]["env"] = [
+        {"name": "X", "valueFrom": {"secretKeyRef": {"name": "absent", "key": "k"}}}
+    ]
+    core.create_namespaced_pod(namespace, pod)
+
+    def waiting_reason() -> str | None:
+        statuses = core.read_namespaced_pod("nosecret", namespace).status.container_statuses or []
+        return statuses[0].state.waiting.reason if statuses and statuses[0].state.waiting else None
+
+    wait_for(lambda: waiting_reason() == "CreateContainerConfigError", "CreateContainerConfigError")
+
+
+def test_follow_logs_stream_while_running(core: client.CoreV1Api, namespace: str) -> None:
+    core.create_namespaced_pod(namespace, shell_pod("ticker", "for i in 1 2 3; do echo tick $i; sleep 0.3; done"))
+    wait_for_pod_phase(core, namespace, "ticker", ("Running", "Succeeded"))
+    assert pod_log(core, namespace, "ticker", follow=True) == "tick 1\ntick 2\ntick 3\n"
+    assert pod_log(core, namespace, "ticker", tail_lines=1) == "tick 3\n"
+
+
+def test_invalid_names_and_label_values_are_refused(core: client.CoreV1Api, namespace: str) -> None:
+    with pytest.raises(client.ApiException) as long_name:
+        core.create_namespaced_pod(namespace, shell_pod("a" * 254, "true"))
+    assert long_name.value.status == 422
+    pod = shell_pod("labelled", "true")
+    pod["metadata"]["labels"] = {"dag_id": "x" * 64}
+    with pytest.raises(client.ApiException) as long_label:
+        core.create_namespaced_pod(namespace, pod)
+    assert long_label.value.status == 422
+    assert "must be no more than 63" in long_label.value.body
+
+
+def test_watch_from_compacted_resource_version_is_gone(core: client.CoreV1Api, namespace: str) -> None:
+    old_rv = core.list_namespaced_pod(namespace).metadata.resource_version
+    for i in range(3):
+        core.create_namespaced_config_map(namespace, {"metadata": {"name": f"c{i}"}})
+    control_plane.compact_etcd(CLUSTER_DIR)
+    # The API server's watch cache still holds recent history after a compaction; a
+    # restart drops it, as a rolling update of the API server does in production.
+    control_plane.restart_component(CLUSTER_DIR, "kube-apiserver")
+    resp = core.list_namespaced_pod(
+        namespace, watch=True, resource_version=old_rv, timeout_seconds=5, _preload_content=False
+    )
+    first = json.loads(resp.readline())
+    assert first["type"] == "ERROR"
+    assert first["object"]["code"] == 410
+
+
+def test_unmatched_node_selector_stays_pending_unschedulable(core: client.CoreV1Api, namespace: str) -> None:
+    core.create_namespaced_pod(namespace, shell_pod("lost", "true", nodeSelector={"disktype": "ssd"}))
+
+    def unschedulable() -> bool:
+        pod = core.read_namespaced_pod("lost", namespace)
+        conds = {c.type: c for c in pod.status.conditions or []}
+        return pod.status.phase == "Pending" and conds.get("PodScheduled") is not None and (
+            conds["PodScheduled"].reason == "Unschedulable"
+        )
+
+    wait_for(unschedulable, "PodScheduled=False reason Unschedulable")
+
+
+def test_unpullable_image_backs_off(core: client.CoreV1Api, namespace: str) -> None:
+    pod = shell_pod("nopull", "true")
+    pod["spec"]["containers"][0]["image"] = "invalid.registry/does-not-exist:1"
+    core.create_namespaced_pod(namespace, pod)
+    seen: set[str] = set()
+
+    def both_reasons() -> bool:
+        statuses = core.read_namespaced_pod("nopull", namespace).status.container_statuses or []
+        if statuses and statuses[0].state.waiting:
+            seen.add(statuses[0].state.waiting.reason)
+        return {"ErrImagePull", "ImagePullBackOff"} <= seen
+
+    wait_for(both_reasons, "ErrImagePull then ImagePullBackOff", timeout=30)
+    assert core.read_namespaced_pod("nopull", namespace).status.phase == "Pending"
+
+
+def test_resource_quota_refuses_with_403(core: client.CoreV1Api, namespace: str) -> None:
+    core.create_namespaced_resource_quota(namespace, {"metadata": {"name": "q"}, "spec": {"hard": {"pods": "1"}}})
+    # The quota controller must have computed usage before admission enforces it.
+    wait_for(lambda: core.read_namespaced_resource_quota("q", namespace).status.hard, "quota status")
+    core.create_namespaced_pod(namespace, shell_pod("one", "sleep 5"))
+    with pytest.raises(client.ApiException) as refused:
+        core.create_namespaced_pod(namespace, shell_pod("two", "sleep 5"))
+    assert refused.value.status == 403
+    assert "exceeded quota" in refused.value.body
+
+
+def test_least_privilege_identity_is_confined_to_its_namespace(
+    api_client: client.ApiClient, core: client.CoreV1Api, namespace: str
+) -> None:
+    rbac = client.RbacAuthorizationV1Api(api_client)
+    rbac.create_namespaced_role(
+        namespace,
+        {"metadata": {"name": "pods"}, "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["*"]}]},
+    )
+    rbac.create_namespaced_role_binding(
+        namespace,
+        {
+            "metadata": {"name": "pods"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pods"},
+            "subjects": [{"kind": "User", "name": f"limited-{namespace}", "apiGroup": "rbac.authorization.k8s.io"}],
+        },
+    )
+    limited = client.CoreV1Api(api_client_for(control_plane.mint_identity(CLUSTER_DIR, f"limited-{namespace}")))
+    wait_for(lambda: limited.list_namespaced_pod(namespace) is not None, "RBAC to take effect")
+    with pytest.raises(client.ApiException) as outside:
+        limited.list_namespaced_pod("default")
+    assert outside.value.status == 403
+    with pytest.raises(client.ApiException) as secrets:
+        limited.list_namespaced_secret(namespace)
+    assert secrets.value.status == 403
+
+
+def test_graceful_deletion_sends_sigterm_then_sigkill(core: client.CoreV1Api, namespace: str) -> None:
+    marker = Path(tempfile.mkdtemp()) / "signals"
+    script = (
+        "import os, signal, sys, time\n"
+        f"out = open({str(marker)!r}, 'a', buffering=1)\n"
+        "out.write(f'pid {os.getpid()}\\n')\n"
+        "signal.signal(signal.SIGTERM, lambda *a: out.write('TERM\\n'))\n"
+        "while True: time.sleep(0.05)\n"
+    )
+    pod = {
+        "metadata": {"name": "stubborn"},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{"name": "base", "image": "python", "command": ["python3", "-c", script]}],
+        },
+    }
+    core.create_namespaced_pod(namespace, pod)
+    wait_for_pod_phase(core, namespace, "stubborn", ("Running",))
+    wait_for(lambda: marker.exists() and "pid" in marker.read_text(), "the container to start")
+    pid = int(marker.read_text().split()[1])
+    started = time.monotonic()
+    core.delete_namespaced_pod("stubborn", namespace, grace_period_seconds=2)
+
+    def gone() -> bool:
+        try:
+            core.read_namespaced_pod("stubborn", namespace)
+            return False
+        except client.ApiException as exc:
+            return exc.status == 404
+
+    wait_for(gone, "the pod object to be removed", timeout=30)
+    waited = time.monotonic() - started
+    assert "TERM" in marker.read_text()
+    assert not process_alive(pid)
+    assert waited >= 2, f"the process was killed before its grace period ({waited:.1f}s)"
+
+
+def test_agent_restart_keeps_running_pods(core: client.CoreV1Api, namespace: str) -> None:
+    core.create_namespaced_pod(namespace, shell_pod("survivor", "sleep 2; echo done; exit 4"))
+    core.create_namespaced_pod(namespace, shell_pod("victim", "sleep 30"))
+    wait_for_pod_phase(core, namespace, "survivor", ("Running",))
+    wait_for_pod_phase(core, namespace, "victim", ("Running",))
+    state = control_plane.ClusterState.load(CLUSTER_DIR)
+    assert state is not None
+    state_file = next((CLUSTER_DIR / "node-agent" / "pods").glob("*/state.json"))
+    assert state_file.exists()
+    victim_uid = core.read_namespaced_pod("victim", namespace).metadata.uid
+    victim_pid = json.loads((CLUSTER_DIR / "node-agent" / "pods" / victim_uid / "state.json").read_text())["procs"]
+    # The agent dies hard; while it is away one container's process dies too.
+    os.kill(state.pids["node-agent"], 9)
+    os.killpg(victim_pid["base"], 9)
+    control_plane.restart_component(CLUSTER_DIR, "node-agent")
+    survivor = wait_for_pod_phase(core, namespace, "survivor", ("Failed", "Succeeded"), timeout=30)
+    assert survivor.status.container_statuses[0].state.terminated.exit_code == 4
+    assert pod_log(core, namespace, "survivor") == "done\n"
+    victim = wait_for_pod_phase(core, namespace, "victim", ("Failed", "Succeeded"), timeout=30)
+    assert victim.status.phase == "Failed"
+    assert "lost" in victim.status.container_statuses[0].state.terminated.message
+
+
+def test_thousand_simulated_pods_run_through_the_api_server(core: client.CoreV1Api, namespace: str) -> None:
+    count = 1000
+    finished: set[str] = set()
+    rv = core.list_namespaced_pod(namespace).metadata.resource_version
+    done = threading.Event()
+
+    def watch_pods() -> None:
+        from devcluster.node_agent import json_lines
+
+        nonlocal rv
+        # The API server closes a watch whose reader falls behind; resume from the last event seen.
+        while not done.is_set():
+            resp = core.list_namespaced_pod(
+                namespace, watch=True, resource_version=rv, timeout_seconds=240, _preload_content=False
+            )
+            for event in json_lines(resp):
+                rv = event["object"]["metadata"]["resourceVersion"]
+                if event["object"].get("status", {}).get("phase") == "Succeeded":
+                    finished.add(event["object"]["metadata"]["name"])
+                    if len(finished) == count:
+                        done.set()
+                        return
+
+    watcher = threading.Thread(target=watch_pods, daemon=True)
+    watcher.start()
+
+    def create(i: int) -> None:
+        core.create_namespaced_pod(
+            namespace,
+            {
+                "metadata": {"name": f"sim-{i}", "annotations": {DURATION_ANNOTATION: "1", EXIT_CODE_ANNOTATION: "0"}},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "nodeSelector": {RUNTIME_LABEL: "simulated"},
+                    "tolerations": [{"key": SIMULATED_TAINT, "operator": "Exists", "effect": "NoSchedule"}],
+                    "containers": [{"name": "base", "image": "simulated"}],
+                },
+            },
+            _preload_content=False,
+        )
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(create, range(count)))
+    assert done.wait(240), f"only {len(finished)} of {count} simulated pods succeeded"
+    core.delete_collection_namespaced_pod(namespace)

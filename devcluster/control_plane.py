@@ -179,8 +179,11 @@ def _prepare_pki(directory: Path) -> dict[str, Path]:
     )
     admin, admin_key = pki.ensure_cert(pki_dir, "admin", "admin", organization="system:masters", client=True)
     kubelet_client, kubelet_client_key = pki.ensure_cert(
-        pki_dir, "apiserver-kubelet-client", "kube-apiserver-kubelet-client",
-        organization="system:masters", client=True,
+        pki_dir,
+        "apiserver-kubelet-client",
+        "kube-apiserver-kubelet-client",
+        organization="system:masters",
+        client=True,
     )
     node_serving, node_serving_key = pki.ensure_cert(
         pki_dir, "node-agent", "node-agent", server_hosts=("127.0.0.1", "localhost")
@@ -455,12 +458,16 @@ def mint_identity(directory: Path, user: str, groups: tuple[str, ...] = ()) -> P
     cert, key = pki.ensure_cert(
         pki_dir, f"user-{user}", user, organization=",".join(groups) or None, client=True
     )
-    return write_kubeconfig(directory / f"{user}.kubeconfig", state.server, pki_dir / "ca.crt", cert, key, user)
+    return write_kubeconfig(
+        directory / f"{user}.kubeconfig", state.server, pki_dir / "ca.crt", cert, key, user
+    )
 
 
 def _etcd_call(state: ClusterState, path: str, body: dict[str, object]) -> dict[str, object]:
     request = urllib.request.Request(
-        f"{state.etcd_url}{path}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        f"{state.etcd_url}{path}",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
     )
     with urllib.request.urlopen(request, timeout=10) as resp:
         result: dict[str, object] = json.loads(resp.read())

@@ -30,7 +30,7 @@ def tail(data: bytes, lines: int) -> bytes:
 
 def serve(agent: Agent, port: int, cert: str, key: str, client_ca: str) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: object) -> None:
             pass
 
         def do_GET(self) -> None:

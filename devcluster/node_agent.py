@@ -39,6 +39,7 @@ from kubernetes.client.rest import ApiException
 
 from devcluster import build
 from devcluster.pod_status import ContainerState, now_iso, pod_status
+from k8s_executor.kube_client import json_lines
 
 log = logging.getLogger("node-agent")
 
@@ -89,8 +90,9 @@ DEFAULT_NODES = [
 
 
 class Agent:
-    def __init__(self, api: client.CoreV1Api, nodes: list[NodeSpec], state_dir: Path, port: int,
-                 fail_images: str) -> None:
+    def __init__(
+        self, api: client.CoreV1Api, nodes: list[NodeSpec], state_dir: Path, port: int, fail_images: str
+    ) -> None:
         self.api = api
         self.coordination = client.CoordinationV1Api(api.api_client)
         self.nodes = {n.name: n for n in nodes}
@@ -142,8 +144,13 @@ class Agent:
         capacity = {**spec.capacity, "ephemeral-storage": "100Gi"}
 
         def cond(kind: str, status: str, reason: str) -> dict[str, str]:
-            return {"type": kind, "status": status, "reason": reason,
-                    "lastHeartbeatTime": now, "lastTransitionTime": now}
+            return {
+                "type": kind,
+                "status": status,
+                "reason": reason,
+                "lastHeartbeatTime": now,
+                "lastTransitionTime": now,
+            }
 
         return {
             "capacity": capacity,
@@ -154,13 +161,22 @@ class Agent:
                 cond("PIDPressure", "False", "KubeletHasSufficientPID"),
                 cond("Ready", "True", "KubeletReady"),
             ],
-            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": spec.name}],
+            "addresses": [
+                {"type": "InternalIP", "address": "127.0.0.1"},
+                {"type": "Hostname", "address": spec.name},
+            ],
             "daemonEndpoints": {"kubeletEndpoint": {"Port": self.port}},
             "nodeInfo": {
-                "machineID": spec.name, "systemUUID": spec.name, "bootID": spec.name,
-                "kernelVersion": os.uname().release, "osImage": "devcluster", "operatingSystem": "linux",
-                "architecture": "amd64", "containerRuntimeVersion": f"devcluster-{spec.runtime}://0.1",
-                "kubeletVersion": build.kubernetes_version(), "kubeProxyVersion": "",
+                "machineID": spec.name,
+                "systemUUID": spec.name,
+                "bootID": spec.name,
+                "kernelVersion": os.uname().release,
+                "osImage": "devcluster",
+                "operatingSystem": "linux",
+                "architecture": "amd64",
+                "containerRuntimeVersion": f"devcluster-{spec.runtime}://0.1",
+                "kubeletVersion": build.kubernetes_version(),
+                "kubeProxyVersion": "",
             },
         }
 
@@ -172,8 +188,10 @@ class Agent:
                     self._renew_lease(name)
                     if time.monotonic() - last_status > 60:
                         self.api.patch_node_status(
-                            name, {"status": self._node_status(self.nodes[name])},
-                            _content_type=MERGE_PATCH, _preload_content=False,
+                            name,
+                            {"status": self._node_status(self.nodes[name])},
+                            _content_type=MERGE_PATCH,
+                            _preload_content=False,
                         )
                 except Exception:
                     log.exception("heartbeat of node %s failed", name)
@@ -185,12 +203,19 @@ class Agent:
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
             "metadata": {"name": name, "namespace": "kube-node-lease"},
-            "spec": {"holderIdentity": name, "leaseDurationSeconds": 40,
-                     "renewTime": time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())},
+            "spec": {
+                "holderIdentity": name,
+                "leaseDurationSeconds": 40,
+                "renewTime": time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime()),
+            },
         }
         try:
             self.coordination.patch_namespaced_lease(
-                name, "kube-node-lease", {"spec": body["spec"]}, _content_type=MERGE_PATCH, _preload_content=False
+                name,
+                "kube-node-lease",
+                {"spec": body["spec"]},
+                _content_type=MERGE_PATCH,
+                _preload_content=False,
             )
         except ApiException as exc:
             if exc.status != 404:
@@ -213,8 +238,12 @@ class Agent:
                 rv = listing["metadata"]["resourceVersion"]
                 while not self.stopping.is_set():
                     resp = self.api.list_pod_for_all_namespaces(
-                        field_selector=selector, resource_version=rv, watch=True,
-                        allow_watch_bookmarks=True, timeout_seconds=300, _preload_content=False,
+                        field_selector=selector,
+                        resource_version=rv,
+                        watch=True,
+                        allow_watch_bookmarks=True,
+                        timeout_seconds=300,
+                        _preload_content=False,
                     )
                     for event in json_lines(resp):
                         obj = event["object"]
@@ -278,9 +307,11 @@ class Agent:
         meta = pod["metadata"]
         try:
             self.api.delete_namespaced_pod(
-                meta["name"], meta["namespace"],
+                meta["name"],
+                meta["namespace"],
                 # With a body, the API server reads the options from it, not from the query.
-                body={"gracePeriodSeconds": 0, "preconditions": {"uid": meta["uid"]}}, _preload_content=False,
+                body={"gracePeriodSeconds": 0, "preconditions": {"uid": meta["uid"]}},
+                _preload_content=False,
             )
         except ApiException as exc:
             if exc.status not in (404, 409):
@@ -316,8 +347,15 @@ class PodWorker:
         self.dir = agent.state_dir / "pods" / self.uid
 
     def status(self, reason: str | None = None, message: str | None = None) -> dict[str, Any]:
-        return pod_status(self.uid, self.init, self.main, self.restart_policy, self.start_time,
-                          reason=reason, message=message)
+        return pod_status(
+            self.uid,
+            self.init,
+            self.main,
+            self.restart_policy,
+            self.start_time,
+            reason=reason,
+            message=message,
+        )
 
     def publish(self, reason: str | None = None, message: str | None = None) -> None:
         self.agent.patch_status(self.namespace, self.name, self.uid, self.status(reason, message))
@@ -537,10 +575,21 @@ class ProcessPod(PodWorker):
             memory_limit = parse_quantity((container.get("resources") or {}).get("limits", {}).get("memory"))
             with open(self.log_path(state.name), "ab") as out:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "devcluster.shim", f"--exit-file={exit_file}",
-                     f"--memory-limit={memory_limit}", "--", *argv],
-                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    env=env, cwd=cwd, start_new_session=True,
+                    [
+                        sys.executable,
+                        "-m",
+                        "devcluster.shim",
+                        f"--exit-file={exit_file}",
+                        f"--memory-limit={memory_limit}",
+                        "--",
+                        *argv,
+                    ],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=env,
+                    cwd=cwd,
+                    start_new_session=True,
                 )
             with self.proc_lock:
                 self.procs[state.name] = proc.pid
@@ -575,8 +624,11 @@ class ProcessPod(PodWorker):
         argv = list(container.get("command") or []) + list(container.get("args") or [])
         if not argv:
             raise ConfigError(f'container "{container["name"]}" has no command: images are not run here')
-        env = {"PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
-               "HOSTNAME": self.name, "HOME": os.environ.get("HOME", "/root")}
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            "HOSTNAME": self.name,
+            "HOME": os.environ.get("HOME", "/root"),
+        }
         # A worker pod must find the same Python environment as the host it runs on.
         for key in ("VIRTUAL_ENV", "PYTHONPATH", "LANG"):
             if key in os.environ:
@@ -593,7 +645,9 @@ class ProcessPod(PodWorker):
         for source in container.get("envFrom") or []:
             prefix = source.get("prefix", "")
             if "configMapRef" in source:
-                data = self._config_map(source["configMapRef"]["name"], source["configMapRef"].get("optional"))
+                data = self._config_map(
+                    source["configMapRef"]["name"], source["configMapRef"].get("optional")
+                )
             else:
                 data = self._secret(source["secretRef"]["name"], source["secretRef"].get("optional"))
             env.update({prefix + k: v for k, v in data.items()})
@@ -617,8 +671,10 @@ class ProcessPod(PodWorker):
             if value is None:
                 if r.get("optional"):
                     continue
-                raise ConfigError(f'couldn\'t find key {r.get("key")} in {kind.capitalize()} '
-                                  f'{self.namespace}/{r.get("name")}')
+                raise ConfigError(
+                    f"couldn't find key {r.get('key')} in {kind.capitalize()} "
+                    f"{self.namespace}/{r.get('name')}"
+                )
             env[var["name"]] = value
         return env
 
@@ -648,9 +704,13 @@ class ProcessPod(PodWorker):
     def _field(self, path: str) -> str | None:
         meta, spec = self.pod["metadata"], self.pod["spec"]
         simple = {
-            "metadata.name": meta["name"], "metadata.namespace": meta["namespace"], "metadata.uid": meta["uid"],
-            "spec.nodeName": spec.get("nodeName"), "spec.serviceAccountName": spec.get("serviceAccountName"),
-            "status.podIP": "127.0.0.1", "status.hostIP": "127.0.0.1",
+            "metadata.name": meta["name"],
+            "metadata.namespace": meta["namespace"],
+            "metadata.uid": meta["uid"],
+            "spec.nodeName": spec.get("nodeName"),
+            "spec.serviceAccountName": spec.get("serviceAccountName"),
+            "status.podIP": "127.0.0.1",
+            "status.hostIP": "127.0.0.1",
         }
         if path in simple:
             return simple[path]
@@ -687,20 +747,6 @@ class ProcessPod(PodWorker):
             signal_group(pid, signal.SIGKILL)
 
 
-def json_lines(resp: Any) -> Any:
-    """Events of a watch response as dicts: parsing into model objects would cost the CPU we need."""
-    buffer = b""
-    try:
-        for chunk in resp.stream(amt=None, decode_content=False):
-            buffer += chunk
-            while b"\n" in buffer:
-                line, buffer = buffer.split(b"\n", 1)
-                if line.strip():
-                    yield json.loads(line)
-    finally:
-        resp.release_conn()
-
-
 def signal_group(pid: int, sig: signal.Signals) -> None:
     try:
         os.killpg(pid, sig)
@@ -720,8 +766,11 @@ def process_alive(pid: int, marker: str | None = None) -> bool:
 
 def expand_env(text: str, env: dict[str, str]) -> str:
     """Kubernetes' `$(VAR)` expansion; `$$` escapes."""
-    return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)",
-                  lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)), text)
+    return re.sub(
+        r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)",
+        lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)),
+        text,
+    )
 
 
 _UNITS = {"Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4, "k": 1000, "M": 1000**2, "G": 1000**3}
@@ -745,8 +794,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tls-key", required=True)
     parser.add_argument("--client-ca", required=True)
     parser.add_argument("--node", action="append", help=NodeSpec.parse.__doc__)
-    parser.add_argument("--fail-images", default=DEFAULT_FAIL_IMAGES,
-                        help="images matching this pattern fail with ErrImagePull/ImagePullBackOff")
+    parser.add_argument(
+        "--fail-images",
+        default=DEFAULT_FAIL_IMAGES,
+        help="images matching this pattern fail with ErrImagePull/ImagePullBackOff",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
@@ -764,8 +816,10 @@ def main(argv: list[str] | None = None) -> None:
     agent.register_nodes()
     signal.signal(signal.SIGTERM, lambda *_: agent.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: agent.stopping.set())
-    threads = [threading.Thread(target=agent.heartbeat_loop, daemon=True),
-               threading.Thread(target=agent.simulator.run, daemon=True)]
+    threads = [
+        threading.Thread(target=agent.heartbeat_loop, daemon=True),
+        threading.Thread(target=agent.simulator.run, daemon=True),
+    ]
     threads += [threading.Thread(target=agent.watch_node, args=(n,), daemon=True) for n in agent.nodes]
     for t in threads:
         t.start()

@@ -80,9 +80,7 @@ class ContainerState:
         return status
 
 
-def phase_of(
-    init: list[ContainerState], main: list[ContainerState], restart_policy: str
-) -> str:
+def phase_of(init: list[ContainerState], main: list[ContainerState], restart_policy: str) -> str:
     """Pod phase from container states, as kubelet computes it."""
     if any(c.terminated and c.exit_code != 0 for c in init) and restart_policy == "Never":
         return "Failed"

@@ -18,7 +18,9 @@ from kubernetes import client, config
 from devcluster import control_plane
 from tests.helpers import wait_for
 
-CLUSTER_DIR = Path(os.environ.get("K8S_EXECUTOR_TEST_CLUSTER", str(control_plane.default_cluster_dir("tests"))))
+CLUSTER_DIR = Path(
+    os.environ.get("K8S_EXECUTOR_TEST_CLUSTER", str(control_plane.default_cluster_dir("tests")))
+)
 
 
 @pytest.fixture(scope="session")

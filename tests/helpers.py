@@ -22,7 +22,9 @@ def wait_for(check: Callable[[], T], what: str, timeout: float = 60.0, interval:
         except client.ApiException as exc:
             last_error = exc
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}" + (f": {last_error}" if last_error else ""))
+    raise AssertionError(
+        f"timed out after {timeout:.0f}s waiting for {what}" + (f": {last_error}" if last_error else "")
+    )
 
 
 def wait_for_pod_phase(

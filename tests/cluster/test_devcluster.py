@@ -71,7 +71,9 @@ def test_missing_secret_is_a_create_container_config_error(core: client.CoreV1Ap
 
 
 def test_follow_logs_stream_while_running(core: client.CoreV1Api, namespace: str) -> None:
-    core.create_namespaced_pod(namespace, shell_pod("ticker", "for i in 1 2 3; do echo tick $i; sleep 0.3; done"))
+    core.create_namespaced_pod(
+        namespace, shell_pod("ticker", "for i in 1 2 3; do echo tick $i; sleep 0.3; done")
+    )
     wait_for_pod_phase(core, namespace, "ticker", ("Running", "Succeeded"))
     assert pod_log(core, namespace, "ticker", follow=True) == "tick 1\ntick 2\ntick 3\n"
     assert pod_log(core, namespace, "ticker", tail_lines=1) == "tick 3\n"
@@ -111,8 +113,10 @@ def test_unmatched_node_selector_stays_pending_unschedulable(core: client.CoreV1
     def unschedulable() -> bool:
         pod = core.read_namespaced_pod("lost", namespace)
         conds = {c.type: c for c in pod.status.conditions or []}
-        return pod.status.phase == "Pending" and conds.get("PodScheduled") is not None and (
-            conds["PodScheduled"].reason == "Unschedulable"
+        return (
+            pod.status.phase == "Pending"
+            and conds.get("PodScheduled") is not None
+            and (conds["PodScheduled"].reason == "Unschedulable")
         )
 
     wait_for(unschedulable, "PodScheduled=False reason Unschedulable")
@@ -135,7 +139,9 @@ def test_unpullable_image_backs_off(core: client.CoreV1Api, namespace: str) -> N
 
 
 def test_resource_quota_refuses_with_403(core: client.CoreV1Api, namespace: str) -> None:
-    core.create_namespaced_resource_quota(namespace, {"metadata": {"name": "q"}, "spec": {"hard": {"pods": "1"}}})
+    core.create_namespaced_resource_quota(
+        namespace, {"metadata": {"name": "q"}, "spec": {"hard": {"pods": "1"}}}
+    )
     # The quota controller must have computed usage before admission enforces it.
     wait_for(lambda: core.read_namespaced_resource_quota("q", namespace).status.hard, "quota status")
     core.create_namespaced_pod(namespace, shell_pod("one", "sleep 5"))
@@ -158,10 +164,14 @@ def test_least_privilege_identity_is_confined_to_its_namespace(
         {
             "metadata": {"name": "pods"},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pods"},
-            "subjects": [{"kind": "User", "name": f"limited-{namespace}", "apiGroup": "rbac.authorization.k8s.io"}],
+            "subjects": [
+                {"kind": "User", "name": f"limited-{namespace}", "apiGroup": "rbac.authorization.k8s.io"}
+            ],
         },
     )
-    limited = client.CoreV1Api(api_client_for(control_plane.mint_identity(CLUSTER_DIR, f"limited-{namespace}")))
+    limited = client.CoreV1Api(
+        api_client_for(control_plane.mint_identity(CLUSTER_DIR, f"limited-{namespace}"))
+    )
     wait_for(lambda: limited.list_namespaced_pod(namespace) is not None, "RBAC to take effect")
     with pytest.raises(client.ApiException) as outside:
         limited.list_namespaced_pod("default")
@@ -218,7 +228,9 @@ def test_agent_restart_keeps_running_pods(core: client.CoreV1Api, namespace: str
     state_file = next((CLUSTER_DIR / "node-agent" / "pods").glob("*/state.json"))
     assert state_file.exists()
     victim_uid = core.read_namespaced_pod("victim", namespace).metadata.uid
-    victim_pid = json.loads((CLUSTER_DIR / "node-agent" / "pods" / victim_uid / "state.json").read_text())["procs"]
+    victim_pid = json.loads((CLUSTER_DIR / "node-agent" / "pods" / victim_uid / "state.json").read_text())[
+        "procs"
+    ]
     # The agent dies hard; while it is away one container's process dies too.
     os.kill(state.pids["node-agent"], 9)
     os.killpg(victim_pid["base"], 9)
@@ -238,7 +250,7 @@ def test_thousand_simulated_pods_run_through_the_api_server(core: client.CoreV1A
     done = threading.Event()
 
     def watch_pods() -> None:
-        from devcluster.node_agent import json_lines
+        from k8s_executor.kube_client import json_lines
 
         nonlocal rv
         # The API server closes a watch whose reader falls behind; resume from the last event seen.
@@ -261,7 +273,10 @@ def test_thousand_simulated_pods_run_through_the_api_server(core: client.CoreV1A
         core.create_namespaced_pod(
             namespace,
             {
-                "metadata": {"name": f"sim-{i}", "annotations": {DURATION_ANNOTATION: "1", EXIT_CODE_ANNOTATION: "0"}},
+                "metadata": {
+                    "name": f"sim-{i}",
+                    "annotations": {DURATION_ANNOTATION: "1", EXIT_CODE_ANNOTATION: "0"},
+                },
                 "spec": {
                     "restartPolicy": "Never",
                     "nodeSelector": {RUNTIME_LABEL: "simulated"},

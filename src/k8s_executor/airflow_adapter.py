@@ -1,0 +1,123 @@
+"""The thin layer that knows which Airflow it talks to.
+
+Everything that differs between Airflow 2.10/2.11 and Airflow 3 lives here:
+how a task's command is made, where settings come from, the mutation hook,
+the key type. The core (pod building, launching, watching, state mapping)
+sees only `TaskRef`s, commands and pod JSON.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow import __version__ as AIRFLOW_VERSION
+from airflow.configuration import conf
+from kubernetes.client import ApiClient
+from packaging.version import Version
+
+from k8s_executor import executor_config as executor_config_module
+from k8s_executor.identity import TaskRef
+from k8s_executor.pod_building import PodBuildError, PodRequest
+from k8s_executor.settings import SECTION, ExecutorSettings
+
+AIRFLOW_V3 = Version(Version(AIRFLOW_VERSION).base_version) >= Version("3.0.0")
+
+_serializer = ApiClient()
+
+
+def read_settings(section: str = SECTION) -> dict[str, Any]:
+    """Raw option values, from airflow.cfg and AIRFLOW__SECTION__KEY variables alike."""
+    raw: dict[str, Any] = {}
+    for name in ExecutorSettings.model_fields:
+        if conf.has_option(section, name):
+            raw[name] = conf.get(section, name)
+    return raw
+
+
+def task_queued_timeout_s() -> float:
+    return conf.getfloat("scheduler", "task_queued_timeout", fallback=600.0)
+
+
+def worker_env() -> dict[str, str]:
+    """What a worker needs to find its scheduler's world, unless the pod template sets it already.
+
+    The worker re-parses the DAG and refuses a task whose executor it does not know, so it
+    must see the scheduler's `[core] executor`.
+    """
+    env = {"AIRFLOW__CORE__EXECUTOR": conf.get("core", "executor")}
+    dags_folder = conf.get("core", "dags_folder", fallback=None)
+    if dags_folder:
+        env["AIRFLOW__CORE__DAGS_FOLDER"] = dags_folder
+    if AIRFLOW_V3:
+        url = conf.get("core", "execution_api_server_url", fallback=None)
+        if not url:
+            base = conf.get("api", "base_url", fallback="http://localhost:8080/").rstrip("/")
+            url = f"{base}/execution/"
+        env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = url
+    return env
+
+
+def to_airflow_key(ref: TaskRef) -> Any:
+    from airflow.models.taskinstancekey import TaskInstanceKey
+
+    return TaskInstanceKey(*ref)
+
+
+def ref_of(key: Any) -> TaskRef:
+    return TaskRef(key.dag_id, key.task_id, key.run_id, int(key.try_number), int(key.map_index))
+
+
+def workload_command(workload: Any) -> list[str]:
+    """Airflow 3: the worker runs the workload JSON (its token included; never logged)."""
+    return [
+        "python",
+        "-m",
+        "airflow.sdk.execution_time.execute_workload",
+        "--json-string",
+        workload.model_dump_json(),
+    ]
+
+
+def request_from_workload(workload: Any, scheduler_id: str, env: dict[str, str]) -> PodRequest:
+    ti = workload.ti
+    return PodRequest(
+        ref=TaskRef(ti.dag_id, ti.task_id, ti.run_id, int(ti.try_number), int(ti.map_index)),
+        command=workload_command(workload),
+        scheduler_id=scheduler_id,
+        airflow_version=AIRFLOW_VERSION,
+        ti_id=str(ti.id),
+        executor_config=executor_config_module.parse(ti.executor_config),
+        env=env,
+    )
+
+
+def request_from_command(
+    key: Any, command: list[str], executor_config: Any, scheduler_id: str, env: dict[str, str]
+) -> PodRequest:
+    """Airflow 2: `execute_async` hands over an `airflow tasks run ...` command."""
+    return PodRequest(
+        ref=ref_of(key),
+        command=list(command),
+        scheduler_id=scheduler_id,
+        airflow_version=AIRFLOW_VERSION,
+        executor_config=executor_config_module.parse(executor_config),
+        env=env,
+    )
+
+
+def apply_mutation_hook(pod: dict[str, Any]) -> dict[str, Any]:
+    """Run the operator's `pod_mutation_hook`, if they defined one, on the finished pod."""
+    from airflow import settings
+
+    hook = getattr(settings, "pod_mutation_hook", None)
+    if hook is None or getattr(hook, "__module__", "") == "airflow.settings":
+        return pod
+    from kubernetes.client import V1Pod
+
+    model: V1Pod = _serializer._ApiClient__deserialize(pod, "V1Pod")  # type: ignore[attr-defined]
+    try:
+        hook(model)
+    except Exception as exc:
+        raise PodBuildError(f"pod_mutation_hook raised {type(exc).__name__}: {exc}") from exc
+    mutated: dict[str, Any] = _serializer.sanitize_for_serialization(model)
+    return mutated

@@ -1,0 +1,235 @@
+"""`KubernetesExecutor`: the face Airflow's scheduler talks to.
+
+Flow is one way: a workload (Airflow 3) or command (Airflow 2) becomes a pod
+request through the adapter, a pod through `pod_building`, a create through the
+launcher; the watcher's verdicts come back as results and go into the event
+buffer. Bad input fails only its own task, with a message naming the field.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from airflow.executors.base_executor import BaseExecutor
+from airflow.utils.state import TaskInstanceState
+
+from k8s_executor import adoption, airflow_adapter, identity
+from k8s_executor.executor_config import ExecutorConfigError
+from k8s_executor.kube_client import core_api, make_configuration
+from k8s_executor.pod_building import PodBuildError, PodDefaults, PodRequest, build_pod
+from k8s_executor.scheduler import AirflowKubernetesScheduler, TaskResult
+from k8s_executor.settings import ExecutorSettings
+
+
+class KubernetesExecutor(BaseExecutor):
+    supports_ad_hoc_ti_run: bool = True
+    supports_pickling: bool = False
+    is_local: bool = False
+    serve_logs: bool = False
+
+    RUNNING_POD_LOG_NOTE = "Log of the running pod {pod}"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.settings: ExecutorSettings | None = None
+        self.kube_scheduler: AirflowKubernetesScheduler | None = None
+        self.result_queue: queue.Queue[TaskResult] = queue.Queue()
+        self.scheduler_id = ""
+        self._worker_env: dict[str, str] = {}
+
+    # --- lifecycle -------------------------------------------------------
+    def start(self) -> None:
+        # Validate everything before anything starts: no half-configured scheduler.
+        self.settings = ExecutorSettings.parse(airflow_adapter.read_settings())
+        self.scheduler_id = str(self.job_id) if self.job_id is not None else uuid.uuid4().hex[:12]
+        self.kube_config = make_configuration(self.settings)
+        self.kube_client = core_api(self.kube_config)
+        self._worker_env = airflow_adapter.worker_env()
+        self._defaults = PodDefaults(
+            namespace=self.settings.namespace,
+            pod_template_file=self.settings.pod_template_file or None,
+            worker_image=self.settings.worker_image,
+            fallback_image=f"apache/airflow:{airflow_adapter.AIRFLOW_VERSION}",
+        )
+        self.kube_scheduler = AirflowKubernetesScheduler(
+            self.kube_config,
+            None,
+            self.result_queue,
+            self.kube_client,
+            self.scheduler_id,
+            settings=self.settings,
+        )
+        self.kube_scheduler.start_watchers()
+        self.log.info(
+            "KubernetesExecutor started: scheduler id %s, namespaces %s",
+            self.scheduler_id,
+            self.settings.watched_namespaces,
+        )
+
+    def sync(self) -> None:
+        if self.kube_scheduler is None:
+            return
+        self.kube_scheduler.check_watchers()
+        self.kube_scheduler.sync()
+        while True:
+            try:
+                result = self.result_queue.get_nowait()
+            except queue.Empty:
+                break
+            self._apply(result)
+
+    def _apply(self, result: TaskResult) -> None:
+        key = airflow_adapter.to_airflow_key(result.ref)
+        if result.state.verdict == "success":
+            self.change_state(key, TaskInstanceState.SUCCESS, result.pod)
+        else:
+            reason = f"{result.pod}: {result.state.reason}"
+            self.log.warning("task %s failed in Kubernetes: %s", key, reason)
+            self.change_state(key, TaskInstanceState.FAILED, reason)
+
+    def end(self) -> None:
+        """Wait for every pod in flight to reach a verdict, then stop."""
+        if self.kube_scheduler is None:
+            return
+        self.log.info("draining %d pods in flight", self.kube_scheduler.in_flight())
+        while self.kube_scheduler.in_flight():
+            self.sync()
+            time.sleep(0.5)
+        self.sync()
+        self.terminate()
+
+    def terminate(self) -> None:
+        if self.kube_scheduler is not None:
+            self.kube_scheduler.terminate()
+
+    # --- launching -------------------------------------------------------
+    def trigger_tasks(self, open_slots: int) -> None:
+        batch = self.settings.worker_pods_creation_batch_size if self.settings else open_slots
+        super().trigger_tasks(min(open_slots, batch))
+
+    def _process_workloads(self, workloads: Sequence[Any]) -> None:
+        for workload in workloads:
+            key = workload.ti.key
+            self.queued_tasks.pop(key, None)
+            self.running.add(key)
+            try:
+                request = airflow_adapter.request_from_workload(workload, self.scheduler_id, self._worker_env)
+            except (ExecutorConfigError, PodBuildError) as exc:
+                self._refuse(key, exc)
+                continue
+            self._launch(key, request)
+
+    def execute_async(
+        self,
+        key: Any,
+        command: Any,
+        queue: str | None = None,
+        executor_config: Any | None = None,
+    ) -> None:
+        """Airflow 2's entry point: run `command` for `key` in a pod."""
+        self.running.add(key)
+        try:
+            request = airflow_adapter.request_from_command(
+                key, command, executor_config, self.scheduler_id, self._worker_env
+            )
+        except (ExecutorConfigError, PodBuildError) as exc:
+            self._refuse(key, exc)
+            return
+        self._launch(key, request)
+
+    def _launch(self, key: Any, request: PodRequest) -> None:
+        assert self.kube_scheduler is not None
+        try:
+            pod = airflow_adapter.apply_mutation_hook(build_pod(request, self._defaults))
+        except (ExecutorConfigError, PodBuildError) as exc:
+            self._refuse(key, exc)
+            return
+        deadline = time.monotonic() + airflow_adapter.task_queued_timeout_s()
+        self.kube_scheduler.run_pod_async(pod, ref=request.ref, deadline=deadline)
+
+    def _refuse(self, key: Any, exc: Exception) -> None:
+        message = f"task {key.dag_id}.{key.task_id} (run {key.run_id}, try {key.try_number}): {exc}"
+        self.log.error("not launching %s", message)
+        self.change_state(key, TaskInstanceState.FAILED, message)
+
+    # --- adoption, revocation, logs ---------------------------------------
+    def try_adopt_task_instances(self, tis: Sequence[Any]) -> Sequence[Any]:
+        assert self.kube_scheduler is not None and self.settings is not None
+        by_ref = {airflow_adapter.ref_of(ti.key): ti for ti in tis}
+        dead = {str(ti.queued_by_job_id) for ti in tis if ti.queued_by_job_id is not None}
+        dead.discard(self.scheduler_id)
+        orphans = adoption.find_orphans(self.kube_client, self.settings.watched_namespaces, dead)
+        adopted = set()
+        deadline = time.monotonic() + airflow_adapter.task_queued_timeout_s()
+        for orphan in orphans:
+            if orphan.ref not in by_ref:
+                continue
+            self.kube_scheduler.track(orphan.ref, orphan.namespace, orphan.name, deadline)
+            self.kube_scheduler.launcher.patch_labels(
+                orphan.namespace,
+                orphan.name,
+                {identity.WORKER_LABEL: identity.safe_label_value(self.scheduler_id)},
+            )
+            self.running.add(by_ref[orphan.ref].key)
+            adopted.add(orphan.ref)
+        self.log.info(
+            "adopted %d of %d task instances from schedulers %s", len(adopted), len(tis), sorted(dead)
+        )
+        return [ti for ref, ti in by_ref.items() if ref not in adopted]
+
+    def adopt_launched_task(self, ti: Any, last_heartbeat: Any = None, session: Any = None) -> bool:
+        return not self.try_adopt_task_instances([ti])
+
+    def revoke_task(self, *, ti: Any) -> None:
+        key = ti.key
+        self.queued_tasks.pop(key, None)
+        self.running.discard(key)
+        if self.kube_scheduler is None:
+            return
+        ref = airflow_adapter.ref_of(key)
+        for pod in list(self.kube_scheduler.pods.values()):
+            if pod.ref == ref and not pod.finished:
+                pod.finished = True
+                self.kube_scheduler.delete_pod(pod.name, pod.namespace)
+
+    def get_task_log(self, ti: Any, try_number: int) -> tuple[list[str], list[str]]:
+        messages: list[str] = []
+        logs: list[str] = []
+        if self.kube_scheduler is None or self.settings is None:
+            return messages, logs
+        ref = airflow_adapter.ref_of(ti.key)._replace(try_number=try_number)
+        selector = ",".join(
+            f"{k}={v}"
+            for k, v in identity.labels(ref, "x", airflow_adapter.AIRFLOW_VERSION).items()
+            if k in ("dag_id", "task_id", "run_id", "try_number", "map_index")
+        )
+        pods = []
+        for namespace in self.settings.watched_namespaces:
+            if namespace:
+                found = self.kube_client.list_namespaced_pod(namespace, label_selector=selector).items
+            else:
+                found = self.kube_client.list_pod_for_all_namespaces(label_selector=selector).items
+            pods.extend(found)
+        if ref.map_index < 0:
+            pods = [p for p in pods if "map_index" not in (p.metadata.labels or {})]
+        if not pods:
+            messages.append(f"No pod found for {ref.dag_id}.{ref.task_id} try {try_number} ({selector})")
+            return messages, logs
+        if len(pods) > 1:
+            names = ", ".join(f"{p.metadata.namespace}/{p.metadata.name}" for p in pods)
+            messages.append(f"{len(pods)} pods match this task try ({names}); showing the first")
+        pod = pods[0]
+        messages.append(self.RUNNING_POD_LOG_NOTE.format(pod=f"{pod.metadata.namespace}/{pod.metadata.name}"))
+        response = self.kube_client.read_namespaced_pod_log(
+            pod.metadata.name,
+            pod.metadata.namespace,
+            container="base",
+            tail_lines=self.settings.running_pod_log_lines,
+            _preload_content=False,
+        )
+        logs.append(response.data.decode(errors="replace"))
+        return messages, logs

@@ -1,0 +1,234 @@
+"""A task's `executor_config`, validated and turned into pod overrides.
+
+Two forms are accepted, and may be combined:
+- `{"pod_override": V1Pod, "pod_template_file": "/path.yaml"}`, as the official provider takes;
+- `{"KubernetesExecutor": {"image": ..., "request_memory": ..., ...}}`, the dict form of the
+  specification, which the official provider refuses.
+Unknown keys and wrong types are refused with a message that names them; the
+error fails that one task, never the scheduler.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from kubernetes.client import ApiClient
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DICT_FORM_KEY = "KubernetesExecutor"
+TOP_LEVEL_KEYS = ("pod_override", "pod_template_file", DICT_FORM_KEY)
+BASE_CONTAINER = "base"
+
+_serializer = ApiClient()
+
+
+class ExecutorConfigError(ValueError):
+    """The executor_config of a task cannot be used."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SecretSpec(_Strict):
+    deploy_type: Literal["env", "volume"]
+    deploy_target: str | None = None
+    secret: str
+    key: str | None = None
+    items: list[dict[str, Any]] | None = None
+
+
+class ResourcesSpec(_Strict):
+    requests: dict[str, str | int | float] = Field(default_factory=dict)
+    limits: dict[str, str | int | float] = Field(default_factory=dict)
+
+
+class KubernetesExecutorConfig(_Strict):
+    """The dict form, one field per key a user may write."""
+
+    namespace: str | None = None
+    image: str | None = None
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    image_pull_secrets: list[str] | str | None = None
+    service_account_name: str | None = None
+    request_memory: str | None = None
+    request_cpu: str | int | float | None = None
+    request_ephemeral_storage: str | None = None
+    limit_memory: str | None = None
+    limit_cpu: str | int | float | None = None
+    limit_ephemeral_storage: str | None = None
+    limit_gpu: str | int | None = None
+    resources: ResourcesSpec | None = None
+    labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None
+    env_vars: list[dict[str, Any]] | dict[str, str] | None = None
+    secrets: list[SecretSpec] | None = None
+    volumes: list[dict[str, Any]] | None = None
+    volume_mounts: list[dict[str, Any]] | None = None
+    node_selector: dict[str, str] | None = None
+    affinity: dict[str, Any] | None = None
+    tolerations: list[dict[str, Any]] | None = None
+    security_context: dict[str, Any] | None = None
+    priority_class_name: str | None = None
+    scheduler_name: str | None = None
+    termination_grace_period_seconds: int | None = None
+    host_network: bool | None = None
+
+    @field_validator("volumes", "volume_mounts")
+    @classmethod
+    def _named(cls, items: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        for item in items or []:
+            if not item.get("name"):
+                raise ValueError("every entry needs a 'name'")
+        return items
+
+    @field_validator("env_vars")
+    @classmethod
+    def _env(cls, value: list[dict[str, Any]] | dict[str, str] | None) -> list[dict[str, Any]] | None:
+        if isinstance(value, dict):
+            return [{"name": k, "value": str(v)} for k, v in value.items()]
+        for item in value or []:
+            if not item.get("name"):
+                raise ValueError("every entry needs a 'name'")
+        return value
+
+    def to_pod(self) -> dict[str, Any]:
+        """The override this form stands for, as pod JSON with the worker container named `base`."""
+        container: dict[str, Any] = {"name": BASE_CONTAINER}
+        spec: dict[str, Any] = {"containers": [container]}
+        metadata: dict[str, Any] = {}
+        if self.image:
+            container["image"] = self.image
+        if self.image_pull_policy:
+            container["imagePullPolicy"] = self.image_pull_policy
+        resources = {"requests": {}, "limits": {}}
+        for kind, field_name, resource in (
+            ("requests", "request_memory", "memory"),
+            ("requests", "request_cpu", "cpu"),
+            ("requests", "request_ephemeral_storage", "ephemeral-storage"),
+            ("limits", "limit_memory", "memory"),
+            ("limits", "limit_cpu", "cpu"),
+            ("limits", "limit_ephemeral_storage", "ephemeral-storage"),
+            ("limits", "limit_gpu", "nvidia.com/gpu"),
+        ):
+            value = getattr(self, field_name)
+            if value is not None:
+                resources[kind][resource] = str(value)
+        if self.resources:
+            resources["requests"].update({k: str(v) for k, v in self.resources.requests.items()})
+            resources["limits"].update({k: str(v) for k, v in self.resources.limits.items()})
+        resources = {k: v for k, v in resources.items() if v}
+        if resources:
+            container["resources"] = resources
+        env = list(self.env_vars or [])  # type: ignore[arg-type]
+        mounts = list(self.volume_mounts or [])
+        volumes = list(self.volumes or [])
+        env_from = []
+        for secret in self.secrets or []:
+            if secret.deploy_type == "env" and secret.key:
+                target = secret.deploy_target or secret.key
+                env.append(
+                    {
+                        "name": target,
+                        "valueFrom": {"secretKeyRef": {"name": secret.secret, "key": secret.key}},
+                    }
+                )
+            elif secret.deploy_type == "env":
+                env_from.append({"secretRef": {"name": secret.secret}})
+            else:
+                if not secret.deploy_target:
+                    raise ExecutorConfigError(
+                        f"secrets: a volume secret needs deploy_target (the mount path) for {secret.secret!r}"
+                    )
+                volume_name = f"secretvol-{secret.secret}"[:63]
+                source: dict[str, Any] = {"secretName": secret.secret}
+                if secret.items:
+                    source["items"] = secret.items
+                volumes.append({"name": volume_name, "secret": source})
+                mounts.append({"name": volume_name, "mountPath": secret.deploy_target, "readOnly": True})
+        if env:
+            container["env"] = env
+        if env_from:
+            container["envFrom"] = env_from
+        if mounts:
+            container["volumeMounts"] = mounts
+        if volumes:
+            spec["volumes"] = volumes
+        for field_name, key in (
+            ("node_selector", "nodeSelector"),
+            ("affinity", "affinity"),
+            ("tolerations", "tolerations"),
+            ("security_context", "securityContext"),
+            ("service_account_name", "serviceAccountName"),
+            ("priority_class_name", "priorityClassName"),
+            ("scheduler_name", "schedulerName"),
+            ("termination_grace_period_seconds", "terminationGracePeriodSeconds"),
+            ("host_network", "hostNetwork"),
+        ):
+            value = getattr(self, field_name)
+            if value is not None:
+                spec[key] = value
+        if self.image_pull_secrets:
+            names = (
+                self.image_pull_secrets.split(",")
+                if isinstance(self.image_pull_secrets, str)
+                else self.image_pull_secrets
+            )
+            spec["imagePullSecrets"] = [{"name": n.strip()} for n in names if n.strip()]
+        if self.namespace:
+            metadata["namespace"] = self.namespace
+        if self.labels:
+            metadata["labels"] = dict(self.labels)
+        if self.annotations:
+            metadata["annotations"] = dict(self.annotations)
+        pod: dict[str, Any] = {"spec": spec}
+        if metadata:
+            pod["metadata"] = metadata
+        return pod
+
+
+class ParsedExecutorConfig(BaseModel):
+    """What a task asked for: a template path and overrides, in the order they apply."""
+
+    pod_template_file: str | None = None
+    overrides: list[dict[str, Any]] = Field(default_factory=list)
+
+
+def parse(executor_config: dict[str, Any] | None) -> ParsedExecutorConfig:
+    if not executor_config:
+        return ParsedExecutorConfig()
+    if not isinstance(executor_config, dict):
+        raise ExecutorConfigError(f"executor_config must be a dict, got {type(executor_config).__name__}")
+    unknown = sorted(set(executor_config) - set(TOP_LEVEL_KEYS))
+    if unknown:
+        raise ExecutorConfigError(
+            f"executor_config: unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"expected {', '.join(TOP_LEVEL_KEYS)}"
+        )
+    overrides = []
+    dict_form = executor_config.get(DICT_FORM_KEY)
+    if dict_form is not None:
+        if not isinstance(dict_form, dict):
+            raise ExecutorConfigError(f"executor_config[{DICT_FORM_KEY!r}] must be a dict")
+        try:
+            overrides.append(KubernetesExecutorConfig(**dict_form).to_pod())
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+            )
+            raise ExecutorConfigError(f"executor_config[{DICT_FORM_KEY!r}]: {problems}") from None
+    pod_override = executor_config.get("pod_override")
+    if pod_override is not None:
+        if isinstance(pod_override, dict):
+            overrides.append(pod_override)
+        elif type(pod_override).__name__ == "V1Pod":
+            overrides.append(_serializer.sanitize_for_serialization(pod_override))
+        else:
+            raise ExecutorConfigError(
+                f"executor_config['pod_override'] must be a kubernetes.client.V1Pod, "
+                f"got {type(pod_override).__name__}"
+            )
+    template = executor_config.get("pod_template_file")
+    if template is not None and not isinstance(template, str):
+        raise ExecutorConfigError("executor_config['pod_template_file'] must be a path string")
+    return ParsedExecutorConfig(pod_template_file=template or None, overrides=overrides)

@@ -1,0 +1,75 @@
+"""The connection to the API server, made from settings.
+
+The official `kubernetes` client, configured once: in-cluster or kubeconfig,
+TLS verification, urllib3 retries and TCP keepalive. Calls that need speed use
+`_preload_content=False` and read JSON themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+from kubernetes import client, config
+from urllib3.util.retry import Retry
+
+from k8s_executor.settings import ExecutorSettings
+
+
+def make_configuration(settings: ExecutorSettings) -> client.Configuration:
+    cfg = client.Configuration()
+    if settings.in_cluster:
+        config.load_incluster_config(client_configuration=cfg)
+    else:
+        config.load_kube_config(
+            config_file=settings.config_file, context=settings.cluster_context, client_configuration=cfg
+        )
+    if not settings.verify_ssl:
+        cfg.verify_ssl = False
+    if settings.ssl_ca_cert:
+        cfg.ssl_ca_cert = settings.ssl_ca_cert
+    if settings.api_client_retry_configuration:
+        cfg.retries = Retry(**settings.api_client_retry_configuration)
+    cfg.connection_pool_maxsize = max(16, settings.creation_concurrency * 2)
+    if settings.enable_tcp_keepalive:
+        cfg.socket_options = [
+            (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),
+            (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+            (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, settings.tcp_keep_idle),
+            (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, settings.tcp_keep_intvl),
+            (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, settings.tcp_keep_cnt),
+        ]
+    return cfg
+
+
+def core_api(cfg: client.Configuration) -> client.CoreV1Api:
+    return client.CoreV1Api(client.ApiClient(cfg))
+
+
+def read_json(response: Any) -> Any:
+    """The body of a `_preload_content=False` response."""
+    return json.loads(response.data)
+
+
+def error_message(exc: client.ApiException) -> str:
+    """The API server's own words for a refused request."""
+    try:
+        return str(json.loads(exc.body)["message"])
+    except (TypeError, ValueError, KeyError):
+        return f"{exc.status} {exc.reason}"
+
+
+def json_lines(response: Any) -> Iterator[dict[str, Any]]:
+    """Events of a watch response as dicts, read as they arrive."""
+    buffer = b""
+    try:
+        for chunk in response.stream(amt=None, decode_content=False):
+            buffer += chunk
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                if line.strip():
+                    yield json.loads(line)
+    finally:
+        response.release_conn()

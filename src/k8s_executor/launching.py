@@ -1,0 +1,169 @@
+"""Creating and deleting pods: concurrent, rate-limited, retried, never duplicated.
+
+Requests run on a small thread pool so the scheduler loop never waits on the
+network. A token bucket keeps the executor within the QPS it was given, as
+client-go's rate limiter does. Transient refusals (429 with its Retry-After,
+5xx, 403 "exceeded quota", broken connections) are retried with backoff;
+because a try's pod name is fixed, a retry whose first attempt did land meets
+409 and counts as created. Anything else is final, and the API server's own
+message goes back to the task.
+"""
+
+from __future__ import annotations
+
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client
+from urllib3.exceptions import HTTPError
+
+from k8s_executor.kube_client import error_message
+
+MAX_BACKOFF_S = 30.0
+
+
+class TokenBucket:
+    def __init__(self, qps: float, burst: int) -> None:
+        self.rate, self.capacity = qps, float(burst)
+        self.tokens, self.stamp = float(burst), time.monotonic()
+        self.lock = threading.Lock()
+
+    def take(self) -> None:
+        while True:
+            with self.lock:
+                now = time.monotonic()
+                self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+                self.stamp = now
+                if self.tokens >= 1:
+                    self.tokens -= 1
+                    return
+                wait = (1 - self.tokens) / self.rate
+            time.sleep(wait)
+
+
+def transient(exc: Exception) -> float | None:
+    """Seconds to wait before retrying `exc`, or None when retrying cannot help."""
+    if isinstance(exc, (HTTPError, ConnectionError, TimeoutError)):
+        return 0.0
+    if not isinstance(exc, client.ApiException):
+        return None
+    if exc.status == 429 or (exc.status or 0) >= 500 or exc.status == 0:
+        retry_after = (exc.headers or {}).get("Retry-After")
+        try:
+            return float(retry_after) if retry_after else 0.0
+        except ValueError:
+            return 0.0
+    if exc.status == 403 and "exceeded quota" in (exc.body or ""):
+        return 0.0
+    return None
+
+
+@dataclass(frozen=True)
+class LaunchResult:
+    namespace: str
+    name: str
+    ok: bool
+    error: str = ""
+    already_existed: bool = False
+    attempts: int = 1
+
+
+class Launcher:
+    def __init__(
+        self,
+        api: client.CoreV1Api,
+        *,
+        concurrency: int,
+        qps: float,
+        burst: int,
+        max_retries: int,
+        request_args: dict[str, Any] | None = None,
+        delete_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.api = api
+        self.bucket = TokenBucket(qps, burst)
+        self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="k8s-launch")
+        self.max_retries = max_retries
+        self.request_args = request_args or {}
+        self.delete_options = delete_options or {}
+        self.results: queue.SimpleQueue[LaunchResult] = queue.SimpleQueue()
+        self.stopping = threading.Event()
+
+    def _with_retries(self, call: Callable[[], Any], deadline: float) -> tuple[Any, Exception | None, int]:
+        attempt = 0
+        while True:
+            attempt += 1
+            self.bucket.take()
+            try:
+                return call(), None, attempt
+            except Exception as exc:
+                wait = transient(exc)
+                retries_left = self.max_retries < 0 or attempt <= self.max_retries
+                if wait is None or not retries_left or self.stopping.is_set():
+                    return None, exc, attempt
+                backoff = max(wait, min(MAX_BACKOFF_S, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0))
+                if time.monotonic() + backoff > deadline:
+                    return None, exc, attempt
+                time.sleep(backoff)
+
+    def create(self, pod: dict[str, Any], deadline: float) -> None:
+        """Create `pod` in the background; its LaunchResult arrives on `results`."""
+        self.pool.submit(self._create, pod, deadline)
+
+    def _create(self, pod: dict[str, Any], deadline: float) -> None:
+        namespace, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+        _, exc, attempts = self._with_retries(
+            lambda: self.api.create_namespaced_pod(
+                namespace, pod, _preload_content=False, **self.request_args
+            ),
+            deadline,
+        )
+        if exc is None:
+            self.results.put(LaunchResult(namespace, name, True, attempts=attempts))
+        elif isinstance(exc, client.ApiException) and exc.status == 409:
+            self.results.put(LaunchResult(namespace, name, True, already_existed=True, attempts=attempts))
+        else:
+            message = error_message(exc) if isinstance(exc, client.ApiException) else repr(exc)
+            self.results.put(LaunchResult(namespace, name, False, error=message, attempts=attempts))
+
+    def delete(self, namespace: str, name: str) -> None:
+        self.pool.submit(self._delete, namespace, name)
+
+    def _delete(self, namespace: str, name: str) -> None:
+        _, exc, _ = self._with_retries(
+            lambda: self.api.delete_namespaced_pod(
+                name, namespace, body=dict(self.delete_options), _preload_content=False, **self.request_args
+            ),
+            time.monotonic() + 120,
+        )
+        if exc is not None and not (isinstance(exc, client.ApiException) and exc.status == 404):
+            raise exc
+
+    def patch_labels(self, namespace: str, name: str, labels: dict[str, str]) -> None:
+        self.pool.submit(self._patch_labels, namespace, name, labels)
+
+    def _patch_labels(self, namespace: str, name: str, labels: dict[str, str]) -> None:
+        _, exc, _ = self._with_retries(
+            lambda: self.api.patch_namespaced_pod(
+                name,
+                namespace,
+                {"metadata": {"labels": labels}},
+                _content_type="application/merge-patch+json",
+                _preload_content=False,
+                **self.request_args,
+            ),
+            time.monotonic() + 120,
+        )
+        if exc is not None and not (isinstance(exc, client.ApiException) and exc.status == 404):
+            raise exc
+
+    def shutdown(self, wait: bool) -> None:
+        if not wait:
+            self.stopping.set()
+        self.pool.shutdown(wait=wait, cancel_futures=not wait)

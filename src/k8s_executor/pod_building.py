@@ -1,0 +1,190 @@
+"""Building a task's pod: template, then executor fields, then the task's overrides.
+
+Pods are plain JSON dicts from start to end: no model objects on the hot path,
+and a template is parsed once per file version, not once per pod.
+
+The merge rule, applied at every level, later layer winning:
+- objects (mappings) merge key by key; any value the later layer sets wins,
+  including `False`, `0`, `""` and `[]`;
+- lists of named entries (containers, initContainers, env, volumeMounts,
+  volumes, ports, imagePullSecrets, ...) merge entry by entry on `name`; new
+  names are appended in order;
+- every other list (args, command, tolerations, ...) is replaced whole.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import yaml
+
+from k8s_executor import identity
+from k8s_executor.executor_config import BASE_CONTAINER, ParsedExecutorConfig
+
+MAX_NAME = 253
+
+
+class PodBuildError(ValueError):
+    """The pod of a task cannot be built; the message names the field at fault."""
+
+
+def merge(base: Any, override: Any) -> Any:
+    """Merge `override` onto `base` by the module's rule; neither argument is changed."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        out = dict(base)
+        for key, value in override.items():
+            if value is None:
+                continue
+            out[key] = merge(base[key], value) if key in base else copy.deepcopy(value)
+        return out
+    if (
+        isinstance(base, list)
+        and isinstance(override, list)
+        and _named(base)
+        and _named(override)
+        and override
+    ):
+        out_list = [copy.deepcopy(item) for item in base]
+        index = {item["name"]: i for i, item in enumerate(out_list)}
+        for item in override:
+            if item["name"] in index:
+                out_list[index[item["name"]]] = merge(out_list[index[item["name"]]], item)
+            else:
+                index[item["name"]] = len(out_list)
+                out_list.append(copy.deepcopy(item))
+        return out_list
+    return copy.deepcopy(override)
+
+
+def _named(items: list[Any]) -> bool:
+    return all(isinstance(i, dict) and isinstance(i.get("name"), str) for i in items)
+
+
+@lru_cache(maxsize=64)
+def _load_template_cached(path: str, mtime_ns: int) -> dict[str, Any]:
+    try:
+        with open(path) as f:
+            documents = [d for d in yaml.safe_load_all(f) if d is not None]
+    except yaml.YAMLError as exc:
+        raise PodBuildError(f"pod_template_file {path!r} is not valid YAML: {exc}") from None
+    if len(documents) != 1 or not isinstance(documents[0], dict):
+        raise PodBuildError(f"pod_template_file {path!r} must hold exactly one pod object")
+    pod = documents[0]
+    if pod.get("kind", "Pod") != "Pod":
+        raise PodBuildError(f"pod_template_file {path!r} holds a {pod.get('kind')}, not a Pod")
+    containers = (pod.get("spec") or {}).get("containers")
+    if not isinstance(containers, list) or not containers:
+        raise PodBuildError(f"pod_template_file {path!r}: spec.containers must list at least one container")
+    return pod
+
+
+def load_template(path: str) -> dict[str, Any]:
+    """The template at `path` as pod JSON (a fresh copy); a missing or broken file is an error."""
+    try:
+        mtime = os.stat(path).st_mtime_ns
+    except OSError as exc:
+        raise PodBuildError(f"pod_template_file {path!r} cannot be read: {exc.strerror}") from None
+    return copy.deepcopy(_load_template_cached(path, mtime))
+
+
+def default_pod(image: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": BASE_CONTAINER, "image": image}]},
+    }
+
+
+@dataclass(frozen=True)
+class PodRequest:
+    """Everything that decides one task's pod."""
+
+    ref: identity.TaskRef
+    command: list[str]
+    scheduler_id: str
+    airflow_version: str
+    ti_id: str | None = None
+    executor_config: ParsedExecutorConfig = field(default_factory=ParsedExecutorConfig)
+    env: dict[str, str] = field(default_factory=dict)
+    launch_attempt: int = 0
+
+
+@dataclass(frozen=True)
+class PodDefaults:
+    """The executor-wide part of every pod, from settings."""
+
+    namespace: str
+    pod_template_file: str | None
+    worker_image: str | None
+    fallback_image: str
+
+
+def build_pod(request: PodRequest, defaults: PodDefaults) -> dict[str, Any]:
+    """The pod JSON for one task try, before any mutation hook."""
+    template_path = request.executor_config.pod_template_file or defaults.pod_template_file
+    pod = load_template(template_path) if template_path else default_pod(defaults.fallback_image)
+    for container in pod["spec"]["containers"]:
+        if container.get("name") == BASE_CONTAINER:
+            break
+    else:
+        # The first container runs the task, whatever the template called it.
+        pod["spec"]["containers"][0]["name"] = BASE_CONTAINER
+    base = next(c for c in pod["spec"]["containers"] if c["name"] == BASE_CONTAINER)
+    template_env = {e.get("name") for e in base.get("env") or []}
+    env = [{"name": k, "value": v} for k, v in request.env.items() if k not in template_env]
+    executor_layer: dict[str, Any] = {
+        "metadata": {
+            "name": identity.pod_name(request.ref, request.launch_attempt),
+            "namespace": pod.get("metadata", {}).get("namespace") or defaults.namespace,
+            "labels": identity.labels(
+                request.ref, request.scheduler_id, request.airflow_version, request.ti_id
+            ),
+            "annotations": identity.annotations(request.ref, request.ti_id, request.launch_attempt),
+        },
+        "spec": {
+            "containers": [
+                {
+                    "name": BASE_CONTAINER,
+                    "args": request.command,
+                    "env": [{"name": "AIRFLOW_IS_K8S_EXECUTOR_POD", "value": "True"}, *env],
+                    **({"image": defaults.worker_image} if defaults.worker_image else {}),
+                }
+            ]
+        },
+    }
+    if not base.get("image") and not defaults.worker_image:
+        executor_layer["spec"]["containers"][0]["image"] = defaults.fallback_image
+    pod = merge(pod, executor_layer)
+    for override in request.executor_config.overrides:
+        pod = merge(pod, override)
+    # The executor's identity cannot be overridden: it is how the task is found again.
+    pod["metadata"]["name"] = executor_layer["metadata"]["name"]
+    pod["metadata"]["labels"].update(executor_layer["metadata"]["labels"])
+    pod["metadata"]["annotations"].update(executor_layer["metadata"]["annotations"])
+    pod.setdefault("apiVersion", "v1")
+    pod.setdefault("kind", "Pod")
+    validate(pod)
+    return pod
+
+
+def validate(pod: dict[str, Any]) -> None:
+    """Catch what the API server would refuse with a message a person can act on."""
+    meta = pod["metadata"]
+    if not meta.get("namespace"):
+        raise PodBuildError("metadata.namespace is empty: set [kubernetes_executor] namespace")
+    if len(meta["name"]) > MAX_NAME:
+        raise PodBuildError(f"metadata.name is longer than {MAX_NAME} characters")
+    for key, value in (meta.get("labels") or {}).items():
+        if not isinstance(value, str) or identity.safe_label_value(value) != value:
+            raise PodBuildError(
+                f"metadata.labels[{key!r}]: {value!r} is not a valid label value "
+                f"(at most 63 characters of letters, digits, '-', '_', '.')"
+            )
+    for container in pod["spec"].get("containers", []):
+        if not container.get("image"):
+            raise PodBuildError(f"spec.containers[{container.get('name')!r}].image is empty")

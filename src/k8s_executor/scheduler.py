@@ -1,0 +1,259 @@
+"""`AirflowKubernetesScheduler`: the executor's memory of its pods.
+
+It owns the launcher and the watchers, and holds one record per pod it is
+responsible for. Everything that happens to a pod comes back through the
+watcher queue and is turned here into at most one result per task try, which
+the executor hands to Airflow. That one record per pod is the only state: no
+second map has to agree with it.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from airflow.utils.log.logging_mixin import LoggingMixin
+from kubernetes import client
+
+from k8s_executor import identity
+from k8s_executor.launching import Launcher, LaunchResult
+from k8s_executor.resource_version import ResourceVersion
+from k8s_executor.settings import ExecutorSettings
+from k8s_executor.state_mapping import PodState
+from k8s_executor.watching import Bookmark, KubernetesJobWatcher, PodEvent, Resync
+
+
+@dataclass
+class TrackedPod:
+    ref: identity.TaskRef
+    namespace: str
+    name: str
+    deadline: float
+    created: bool = False
+    created_at: float = 0.0
+    last_state: PodState | None = None
+    finished: bool = False
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    ref: identity.TaskRef
+    state: PodState
+    pod: str
+
+
+class AirflowKubernetesScheduler(LoggingMixin):
+    def __init__(
+        self,
+        kube_config: client.Configuration,
+        task_queue: queue.Queue[Any] | None,
+        result_queue: queue.Queue[TaskResult],
+        kube_client: client.CoreV1Api,
+        worker_uuid: str,
+        settings: ExecutorSettings | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__()
+        self.kube_config = kube_config
+        self.task_queue = task_queue
+        self.result_queue = result_queue
+        self.kube_client = kube_client
+        self.worker_uuid = worker_uuid
+        self.settings = settings or ExecutorSettings()
+        self.pods: dict[tuple[str, str], TrackedPod] = {}
+        self.launcher = Launcher(
+            kube_client,
+            concurrency=self.settings.creation_concurrency,
+            qps=self.settings.api_qps,
+            burst=self.settings.api_burst,
+            max_retries=self.settings.task_publish_max_retries,
+            request_args=self.settings.kube_client_request_args,
+            delete_options=self.settings.delete_option_kwargs,
+        )
+        # Spawned, not forked: the scheduler process holds threads and database connections.
+        self._mp = multiprocessing.get_context("spawn")
+        self.watcher_queue: Any = self._mp.Queue()
+        self.watchers: dict[str | None, KubernetesJobWatcher] = {}
+        self.watcher_restarts = 0
+
+    # --- watchers --------------------------------------------------------
+    def start_watchers(self) -> None:
+        for namespace in self.settings.watched_namespaces:
+            self._start_watcher(namespace)
+
+    def _start_watcher(self, namespace: str | None) -> None:
+        watcher = KubernetesJobWatcher(
+            namespace=namespace,
+            multi_namespace_mode=self.settings.multi_namespace_mode,
+            watcher_queue=self.watcher_queue,
+            resource_version=ResourceVersion().get_resource_version(namespace),
+            worker_uuid=self.worker_uuid,
+            kube_config=self.kube_config,
+            fatal_waiting_reasons=frozenset(self.settings.worker_pod_pending_fatal_container_state_reasons),
+            unschedulable_timeout_s=self.settings.unschedulable_pod_timeout,
+            daemon=True,
+        )
+        watcher.start()
+        self.watchers[namespace] = watcher
+
+    def check_watchers(self) -> None:
+        """Restart a dead watcher from the last resourceVersion seen, not from the beginning."""
+        for namespace, watcher in list(self.watchers.items()):
+            if not watcher.is_alive():
+                self.log.error("watcher of %s died (exit code %s); restarting", namespace, watcher.exitcode)
+                self.watcher_restarts += 1
+                self._start_watcher(namespace)
+
+    # --- launching -------------------------------------------------------
+    def run_pod_async(self, pod: dict[str, Any], ref: identity.TaskRef | None = None, **kwargs: Any) -> None:
+        """Create `pod` in the background; its outcome comes back through `sync`."""
+        if not isinstance(pod, dict):
+            pod = self.kube_client.api_client.sanitize_for_serialization(pod)
+        meta = pod["metadata"]
+        ref = ref or identity.ref_from_annotations(meta.get("annotations"))
+        if ref is None:
+            raise ValueError(f"pod {meta.get('name')!r} carries no task annotations")
+        deadline = kwargs.get("deadline") or time.monotonic() + 600
+        self.pods[(meta["namespace"], meta["name"])] = TrackedPod(
+            ref, meta["namespace"], meta["name"], deadline
+        )
+        self.launcher.create(pod, deadline)
+
+    def track(self, ref: identity.TaskRef, namespace: str, name: str, deadline: float) -> None:
+        """Take responsibility for a pod that already exists (adoption)."""
+        self.pods[(namespace, name)] = TrackedPod(
+            ref, namespace, name, deadline, created=True, created_at=time.time()
+        )
+
+    def delete_pod(self, pod_name: str, namespace: str) -> None:
+        self.launcher.delete(namespace, pod_name)
+
+    def patch_pod_executor_done(self, pod_name: str, namespace: str) -> None:
+        self.launcher.patch_labels(namespace, pod_name, {identity.DONE_LABEL: "True"})
+
+    def _make_safe_pod_id(self, safe_dag_id: str, safe_task_id: str, safe_run_id: str) -> str:
+        return identity.pod_name(identity.TaskRef(safe_dag_id, safe_task_id, safe_run_id))
+
+    # --- results ---------------------------------------------------------
+    def sync(self) -> None:
+        self._drain_launches()
+        self._drain_watchers()
+        self._expire_unstarted()
+
+    def _report(self, pod: TrackedPod, state: PodState) -> None:
+        if pod.finished:
+            return
+        pod.finished = True
+        pod.last_state = state
+        self.result_queue.put(TaskResult(pod.ref, state, f"{pod.namespace}/{pod.name}"))
+        if not pod.created:
+            return
+        settings = self.settings
+        delete = settings.delete_worker_pods and (
+            state.verdict == "success" or settings.delete_worker_pods_on_failure
+        )
+        if delete:
+            self.delete_pod(pod.name, pod.namespace)
+        else:
+            # Kept for inspection, but out of every watch and adoption from now on.
+            self.patch_pod_executor_done(pod.name, pod.namespace)
+
+    def _drain_launches(self) -> None:
+        while True:
+            try:
+                result: LaunchResult = self.launcher.results.get_nowait()
+            except queue.Empty:
+                return
+            pod = self.pods.get((result.namespace, result.name))
+            if pod is None:
+                continue
+            if result.ok:
+                pod.created, pod.created_at = True, time.time()
+            else:
+                self._report(
+                    pod, PodState("failed", f"pod {result.name} could not be created: {result.error}")
+                )
+
+    def _drain_watchers(self) -> None:
+        while True:
+            try:
+                message = self.watcher_queue.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(message, PodEvent):
+                ResourceVersion().set_resource_version(
+                    message.resource_version, self._watch_key(message.namespace)
+                )
+                self._on_event(message)
+            elif isinstance(message, Resync):
+                ResourceVersion().set_resource_version(message.resource_version, message.namespace)
+                self._on_resync(message)
+            elif isinstance(message, Bookmark):
+                ResourceVersion().set_resource_version(message.resource_version, message.namespace)
+
+    def _watch_key(self, namespace: str) -> str | None:
+        return namespace if namespace in self.watchers else None
+
+    def _on_event(self, event: PodEvent) -> None:
+        pod = self.pods.get((event.namespace, event.name))
+        if pod is None:
+            # A pod of ours we did not launch in this process: launched by our previous
+            # incarnation with the same id, or relabelled to us by adoption.
+            if event.ref is None or event.scheduler_id != identity.safe_label_value(self.worker_uuid):
+                return
+            pod = TrackedPod(event.ref, event.namespace, event.name, time.monotonic() + 600, created=True)
+            self.pods[(event.namespace, event.name)] = pod
+        if pod.finished:
+            if event.deleted:
+                self.pods.pop((event.namespace, event.name), None)
+            return
+        pod.created = True
+        pod.last_state = event.state
+        if event.state.terminal:
+            self._report(pod, event.state)
+
+    def _on_resync(self, resync: Resync) -> None:
+        for key, pod in list(self.pods.items()):
+            in_scope = resync.namespace is None or pod.namespace == resync.namespace
+            if (
+                in_scope
+                and not pod.finished
+                and pod.created
+                and pod.created_at < resync.listed_at
+                and key not in resync.names
+            ):
+                self._report(pod, PodState("failed", "pod disappeared while the watch was interrupted"))
+            if pod.finished and key not in resync.names and in_scope:
+                del self.pods[key]
+
+    def _expire_unstarted(self) -> None:
+        now = time.monotonic()
+        for pod in self.pods.values():
+            if pod.finished or now < pod.deadline:
+                continue
+            if pod.last_state is None or pod.last_state.verdict == "pending":
+                why = f" ({pod.last_state.reason})" if pod.last_state and pod.last_state.reason else ""
+                self._report(
+                    pod,
+                    PodState(
+                        "failed",
+                        "pod did not start within [scheduler] task_queued_timeout, after which its "
+                        f"workload token is no longer valid{why}",
+                    ),
+                )
+                if pod.created and self.settings.delete_worker_pods:
+                    self.delete_pod(pod.name, pod.namespace)
+
+    def in_flight(self) -> int:
+        return sum(1 for p in self.pods.values() if not p.finished)
+
+    def terminate(self) -> None:
+        for watcher in self.watchers.values():
+            if watcher.is_alive():
+                watcher.terminate()
+        for watcher in self.watchers.values():
+            watcher.join(timeout=5)
+        self.launcher.shutdown(wait=False)

@@ -1,0 +1,202 @@
+"""The `[kubernetes_executor]` and `[local_kubernetes_executor]` settings.
+
+Option names and meanings follow the official provider so an operator's
+airflow.cfg keeps working. One pydantic model is the single definition: it
+validates at `start()` (a bad value names the option and what is wrong), it
+feeds `get_provider_info` so `airflow config list` shows every option, and it
+generates the configuration reference in the docs.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+SECTION = "kubernetes_executor"
+LOCAL_SECTION = "local_kubernetes_executor"
+
+
+class SettingsError(ValueError):
+    """A setting has a value the executor cannot run with."""
+
+
+def _csv(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return list(value or [])
+
+
+def _json_dict(value: Any) -> dict[str, Any]:
+    if value in (None, ""):
+        return {}
+    if isinstance(value, dict):
+        return value
+    parsed = json.loads(value)
+    if not isinstance(parsed, dict):
+        raise ValueError("must be a JSON object")
+    return parsed
+
+
+class ExecutorSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    namespace: str = Field("default", description="Namespace where worker pods run.")
+    pod_template_file: str = Field(
+        "", description="Path to a YAML pod template used as the base of every worker pod."
+    )
+    worker_container_repository: str = Field("", description="Image repository of the worker container.")
+    worker_container_tag: str = Field("", description="Image tag of the worker container.")
+    delete_worker_pods: bool = Field(True, description="Delete a worker pod once its task finished.")
+    delete_worker_pods_on_failure: bool = Field(
+        False, description="Also delete pods of failed tasks (only when delete_worker_pods is True)."
+    )
+    worker_pod_pending_fatal_container_state_reasons: list[str] = Field(
+        default_factory=lambda: [
+            "CreateContainerConfigError",
+            "ErrImagePull",
+            "CreateContainerError",
+            "ImageInspectError",
+            "InvalidImageName",
+        ],
+        description="Waiting reasons of a pending pod's container that fail its task at once.",
+    )
+    worker_pods_creation_batch_size: int = Field(
+        64,
+        ge=1,
+        description="Most pods launched per scheduler heartbeat. The official provider defaults to 1; "
+        "pods are created concurrently here, so a larger batch costs no scheduler loop time.",
+    )
+    async_pod_creation: bool = Field(
+        False, description="Accepted for compatibility: pods are always created concurrently."
+    )
+    pod_creation_max_concurrency: int = Field(
+        0, ge=0, description="Concurrent create requests in flight; 0 means 8."
+    )
+    api_qps: float = Field(
+        50.0, gt=0, description="Client-side rate limit on requests to the API server (per second)."
+    )
+    api_burst: int = Field(100, ge=1, description="Requests allowed above api_qps in a burst.")
+    multi_namespace_mode: bool = Field(False, description="Launch and watch pods in several namespaces.")
+    multi_namespace_mode_namespace_list: list[str] = Field(
+        default_factory=list,
+        description="Namespaces watched in multi_namespace_mode; empty means all namespaces (needs a ClusterRole).",
+    )
+    in_cluster: bool = Field(True, description="Use the pod's service account to reach the API server.")
+    cluster_context: str | None = Field(None, description="kubeconfig context when not in_cluster.")
+    config_file: str | None = Field(None, description="kubeconfig path when not in_cluster.")
+    kube_client_request_args: dict[str, Any] = Field(
+        default_factory=dict, description="JSON object of extra keyword arguments for every API call."
+    )
+    delete_option_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="JSON object of V1DeleteOptions fields used when deleting pods."
+    )
+    api_client_retry_configuration: dict[str, Any] = Field(
+        default_factory=dict, description="JSON object of urllib3 Retry arguments for the API client."
+    )
+    enable_tcp_keepalive: bool = Field(True, description="TCP keepalive on API connections.")
+    tcp_keep_idle: int = Field(120, ge=1, description="Seconds idle before keepalive probes start.")
+    tcp_keep_intvl: int = Field(30, ge=1, description="Seconds between keepalive probes.")
+    tcp_keep_cnt: int = Field(6, ge=1, description="Failed probes before the connection is dropped.")
+    verify_ssl: bool = Field(True, description="Verify the API server's certificate.")
+    ssl_ca_cert: str = Field("", description="CA bundle used to verify the API server.")
+    task_publish_max_retries: int = Field(
+        5,
+        ge=-1,
+        description="Retries of a pod create after a transient error (429, 5xx, quota, connection); "
+        "-1 retries until the task's queued timeout. The official provider defaults to 0, failing a task "
+        "on the first 429; retrying is safe here because pod names are deterministic.",
+    )
+    pod_launch_failure_retries: int = Field(
+        1, ge=0, description="Re-creations of a pod that failed before its task started."
+    )
+    pod_launch_failure_excluded_container_reasons: list[str] = Field(
+        default_factory=lambda: ["Error"],
+        description="Container reasons that never trigger a launch-failure re-creation.",
+    )
+    logs_task_metadata: bool = Field(False, description="Log the task's metadata with pod events.")
+    running_pod_log_lines: int = Field(100, ge=1, description="Lines of a running pod's log shown in the UI.")
+    unschedulable_pod_timeout: int = Field(
+        300, ge=1, description="Seconds a pod may stay Unschedulable before its task fails with the reason."
+    )
+    orphaned_pods_check_interval: int = Field(
+        60, ge=5, description="Seconds between sweeps that adopt or clean pods of dead schedulers."
+    )
+
+    _csv_fields = field_validator(
+        "worker_pod_pending_fatal_container_state_reasons",
+        "multi_namespace_mode_namespace_list",
+        "pod_launch_failure_excluded_container_reasons",
+        mode="before",
+    )(_csv)
+    _json_fields = field_validator(
+        "kube_client_request_args", "delete_option_kwargs", "api_client_retry_configuration", mode="before"
+    )(_json_dict)
+
+    @field_validator("cluster_context", "config_file", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return value or None
+
+    @property
+    def creation_concurrency(self) -> int:
+        return self.pod_creation_max_concurrency or 8
+
+    @property
+    def worker_image(self) -> str | None:
+        if not self.worker_container_repository:
+            return None
+        tag = self.worker_container_tag
+        return f"{self.worker_container_repository}:{tag}" if tag else self.worker_container_repository
+
+    @property
+    def watched_namespaces(self) -> list[str | None]:
+        """Namespaces with one watcher each; `None` is one watcher over all namespaces."""
+        if not self.multi_namespace_mode:
+            return [self.namespace]
+        return list(self.multi_namespace_mode_namespace_list) or [None]
+
+    @classmethod
+    def parse(cls, raw: dict[str, Any]) -> ExecutorSettings:
+        """Build from raw option strings; unknown keys are ignored (other providers share the section)."""
+        known = {k: v for k, v in raw.items() if k in cls.model_fields and v is not None}
+        try:
+            return cls(**known)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"[{SECTION}] {'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err.get('input')!r})"
+                for err in exc.errors()
+            )
+            raise SettingsError(f"invalid executor settings: {problems}") from None
+        except json.JSONDecodeError as exc:  # pragma: no cover - pydantic wraps validator errors
+            raise SettingsError(str(exc)) from None
+
+
+class LocalKubernetesSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kubernetes_queue: str = Field("kubernetes", description="Tasks of this queue run as pods.")
+
+
+def option_definitions(model: type[BaseModel]) -> dict[str, dict[str, Any]]:
+    """Provider-info option entries, so `airflow config list` shows every setting with its default."""
+    options = {}
+    for name, info in model.model_fields.items():
+        default = info.get_default(call_default_factory=True)
+        if isinstance(default, list):
+            default_text = ",".join(default)
+        elif isinstance(default, dict):
+            default_text = json.dumps(default) if default else ""
+        elif default is None:
+            default_text = None
+        else:
+            default_text = str(default)
+        options[name] = {
+            "description": info.description,
+            "version_added": "0.1.0",
+            "type": {bool: "boolean", int: "integer", float: "float"}.get(type(default), "string"),
+            "example": None,
+            "default": default_text,
+        }
+    return options

@@ -1,0 +1,107 @@
+"""One function decides what a pod means for its task.
+
+Pure: it takes the pod as the API server sent it (a dict) and the time, and
+returns a verdict with the reason a person needs in plain words. Terminal
+verdicts are final; `pending` and `running` only say the task is on its way.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Verdict = Literal["pending", "running", "success", "failed"]
+
+
+@dataclass(frozen=True)
+class PodState:
+    verdict: Verdict
+    reason: str = ""
+
+    @property
+    def terminal(self) -> bool:
+        return self.verdict in ("success", "failed")
+
+
+def _parse_time(value: str | None) -> datetime.datetime | None:
+    if not value:
+        return None
+    return datetime.datetime.strptime(value.replace("Z", "+0000"), "%Y-%m-%dT%H:%M:%S%z")
+
+
+def _container_failure(statuses: list[dict[str, Any]]) -> str | None:
+    for status in statuses:
+        terminated = (status.get("state") or {}).get("terminated")
+        if terminated and terminated.get("exitCode", 0) != 0:
+            reason = terminated.get("reason") or "Error"
+            text = (
+                f"container {status.get('name')!r} exited with code {terminated.get('exitCode')} ({reason})"
+            )
+            if reason == "OOMKilled":
+                text = (
+                    f"container {status.get('name')!r} was killed for exceeding its memory limit (OOMKilled)"
+                )
+            if terminated.get("message"):
+                text += f": {terminated['message'].strip()}"
+            return text
+    return None
+
+
+def pod_state(
+    pod: dict[str, Any],
+    *,
+    fatal_waiting_reasons: frozenset[str] | set[str] = frozenset(),
+    unschedulable_timeout_s: float = 300.0,
+    now: datetime.datetime | None = None,
+    deleted: bool = False,
+) -> PodState:
+    """The verdict on a pod's task. `deleted` is set when the pod object is gone."""
+    status = pod.get("status") or {}
+    phase = status.get("phase", "Pending")
+    init_statuses = status.get("initContainerStatuses") or []
+    statuses = status.get("containerStatuses") or []
+    if phase == "Succeeded":
+        return PodState("success")
+    if phase == "Failed":
+        reason = status.get("reason")
+        if reason == "Evicted":
+            return PodState("failed", f"pod was evicted: {status.get('message', '').strip()}")
+        detail = _container_failure(init_statuses) or _container_failure(statuses)
+        if detail:
+            return PodState("failed", detail)
+        message = status.get("message") or reason or "no container reported an exit code"
+        return PodState("failed", f"pod failed: {message}")
+    meta = pod.get("metadata") or {}
+    if deleted or meta.get("deletionTimestamp"):
+        return PodState("failed", f"pod was deleted while {phase.lower()}, before its task finished")
+    for container in init_statuses + statuses:
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        reason = waiting.get("reason")
+        if reason and reason in fatal_waiting_reasons:
+            message = (waiting.get("message") or "").strip()
+            return PodState(
+                "failed",
+                f"pod could not start: container {container.get('name')!r} is {reason}"
+                + (f": {message}" if message else ""),
+            )
+    if phase == "Running":
+        return PodState("running")
+    for condition in status.get("conditions") or []:
+        if (
+            condition.get("type") == "PodScheduled"
+            and condition.get("status") == "False"
+            and condition.get("reason") == "Unschedulable"
+        ):
+            since = _parse_time(condition.get("lastTransitionTime")) or _parse_time(
+                meta.get("creationTimestamp")
+            )
+            current = now or datetime.datetime.now(datetime.timezone.utc)
+            waited = (current - since).total_seconds() if since else 0.0
+            if waited >= unschedulable_timeout_s:
+                return PodState(
+                    "failed",
+                    f"pod was unschedulable for {waited:.0f}s: {condition.get('message', '').strip()}",
+                )
+            return PodState("pending", f"unschedulable: {condition.get('message', '').strip()}")
+    return PodState("pending")

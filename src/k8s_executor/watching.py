@@ -1,0 +1,208 @@
+"""Watching the executor's pods: list, then watch from the list's resourceVersion.
+
+One `KubernetesJobWatcher` process per namespace (or one for all namespaces)
+keeps a small cache of the pods it has seen, as client-go's informer does:
+- the stream is read as raw JSON lines (model objects would cost 30x the CPU);
+- bookmarks are requested, so a quiet stream still moves its resourceVersion;
+- a broken or timed-out stream resumes from the last resourceVersion seen;
+- a 410 Gone (history compacted) is answered by a fresh list, whose snapshot
+  is sent to the executor as a resync so pods that vanished in the gap are
+  reported, never forgotten;
+- pending pods are re-judged every few seconds, so an Unschedulable pod fails
+  after its timeout even when the API server has nothing new to say.
+Each message to the executor is a small tuple; the pod itself stays here.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import multiprocessing
+import time
+from dataclasses import dataclass
+from multiprocessing.queues import Queue
+from typing import Any
+
+from airflow.utils.log.logging_mixin import LoggingMixin
+from kubernetes import client
+from urllib3.exceptions import HTTPError
+
+from k8s_executor import identity
+from k8s_executor.kube_client import json_lines
+from k8s_executor.state_mapping import PodState, pod_state
+
+WATCH_TIMEOUT_S = 300
+REJUDGE_INTERVAL_S = 5.0
+
+
+@dataclass(frozen=True)
+class PodEvent:
+    """What the executor learns about one pod."""
+
+    namespace: str
+    name: str
+    ref: identity.TaskRef | None
+    scheduler_id: str
+    state: PodState
+    resource_version: str
+    deleted: bool = False
+
+
+@dataclass(frozen=True)
+class Resync:
+    """The full set of our pods in `namespace` at `resource_version`, after a relist."""
+
+    namespace: str | None
+    names: frozenset[tuple[str, str]]
+    listed_at: float
+    resource_version: str
+
+
+@dataclass(frozen=True)
+class Bookmark:
+    namespace: str | None
+    resource_version: str
+
+
+class Gone(Exception):
+    """The resourceVersion we hold is older than the server's history."""
+
+
+class KubernetesJobWatcher(multiprocessing.Process, LoggingMixin):
+    def __init__(
+        self,
+        namespace: str | None,
+        multi_namespace_mode: bool,
+        watcher_queue: Queue,
+        resource_version: str | None,
+        worker_uuid: str,
+        kube_config: client.Configuration,
+        fatal_waiting_reasons: frozenset[str] = frozenset(),
+        unschedulable_timeout_s: float = 300.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.namespace = namespace
+        self.multi_namespace_mode = multi_namespace_mode
+        self.watcher_queue = watcher_queue
+        self.resource_version = resource_version
+        self.worker_uuid = worker_uuid
+        self.kube_config = kube_config
+        self.fatal_waiting_reasons = fatal_waiting_reasons
+        self.unschedulable_timeout_s = unschedulable_timeout_s
+
+    def run(self) -> None:
+        # Every executor pod, whichever scheduler launched it: adoption relabels pods, and a
+        # relabelled pod must not fall out of sight between two schedulers.
+        self.api = client.CoreV1Api(client.ApiClient(self.kube_config))
+        self.cache: dict[str, dict[str, Any]] = {}
+        self._run()
+
+    def _run(self) -> None:
+        rv = self.resource_version
+        backoff = 0.5
+        while True:
+            try:
+                if rv is None:
+                    rv = self._list()
+                rv = self._watch(rv)
+                backoff = 0.5
+            except Gone:
+                self.log.info("watch of %s: resourceVersion %s is gone, relisting", self._where, rv)
+                rv = None
+            except (client.ApiException, HTTPError, OSError) as exc:
+                self.log.warning(
+                    "watch of %s broke (%s); resuming from %s in %.1fs", self._where, exc, rv, backoff
+                )
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    @property
+    def _where(self) -> str:
+        return self.namespace or "all namespaces"
+
+    def _call(self, **kwargs: Any) -> Any:
+        selector = identity.selector()
+        if self.namespace:
+            return self.api.list_namespaced_pod(
+                self.namespace, label_selector=selector, _preload_content=False, **kwargs
+            )
+        return self.api.list_pod_for_all_namespaces(label_selector=selector, _preload_content=False, **kwargs)
+
+    def _list(self) -> str:
+        listed_at = time.time()
+        body = json.loads(self._call().data)
+        rv = body["metadata"]["resourceVersion"]
+        self.cache = {}
+        names = set()
+        for pod in body["items"]:
+            names.add((pod["metadata"]["namespace"], pod["metadata"]["name"]))
+            self._judge(pod, rv=pod["metadata"]["resourceVersion"])
+        self.watcher_queue.put(Resync(self.namespace, frozenset(names), listed_at, rv))
+        return rv
+
+    def _watch(self, rv: str) -> str:
+        response = self._call(
+            watch=True,
+            resource_version=rv,
+            allow_watch_bookmarks=True,
+            timeout_seconds=WATCH_TIMEOUT_S,
+            _request_timeout=(10, REJUDGE_INTERVAL_S * 2),
+        )
+        last_rejudge = time.monotonic()
+        try:
+            for event in json_lines(response):
+                kind, obj = event["type"], event["object"]
+                if kind == "ERROR":
+                    if obj.get("code") == 410:
+                        raise Gone()
+                    raise client.ApiException(status=obj.get("code"), reason=obj.get("message"))
+                rv = obj["metadata"]["resourceVersion"]
+                if kind == "BOOKMARK":
+                    self.watcher_queue.put(Bookmark(self.namespace, rv))
+                else:
+                    self._judge(obj, rv=rv, deleted=kind == "DELETED")
+                if time.monotonic() - last_rejudge > REJUDGE_INTERVAL_S:
+                    self._rejudge(rv)
+                    last_rejudge = time.monotonic()
+        except HTTPError as exc:
+            # A read timeout on a quiet stream is the moment to re-judge pending pods.
+            if "timed out" not in str(exc).lower():
+                raise
+        self._rejudge(rv)
+        return rv
+
+    def _rejudge(self, rv: str) -> None:
+        for pod in list(self.cache.values()):
+            self._judge(pod, rv=rv, only_if_terminal=True)
+
+    def _judge(
+        self, pod: dict[str, Any], rv: str, deleted: bool = False, only_if_terminal: bool = False
+    ) -> None:
+        meta = pod["metadata"]
+        state = pod_state(
+            pod,
+            fatal_waiting_reasons=self.fatal_waiting_reasons,
+            unschedulable_timeout_s=self.unschedulable_timeout_s,
+            now=datetime.datetime.now(datetime.timezone.utc),
+            deleted=deleted,
+        )
+        if state.terminal or deleted:
+            self.cache.pop(meta["uid"], None)
+        elif state.verdict == "pending":
+            self.cache[meta["uid"]] = pod
+        else:
+            self.cache.pop(meta["uid"], None)
+        if only_if_terminal and not state.terminal:
+            return
+        self.watcher_queue.put(
+            PodEvent(
+                namespace=meta["namespace"],
+                name=meta["name"],
+                ref=identity.ref_from_annotations(meta.get("annotations")),
+                scheduler_id=(meta.get("labels") or {}).get(identity.WORKER_LABEL, ""),
+                state=state,
+                resource_version=rv,
+                deleted=deleted,
+            )
+        )

@@ -624,8 +624,9 @@ class ProcessPod(PodWorker):
         argv = list(container.get("command") or []) + list(container.get("args") or [])
         if not argv:
             raise ConfigError(f'container "{container["name"]}" has no command: images are not run here')
+        # The host's Python environment stands in for the image: its `python` comes first.
         env = {
-            "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "/usr/bin:/bin")]),
             "HOSTNAME": self.name,
             "HOME": os.environ.get("HOME", "/root"),
         }

@@ -122,6 +122,18 @@ def _kill(pid: int, grace_s: float) -> None:
         time.sleep(0.02)
 
 
+# Processes started by this process: their exit is known from `poll()`, not guessed from /proc.
+_spawned: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def _exited(pid: int, directory: str) -> int | None:
+    """The exit code if the process ended (-1 when it is not our child), else None."""
+    proc = _spawned.get(pid)
+    if proc is not None:
+        return proc.poll()
+    return None if _alive(pid, directory) else -1
+
+
 def _spawn(state: ClusterState, name: str, argv: list[str]) -> None:
     log_dir = Path(state.directory) / "logs"
     log_dir.mkdir(exist_ok=True)
@@ -135,6 +147,7 @@ def _spawn(state: ClusterState, name: str, argv: list[str]) -> None:
             cwd=state.directory,
         )
     state.pids[name] = proc.pid
+    _spawned[proc.pid] = proc
 
 
 def _ssl_context(directory: Path) -> ssl.SSLContext:
@@ -159,10 +172,11 @@ def _wait(what: str, check, state: ClusterState, timeout: float = READY_TIMEOUT_
                 return
         except OSError:
             pass
-        dead = [n for n, pid in state.pids.items() if not _alive(pid, state.directory)]
+        dead = {n: code for n, pid in state.pids.items() if (code := _exited(pid, state.directory)) is not None}
         if dead:
+            name, code = next(iter(dead.items()))
             raise RuntimeError(
-                f"{', '.join(dead)} exited while waiting for {what}; see {state.directory}/logs/{dead[0]}.log"
+                f"{name} exited (code {code}) while waiting for {what}; see {state.directory}/logs/{name}.log"
             )
         time.sleep(0.1)
     raise TimeoutError(f"{what} not ready after {timeout:.0f}s; see {state.directory}/logs/")

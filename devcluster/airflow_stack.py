@@ -1,0 +1,247 @@
+"""A real Airflow beside the development cluster: PostgreSQL, API server,
+scheduler and DAG processor, with `k8s_executor.KubernetesExecutor`.
+
+Used by the demo and the end-to-end tests. Worker pods run on the process
+node with this machine's Python, so they reach the API server on loopback and
+read the same DAG folder, as pods would read a shared volume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from devcluster.control_plane import ClusterState, free_port
+
+JWT_SECRET = "devcluster-not-a-secret"
+
+
+def _pg_bin(name: str) -> str:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    if not found:
+        raise RuntimeError("PostgreSQL server binaries not found: apt-get install postgresql")
+    return found[-1]
+
+
+@dataclass
+class AirflowStack:
+    home: Path
+    cluster: ClusterState
+    namespace: str
+    executor: str = "k8s_executor.KubernetesExecutor"
+    extra_env: dict[str, str] = field(default_factory=dict)
+    pg_port: int = 0
+    api_port: int = 0
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def dags_folder(self) -> Path:
+        return self.home / "dags"
+
+    @property
+    def sql_conn(self) -> str:
+        return f"postgresql+psycopg2://airflow:airflow@127.0.0.1:{self.pg_port}/airflow"
+
+    def pod_template(self) -> Path:
+        """The worker pod: host Python, the stack's AIRFLOW_HOME, the same DAG folder."""
+        path = self.home / "pod_template.yaml"
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "placeholder"},
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [
+                    {
+                        "name": "base",
+                        "image": "apache/airflow:3",
+                        "env": [{"name": "AIRFLOW_HOME", "value": str(self.home)}]
+                        + [{"name": k, "value": v} for k, v in self.env().items() if k.startswith("AIRFLOW__")],
+                    }
+                ],
+            },
+        }
+        path.write_text(yaml.safe_dump(pod))
+        return path
+
+    def env(self) -> dict[str, str]:
+        env = {
+            "AIRFLOW_HOME": str(self.home),
+            "AIRFLOW__CORE__EXECUTOR": self.executor,
+            "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.sql_conn,
+            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{self.api_port}",
+            "AIRFLOW__API__PORT": str(self.api_port),
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{self.api_port}/execution/",
+            "AIRFLOW__API_AUTH__JWT_SECRET": JWT_SECRET,
+            "AIRFLOW__CORE__FERNET_KEY": "",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+            "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "5",
+            "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "300",
+            "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "10",
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_THRESHOLD": "10",
+            "AIRFLOW__SCHEDULER__JOB_HEARTBEAT_SEC": "2",
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__KUBERNETES_EXECUTOR__IN_CLUSTER": "False",
+            "AIRFLOW__KUBERNETES_EXECUTOR__CONFIG_FILE": str(self.cluster.kubeconfig),
+            "AIRFLOW__KUBERNETES_EXECUTOR__NAMESPACE": self.namespace,
+            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.home / "logs"),
+            **self.extra_env,
+        }
+        return env
+
+    def _process_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+        env.update(self.env())
+        env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
+        return env
+
+    def airflow(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "airflow", *args],
+            env=self._process_env(),
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=timeout,
+        )
+
+    # --- PostgreSQL --------------------------------------------------------
+    def start_postgres(self) -> None:
+        data = self.home / "pgdata"
+        self.pg_port = self.pg_port or free_port()
+        as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if not (data / "PG_VERSION").exists():
+            data.mkdir(parents=True, exist_ok=True)
+            if as_pg:
+                shutil.chown(data, "postgres", "postgres")
+            subprocess.run(
+                [*as_pg, _pg_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+                check=True,
+                capture_output=True,
+            )
+        subprocess.run(
+            [
+                *as_pg,
+                _pg_bin("pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(data / "server.log"),
+                "-o",
+                f"-p {self.pg_port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+                "-w",
+                "start",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        psql = [*as_pg, _pg_bin("psql"), "-h", "127.0.0.1", "-p", str(self.pg_port), "-U", "postgres", "-c"]
+        subprocess.run(psql + ["CREATE USER airflow PASSWORD 'airflow'"], capture_output=True)
+        subprocess.run(psql + ["CREATE DATABASE airflow OWNER airflow"], capture_output=True)
+
+    def stop_postgres(self) -> None:
+        data = self.home / "pgdata"
+        as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        subprocess.run([*as_pg, _pg_bin("pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+
+    # --- Airflow -------------------------------------------------------------
+    def prepare(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.dags_folder.mkdir(exist_ok=True)
+        os.chmod(self.home, 0o755)
+        self.api_port = self.api_port or free_port()
+        self.start_postgres()
+        self.extra_env.setdefault("AIRFLOW__KUBERNETES_EXECUTOR__POD_TEMPLATE_FILE", str(self.home / "pod_template.yaml"))
+        self.pod_template()
+        self.airflow("db", "migrate", timeout=600)
+
+    def start(self, *components: str) -> None:
+        for component in components or ("api-server", "dag-processor", "scheduler"):
+            self.start_component(component)
+        self.wait_for_api()
+
+    def start_component(self, component: str) -> None:
+        args = {"api-server": ["api-server", "--port", str(self.api_port)]}.get(component, [component])
+        log = open(self.home / f"{component}.log", "ab")  # noqa: SIM115 - the process owns it
+        self.procs[component] = subprocess.Popen(
+            [sys.executable, "-m", "airflow", *args],
+            env=self._process_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def kill_component(self, component: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs.pop(component)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        proc.wait(timeout=60)
+
+    def wait_for_api(self, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.api_port}/api/v2/monitor/health", timeout=2):
+                    return
+            time.sleep(0.5)
+        raise TimeoutError(f"Airflow API server not up; see {self.home}/api-server.log")
+
+    def stop(self) -> None:
+        for component in list(self.procs):
+            self.kill_component(component, signal.SIGTERM)
+        self.stop_postgres()
+
+    # --- DAG runs --------------------------------------------------------------
+    def sql(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
+        import psycopg2
+
+        with contextlib.closing(
+            psycopg2.connect(host="127.0.0.1", port=self.pg_port, user="airflow", password="airflow", dbname="airflow")
+        ) as db, db.cursor() as cur:
+            cur.execute(query, params)
+            rows = cur.fetchall() if cur.description else []
+            db.commit()
+            return rows
+
+    def wait_for_dag(self, dag_id: str, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.sql("SELECT 1 FROM serialized_dag WHERE dag_id = %s", dag_id):
+                return
+            time.sleep(1)
+        raise TimeoutError(f"DAG {dag_id} was not parsed; see {self.home}/dag-processor.log")
+
+    def trigger(self, dag_id: str, run_id: str) -> None:
+        self.airflow("dags", "trigger", dag_id, "--run-id", run_id)
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[tuple[str, int], tuple[str | None, int]]:
+        rows = self.sql(
+            "SELECT task_id, map_index, state, try_number FROM task_instance WHERE dag_id = %s AND run_id = %s",
+            dag_id,
+            run_id,
+        )
+        return {(task_id, map_index): (state, tries) for task_id, map_index, state, tries in rows}
+
+    def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 600) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            rows = self.sql("SELECT state FROM dag_run WHERE dag_id = %s AND run_id = %s", dag_id, run_id)
+            if rows and rows[0][0] in ("success", "failed"):
+                return str(rows[0][0])
+            time.sleep(1)
+        raise TimeoutError(f"run {dag_id}/{run_id} did not finish: {self.task_states(dag_id, run_id)}")

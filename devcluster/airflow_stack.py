@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -51,6 +53,13 @@ class AirflowStack:
         return self.home / "dags"
 
     @property
+    def pg_data(self) -> Path:
+        # Outside the home directory: PostgreSQL refuses to run as root, and its user
+        # cannot enter root's home.
+        digest = hashlib.sha256(str(self.home).encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / "k8s-executor-pg" / digest
+
+    @property
     def sql_conn(self) -> str:
         return f"postgresql+psycopg2://airflow:airflow@127.0.0.1:{self.pg_port}/airflow"
 
@@ -68,7 +77,11 @@ class AirflowStack:
                         "name": "base",
                         "image": "apache/airflow:3",
                         "env": [{"name": "AIRFLOW_HOME", "value": str(self.home)}]
-                        + [{"name": k, "value": v} for k, v in self.env().items() if k.startswith("AIRFLOW__")],
+                        + [
+                            {"name": k, "value": v}
+                            for k, v in self.env().items()
+                            if k.startswith("AIRFLOW__")
+                        ],
                     }
                 ],
             },
@@ -110,7 +123,9 @@ class AirflowStack:
         env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
         return env
 
-    def airflow(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    def airflow(
+        self, *args: str, check: bool = True, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "airflow", *args],
             env=self._process_env(),
@@ -122,12 +137,14 @@ class AirflowStack:
 
     # --- PostgreSQL --------------------------------------------------------
     def start_postgres(self) -> None:
-        data = self.home / "pgdata"
+        data = self.pg_data
+        shutil.rmtree(data, ignore_errors=True)
         self.pg_port = self.pg_port or free_port()
         as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         if not (data / "PG_VERSION").exists():
             data.mkdir(parents=True, exist_ok=True)
             if as_pg:
+                data.parent.chmod(0o755)
                 shutil.chown(data, "postgres", "postgres")
             subprocess.run(
                 [*as_pg, _pg_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
@@ -151,13 +168,15 @@ class AirflowStack:
             capture_output=True,
         )
         psql = [*as_pg, _pg_bin("psql"), "-h", "127.0.0.1", "-p", str(self.pg_port), "-U", "postgres", "-c"]
-        subprocess.run(psql + ["CREATE USER airflow PASSWORD 'airflow'"], capture_output=True)
-        subprocess.run(psql + ["CREATE DATABASE airflow OWNER airflow"], capture_output=True)
+        subprocess.run([*psql, "CREATE USER airflow PASSWORD 'airflow'"], capture_output=True)
+        subprocess.run([*psql, "CREATE DATABASE airflow OWNER airflow"], capture_output=True)
 
     def stop_postgres(self) -> None:
-        data = self.home / "pgdata"
+        data = self.pg_data
         as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        subprocess.run([*as_pg, _pg_bin("pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+        subprocess.run(
+            [*as_pg, _pg_bin("pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True
+        )
 
     # --- Airflow -------------------------------------------------------------
     def prepare(self) -> None:
@@ -166,7 +185,9 @@ class AirflowStack:
         os.chmod(self.home, 0o755)
         self.api_port = self.api_port or free_port()
         self.start_postgres()
-        self.extra_env.setdefault("AIRFLOW__KUBERNETES_EXECUTOR__POD_TEMPLATE_FILE", str(self.home / "pod_template.yaml"))
+        self.extra_env.setdefault(
+            "AIRFLOW__KUBERNETES_EXECUTOR__POD_TEMPLATE_FILE", str(self.home / "pod_template.yaml")
+        )
         self.pod_template()
         self.airflow("db", "migrate", timeout=600)
 
@@ -190,14 +211,20 @@ class AirflowStack:
         proc = self.procs.pop(component)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
-        proc.wait(timeout=60)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
     def wait_for_api(self, timeout: float = 180) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.api_port}/api/v2/monitor/health", timeout=2):
-                    return
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(f"http://127.0.0.1:{self.api_port}/api/v2/monitor/health", timeout=2),
+            ):
+                return
             time.sleep(0.5)
         raise TimeoutError(f"Airflow API server not up; see {self.home}/api-server.log")
 
@@ -210,9 +237,14 @@ class AirflowStack:
     def sql(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
         import psycopg2
 
-        with contextlib.closing(
-            psycopg2.connect(host="127.0.0.1", port=self.pg_port, user="airflow", password="airflow", dbname="airflow")
-        ) as db, db.cursor() as cur:
+        with (
+            contextlib.closing(
+                psycopg2.connect(
+                    host="127.0.0.1", port=self.pg_port, user="airflow", password="airflow", dbname="airflow"
+                )
+            ) as db,
+            db.cursor() as cur,
+        ):
             cur.execute(query, params)
             rows = cur.fetchall() if cur.description else []
             db.commit()

@@ -172,7 +172,9 @@ def _wait(what: str, check, state: ClusterState, timeout: float = READY_TIMEOUT_
                 return
         except OSError:
             pass
-        dead = {n: code for n, pid in state.pids.items() if (code := _exited(pid, state.directory)) is not None}
+        dead = {
+            n: code for n, pid in state.pids.items() if (code := _exited(pid, state.directory)) is not None
+        }
         if dead:
             name, code = next(iter(dead.items()))
             raise RuntimeError(

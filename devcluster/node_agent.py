@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import heapq
 import json
 import logging
@@ -599,10 +600,8 @@ class ProcessPod(PodWorker):
             pid = proc.pid
         while process_alive(pid, str(exit_file)):
             time.sleep(0.05)
-        try:
+        with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
         if exit_file.exists():
             result = json.loads(exit_file.read_text())
             state.exit_code, state.reason = result["exitCode"], result["reason"]
@@ -626,7 +625,9 @@ class ProcessPod(PodWorker):
             raise ConfigError(f'container "{container["name"]}" has no command: images are not run here')
         # The host's Python environment stands in for the image: its `python` comes first.
         env = {
-            "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "/usr/bin:/bin")]),
+            "PATH": os.pathsep.join(
+                [os.path.dirname(sys.executable), os.environ.get("PATH", "/usr/bin:/bin")]
+            ),
             "HOSTNAME": self.name,
             "HOME": os.environ.get("HOME", "/root"),
         }
@@ -749,10 +750,8 @@ class ProcessPod(PodWorker):
 
 
 def signal_group(pid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def process_alive(pid: int, marker: str | None = None) -> bool:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import datetime
 
-from kubernetes.client import models as k8s
-
 from airflow.sdk import DAG, task
+from kubernetes.client import models as k8s
 
 with DAG(
     "k8s_executor_demo",

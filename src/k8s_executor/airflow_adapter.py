@@ -114,7 +114,7 @@ def apply_mutation_hook(pod: dict[str, Any]) -> dict[str, Any]:
         return pod
     from kubernetes.client import V1Pod
 
-    model: V1Pod = _serializer._ApiClient__deserialize(pod, "V1Pod")  # type: ignore[attr-defined]
+    model: V1Pod = _serializer._ApiClient__deserialize(pod, "V1Pod")
     try:
         hook(model)
     except Exception as exc:

@@ -28,6 +28,12 @@ def _cluster(args: argparse.Namespace) -> int:
     return 0 if report["running"] else 1
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from devcluster.demo import run_demo
+
+    return run_demo()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="k8s-executor")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -41,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         help="node spec, e.g. name=gpu-1,runtime=process,cpu=4,label.accelerator=nvidia-gpu (repeatable)",
     )
     cluster.set_defaults(func=_cluster)
+    demo = commands.add_parser("demo", help="run the example DAG as pods on the development cluster")
+    demo.set_defaults(func=_demo)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -101,7 +101,7 @@ class KubernetesExecutorConfig(_Strict):
             container["image"] = self.image
         if self.image_pull_policy:
             container["imagePullPolicy"] = self.image_pull_policy
-        resources = {"requests": {}, "limits": {}}
+        resources: dict[str, dict[str, str]] = {"requests": {}, "limits": {}}
         for kind, field_name, resource in (
             ("requests", "request_memory", "memory"),
             ("requests", "request_cpu", "cpu"),
@@ -120,7 +120,7 @@ class KubernetesExecutorConfig(_Strict):
         resources = {k: v for k, v in resources.items() if v}
         if resources:
             container["resources"] = resources
-        env = list(self.env_vars or [])  # type: ignore[arg-type]
+        env = list(self.env_vars or [])
         mounts = list(self.volume_mounts or [])
         volumes = list(self.volumes or [])
         env_from = []

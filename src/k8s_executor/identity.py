@@ -79,7 +79,7 @@ def labels(ref: TaskRef, scheduler_id: str, airflow_version: str, ti_id: str | N
     return out
 
 
-def annotations(ref: TaskRef, ti_id: str | None = None, launch_attempt: int = 0) -> dict[str, str]:
+def annotations_for(ref: TaskRef, ti_id: str | None = None, launch_attempt: int = 0) -> dict[str, str]:
     out = {
         "dag_id": ref.dag_id,
         "task_id": ref.task_id,

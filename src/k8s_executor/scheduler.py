@@ -73,7 +73,6 @@ class AirflowKubernetesScheduler(LoggingMixin):
             request_args=self.settings.kube_client_request_args,
             delete_options=self.settings.delete_option_kwargs,
         )
-        # Spawned, not forked: the scheduler process holds threads and database connections.
         self._mp = multiprocessing.get_context("spawn")
         self.watcher_queue: Any = self._mp.Queue()
         self.watchers: dict[str | None, KubernetesJobWatcher] = {}
@@ -256,4 +255,7 @@ class AirflowKubernetesScheduler(LoggingMixin):
                 watcher.terminate()
         for watcher in self.watchers.values():
             watcher.join(timeout=5)
+            if watcher.is_alive():
+                watcher.kill()
+                watcher.join(timeout=5)
         self.launcher.shutdown(wait=False)

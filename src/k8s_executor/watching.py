@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime
 import json
 import multiprocessing
+import signal
 import time
 from dataclasses import dataclass
 from multiprocessing.queues import Queue
@@ -91,7 +92,17 @@ class KubernetesJobWatcher(multiprocessing.Process, LoggingMixin):
         self.fatal_waiting_reasons = fatal_waiting_reasons
         self.unschedulable_timeout_s = unschedulable_timeout_s
 
+    # Spawned, never forked: the scheduler process holds threads, database connections and a
+    # SIGTERM handler that a forked child would inherit (and then ignore terminate()).
+    @staticmethod
+    def _Popen(process_obj: Any) -> Any:
+        from multiprocessing.popen_spawn_posix import Popen
+
+        return Popen(process_obj)
+
     def run(self) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         # Every executor pod, whichever scheduler launched it: adoption relabels pods, and a
         # relabelled pod must not fall out of sight between two schedulers.
         self.api = client.CoreV1Api(client.ApiClient(self.kube_config))

@@ -1,0 +1,75 @@
+"""The demo: the development cluster, a real Airflow with this executor, one DAG run.
+
+Prints each task with its pod, the node it ran on and its final state. Pods are
+kept (marked done) so they can be shown; `k8s-executor cluster down` ends it all.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+from kubernetes import client, config
+
+from devcluster import control_plane
+from devcluster.airflow_stack import AirflowStack
+
+DEMO_DAG = Path(__file__).resolve().parent.parent / "examples" / "dags" / "k8s_executor_demo.py"
+NAMESPACE = "airflow-demo"
+
+
+def run_demo() -> int:
+    started = time.monotonic()
+    state = control_plane.up(control_plane.default_cluster_dir())
+    print(f"cluster ready at {state.server} ({time.monotonic() - started:.1f}s)", flush=True)
+    cfg = client.Configuration()
+    config.load_kube_config(str(state.kubeconfig), client_configuration=cfg)
+    core = client.CoreV1Api(client.ApiClient(cfg))
+    try:
+        core.create_namespace({"metadata": {"name": NAMESPACE}})
+    except client.ApiException as exc:
+        if exc.status != 409:
+            raise
+    home = control_plane.default_cluster_dir() / "airflow"
+    shutil.rmtree(home, ignore_errors=True)
+    stack = AirflowStack(
+        home=home,
+        cluster=state,
+        namespace=NAMESPACE,
+        extra_env={"AIRFLOW__KUBERNETES_EXECUTOR__DELETE_WORKER_PODS": "False"},
+    )
+    try:
+        stack.prepare()
+        shutil.copy(DEMO_DAG, stack.dags_folder)
+        stack.start()
+        print(
+            f"Airflow up at http://127.0.0.1:{stack.api_port} ({time.monotonic() - started:.1f}s)", flush=True
+        )
+        stack.wait_for_dag("k8s_executor_demo")
+        run_id = f"demo-{uuid.uuid4().hex[:6]}"
+        stack.trigger("k8s_executor_demo", run_id)
+        outcome = stack.wait_for_run("k8s_executor_demo", run_id)
+        states = stack.task_states("k8s_executor_demo", run_id)
+        pods = core.list_namespaced_pod(
+            NAMESPACE, label_selector=f"kubernetes_executor=True,run_id={run_id}"
+        ).items
+        by_task = {
+            (p.metadata.annotations["task_id"], int(p.metadata.annotations.get("map_index", -1))): p
+            for p in pods
+        }
+        print(f"\n{'task':<22} {'pod':<48} {'node':<10} {'pod phase':<10} task state")
+        for (task_id, map_index), (task_state, _) in sorted(states.items()):
+            pod = by_task.get((task_id, map_index))
+            label = task_id if map_index < 0 else f"{task_id}[{map_index}]"
+            print(
+                f"{label:<22} {pod.metadata.name if pod else '-':<48} "
+                f"{(pod.spec.node_name if pod else '-') or '-':<10} "
+                f"{pod.status.phase if pod else '-':<10} {task_state}"
+            )
+        print(f"\nDAG run {run_id}: {outcome} in {time.monotonic() - started:.1f}s")
+        print(f"export KUBECONFIG={state.kubeconfig}; kubectl -n {NAMESPACE} get pods")
+        return 0 if outcome == "success" else 1
+    finally:
+        stack.stop()

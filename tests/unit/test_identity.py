@@ -1,0 +1,62 @@
+import re
+
+import pytest
+
+from k8s_executor.identity import TaskRef, annotations_for, labels, pod_name, ref_from_annotations, safe_label_value
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+@pytest.mark.parametrize("value", ["simple", "manual__2024-01-01T00.00.00", "a" * 63, "", "With_Caps.and-dots"])
+def test_valid_label_values_pass_unchanged(value: str) -> None:
+    assert safe_label_value(value) == value
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["a" * 64, "manual__2024-01-01T00:00:00+00:00", "данные_задача", "-leading", "trailing-", "x" * 300, "日本"],
+)
+def test_invalid_label_values_become_valid_stable_and_distinct(value: str) -> None:
+    safe = safe_label_value(value)
+    assert len(safe) <= 63 and LABEL_VALUE.match(safe)
+    assert safe == safe_label_value(value)
+    assert safe != safe_label_value(value + "x")
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [
+        TaskRef("dag", "task", "run"),
+        TaskRef("D" * 200, "T.with.dots_and_UNDERSCORES" * 5, "manual__2024", try_number=10, map_index=999),
+        TaskRef("данные", "задача", "run"),
+        TaskRef("_", "_", "_"),
+    ],
+)
+def test_pod_names_are_valid_dns_labels(ref: TaskRef) -> None:
+    name = pod_name(ref)
+    assert len(name) <= 63 and DNS_LABEL.match(name), name
+    assert pod_name(ref) == name
+
+
+def test_pod_names_differ_per_try_map_index_and_relaunch() -> None:
+    base = TaskRef("dag", "task", "run", try_number=1, map_index=-1)
+    names = {
+        pod_name(base),
+        pod_name(base._replace(try_number=2)),
+        pod_name(base._replace(map_index=0)),
+        pod_name(base._replace(run_id="run2")),
+        pod_name(base, launch_attempt=1),
+        pod_name(TaskRef("Dag", "task", "run")),  # ids differing only by case
+    }
+    assert len(names) == 6
+
+
+def test_labels_and_annotations_round_trip_the_key() -> None:
+    ref = TaskRef("d" * 100, "t", "manual__2024-01-01T00:00:00+00:00", try_number=10, map_index=-1)
+    out = labels(ref, "42", "3.3.2", ti_id="0195")
+    assert all(len(v) <= 63 and LABEL_VALUE.match(v) for v in out.values())
+    assert "map_index" not in out
+    assert labels(ref._replace(map_index=3), "42", "3.3.2")["map_index"] == "3"
+    assert ref_from_annotations(annotations_for(ref, "0195")) == ref
+    assert ref_from_annotations({"dag_id": "x"}) is None

@@ -1,0 +1,49 @@
+import pytest
+
+from k8s_executor.settings import ExecutorSettings, SettingsError
+
+
+def test_defaults_match_the_official_provider_where_not_safer() -> None:
+    s = ExecutorSettings.parse({})
+    assert s.namespace == "default" and s.delete_worker_pods and not s.delete_worker_pods_on_failure
+    assert s.worker_pod_pending_fatal_container_state_reasons[0] == "CreateContainerConfigError"
+    assert s.in_cluster and s.verify_ssl and s.tcp_keep_idle == 120
+
+
+def test_strings_from_airflow_cfg_are_parsed() -> None:
+    s = ExecutorSettings.parse(
+        {
+            "delete_worker_pods": "False",
+            "worker_pods_creation_batch_size": "10",
+            "multi_namespace_mode": "True",
+            "multi_namespace_mode_namespace_list": "airflow-prod, airflow-staging",
+            "delete_option_kwargs": '{"grace_period_seconds": 30, "propagation_policy": "Foreground"}',
+            "api_client_retry_configuration": '{"total": 3, "backoff_factor": 0.5}',
+            "cluster_context": "",
+            "unrelated_option_of_another_provider": "x",
+        }
+    )
+    assert s.delete_worker_pods is False
+    assert s.worker_pods_creation_batch_size == 10
+    assert s.watched_namespaces == ["airflow-prod", "airflow-staging"]
+    assert s.delete_option_kwargs["propagation_policy"] == "Foreground"
+    assert s.cluster_context is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "option"),
+    [
+        ({"worker_pods_creation_batch_size": "many"}, "worker_pods_creation_batch_size"),
+        ({"worker_pods_creation_batch_size": "0"}, "worker_pods_creation_batch_size"),
+        ({"delete_worker_pods": "perhaps"}, "delete_worker_pods"),
+        ({"delete_option_kwargs": "{not json"}, "delete_option_kwargs"),
+        ({"delete_option_kwargs": "[1]"}, "delete_option_kwargs"),
+    ],
+)
+def test_bad_values_name_the_option(raw: dict, option: str) -> None:
+    with pytest.raises(SettingsError, match=rf"\[kubernetes_executor\] {option}"):
+        ExecutorSettings.parse(raw)
+
+
+def test_all_namespaces_when_multi_namespace_list_is_empty() -> None:
+    assert ExecutorSettings.parse({"multi_namespace_mode": "True"}).watched_namespaces == [None]

@@ -2,20 +2,37 @@ import re
 
 import pytest
 
-from k8s_executor.identity import TaskRef, annotations_for, labels, pod_name, ref_from_annotations, safe_label_value
+from k8s_executor.identity import (
+    TaskRef,
+    annotations_for,
+    labels,
+    pod_name,
+    ref_from_annotations,
+    safe_label_value,
+)
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 
-@pytest.mark.parametrize("value", ["simple", "manual__2024-01-01T00.00.00", "a" * 63, "", "With_Caps.and-dots"])
+@pytest.mark.parametrize(
+    "value", ["simple", "manual__2024-01-01T00.00.00", "a" * 63, "", "With_Caps.and-dots"]
+)
 def test_valid_label_values_pass_unchanged(value: str) -> None:
     assert safe_label_value(value) == value
 
 
 @pytest.mark.parametrize(
     "value",
-    ["a" * 64, "manual__2024-01-01T00:00:00+00:00", "данные_задача", "-leading", "trailing-", "x" * 300, "日本"],
+    [
+        "a" * 64,
+        "manual__2024-01-01T00:00:00+00:00",
+        "данные_задача",
+        "-leading",
+        "trailing-",
+        "x" * 300,
+        "日本",
+    ],
 )
 def test_invalid_label_values_become_valid_stable_and_distinct(value: str) -> None:
     safe = safe_label_value(value)

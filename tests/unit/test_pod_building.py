@@ -37,7 +37,10 @@ def test_merge_ignores_none() -> None:
 
 def test_merge_named_lists_by_name_and_replaces_others() -> None:
     template = {
-        "containers": [{"name": "sidecar", "image": "s"}, {"name": "base", "image": "b", "env": [{"name": "A", "value": "1"}]}],
+        "containers": [
+            {"name": "sidecar", "image": "s"},
+            {"name": "base", "image": "b", "env": [{"name": "A", "value": "1"}]},
+        ],
         "tolerations": [{"key": "t1"}],
     }
     override = {
@@ -74,11 +77,20 @@ def test_spec_dict_form_lands_in_the_pod() -> None:
             "labels": {"team": "data-engineering"},
             "annotations": {"monitoring": "enabled"},
             "env_vars": [{"name": "CUSTOM_VAR", "value": "custom_value"}],
-            "secrets": [{"deploy_type": "env", "deploy_target": "DB_PASSWORD", "secret": "database-secret", "key": "password"}],
+            "secrets": [
+                {
+                    "deploy_type": "env",
+                    "deploy_target": "DB_PASSWORD",
+                    "secret": "database-secret",
+                    "key": "password",
+                }
+            ],
             "volumes": [{"name": "data-volume", "persistentVolumeClaim": {"claimName": "data-pvc"}}],
             "volume_mounts": [{"name": "data-volume", "mountPath": "/data"}],
             "node_selector": {"disktype": "ssd"},
-            "tolerations": [{"key": "compute-type", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}],
+            "tolerations": [
+                {"key": "compute-type", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}
+            ],
             "resources": {"limits": {"nvidia.com/gpu": "1"}},
         }
     }
@@ -95,7 +107,9 @@ def test_spec_dict_form_lands_in_the_pod() -> None:
     env = {e["name"]: e for e in c["env"]}
     assert env["CUSTOM_VAR"]["value"] == "custom_value"
     assert env["DB_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "database-secret", "key": "password"}
-    assert pod["spec"]["volumes"] == [{"name": "data-volume", "persistentVolumeClaim": {"claimName": "data-pvc"}}]
+    assert pod["spec"]["volumes"] == [
+        {"name": "data-volume", "persistentVolumeClaim": {"claimName": "data-pvc"}}
+    ]
     assert c["volumeMounts"] == [{"name": "data-volume", "mountPath": "/data"}]
     assert pod["spec"]["nodeSelector"] == {"disktype": "ssd"}
     assert pod["spec"]["tolerations"][0]["key"] == "compute-type"
@@ -106,7 +120,9 @@ def test_pod_override_v1pod_can_set_false_and_keeps_identity() -> None:
         metadata=k8s.V1ObjectMeta(name="evil", labels={"dag_id": "other", "x": "y"}),
         spec=k8s.V1PodSpec(
             automount_service_account_token=False,
-            containers=[k8s.V1Container(name="base", image="over:1", env=[k8s.V1EnvVar(name="E", value="v")])],
+            containers=[
+                k8s.V1Container(name="base", image="over:1", env=[k8s.V1EnvVar(name="E", value="v")])
+            ],
         ),
     )
     pod = build_pod(request({"pod_override": override}), DEFAULTS)
@@ -153,7 +169,9 @@ def test_template_values_win_over_executor_env_and_first_container_is_base(tmp_p
         "kind: Pod\nmetadata: {namespace: from-template}\nspec:\n  containers:\n"
         "  - name: worker\n    image: t:1\n    env: [{name: AIRFLOW__CORE__EXECUTOR, value: T}]\n"
     )
-    pod = build_pod(request({"pod_template_file": str(template)}, env={"AIRFLOW__CORE__EXECUTOR": "E"}), DEFAULTS)
+    pod = build_pod(
+        request({"pod_template_file": str(template)}, env={"AIRFLOW__CORE__EXECUTOR": "E"}), DEFAULTS
+    )
     assert pod["metadata"]["namespace"] == "from-template"
     c = base(pod)
     assert c["image"] == "t:1"

@@ -7,7 +7,10 @@ FATAL = {"ErrImagePull", "CreateContainerConfigError"}
 
 
 def pod(phase: str, containers: list | None = None, **status) -> dict:
-    return {"metadata": {"name": "p"}, "status": {"phase": phase, "containerStatuses": containers or [], **status}}
+    return {
+        "metadata": {"name": "p"},
+        "status": {"phase": phase, "containerStatuses": containers or [], **status},
+    }
 
 
 def terminated(code: int, reason: str, message: str | None = None) -> dict:
@@ -63,4 +66,8 @@ def test_unschedulable_fails_only_after_the_timeout() -> None:
     early = pod_state(pod("Pending", conditions=[cond]), unschedulable_timeout_s=300, now=NOW)
     assert early.verdict == "pending" and "unschedulable" in early.reason
     late = pod_state(pod("Pending", conditions=[cond]), unschedulable_timeout_s=60, now=NOW)
-    assert late.verdict == "failed" and "unschedulable for 120s" in late.reason and "node affinity" in late.reason
+    assert (
+        late.verdict == "failed"
+        and "unschedulable for 120s" in late.reason
+        and "node affinity" in late.reason
+    )

@@ -1,0 +1,156 @@
+"""KubernetesExecutor under a real Airflow 3 scheduler, on the development cluster."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from devcluster import control_plane
+from devcluster.airflow_stack import AirflowStack
+from tests.conftest import CLUSTER_DIR
+from tests.helpers import wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def pods_of(core: client.CoreV1Api, stack: AirflowStack, run_id: str) -> list[client.V1Pod]:
+    return core.list_namespaced_pod(stack.namespace, label_selector=f"run_id={run_id}").items
+
+
+def key_of(pod: client.V1Pod) -> tuple[str, int, int]:
+    a = pod.metadata.annotations
+    return a["task_id"], int(a["map_index"]), int(a["try_number"])
+
+
+def wait_all_pods_done(core: client.CoreV1Api, stack: AirflowStack, run_id: str) -> None:
+    wait_for(
+        lambda: all(
+            p.status.phase == "Succeeded" and p.metadata.labels.get("airflow_executor_done") == "True"
+            for p in pods_of(core, stack, run_id)
+        ),
+        "every pod finished and marked done",
+        timeout=120,
+        interval=1,
+    )
+
+
+def run(stack: AirflowStack, dag_id: str, run_id: str) -> str:
+    stack.wait_for_dag(dag_id)
+    stack.trigger(dag_id, run_id)
+    return stack.wait_for_run(dag_id, run_id)
+
+
+def test_every_task_runs_in_its_own_pod_with_its_settings(
+    stack: AirflowStack, core: client.CoreV1Api
+) -> None:
+    assert run(stack, "e2e_main", "main-1") == "failed"  # `flaky` fails on purpose
+    states = stack.task_states("e2e_main", "main-1")
+    assert states[("flaky", -1)] == ("failed", 2)
+    assert {k: v for k, v in states.items() if k[0] != "flaky"} == {
+        **{
+            (t, -1): ("success", 1)
+            for t in ("first", "second", "third", "numbers", "dict_form", "pod_override")
+        },
+        **{("double", i): ("success", 1) for i in range(20)},
+    }
+    pods = {key_of(p): p for p in pods_of(core, stack, "main-1")}
+    expected = {(t, m, 1) for (t, m) in states} | {("flaky", -1, 2)}
+    assert set(pods) == expected, "one pod per task try, no more, no less"
+    # Airflow 3's task runner reports the failure through the execution API and exits 0,
+    # so the pod of a failed try ends Succeeded; the task state comes from the API.
+    assert pods[("flaky", -1, 1)].status.phase in ("Succeeded", "Failed")
+
+    configured = pods[("dict_form", -1, 1)]
+    base = next(c for c in configured.spec.containers if c.name == "base")
+    assert base.resources.requests == {"memory": "64Mi", "cpu": "100m"}
+    assert base.resources.limits == {"memory": "1Gi"}
+    assert configured.metadata.labels["team"] == "data-engineering"
+    assert configured.metadata.annotations["monitoring"] == "enabled"
+    assert configured.spec.node_selector == {"kubernetes.io/os": "linux"}
+    # DefaultTolerationSeconds admission adds not-ready/unreachable tolerations, as in any cluster.
+    assert "compute-type" in [t.key for t in configured.spec.tolerations or []]
+    overridden = pods[("pod_override", -1, 1)]
+    assert overridden.metadata.labels["override"] == "yes"
+    assert overridden.spec.automount_service_account_token is False
+
+
+def test_pod_deleted_by_hand_fails_its_task_with_the_reason(
+    stack: AirflowStack, core: client.CoreV1Api
+) -> None:
+    stack.wait_for_dag("e2e_long")
+    stack.trigger("e2e_long", "long-1")
+
+    def running_pod() -> client.V1Pod | None:
+        return next((p for p in pods_of(core, stack, "long-1") if p.status.phase == "Running"), None)
+
+    pod = wait_for(running_pod, "the long task's pod to run", timeout=180, interval=1)
+    core.delete_namespaced_pod(pod.metadata.name, stack.namespace, grace_period_seconds=1)
+    assert stack.wait_for_run("e2e_long", "long-1", timeout=180) == "failed"
+    assert stack.task_states("e2e_long", "long-1")[("long_task", -1)][0] == "failed"
+    log = (stack.home / "scheduler.log").read_text()
+    assert f"{pod.metadata.name}: pod was deleted while running, before its task finished" in log
+
+
+def test_scheduler_killed_mid_run_loses_and_duplicates_nothing(
+    stack: AirflowStack, core: client.CoreV1Api
+) -> None:
+    stack.wait_for_dag("e2e_sleepers")
+    stack.trigger("e2e_sleepers", "kill-1")
+    wait_for(
+        lambda: sum(p.status.phase == "Running" for p in pods_of(core, stack, "kill-1")) >= 20,
+        "20 running pods",
+        timeout=240,
+        interval=1,
+    )
+    stack.kill_component("scheduler")
+    stack.start_component("scheduler")
+    assert stack.wait_for_run("e2e_sleepers", "kill-1", timeout=400) == "success"
+    states = stack.task_states("e2e_sleepers", "kill-1")
+    assert states == {("sleeper", i): ("success", 1) for i in range(20)}
+    pods = pods_of(core, stack, "kill-1")
+    assert Counter(key_of(p) for p in pods) == Counter({("sleeper", i, 1): 1 for i in range(20)})
+    # No pod is left behind: the new scheduler sees every pod finish and marks it done.
+    wait_all_pods_done(core, stack, "kill-1")
+
+
+def test_watch_cut_and_410_while_pods_finish(stack: AirflowStack, core: client.CoreV1Api) -> None:
+    stack.wait_for_dag("e2e_sleepers")
+    stack.trigger("e2e_sleepers", "gap-1")
+    wait_for(
+        lambda: sum(p.status.phase == "Running" for p in pods_of(core, stack, "gap-1")) >= 10,
+        "pods running",
+        timeout=240,
+        interval=1,
+    )
+    errors: list[Any] = []
+
+    def faults() -> None:
+        try:
+            control_plane.restart_component(CLUSTER_DIR, "kube-apiserver")
+            time.sleep(5)
+            control_plane.compact_etcd(CLUSTER_DIR)
+            control_plane.restart_component(CLUSTER_DIR, "kube-apiserver")
+        except Exception as exc:
+            errors.append(exc)
+
+    fault_thread = threading.Thread(target=faults)
+    fault_thread.start()
+    fault_thread.join()
+    assert not errors
+    assert stack.wait_for_run("e2e_sleepers", "gap-1", timeout=400) == "success"
+    assert stack.task_states("e2e_sleepers", "gap-1") == {("sleeper", i): ("success", 1) for i in range(20)}
+    # A task's run can finish (through the execution API) before its pod has exited.
+    wait_all_pods_done(core, stack, "gap-1")
+    log = (stack.home / "scheduler.log").read_text()
+    for i in range(20):
+        events = [
+            line
+            for line in log.splitlines()
+            if "Received executor event" in line and "run_id='gap-1'" in line and f"map_index={i})" in line
+        ]
+        assert len(events) == 1, f"sleeper[{i}] was reported {len(events)} times"

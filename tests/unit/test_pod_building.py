@@ -159,7 +159,7 @@ def test_missing_and_broken_templates_are_clear_errors(tmp_path: Path) -> None:
         build_pod(request({"pod_template_file": str(broken)}), DEFAULTS)
     empty = tmp_path / "empty.yaml"
     empty.write_text("kind: Pod\nspec: {}\n")
-    with pytest.raises(PodBuildError, match="spec.containers"):
+    with pytest.raises(PodBuildError, match=r"spec\.containers"):
         build_pod(request({"pod_template_file": str(empty)}), DEFAULTS)
 
 

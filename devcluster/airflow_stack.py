@@ -126,14 +126,16 @@ class AirflowStack:
     def airflow(
         self, *args: str, check: bool = True, timeout: float = 300
     ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
+        done = subprocess.run(
             [sys.executable, "-m", "airflow", *args],
             env=self._process_env(),
             capture_output=True,
             text=True,
-            check=check,
             timeout=timeout,
         )
+        if check and done.returncode != 0:
+            raise RuntimeError(f"airflow {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        return done
 
     # --- PostgreSQL --------------------------------------------------------
     def start_postgres(self) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -16,23 +18,32 @@ from devcluster.airflow_stack import AirflowStack
 DAGS = Path(__file__).parent / "dags"
 
 
-@pytest.fixture(scope="module")
-def stack(cluster: control_plane.ClusterState, core: client.CoreV1Api) -> Iterator[AirflowStack]:
-    namespace = "e2e-" + Path(tempfile.mktemp()).name[-8:].lower().replace("_", "x")
+@contextmanager
+def airflow_stack(
+    cluster: control_plane.ClusterState, core: client.CoreV1Api, **env: str
+) -> Iterator[AirflowStack]:
+    namespace = f"e2e-{uuid.uuid4().hex[:8]}"
     core.create_namespace({"metadata": {"name": namespace}})
     home = Path(tempfile.mkdtemp(prefix="k8s-executor-e2e-"))
+    # Keep finished pods (marked done) so the tests can read their specs.
+    extra_env = {"AIRFLOW__KUBERNETES_EXECUTOR__DELETE_WORKER_PODS": "False", **env}
+    executor = extra_env.pop("executor", "k8s_executor.KubernetesExecutor")
     airflow = AirflowStack(
-        home=home,
-        cluster=cluster,
-        namespace=namespace,
-        # Keep finished pods (marked done) so the tests can read their specs.
-        extra_env={"AIRFLOW__KUBERNETES_EXECUTOR__DELETE_WORKER_PODS": "False"},
+        home=home, cluster=cluster, namespace=namespace, executor=executor, extra_env=extra_env
     )
-    airflow.prepare()
-    for dag in DAGS.glob("*.py"):
-        shutil.copy(dag, airflow.dags_folder)
-    airflow.start()
-    yield airflow
-    airflow.stop()
-    core.delete_namespace(namespace)
-    # The home (logs of every Airflow component) stays for a post-mortem; it lives in /tmp.
+    try:
+        airflow.prepare()
+        for dag in DAGS.glob("*.py"):
+            shutil.copy(dag, airflow.dags_folder)
+        airflow.start()
+        yield airflow
+    finally:
+        # The home (logs of every Airflow component) stays in /tmp for a post-mortem.
+        airflow.stop()
+        core.delete_namespace(namespace)
+
+
+@pytest.fixture(scope="module")
+def stack(cluster: control_plane.ClusterState, core: client.CoreV1Api) -> Iterator[AirflowStack]:
+    with airflow_stack(cluster, core) as airflow:
+        yield airflow

@@ -101,3 +101,38 @@ with DAG("e2e_long", **ARGS):
         time.sleep(120)
 
     long_task()
+
+
+with DAG("e2e_routing", max_active_tasks=32, **ARGS):
+
+    @task(queue="k8s-custom")
+    def on_custom_queue() -> str:
+        import os
+
+        return os.environ.get("AIRFLOW_IS_K8S_EXECUTOR_POD", "local")
+
+    @task(queue="kubernetes")
+    def on_kubernetes_queue() -> str:
+        import os
+
+        return os.environ.get("AIRFLOW_IS_K8S_EXECUTOR_POD", "local")
+
+    @task
+    def on_default_queue() -> str:
+        import os
+
+        return os.environ.get("AIRFLOW_IS_K8S_EXECUTOR_POD", "local")
+
+    @task
+    def slow_local() -> None:
+        time.sleep(25)
+
+    @task(queue="k8s-custom")
+    def slow_pod() -> None:
+        time.sleep(25)
+
+    on_custom_queue()
+    on_kubernetes_queue()
+    on_default_queue()
+    slow_local()
+    slow_pod()

@@ -45,9 +45,9 @@ def test_queue_routes_tasks_to_pods_or_local_processes(hybrid: AirflowStack, cor
             "SELECT task_id, value FROM xcom WHERE dag_id = 'e2e_routing' AND run_id = 'route-1' AND key = 'return_value'"
         )
     )
-    assert results["on_custom_queue"] == '"True"'
-    assert results["on_kubernetes_queue"] == '"local"'
-    assert results["on_default_queue"] == '"local"'
+    assert results["on_custom_queue"] == "True"
+    assert results["on_kubernetes_queue"] == "local"
+    assert results["on_default_queue"] == "local"
 
 
 def test_scheduler_restart_adopts_pods_and_loses_nothing(

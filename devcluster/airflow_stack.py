@@ -20,6 +20,7 @@ import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ import yaml
 from devcluster.control_plane import ClusterState, free_port
 
 JWT_SECRET = "devcluster-not-a-secret"
+AIRFLOW_MAJOR = int(metadata.version("apache-airflow").split(".")[0])
 
 
 def _pg_bin(name: str) -> str:
@@ -76,7 +78,11 @@ class AirflowStack:
                     {
                         "name": "base",
                         "image": "apache/airflow:3",
-                        "env": [{"name": "AIRFLOW_HOME", "value": str(self.home)}]
+                        "env": [
+                            {"name": "AIRFLOW_HOME", "value": str(self.home)},
+                            # This stack's Python environment, whichever started the node agent.
+                            {"name": "PATH", "value": f"{os.path.dirname(sys.executable)}:/usr/bin:/bin"},
+                        ]
                         + [
                             {"name": k, "value": v}
                             for k, v in self.env().items()
@@ -113,8 +119,15 @@ class AirflowStack:
             "AIRFLOW__KUBERNETES_EXECUTOR__CONFIG_FILE": str(self.cluster.kubeconfig),
             "AIRFLOW__KUBERNETES_EXECUTOR__NAMESPACE": self.namespace,
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.home / "logs"),
+            "AIRFLOW__SCHEDULER__DAG_DIR_LIST_INTERVAL": "5",
             **self.extra_env,
         }
+        if AIRFLOW_MAJOR < 3:
+            env = {
+                k: v
+                for k, v in env.items()
+                if not k.startswith(("AIRFLOW__API", "AIRFLOW__CORE__EXECUTION_API"))
+            }
         return env
 
     def _process_env(self) -> dict[str, str]:
@@ -194,9 +207,12 @@ class AirflowStack:
         self.airflow("db", "migrate", timeout=600)
 
     def start(self, *components: str) -> None:
-        for component in components or ("api-server", "dag-processor", "scheduler"):
+        """Airflow 3 needs its API server and DAG processor; Airflow 2's scheduler parses DAGs itself."""
+        default = ("api-server", "dag-processor", "scheduler") if AIRFLOW_MAJOR >= 3 else ("scheduler",)
+        for component in components or default:
             self.start_component(component)
-        self.wait_for_api()
+        if "api-server" in self.procs:
+            self.wait_for_api()
 
     def start_component(self, component: str) -> None:
         args = {"api-server": ["api-server", "--port", str(self.api_port)]}.get(component, [component])

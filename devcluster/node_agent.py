@@ -40,7 +40,7 @@ from kubernetes.client.rest import ApiException
 
 from devcluster import build
 from devcluster.pod_status import ContainerState, now_iso, pod_status
-from k8s_executor.kube_client import json_lines
+from k8s_executor.kube_client import json_lines, merge_patch
 
 log = logging.getLogger("node-agent")
 
@@ -50,7 +50,6 @@ SIMULATED_TAINT = "devcluster.k8s-executor.dev/simulated"
 RUNTIME_LABEL = "devcluster.k8s-executor.dev/runtime"
 DEFAULT_FAIL_IMAGES = r"(^|/)(does-not-exist|unpullable)[^/]*$|^invalid\.registry/"
 BACKOFF_S = 2.0
-MERGE_PATCH = "application/merge-patch+json"
 
 
 @dataclass
@@ -63,12 +62,14 @@ class NodeSpec:
 
     @classmethod
     def parse(cls, text: str) -> NodeSpec:
-        """`name=N,runtime=process|simulated,cpu=8,memory=16Gi,pods=250,label.K=V,taint.K=V:Effect`."""
+        """`name=N,runtime=process|simulated,cpu=8,memory=16Gi,pods=250,res.R=Q,label.K=V,taint.K=V:Effect`."""
         items = dict(part.split("=", 1) for part in text.split(",") if part)
         spec = cls(name=items.pop("name"), runtime=items.pop("runtime", "process"))
         for key, value in items.items():
             if key in ("cpu", "memory", "pods"):
                 spec.capacity[key] = value
+            elif key.startswith("res."):
+                spec.capacity[key[len("res.") :]] = value
             elif key.startswith("label."):
                 spec.labels[key[len("label.") :]] = value
             elif key.startswith("taint."):
@@ -85,7 +86,10 @@ class NodeSpec:
 
 
 DEFAULT_NODES = [
-    "name=devnode-1,runtime=process,cpu=8,memory=16Gi,pods=250",
+    "name=devnode-1,runtime=process,cpu=8,memory=16Gi,pods=250,label.disktype=ssd",
+    # A node like the GPU nodes of the specification's examples (the processes use no GPU).
+    "name=devgpu-1,runtime=process,cpu=8,memory=16Gi,pods=50,res.nvidia.com/gpu=4,label.accelerator=nvidia-gpu,"
+    "label.disktype=ssd",
     "name=devsim-1,runtime=simulated,cpu=1000,memory=4000Gi,pods=20000",
 ]
 
@@ -130,15 +134,14 @@ class Agent:
             except ApiException as exc:
                 if exc.status != 409:
                     raise
-                self.api.patch_node(
-                    spec.name,
+                self._patch(
+                    f"/api/v1/nodes/{spec.name}",
                     {"metadata": body["metadata"], "spec": {"taints": spec.taints or None}},
-                    _content_type=MERGE_PATCH,
-                    _preload_content=False,
                 )
-                self.api.patch_node_status(
-                    spec.name, {"status": body["status"]}, _content_type=MERGE_PATCH, _preload_content=False
-                )
+                self._patch(f"/api/v1/nodes/{spec.name}/status", {"status": body["status"]})
+
+    def _patch(self, path: str, body: dict[str, Any]) -> None:
+        merge_patch(self.api.api_client, path, body)
 
     def _node_status(self, spec: NodeSpec) -> dict[str, Any]:
         now = now_iso()
@@ -188,11 +191,8 @@ class Agent:
                 try:
                     self._renew_lease(name)
                     if time.monotonic() - last_status > 60:
-                        self.api.patch_node_status(
-                            name,
-                            {"status": self._node_status(self.nodes[name])},
-                            _content_type=MERGE_PATCH,
-                            _preload_content=False,
+                        self._patch(
+                            f"/api/v1/nodes/{name}/status", {"status": self._node_status(self.nodes[name])}
                         )
                 except Exception:
                     log.exception("heartbeat of node %s failed", name)
@@ -211,12 +211,9 @@ class Agent:
             },
         }
         try:
-            self.coordination.patch_namespaced_lease(
-                name,
-                "kube-node-lease",
+            self._patch(
+                f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{name}",
                 {"spec": body["spec"]},
-                _content_type=MERGE_PATCH,
-                _preload_content=False,
             )
         except ApiException as exc:
             if exc.status != 404:
@@ -297,9 +294,7 @@ class Agent:
     def patch_status(self, namespace: str, name: str, uid: str, status: dict[str, Any]) -> None:
         body = {"metadata": {"uid": uid}, "status": status}
         try:
-            self.api.patch_namespaced_pod_status(
-                name, namespace, body, _content_type=MERGE_PATCH, _preload_content=False
-            )
+            self._patch(f"/api/v1/namespaces/{namespace}/pods/{name}/status", body)
         except ApiException as exc:
             if exc.status not in (404, 409):
                 log.warning("status of %s/%s not written: %s", namespace, name, exc.reason)

@@ -8,6 +8,7 @@ sees only `TaskRef`s, commands and pod JSON.
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 from airflow import __version__ as AIRFLOW_VERSION
@@ -45,6 +46,10 @@ def worker_env() -> dict[str, str]:
     must see the scheduler's `[core] executor`.
     """
     env = {"AIRFLOW__CORE__EXECUTOR": conf.get("core", "executor")}
+    # Airflow 2 workers that see this flag render the pod through the official provider's
+    # module, and fail without it; Airflow 3 only uses it to know where it runs.
+    if AIRFLOW_V3 or _has_official_provider():
+        env["AIRFLOW_IS_K8S_EXECUTOR_POD"] = "True"
     dags_folder = conf.get("core", "dags_folder", fallback=None)
     if dags_folder:
         env["AIRFLOW__CORE__DAGS_FOLDER"] = dags_folder
@@ -55,6 +60,13 @@ def worker_env() -> dict[str, str]:
             url = f"{base}/execution/"
         env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = url
     return env
+
+
+def _has_official_provider() -> bool:
+    try:
+        return importlib.util.find_spec("airflow.providers.cncf.kubernetes") is not None
+    except ModuleNotFoundError:
+        return False
 
 
 def to_airflow_key(ref: TaskRef) -> Any:

@@ -145,11 +145,23 @@ class KubernetesExecutor(BaseExecutor):
         assert self.kube_scheduler is not None
         try:
             pod = airflow_adapter.apply_mutation_hook(build_pod(request, self._defaults))
+            self._check_watched(pod["metadata"]["namespace"])
         except (ExecutorConfigError, PodBuildError) as exc:
             self._refuse(key, exc)
             return
         deadline = time.monotonic() + airflow_adapter.task_queued_timeout_s()
         self.kube_scheduler.run_pod_async(pod, ref=request.ref, deadline=deadline)
+
+    def _check_watched(self, namespace: str) -> None:
+        """A pod in a namespace no watcher sees would never report back: refuse it up front."""
+        assert self.settings is not None
+        watched = self.settings.watched_namespaces
+        if None not in watched and namespace not in watched:
+            raise PodBuildError(
+                f"metadata.namespace {namespace!r} is not watched by this executor (watching "
+                f"{', '.join(str(n) for n in watched)}); set [kubernetes_executor] multi_namespace_mode = True "
+                f"and add it to multi_namespace_mode_namespace_list"
+            )
 
     def _refuse(self, key: Any, exc: Exception) -> None:
         message = f"task {key.dag_id}.{key.task_id} (run {key.run_id}, try {key.try_number}): {exc}"

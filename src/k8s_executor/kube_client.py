@@ -73,3 +73,20 @@ def json_lines(response: Any) -> Iterator[dict[str, Any]]:
                     yield json.loads(line)
     finally:
         response.release_conn()
+
+
+def merge_patch(api_client: client.ApiClient, path: str, body: dict[str, Any], **kwargs: Any) -> Any:
+    """PATCH `path` with a JSON merge patch.
+
+    Older clients (before 33) cannot choose the patch type per call, and their default
+    (strategic merge) treats lists differently; the raw call behaves the same on all of them.
+    """
+    return api_client.call_api(
+        path,
+        "PATCH",
+        header_params={"Content-Type": "application/merge-patch+json", "Accept": "application/json"},
+        body=body,
+        auth_settings=["BearerToken"],
+        _preload_content=False,
+        **kwargs,
+    )

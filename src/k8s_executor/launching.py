@@ -23,7 +23,7 @@ from typing import Any
 from kubernetes import client
 from urllib3.exceptions import HTTPError
 
-from k8s_executor.kube_client import error_message
+from k8s_executor.kube_client import error_message, merge_patch
 
 MAX_BACKOFF_S = 30.0
 
@@ -150,12 +150,10 @@ class Launcher:
 
     def _patch_labels(self, namespace: str, name: str, labels: dict[str, str]) -> None:
         _, exc, _ = self._with_retries(
-            lambda: self.api.patch_namespaced_pod(
-                name,
-                namespace,
+            lambda: merge_patch(
+                self.api.api_client,
+                f"/api/v1/namespaces/{namespace}/pods/{name}",
                 {"metadata": {"labels": labels}},
-                _content_type="application/merge-patch+json",
-                _preload_content=False,
                 **self.request_args,
             ),
             time.monotonic() + 120,

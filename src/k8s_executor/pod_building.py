@@ -151,7 +151,7 @@ def build_pod(request: PodRequest, defaults: PodDefaults) -> dict[str, Any]:
                 {
                     "name": BASE_CONTAINER,
                     "args": request.command,
-                    "env": [{"name": "AIRFLOW_IS_K8S_EXECUTOR_POD", "value": "True"}, *env],
+                    **({"env": env} if env else {}),
                     **({"image": defaults.worker_image} if defaults.worker_image else {}),
                 }
             ]

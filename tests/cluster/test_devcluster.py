@@ -108,7 +108,7 @@ def test_watch_from_compacted_resource_version_is_gone(core: client.CoreV1Api, n
 
 
 def test_unmatched_node_selector_stays_pending_unschedulable(core: client.CoreV1Api, namespace: str) -> None:
-    core.create_namespaced_pod(namespace, shell_pod("lost", "true", nodeSelector={"disktype": "ssd"}))
+    core.create_namespaced_pod(namespace, shell_pod("lost", "true", nodeSelector={"disktype": "nvme"}))
 
     def unschedulable() -> bool:
         pod = core.read_namespaced_pod("lost", namespace)

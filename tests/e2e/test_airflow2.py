@@ -1,0 +1,164 @@
+"""Airflow 2.10/2.11: the specification's examples as pods, and queue routing (run by `./dev test-airflow2`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from kubernetes import client
+
+from devcluster import control_plane
+from devcluster.airflow_stack import AirflowStack
+from tests.e2e.conftest import airflow_stack
+from tests.e2e.test_local_kubernetes_executor import LOCAL_TASKS, POD_TASKS, pod_tasks
+from tests.helpers import wait_for
+
+pytestmark = pytest.mark.e2e
+
+SPEC_NAMESPACES = ("custom-namespace", "gpu-namespace")
+
+
+@pytest.fixture(scope="module")
+def spec_resources(core: client.CoreV1Api) -> None:
+    """What the specification's example expects to exist: its namespaces, secret and volume claim."""
+    for ns in SPEC_NAMESPACES:
+        try:
+            core.create_namespace({"metadata": {"name": ns}})
+        except client.ApiException as exc:
+            if exc.status != 409:
+                raise
+    wait_for(lambda: core.list_namespaced_service_account("custom-namespace").items, "service account")
+    wait_for(lambda: core.list_namespaced_service_account("gpu-namespace").items, "service account")
+    for create in (
+        lambda: core.create_namespaced_secret(
+            "custom-namespace", {"metadata": {"name": "database-secret"}, "stringData": {"password": "pw"}}
+        ),
+        lambda: core.create_persistent_volume(
+            {
+                "metadata": {"name": "data-pv"},
+                "spec": {
+                    "capacity": {"storage": "1Gi"},
+                    "accessModes": ["ReadWriteOnce"],
+                    "hostPath": {"path": "/tmp/k8s-executor-data-pv"},
+                    "storageClassName": "",
+                    "claimRef": {"namespace": "custom-namespace", "name": "data-pvc"},
+                },
+            }
+        ),
+        lambda: core.create_namespaced_persistent_volume_claim(
+            "custom-namespace",
+            {
+                "metadata": {"name": "data-pvc"},
+                "spec": {
+                    "accessModes": ["ReadWriteOnce"],
+                    "resources": {"requests": {"storage": "1Gi"}},
+                    "storageClassName": "",
+                    "volumeName": "data-pv",
+                },
+            },
+        ),
+    ):
+        try:
+            create()
+        except client.ApiException as exc:
+            if exc.status != 409:
+                raise
+
+
+@pytest.fixture(scope="module")
+def spec_stack(
+    cluster: control_plane.ClusterState, core: client.CoreV1Api, spec_resources: None
+) -> Iterator[AirflowStack]:
+    with airflow_stack(
+        cluster,
+        core,
+        extra_namespaces=SPEC_NAMESPACES,
+    ) as airflow:
+        yield airflow
+
+
+def test_specification_examples_run_as_pods_with_every_field(
+    spec_stack: AirflowStack, core: client.CoreV1Api
+) -> None:
+    # Every task runs under KubernetesExecutor; queue names do not matter to it.
+    spec_stack.wait_for_dag("kubernetes_executor_example")
+    spec_stack.trigger("kubernetes_executor_example", "spec-1")
+    assert spec_stack.wait_for_run("kubernetes_executor_example", "spec-1") == "success"
+    assert {
+        t: s for (t, _), (s, _) in spec_stack.task_states("kubernetes_executor_example", "spec-1").items()
+    } == {
+        "kubernetes_task": "success",
+        "local_task": "success",
+        "k8s_task": "success",
+        "gpu_task": "success",
+    }
+    pods = {}
+    for ns in (spec_stack.namespace, *SPEC_NAMESPACES):
+        for pod in core.list_namespaced_pod(ns, label_selector="run_id=spec-1").items:
+            pods[pod.metadata.annotations["task_id"]] = pod
+    assert set(pods) == {"kubernetes_task", "local_task", "k8s_task", "gpu_task"}
+
+    k8s_pod = pods["kubernetes_task"]
+    base = next(c for c in k8s_pod.spec.containers if c.name == "base")
+    assert k8s_pod.metadata.namespace == "custom-namespace"
+    assert base.image == "custom-image:latest"
+    assert base.resources.requests == {"memory": "1Gi", "cpu": "500m"}
+    assert base.resources.limits == {"memory": "2Gi", "cpu": "1"}
+    assert k8s_pod.metadata.labels["team"] == "data-engineering"
+    assert k8s_pod.metadata.annotations["monitoring"] == "enabled"
+    env = {e.name: e for e in base.env}
+    assert env["CUSTOM_VAR"].value == "custom_value"
+    assert env["DB_PASSWORD"].value_from.secret_key_ref.name == "database-secret"
+    assert [
+        v.persistent_volume_claim.claim_name for v in k8s_pod.spec.volumes if v.name == "data-volume"
+    ] == ["data-pvc"]
+    assert [m.mount_path for m in base.volume_mounts if m.name == "data-volume"] == ["/data"]
+    assert k8s_pod.spec.node_selector == {"disktype": "ssd"}
+    terms = k8s_pod.spec.affinity.node_affinity.required_during_scheduling_ignored_during_execution
+    assert terms.node_selector_terms[0].match_expressions[0].key == "kubernetes.io/arch"
+    assert "compute-type" in [t.key for t in k8s_pod.spec.tolerations]
+
+    gpu_pod = pods["gpu_task"]
+    assert gpu_pod.metadata.namespace == "gpu-namespace"
+    assert gpu_pod.spec.node_selector == {"accelerator": "nvidia-gpu"}
+    assert gpu_pod.spec.node_name == "devgpu-1"
+    assert next(c for c in gpu_pod.spec.containers if c.name == "base").resources.limits == {
+        "nvidia.com/gpu": "1"
+    }
+    assert "nvidia.com/gpu" in [t.key for t in gpu_pod.spec.tolerations]
+
+
+@pytest.fixture(scope="module")
+def hybrid2(cluster: control_plane.ClusterState, core: client.CoreV1Api) -> Iterator[AirflowStack]:
+    with airflow_stack(
+        cluster,
+        core,
+        executor="k8s_executor.LocalKubernetesExecutor",
+        AIRFLOW__LOCAL_KUBERNETES_EXECUTOR__KUBERNETES_QUEUE="k8s-custom",
+    ) as airflow:
+        yield airflow
+
+
+def test_queue_routing_and_restart_on_airflow2(hybrid2: AirflowStack, core: client.CoreV1Api) -> None:
+    hybrid2.wait_for_dag("e2e_routing")
+    hybrid2.trigger("e2e_routing", "route2-1")
+    assert hybrid2.wait_for_run("e2e_routing", "route2-1") == "success"
+    assert set(pod_tasks(core, hybrid2, "route2-1")) == POD_TASKS
+
+    hybrid2.trigger("e2e_routing", "route2-kill")
+    wait_for(
+        lambda: (
+            (p := pod_tasks(core, hybrid2, "route2-kill").get("slow_pod")) is not None
+            and p.status.phase == "Running"
+        ),
+        "the slow pod to run",
+        timeout=180,
+        interval=1,
+    )
+    hybrid2.kill_component("scheduler")
+    hybrid2.start_component("scheduler")
+    hybrid2.wait_for_run("e2e_routing", "route2-kill", timeout=400)
+    states = hybrid2.task_states("e2e_routing", "route2-kill")
+    assert states[("slow_pod", -1)] == ("success", 1)
+    assert set(pod_tasks(core, hybrid2, "route2-kill")) == POD_TASKS
+    assert all(states[(t, -1)][0] in ("success", "failed") for t in LOCAL_TASKS)

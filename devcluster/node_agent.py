@@ -609,6 +609,13 @@ class ProcessPod(PodWorker):
             state.finished_at = now_iso()
             if not self.deleting.is_set():
                 state.message = "the container's process was lost (node agent restart or external kill)"
+                log.warning(
+                    "pod %s/%s container %s: shim pid %s ended without an exit record",
+                    self.namespace,
+                    self.name,
+                    state.name,
+                    pid,
+                )
         with self.proc_lock:
             self.procs.pop(state.name, None)
         self._save()

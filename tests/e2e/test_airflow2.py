@@ -10,7 +10,7 @@ from kubernetes import client
 from devcluster import control_plane
 from devcluster.airflow_stack import AirflowStack
 from tests.e2e.conftest import airflow_stack
-from tests.e2e.test_local_kubernetes_executor import LOCAL_TASKS, POD_TASKS, pod_tasks
+from tests.e2e.test_local_kubernetes_executor import POD_TASKS, check_restart_mid_run, pod_tasks
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -145,20 +145,4 @@ def test_queue_routing_and_restart_on_airflow2(hybrid2: AirflowStack, core: clie
     assert hybrid2.wait_for_run("e2e_routing", "route2-1") == "success"
     assert set(pod_tasks(core, hybrid2, "route2-1")) == POD_TASKS
 
-    hybrid2.trigger("e2e_routing", "route2-kill")
-    wait_for(
-        lambda: (
-            (p := pod_tasks(core, hybrid2, "route2-kill").get("slow_pod")) is not None
-            and p.status.phase == "Running"
-        ),
-        "the slow pod to run",
-        timeout=180,
-        interval=1,
-    )
-    hybrid2.kill_component("scheduler")
-    hybrid2.start_component("scheduler")
-    hybrid2.wait_for_run("e2e_routing", "route2-kill", timeout=400)
-    states = hybrid2.task_states("e2e_routing", "route2-kill")
-    assert states[("slow_pod", -1)] == ("success", 1)
-    assert set(pod_tasks(core, hybrid2, "route2-kill")) == POD_TASKS
-    assert all(states[(t, -1)][0] in ("success", "failed") for t in LOCAL_TASKS)
+    check_restart_mid_run(hybrid2, core, "route2-kill")

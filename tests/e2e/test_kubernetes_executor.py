@@ -27,6 +27,15 @@ def key_of(pod: client.V1Pod) -> tuple[str, int, int]:
     return a["task_id"], int(a["map_index"]), int(a["try_number"])
 
 
+def wait_running(core: client.CoreV1Api, stack: AirflowStack, run_id: str, count: int) -> None:
+    wait_for(
+        lambda: sum(p.status.phase == "Running" for p in pods_of(core, stack, run_id)) >= count,
+        f"{count} running pods",
+        timeout=240,
+        interval=1,
+    )
+
+
 def wait_all_pods_done(core: client.CoreV1Api, stack: AirflowStack, run_id: str) -> None:
     wait_for(
         lambda: all(
@@ -101,12 +110,7 @@ def test_scheduler_killed_mid_run_loses_and_duplicates_nothing(
 ) -> None:
     stack.wait_for_dag("e2e_sleepers")
     stack.trigger("e2e_sleepers", "kill-1")
-    wait_for(
-        lambda: sum(p.status.phase == "Running" for p in pods_of(core, stack, "kill-1")) >= 20,
-        "20 running pods",
-        timeout=240,
-        interval=1,
-    )
+    wait_running(core, stack, "kill-1", 20)
     stack.kill_component("scheduler")
     stack.start_component("scheduler")
     assert stack.wait_for_run("e2e_sleepers", "kill-1", timeout=400) == "success"
@@ -121,12 +125,7 @@ def test_scheduler_killed_mid_run_loses_and_duplicates_nothing(
 def test_watch_cut_and_410_while_pods_finish(stack: AirflowStack, core: client.CoreV1Api) -> None:
     stack.wait_for_dag("e2e_sleepers")
     stack.trigger("e2e_sleepers", "gap-1")
-    wait_for(
-        lambda: sum(p.status.phase == "Running" for p in pods_of(core, stack, "gap-1")) >= 10,
-        "pods running",
-        timeout=240,
-        interval=1,
-    )
+    wait_running(core, stack, "gap-1", 10)
     errors: list[Any] = []
 
     def faults() -> None:

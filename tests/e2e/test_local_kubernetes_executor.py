@@ -50,25 +50,29 @@ def test_queue_routes_tasks_to_pods_or_local_processes(hybrid: AirflowStack, cor
     assert results["on_default_queue"] == "local"
 
 
-def test_scheduler_restart_adopts_pods_and_loses_nothing(
-    hybrid: AirflowStack, core: client.CoreV1Api
-) -> None:
-    hybrid.trigger("e2e_routing", "route-kill")
+def check_restart_mid_run(stack: AirflowStack, core: client.CoreV1Api, run_id: str) -> None:
+    """Kill the scheduler while the pod task runs; the new one adopts it and nothing is lost."""
+    stack.trigger("e2e_routing", run_id)
     wait_for(
         lambda: (
-            (p := pod_tasks(core, hybrid, "route-kill").get("slow_pod")) is not None
-            and p.status.phase == "Running"
+            (p := pod_tasks(core, stack, run_id).get("slow_pod")) is not None and p.status.phase == "Running"
         ),
         "the slow pod to run",
         timeout=180,
         interval=1,
     )
-    hybrid.kill_component("scheduler")
-    hybrid.start_component("scheduler")
-    hybrid.wait_for_run("e2e_routing", "route-kill", timeout=400)
-    states = hybrid.task_states("e2e_routing", "route-kill")
+    stack.kill_component("scheduler")
+    stack.start_component("scheduler")
+    stack.wait_for_run("e2e_routing", run_id, timeout=400)
+    states = stack.task_states("e2e_routing", run_id)
     # The pod task is adopted and ends with its true state on its first try.
     assert states[("slow_pod", -1)] == ("success", 1)
-    assert set(pod_tasks(core, hybrid, "route-kill")) == POD_TASKS
+    assert set(pod_tasks(core, stack, run_id)) == POD_TASKS
     # Local tasks are handled as Airflow handles them: none is lost, each ends in a final state.
     assert all(states[(t, -1)][0] in ("success", "failed") for t in LOCAL_TASKS)
+
+
+def test_scheduler_restart_adopts_pods_and_loses_nothing(
+    hybrid: AirflowStack, core: client.CoreV1Api
+) -> None:
+    check_restart_mid_run(hybrid, core, "route-kill")

@@ -109,19 +109,19 @@ class ExecutorSettings(BaseModel):
         "on the first 429; retrying is safe here because pod names are deterministic.",
     )
     pod_launch_failure_retries: int = Field(
-        1, ge=0, description="Re-creations of a pod that failed before its task started."
+        1,
+        ge=0,
+        description="Accepted for compatibility; not used yet: a pod that fails before its task starts "
+        "fails the task with the pod's reason, and Airflow's retries apply.",
     )
     pod_launch_failure_excluded_container_reasons: list[str] = Field(
         default_factory=lambda: ["Error"],
-        description="Container reasons that never trigger a launch-failure re-creation.",
+        description="Accepted for compatibility with pod_launch_failure_retries; not used yet.",
     )
-    logs_task_metadata: bool = Field(False, description="Log the task's metadata with pod events.")
+    logs_task_metadata: bool = Field(False, description="Accepted for compatibility; not used.")
     running_pod_log_lines: int = Field(100, ge=1, description="Lines of a running pod's log shown in the UI.")
     unschedulable_pod_timeout: int = Field(
         300, ge=1, description="Seconds a pod may stay Unschedulable before its task fails with the reason."
-    )
-    orphaned_pods_check_interval: int = Field(
-        60, ge=5, description="Seconds between sweeps that adopt or clean pods of dead schedulers."
     )
 
     _csv_fields = field_validator(

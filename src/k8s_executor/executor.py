@@ -178,16 +178,18 @@ class KubernetesExecutor(BaseExecutor):
         adopted = set()
         deadline = time.monotonic() + airflow_adapter.task_queued_timeout_s()
         for orphan in orphans:
-            if orphan.ref not in by_ref:
-                continue
-            self.kube_scheduler.track(orphan.ref, orphan.namespace, orphan.name, deadline)
+            # Pods whose task already ended (through the execution API) are taken too, only to be
+            # deleted or marked done: otherwise they would stay in every watch forever.
+            ours = orphan.ref in by_ref
+            self.kube_scheduler.track(orphan.ref, orphan.namespace, orphan.name, deadline, report=ours)
             self.kube_scheduler.launcher.patch_labels(
                 orphan.namespace,
                 orphan.name,
                 {identity.WORKER_LABEL: identity.safe_label_value(self.scheduler_id)},
             )
-            self.running.add(by_ref[orphan.ref].key)
-            adopted.add(orphan.ref)
+            if ours:
+                self.running.add(by_ref[orphan.ref].key)
+                adopted.add(orphan.ref)
         self.log.info(
             "adopted %d of %d task instances from schedulers %s", len(adopted), len(tis), sorted(dead)
         )

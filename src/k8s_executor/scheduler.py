@@ -36,6 +36,8 @@ class TrackedPod:
     created_at: float = 0.0
     last_state: PodState | None = None
     finished: bool = False
+    # False for pods taken over only to be cleaned up: their task is no longer Airflow's concern.
+    report: bool = True
 
 
 @dataclass(frozen=True)
@@ -121,10 +123,12 @@ class AirflowKubernetesScheduler(LoggingMixin):
         )
         self.launcher.create(pod, deadline)
 
-    def track(self, ref: identity.TaskRef, namespace: str, name: str, deadline: float) -> None:
+    def track(
+        self, ref: identity.TaskRef, namespace: str, name: str, deadline: float, report: bool = True
+    ) -> None:
         """Take responsibility for a pod that already exists (adoption)."""
         self.pods[(namespace, name)] = TrackedPod(
-            ref, namespace, name, deadline, created=True, created_at=time.time()
+            ref, namespace, name, deadline, created=True, created_at=time.time(), report=report
         )
 
     def delete_pod(self, pod_name: str, namespace: str) -> None:
@@ -147,7 +151,8 @@ class AirflowKubernetesScheduler(LoggingMixin):
             return
         pod.finished = True
         pod.last_state = state
-        self.result_queue.put(TaskResult(pod.ref, state, f"{pod.namespace}/{pod.name}"))
+        if pod.report:
+            self.result_queue.put(TaskResult(pod.ref, state, f"{pod.namespace}/{pod.name}"))
         if not pod.created:
             return
         settings = self.settings

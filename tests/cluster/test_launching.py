@@ -1,0 +1,79 @@
+"""The launcher against the real API server: quota refusals retried, duplicates impossible, 422 final."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from kubernetes import client
+
+from k8s_executor.identity import TaskRef
+from k8s_executor.launching import Launcher, LaunchResult
+from k8s_executor.pod_building import PodDefaults, PodRequest, build_pod
+from tests.helpers import wait_for
+
+pytestmark = pytest.mark.cluster
+
+
+def pod_for(namespace: str, task: str, **override: object) -> dict:
+    request = PodRequest(
+        ref=TaskRef("launch", task, "run"),
+        command=["sh", "-c", "sleep 1"],
+        scheduler_id="t",
+        airflow_version="3.3.2",
+    )
+    pod = build_pod(request, PodDefaults(namespace, None, None, "busybox"))
+    pod["spec"].update(override)
+    return pod
+
+
+def results(launcher: Launcher, count: int, timeout: float = 60) -> list[LaunchResult]:
+    out: list[LaunchResult] = []
+    deadline = time.monotonic() + timeout
+    while len(out) < count and time.monotonic() < deadline:
+        try:
+            out.append(launcher.results.get(timeout=0.5))
+        except Exception:
+            continue
+    return out
+
+
+def test_quota_refusal_is_retried_until_there_is_room(core: client.CoreV1Api, namespace: str) -> None:
+    core.create_namespaced_resource_quota(
+        namespace, {"metadata": {"name": "q"}, "spec": {"hard": {"pods": "1"}}}
+    )
+    wait_for(lambda: core.read_namespaced_resource_quota("q", namespace).status.hard, "quota status")
+    core.create_namespaced_pod(
+        namespace,
+        {
+            "metadata": {"name": "blocker"},
+            "spec": {"containers": [{"name": "c", "image": "b", "command": ["sleep", "60"]}]},
+        },
+    )
+    launcher = Launcher(core, concurrency=2, qps=50, burst=50, max_retries=-1)
+    launcher.create(pod_for(namespace, "queued"), time.monotonic() + 60)
+    time.sleep(2)
+    assert launcher.results.empty(), "a quota refusal must not fail the task"
+    core.delete_namespaced_pod("blocker", namespace, grace_period_seconds=0)
+    [result] = results(launcher, 1)
+    assert result.ok and result.attempts > 1
+
+
+def test_repeated_create_of_a_try_meets_409_and_counts_as_created(
+    core: client.CoreV1Api, namespace: str
+) -> None:
+    launcher = Launcher(core, concurrency=2, qps=50, burst=50, max_retries=3)
+    pod = pod_for(namespace, "twice")
+    launcher.create(pod, time.monotonic() + 30)
+    launcher.create(pod, time.monotonic() + 30)
+    outcome = results(launcher, 2)
+    assert all(r.ok for r in outcome) and sorted(r.already_existed for r in outcome) == [False, True]
+    assert len(core.list_namespaced_pod(namespace).items) == 1
+
+
+def test_invalid_pod_fails_once_with_the_api_servers_words(core: client.CoreV1Api, namespace: str) -> None:
+    launcher = Launcher(core, concurrency=1, qps=50, burst=50, max_retries=5)
+    launcher.create(pod_for(namespace, "bad", restartPolicy="Sometimes"), time.monotonic() + 30)
+    [result] = results(launcher, 1)
+    assert not result.ok and result.attempts == 1
+    assert "restartPolicy" in result.error and "Unsupported value" in result.error

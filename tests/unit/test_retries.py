@@ -1,0 +1,31 @@
+from kubernetes import client
+from urllib3.exceptions import ProtocolError
+
+from k8s_executor.launching import transient
+
+
+def api_error(status: int, body: str = "", headers: dict | None = None) -> client.ApiException:
+    exc = client.ApiException(status=status, reason="x")
+    exc.body = body
+    exc.headers = headers or {}
+    return exc
+
+
+def test_throttling_honours_retry_after() -> None:
+    assert transient(api_error(429, headers={"Retry-After": "3"})) == 3.0
+    assert transient(api_error(429)) == 0.0
+
+
+def test_server_errors_quota_and_broken_connections_are_retried() -> None:
+    assert transient(api_error(503)) == 0.0
+    assert (
+        transient(api_error(403, body='pods "p" is forbidden: exceeded quota: q, requested: pods=1')) == 0.0
+    )
+    assert transient(ProtocolError("Connection aborted.")) == 0.0
+
+
+def test_permanent_refusals_are_not_retried() -> None:
+    assert transient(api_error(422, body="Pod is invalid")) is None
+    assert transient(api_error(403, body='pods is forbidden: User "x" cannot create resource')) is None
+    assert transient(api_error(404)) is None
+    assert transient(ValueError("bug")) is None

@@ -76,3 +76,24 @@ def test_scheduler_restart_adopts_pods_and_loses_nothing(
     hybrid: AirflowStack, core: client.CoreV1Api
 ) -> None:
     check_restart_mid_run(hybrid, core, "route-kill")
+
+
+def test_beside_another_executor_in_airflow3s_executor_list(
+    cluster: control_plane.ClusterState, core: client.CoreV1Api
+) -> None:
+    with airflow_stack(
+        cluster,
+        core,
+        executor="k8s_executor.LocalKubernetesExecutor,LocalExecutor",
+        AIRFLOW__LOCAL_KUBERNETES_EXECUTOR__KUBERNETES_QUEUE="k8s-custom",
+    ) as stack:
+        stack.wait_for_dag("e2e_multi")
+        stack.trigger("e2e_multi", "multi-1")
+        assert stack.wait_for_run("e2e_multi", "multi-1") == "success"
+        assert set(pod_tasks(core, stack, "multi-1")) == {"pod_task"}
+        executors = dict(
+            stack.sql(
+                "SELECT task_id, executor FROM task_instance WHERE dag_id = 'e2e_multi' AND run_id = 'multi-1'"
+            )
+        )
+        assert executors["other_executor_task"] == "LocalExecutor"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -106,6 +107,8 @@ class AirflowStack:
             "AIRFLOW__API__PORT": str(self.api_port),
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{self.api_port}/execution/",
             "AIRFLOW__API_AUTH__JWT_SECRET": JWT_SECRET,
+            # Tests read what the UI shows (task logs) through the REST API, without a login.
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
             "AIRFLOW__CORE__FERNET_KEY": "",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "5",
@@ -286,6 +289,23 @@ class AirflowStack:
             run_id,
         )
         return {(task_id, map_index): (state, tries) for task_id, map_index, state, tries in rows}
+
+    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> str:
+        """The try's log as the UI shows it (Airflow 3's REST API), one line per log record."""
+        base = f"http://127.0.0.1:{self.api_port}"
+        token = json.loads(urllib.request.urlopen(f"{base}/auth/token", timeout=10).read())["access_token"]
+        request = urllib.request.Request(
+            f"{base}/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}"
+            "?full_content=true",
+            headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+        )
+        body = json.loads(urllib.request.urlopen(request, timeout=30).read())
+        content = body.get("content") or []
+        if isinstance(content, str):
+            return content
+        return "\n".join(
+            str(line.get("event", line)) if isinstance(line, dict) else str(line) for line in content
+        )
 
     def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 600) -> str:
         deadline = time.monotonic() + timeout

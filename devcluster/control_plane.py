@@ -443,14 +443,21 @@ def status(directory: Path) -> dict[str, object]:
     }
 
 
-def restart_component(directory: Path, name: str) -> ClusterState:
-    """Kill one component and start it again with the same ports (fault tests use this)."""
+def stop_component(directory: Path, name: str) -> None:
+    """Kill one component, as a crash would (fault tests use this)."""
     state = ClusterState.load(directory)
     if state is None:
         raise RuntimeError(f"no cluster in {directory}")
     pid = state.pids.get(name)
     if pid and _alive(pid, state.directory):
         _kill(pid, 0)
+
+
+def restart_component(directory: Path, name: str) -> ClusterState:
+    """Kill one component and start it again with the same ports (fault tests use this)."""
+    stop_component(directory, name)
+    state = ClusterState.load(directory)
+    assert state is not None
     bins = build.ensure_binaries(log=False)
     certs = _prepare_pki(directory)
     starters = {

@@ -299,6 +299,37 @@ class Agent:
             if exc.status not in (404, 409):
                 log.warning("status of %s/%s not written: %s", namespace, name, exc.reason)
 
+    def record_event(self, pod: dict[str, Any], kind: str, reason: str, message: str, container: str) -> None:
+        """An Event about `pod`, as kubelet writes them (what `kubectl describe pod` shows)."""
+        meta = pod["metadata"]
+        stamp = now_iso()
+        body = {
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "namespace": meta["namespace"],
+                "name": meta["name"],
+                "uid": meta["uid"],
+                "fieldPath": f"spec.containers{{{container}}}",
+            },
+            "type": kind,
+            "reason": reason,
+            "message": message,
+            "source": {"component": "kubelet", "host": pod["spec"].get("nodeName", "")},
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+            "reportingComponent": "kubelet",
+        }
+        self.patch_pool.submit(self._create_event, meta["namespace"], body)
+
+    def _create_event(self, namespace: str, body: dict[str, Any]) -> None:
+        try:
+            self.api.create_namespaced_event(namespace, body, _preload_content=False)
+        except ApiException as exc:
+            log.warning("event %s not written: %s", body["reason"], exc.reason)
+
     def remove_pod(self, pod: dict[str, Any]) -> None:
         meta = pod["metadata"]
         try:
@@ -516,6 +547,8 @@ class ProcessPod(PodWorker):
                     if reason == "ErrImagePull"
                     else f'Back-off pulling image "{c["image"]}"'
                 )
+                event_reason = "Failed" if reason == "ErrImagePull" else "BackOff"
+                self.agent.record_event(self.pod, "Warning", event_reason, state.waiting_message, c["name"])
             self.publish()
             reason = "ImagePullBackOff" if reason == "ErrImagePull" else "ErrImagePull"
             self.deleting.wait(BACKOFF_S)
@@ -592,6 +625,9 @@ class ProcessPod(PodWorker):
             state.started_at, state.waiting_reason, state.waiting_message = now_iso(), None, None
             self._save()
             self.publish()
+            self.agent.record_event(
+                self.pod, "Normal", "Started", f"Started container {state.name}", state.name
+            )
             pid = proc.pid
         while process_alive(pid, str(exit_file)):
             time.sleep(0.05)
@@ -731,8 +767,10 @@ class ProcessPod(PodWorker):
 
     def _terminate(self) -> None:
         with self.proc_lock:
-            pids = list(self.procs.values())
+            pids, names = list(self.procs.values()), list(self.procs)
         if pids:
+            for name in names:
+                self.agent.record_event(self.pod, "Normal", "Killing", f"Stopping container {name}", name)
             for pid in pids:
                 signal_group(pid, signal.SIGTERM)
             deadline = time.monotonic() + self.grace_s

@@ -12,6 +12,7 @@ SIGKILL and reported as `OOMKilled`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -22,8 +23,13 @@ from pathlib import Path
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def _group_rss(pgid: int) -> int:
-    total = 0
+def _container(root: int) -> dict[int, int]:
+    """Process id -> resident bytes, for `root` and all its descendants: the container's processes.
+
+    Descendants, not the process group: a worker may start its children in sessions of their
+    own, and a cgroup holds them all the same.
+    """
+    parent, rss = {}, {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -32,10 +38,15 @@ def _group_rss(pgid: int) -> int:
         except OSError:
             continue
         fields = stat.rsplit(") ", 1)[1].split()
-        # fields[2] is the process group id, fields[21] the resident set in pages.
-        if int(fields[2]) == pgid:
-            total += int(fields[21]) * _PAGE
-    return total
+        # fields[1] is the parent process id, fields[21] the resident set in pages.
+        parent[int(entry)], rss[int(entry)] = int(fields[1]), int(fields[21]) * _PAGE
+    members, frontier = {root}, [root]
+    while frontier:
+        current = frontier.pop()
+        children = [pid for pid, ppid in parent.items() if ppid == current and pid not in members]
+        members.update(children)
+        frontier.extend(children)
+    return {pid: rss[pid] for pid in members if pid in rss}
 
 
 def main() -> None:
@@ -63,9 +74,13 @@ def main() -> None:
             code = child.wait(timeout=0.1)
             break
         except subprocess.TimeoutExpired:
-            if args.memory_limit and _group_rss(os.getpgid(0)) > args.memory_limit:
+            members = _container(child.pid) if args.memory_limit else {}
+            if sum(members.values()) > args.memory_limit > 0:
                 reason = "OOMKilled"
-                child.kill()
+                # As when a container's cgroup runs out: every process in it goes, not only the first.
+                for pid in members:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
     if code < 0:
         code = 128 - code
     if reason is None:

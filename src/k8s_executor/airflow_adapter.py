@@ -8,7 +8,10 @@ sees only `TaskRef`s, commands and pod JSON.
 
 from __future__ import annotations
 
+import datetime
 import importlib.util
+import json
+from pathlib import Path
 from typing import Any
 
 from airflow import __version__ as AIRFLOW_VERSION
@@ -133,3 +136,52 @@ def apply_mutation_hook(pod: dict[str, Any]) -> dict[str, Any]:
         raise PodBuildError(f"pod_mutation_hook raised {type(exc).__name__}: {exc}") from exc
     mutated: dict[str, Any] = _serializer.sanitize_for_serialization(model)
     return mutated
+
+
+def note_in_task_log(ref: TaskRef, text: str) -> None:
+    """Append `text` to the try's log file, where the UI shows it.
+
+    A pod that never ran its worker leaves no log at all; this note is then the one place an
+    operator looks that says why. Written where the worker would have written (the local log
+    folder, shared with the API server or shipped by remote logging as the worker's own is).
+    """
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.log.file_task_handler import FileTaskHandler
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    folder = conf.get("logging", "base_log_folder")
+    with create_session() as session:
+        ti = session.scalar(
+            select(TaskInstance).where(
+                TaskInstance.dag_id == ref.dag_id,
+                TaskInstance.task_id == ref.task_id,
+                TaskInstance.run_id == ref.run_id,
+                TaskInstance.map_index == ref.map_index,
+            )
+        )
+        if ti is None:
+            return
+        path = Path(folder) / FileTaskHandler(folder)._render_filename(ti, ref.try_number)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    if AIRFLOW_V3:
+        line = json.dumps(
+            {"timestamp": now.isoformat(), "level": "error", "event": text, "logger": "k8s_executor"}
+        )
+    else:
+        line = f"[{now.isoformat()}] {{k8s_executor}} ERROR - {text}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as log_file:
+        log_file.write(line + "\n")
+
+
+def stats() -> Any:
+    """Airflow's metrics facade (StatsD or OpenTelemetry, as the operator configured it)."""
+    try:
+        from airflow.sdk.observability import stats as facade  # Airflow 3.2 and later
+
+        return facade
+    except ImportError:
+        from airflow.stats import Stats
+
+        return Stats

@@ -16,13 +16,15 @@ from typing import Any
 
 from airflow.executors.base_executor import BaseExecutor
 from airflow.utils.state import TaskInstanceState
+from kubernetes import client
 
-from k8s_executor import adoption, airflow_adapter, identity
+from k8s_executor import adoption, airflow_adapter, identity, metrics
 from k8s_executor.executor_config import ExecutorConfigError
-from k8s_executor.kube_client import core_api, make_configuration
+from k8s_executor.kube_client import core_api, error_message, make_configuration, read_json
 from k8s_executor.pod_building import PodBuildError, PodDefaults, PodRequest, build_pod
 from k8s_executor.scheduler import AirflowKubernetesScheduler, TaskResult
 from k8s_executor.settings import ExecutorSettings
+from k8s_executor.state_mapping import describe_events, pod_state
 
 
 class KubernetesExecutor(BaseExecutor):
@@ -89,6 +91,7 @@ class KubernetesExecutor(BaseExecutor):
         else:
             reason = f"{result.pod}: {result.state.reason}"
             self.log.warning("task %s failed in Kubernetes: %s", key, reason)
+            self._note_in_task_log(result.ref, f"Kubernetes pod {reason}")
             self.change_state(key, TaskInstanceState.FAILED, reason)
 
     def end(self) -> None:
@@ -166,11 +169,21 @@ class KubernetesExecutor(BaseExecutor):
     def _refuse(self, key: Any, exc: Exception) -> None:
         message = f"task {key.dag_id}.{key.task_id} (run {key.run_id}, try {key.try_number}): {exc}"
         self.log.error("not launching %s", message)
+        self._note_in_task_log(airflow_adapter.ref_of(key), f"no pod was launched for {message}")
         self.change_state(key, TaskInstanceState.FAILED, message)
+
+    def _note_in_task_log(self, ref: identity.TaskRef, text: str) -> None:
+        try:
+            airflow_adapter.note_in_task_log(ref, text)
+        except Exception:
+            # The reason still reaches Airflow with the state; a log folder we cannot write to
+            # must not stop the scheduler.
+            self.log.exception("could not write the failure reason to the log of %s", ref)
 
     # --- adoption, revocation, logs ---------------------------------------
     def try_adopt_task_instances(self, tis: Sequence[Any]) -> Sequence[Any]:
         assert self.kube_scheduler is not None and self.settings is not None
+        started = time.monotonic()
         by_ref = {airflow_adapter.ref_of(ti.key): ti for ti in tis}
         dead = {str(ti.queued_by_job_id) for ti in tis if ti.queued_by_job_id is not None}
         dead.discard(self.scheduler_id)
@@ -190,6 +203,8 @@ class KubernetesExecutor(BaseExecutor):
             if ours:
                 self.running.add(by_ref[orphan.ref].key)
                 adopted.add(orphan.ref)
+        metrics.incr("adoption.pods", len(orphans))
+        metrics.timing("adoption.duration", time.monotonic() - started)
         self.log.info(
             "adopted %d of %d task instances from schedulers %s", len(adopted), len(tis), sorted(dead)
         )
@@ -237,13 +252,38 @@ class KubernetesExecutor(BaseExecutor):
             names = ", ".join(f"{p.metadata.namespace}/{p.metadata.name}" for p in pods)
             messages.append(f"{len(pods)} pods match this task try ({names}); showing the first")
         pod = pods[0]
-        messages.append(self.RUNNING_POD_LOG_NOTE.format(pod=f"{pod.metadata.namespace}/{pod.metadata.name}"))
-        response = self.kube_client.read_namespaced_pod_log(
-            pod.metadata.name,
-            pod.metadata.namespace,
-            container="base",
-            tail_lines=self.settings.running_pod_log_lines,
-            _preload_content=False,
-        )
+        where = f"{pod.metadata.namespace}/{pod.metadata.name}"
+        state = self.kube_client.api_client.sanitize_for_serialization(pod)
+        verdict = pod_state(state)
+        events = describe_events(self._events_of(pod.metadata.namespace, pod.metadata.name))
+        if verdict.verdict == "pending":
+            messages.append(f"Pod {where} has not started: {verdict.reason or 'waiting to be scheduled'}")
+            if events:
+                messages.append(f"Kubernetes events: {events}")
+            return messages, logs
+        messages.append(self.RUNNING_POD_LOG_NOTE.format(pod=where))
+        try:
+            response = self.kube_client.read_namespaced_pod_log(
+                pod.metadata.name,
+                pod.metadata.namespace,
+                container="base",
+                tail_lines=self.settings.running_pod_log_lines,
+                _preload_content=False,
+            )
+        except client.ApiException as exc:
+            messages.append(f"The log of pod {where} could not be read: {error_message(exc)}")
+            if events:
+                messages.append(f"Kubernetes events: {events}")
+            return messages, logs
         logs.append(response.data.decode(errors="replace"))
         return messages, logs
+
+    def _events_of(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        try:
+            response = self.kube_client.list_namespaced_event(
+                namespace, field_selector=f"involvedObject.name={name}", _preload_content=False
+            )
+        except client.ApiException:
+            return []
+        items: list[dict[str, Any]] = read_json(response)["items"]
+        return items

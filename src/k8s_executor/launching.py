@@ -3,8 +3,10 @@
 Requests run on a small thread pool so the scheduler loop never waits on the
 network. A token bucket keeps the executor within the QPS it was given, as
 client-go's rate limiter does. Transient refusals (429 with its Retry-After,
-5xx, 403 "exceeded quota", broken connections) are retried with backoff;
-because a try's pod name is fixed, a retry whose first attempt did land meets
+5xx, 403 "exceeded quota") are retried with backoff, up to
+`task_publish_max_retries` times; an API server that cannot be reached at all
+(restarting, upgrading) is waited for until the task's own deadline, since
+that is no fault of the task. Because a try's pod name is fixed, a retry whose first attempt did land meets
 409 and counts as created. Anything else is final, and the API server's own
 message goes back to the task.
 """
@@ -23,9 +25,12 @@ from typing import Any
 from kubernetes import client
 from urllib3.exceptions import HTTPError
 
+from k8s_executor import metrics
 from k8s_executor.kube_client import error_message, merge_patch
 
 MAX_BACKOFF_S = 30.0
+# Reconnecting is cheap, and pods should go out as soon as the API server is back.
+MAX_RECONNECT_BACKOFF_S = 2.0
 
 
 class TokenBucket:
@@ -47,13 +52,29 @@ class TokenBucket:
             time.sleep(wait)
 
 
+def unreachable(exc: Exception) -> bool:
+    """The request never got an answer from the API server."""
+    return isinstance(exc, (HTTPError, ConnectionError, TimeoutError)) or (
+        isinstance(exc, client.ApiException) and exc.status == 0
+    )
+
+
+def status_of(exc: Exception | None, ok: int) -> int:
+    """The HTTP status a request ended with; 0 when the API server never answered."""
+    if exc is None:
+        return ok
+    if isinstance(exc, client.ApiException):
+        return exc.status or 0
+    return 0
+
+
 def transient(exc: Exception) -> float | None:
     """Seconds to wait before retrying `exc`, or None when retrying cannot help."""
-    if isinstance(exc, (HTTPError, ConnectionError, TimeoutError)):
+    if unreachable(exc):
         return 0.0
     if not isinstance(exc, client.ApiException):
         return None
-    if exc.status == 429 or (exc.status or 0) >= 500 or exc.status == 0:
+    if exc.status == 429 or (exc.status or 0) >= 500:
         retry_after = (exc.headers or {}).get("Retry-After")
         try:
             return float(retry_after) if retry_after else 0.0
@@ -96,7 +117,7 @@ class Launcher:
         self.stopping = threading.Event()
 
     def _with_retries(self, call: Callable[[], Any], deadline: float) -> tuple[Any, Exception | None, int]:
-        attempt = 0
+        attempt = refusals = 0
         while True:
             attempt += 1
             self.bucket.take()
@@ -104,10 +125,14 @@ class Launcher:
                 return call(), None, attempt
             except Exception as exc:
                 wait = transient(exc)
-                retries_left = self.max_retries < 0 or attempt <= self.max_retries
+                lost = unreachable(exc)
+                refusals += not lost
+                retries_left = self.max_retries < 0 or refusals <= self.max_retries
                 if wait is None or not retries_left or self.stopping.is_set():
                     return None, exc, attempt
-                backoff = max(wait, min(MAX_BACKOFF_S, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0))
+                ceiling = MAX_RECONNECT_BACKOFF_S if lost else MAX_BACKOFF_S
+                backoff = max(wait, min(ceiling, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0))
+                backoff = min(backoff, max(0.0, deadline - time.monotonic()))
                 if time.monotonic() + backoff > deadline:
                     return None, exc, attempt
                 time.sleep(backoff)
@@ -118,12 +143,15 @@ class Launcher:
 
     def _create(self, pod: dict[str, Any], deadline: float) -> None:
         namespace, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+        started = time.monotonic()
         _, exc, attempts = self._with_retries(
             lambda: self.api.create_namespaced_pod(
                 namespace, pod, _preload_content=False, **self.request_args
             ),
             deadline,
         )
+        metrics.timing("pod_create.duration", time.monotonic() - started)
+        metrics.http_outcome("pod_create", status_of(exc, 201))
         if exc is None:
             self.results.put(LaunchResult(namespace, name, True, attempts=attempts))
         elif isinstance(exc, client.ApiException) and exc.status == 409:
@@ -142,6 +170,7 @@ class Launcher:
             ),
             time.monotonic() + 120,
         )
+        metrics.http_outcome("pod_delete", status_of(exc, 200))
         if exc is not None and not (isinstance(exc, client.ApiException) and exc.status == 404):
             raise exc
 

@@ -18,7 +18,7 @@ from typing import Any
 from airflow.utils.log.logging_mixin import LoggingMixin
 from kubernetes import client
 
-from k8s_executor import identity
+from k8s_executor import identity, metrics
 from k8s_executor.launching import Launcher, LaunchResult
 from k8s_executor.resource_version import ResourceVersion
 from k8s_executor.settings import ExecutorSettings
@@ -79,6 +79,7 @@ class AirflowKubernetesScheduler(LoggingMixin):
         self.watcher_queue: Any = self._mp.Queue()
         self.watchers: dict[str | None, KubernetesJobWatcher] = {}
         self.watcher_restarts = 0
+        self.listed: set[str | None] = set()
 
     # --- watchers --------------------------------------------------------
     def start_watchers(self) -> None:
@@ -106,6 +107,7 @@ class AirflowKubernetesScheduler(LoggingMixin):
             if not watcher.is_alive():
                 self.log.error("watcher of %s died (exit code %s); restarting", namespace, watcher.exitcode)
                 self.watcher_restarts += 1
+                metrics.incr("watcher.restarts")
                 self._start_watcher(namespace)
 
     # --- launching -------------------------------------------------------
@@ -145,6 +147,11 @@ class AirflowKubernetesScheduler(LoggingMixin):
         self._drain_launches()
         self._drain_watchers()
         self._expire_unstarted()
+        verdicts = [
+            p.last_state.verdict for p in self.pods.values() if p.created and not p.finished and p.last_state
+        ]
+        metrics.gauge("pods.pending", verdicts.count("pending"))
+        metrics.gauge("pods.running", verdicts.count("running"))
 
     def _report(self, pod: TrackedPod, state: PodState) -> None:
         if pod.finished:
@@ -193,6 +200,9 @@ class AirflowKubernetesScheduler(LoggingMixin):
                 )
                 self._on_event(message)
             elif isinstance(message, Resync):
+                if message.namespace in self.listed:
+                    metrics.incr("watcher.relists")
+                self.listed.add(message.namespace)
                 ResourceVersion().set_resource_version(message.resource_version, message.namespace)
                 self._on_resync(message)
             elif isinstance(message, Bookmark):

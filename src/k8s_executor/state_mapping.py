@@ -105,3 +105,33 @@ def pod_state(
                 )
             return PodState("pending", f"unschedulable: {condition.get('message', '').strip()}")
     return PodState("pending")
+
+
+# Normal events that still explain an end: who stopped the container, who took its place.
+_TELLING_NORMAL_REASONS = frozenset({"Killing", "Preempted", "Preempting"})
+MAX_EVENTS = 5
+
+
+def describe_events(events: list[dict[str, Any]]) -> str:
+    """The recent Kubernetes events that explain a pod's fate, oldest first, in one line."""
+    telling = [e for e in events if e.get("type") == "Warning" or e.get("reason") in _TELLING_NORMAL_REASONS]
+    telling.sort(key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+    seen: dict[tuple[str, str], int] = {}
+    for event in telling:
+        key = (str(event.get("reason") or ""), str(event.get("message") or "").strip())
+        seen[key] = seen.pop(key, 0) + int(event.get("count") or 1)
+    parts = [
+        f"{reason}: {message}" + (f" (x{count})" if count > 1 else "")
+        for (reason, message), count in list(seen.items())[-MAX_EVENTS:]
+    ]
+    return "; ".join(parts)
+
+
+def with_events(state: PodState, events: list[dict[str, Any]]) -> PodState:
+    """A failed verdict, with what Kubernetes said about the pod appended (what it does not say yet)."""
+    described = describe_events(
+        [e for e in events if str(e.get("message") or "").strip() not in state.reason]
+    )
+    if state.verdict != "failed" or not described:
+        return state
+    return PodState("failed", f"{state.reason} [events: {described}]")

@@ -30,10 +30,12 @@ from urllib3.exceptions import HTTPError
 
 from k8s_executor import identity
 from k8s_executor.kube_client import json_lines
-from k8s_executor.state_mapping import PodState, pod_state
+from k8s_executor.state_mapping import PodState, pod_state, with_events
 
 WATCH_TIMEOUT_S = 300
 REJUDGE_INTERVAL_S = 5.0
+EVENTS_TIMEOUT_S = 5.0
+MAX_EXPLAINED = 4096
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,7 @@ class KubernetesJobWatcher(multiprocessing.Process, LoggingMixin):
         # relabelled pod must not fall out of sight between two schedulers.
         self.api = client.CoreV1Api(client.ApiClient(self.kube_config))
         self.cache: dict[str, dict[str, Any]] = {}
+        self.explained: dict[str, PodState] = {}
         self._run()
 
     def _run(self) -> None:
@@ -183,6 +186,36 @@ class KubernetesJobWatcher(multiprocessing.Process, LoggingMixin):
         self._rejudge(rv)
         return rv
 
+    def _explained(self, meta: dict[str, Any], state: PodState, forget: bool) -> PodState:
+        """The failed verdict with the pod's events, read once per pod however often it is judged."""
+        uid = meta["uid"]
+        known = self.explained.pop(uid, None) if forget else self.explained.get(uid)
+        if known is not None:
+            return known
+        state = with_events(state, self._events_of(meta))
+        if not forget:
+            self.explained[uid] = state
+            while len(self.explained) > MAX_EXPLAINED:
+                del self.explained[next(iter(self.explained))]
+        return state
+
+    def _events_of(self, meta: dict[str, Any]) -> list[dict[str, Any]]:
+        """The pod's events; a failure to read them must not hold back the verdict."""
+        try:
+            response = self.api.list_namespaced_event(
+                meta["namespace"],
+                field_selector=f"involvedObject.name={meta['name']},involvedObject.kind=Pod",
+                _preload_content=False,
+                _request_timeout=EVENTS_TIMEOUT_S,
+            )
+            items: list[dict[str, Any]] = json.loads(response.data)["items"]
+        except (client.ApiException, HTTPError, OSError, ValueError) as exc:
+            self.log.warning("events of pod %s not read: %s", meta["name"], exc)
+            return []
+        # Events are kept by name, so a pod that reused a deleted one's name must not inherit them.
+        uid = meta.get("uid")
+        return [e for e in items if (e.get("involvedObject") or {}).get("uid") in (None, uid)]
+
     def _rejudge(self, rv: str) -> None:
         for pod in list(self.cache.values()):
             self._judge(pod, rv=rv, only_if_terminal=True)
@@ -206,6 +239,8 @@ class KubernetesJobWatcher(multiprocessing.Process, LoggingMixin):
             self.cache.pop(meta["uid"], None)
         if only_if_terminal and not state.terminal:
             return
+        if state.verdict == "failed":
+            state = self._explained(meta, state, forget=deleted)
         self.watcher_queue.put(
             PodEvent(
                 namespace=meta["namespace"],

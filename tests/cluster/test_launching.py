@@ -7,9 +7,11 @@ import time
 import pytest
 from kubernetes import client
 
+from devcluster import control_plane
 from k8s_executor.identity import TaskRef
 from k8s_executor.launching import Launcher, LaunchResult
 from k8s_executor.pod_building import PodDefaults, PodRequest, build_pod
+from tests.conftest import CLUSTER_DIR
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -77,3 +79,18 @@ def test_invalid_pod_fails_once_with_the_api_servers_words(core: client.CoreV1Ap
     [result] = results(launcher, 1)
     assert not result.ok and result.attempts == 1
     assert "restartPolicy" in result.error and "Unsupported value" in result.error
+
+
+def test_an_api_server_that_is_down_is_waited_for_not_counted_as_a_refusal(
+    core: client.CoreV1Api, namespace: str
+) -> None:
+    launcher = Launcher(core, concurrency=1, qps=50, burst=50, max_retries=0)
+    control_plane.stop_component(CLUSTER_DIR, "kube-apiserver")
+    try:
+        launcher.create(pod_for(namespace, "patient"), time.monotonic() + 120)
+        time.sleep(4)
+        assert launcher.results.empty(), "an API server that is down must not fail the task"
+    finally:
+        control_plane.restart_component(CLUSTER_DIR, "kube-apiserver")
+    [result] = results(launcher, 1)
+    assert result.ok and result.attempts > 1

@@ -1,7 +1,7 @@
 from kubernetes import client
 from urllib3.exceptions import ProtocolError
 
-from k8s_executor.launching import transient
+from k8s_executor.launching import transient, unreachable
 
 
 def api_error(status: int, body: str = "", headers: dict | None = None) -> client.ApiException:
@@ -29,3 +29,11 @@ def test_permanent_refusals_are_not_retried() -> None:
     assert transient(api_error(403, body='pods is forbidden: User "x" cannot create resource')) is None
     assert transient(api_error(404)) is None
     assert transient(ValueError("bug")) is None
+
+
+def test_an_unreachable_api_server_is_told_apart_from_a_refusal() -> None:
+    assert unreachable(ProtocolError("Connection aborted."))
+    assert unreachable(ConnectionRefusedError())
+    assert unreachable(client.ApiException(status=0, reason="x"))
+    assert not unreachable(api_error(503))
+    assert not unreachable(api_error(403, body="exceeded quota"))

@@ -1,6 +1,6 @@
 import datetime
 
-from k8s_executor.state_mapping import pod_state
+from k8s_executor.state_mapping import PodState, describe_events, pod_state, with_events
 
 NOW = datetime.datetime(2026, 1, 1, 12, 0, tzinfo=datetime.timezone.utc)
 FATAL = {"ErrImagePull", "CreateContainerConfigError"}
@@ -71,3 +71,43 @@ def test_unschedulable_fails_only_after_the_timeout() -> None:
         and "unschedulable for 120s" in late.reason
         and "node affinity" in late.reason
     )
+
+
+def event(kind: str, reason: str, message: str, at: str, count: int = 1) -> dict:
+    return {"type": kind, "reason": reason, "message": message, "lastTimestamp": at, "count": count}
+
+
+def test_events_keep_warnings_and_killing_oldest_first_and_merge_repeats() -> None:
+    events = [
+        event("Warning", "BackOff", 'Back-off pulling image "nope:1"', "2026-01-01T12:00:09Z", 3),
+        event("Normal", "Scheduled", "Successfully assigned ns/p to devnode-1", "2026-01-01T12:00:00Z"),
+        event("Warning", "Failed", 'Failed to pull image "nope:1": not found', "2026-01-01T12:00:02Z"),
+        event("Warning", "BackOff", 'Back-off pulling image "nope:1"', "2026-01-01T12:00:05Z"),
+        event("Normal", "Killing", "Stopping container base", "2026-01-01T12:00:10Z"),
+    ]
+    assert describe_events(events) == (
+        'Failed: Failed to pull image "nope:1": not found; '
+        'BackOff: Back-off pulling image "nope:1" (x4); '
+        "Killing: Stopping container base"
+    )
+
+
+def test_only_the_last_five_explanations_are_kept() -> None:
+    events = [event("Warning", f"R{i}", "m", f"2026-01-01T12:00:0{i}Z") for i in range(8)]
+    assert describe_events(events).split("; ")[0] == "R3: m"
+
+
+def test_events_are_added_to_failures_only() -> None:
+    events = [event("Warning", "FailedScheduling", "0/3 nodes are available", "2026-01-01T12:00:00Z")]
+    failed = with_events(PodState("failed", "pod was unschedulable for 300s"), events)
+    assert (
+        failed.reason == "pod was unschedulable for 300s [events: FailedScheduling: 0/3 nodes are available]"
+    )
+    assert with_events(PodState("success"), events) == PodState("success")
+    assert with_events(PodState("failed", "x"), []) == PodState("failed", "x")
+
+
+def test_events_that_repeat_the_reason_are_left_out() -> None:
+    said = PodState("failed", "pod was unschedulable for 300s: 0/3 nodes are available")
+    events = [event("Warning", "FailedScheduling", "0/3 nodes are available", "2026-01-01T12:00:00Z")]
+    assert with_events(said, events) == said

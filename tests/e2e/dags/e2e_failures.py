@@ -1,0 +1,36 @@
+"""Tasks whose pods fail in each way an operator meets: the reason must reach the UI."""
+
+import datetime
+
+from airflow.sdk import DAG, task
+
+ARGS = {"start_date": datetime.datetime(2024, 1, 1), "schedule": None, "catchup": False}
+
+with DAG("e2e_failures", max_active_tasks=8, **ARGS):
+
+    @task(executor_config={"KubernetesExecutor": {"image": "does-not-exist:1.0"}})
+    def unpullable() -> None:
+        pass
+
+    @task(executor_config={"KubernetesExecutor": {"node_selector": {"disktype": "floppy"}}})
+    def unschedulable() -> None:
+        pass
+
+    @task(executor_config={"KubernetesExecutor": {"limit_memory": "600Mi"}})
+    def greedy() -> None:
+        import time
+
+        hoard = b"x" * (900 * 2**20)
+        time.sleep(30)  # the node checks memory a few times a second, not at every allocation
+        print(len(hoard))
+
+    @task
+    def victim() -> None:
+        import time
+
+        time.sleep(300)
+
+    unpullable()
+    unschedulable()
+    greedy()
+    victim()

@@ -1,0 +1,74 @@
+"""Why a pod did not run, in plain words, where an operator looks: the task log and its failure reason."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from kubernetes import client
+
+from devcluster import control_plane
+from devcluster.airflow_stack import AirflowStack
+from tests.e2e.conftest import airflow_stack
+from tests.helpers import wait_for
+
+pytestmark = pytest.mark.e2e
+
+DAG, RUN = "e2e_failures", "why-1"
+
+
+@pytest.fixture(scope="module")
+def stack(cluster: control_plane.ClusterState, core: client.CoreV1Api) -> Iterator[AirflowStack]:
+    with airflow_stack(
+        cluster, core, AIRFLOW__KUBERNETES_EXECUTOR__UNSCHEDULABLE_POD_TIMEOUT="20"
+    ) as airflow:
+        yield airflow
+
+
+def failure_reason(stack: AirflowStack, task_id: str) -> str:
+    """What Airflow recorded from the executor's report (the task's audit log in the UI)."""
+    rows = stack.sql(
+        "SELECT extra FROM log WHERE event = 'state mismatch' AND dag_id = %s AND run_id = %s AND task_id = %s",
+        DAG,
+        RUN,
+        task_id,
+    )
+    return "\n".join(str(extra) for (extra,) in rows)
+
+
+def test_each_way_a_pod_fails_is_explained_in_the_task_log_and_failure_reason(
+    stack: AirflowStack, core: client.CoreV1Api
+) -> None:
+    stack.wait_for_dag(DAG)
+    stack.trigger(DAG, RUN)
+    wait_for(
+        lambda: stack.task_states(DAG, RUN).get(("victim", -1), (None, 0))[0] == "running",
+        "the victim task to run",
+        timeout=240,
+        interval=1,
+    )
+    [pod] = [
+        p
+        for p in core.list_namespaced_pod(stack.namespace, label_selector=f"run_id={RUN}").items
+        if p.metadata.annotations["task_id"] == "victim"
+    ]
+    core.delete_namespaced_pod(pod.metadata.name, stack.namespace, grace_period_seconds=1)
+    assert stack.wait_for_run(DAG, RUN, timeout=300) == "failed"
+    assert {task for (task, _), (state, _) in stack.task_states(DAG, RUN).items() if state == "failed"} == {
+        "unpullable",
+        "unschedulable",
+        "greedy",
+        "victim",
+    }
+    expected = {
+        "unpullable": ["container 'base' is ErrImagePull", 'Failed to pull image "does-not-exist:1.0"'],
+        "unschedulable": ["pod was unschedulable for", "didn't match Pod's node affinity"],
+        "greedy": ["killed for exceeding its memory limit (OOMKilled)"],
+    }
+    for task_id, words in expected.items():
+        log, reason = stack.task_log(DAG, RUN, task_id), failure_reason(stack, task_id)
+        for word in words:
+            assert word in log, f"{task_id}: {word!r} not in the task log:\n{log}"
+            assert word in reason, f"{task_id}: {word!r} not in the failure reason:\n{reason}"
+    # The deleted pod's worker may report its own end before the executor does; the log says why.
+    assert "pod was deleted while running" in stack.task_log(DAG, RUN, "victim")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -18,9 +21,39 @@ DAG, RUN = "e2e_failures", "why-1"
 
 
 @pytest.fixture(scope="module")
-def stack(cluster: control_plane.ClusterState, core: client.CoreV1Api) -> Iterator[AirflowStack]:
+def statsd() -> Iterator[tuple[int, list[str]]]:
+    """A UDP socket playing the StatsD server: every metric line the scheduler sends."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(0.5)
+    received: list[str] = []
+    stop = threading.Event()
+
+    def listen() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                received.extend(sock.recv(65536).decode().splitlines())
+
+    thread = threading.Thread(target=listen, daemon=True)
+    thread.start()
+    yield sock.getsockname()[1], received
+    stop.set()
+    thread.join()
+    sock.close()
+
+
+@pytest.fixture(scope="module")
+def stack(
+    cluster: control_plane.ClusterState, core: client.CoreV1Api, statsd: tuple[int, list[str]]
+) -> Iterator[AirflowStack]:
     with airflow_stack(
-        cluster, core, AIRFLOW__KUBERNETES_EXECUTOR__UNSCHEDULABLE_POD_TIMEOUT="20"
+        cluster,
+        core,
+        AIRFLOW__KUBERNETES_EXECUTOR__UNSCHEDULABLE_POD_TIMEOUT="20",
+        AIRFLOW__METRICS__STATSD_ON="True",
+        AIRFLOW__METRICS__STATSD_HOST="127.0.0.1",
+        AIRFLOW__METRICS__STATSD_PORT=str(statsd[0]),
+        AIRFLOW__METRICS__STATSD_PREFIX="airflow",
     ) as airflow:
         yield airflow
 
@@ -72,3 +105,17 @@ def test_each_way_a_pod_fails_is_explained_in_the_task_log_and_failure_reason(
             assert word in reason, f"{task_id}: {word!r} not in the failure reason:\n{reason}"
     # The deleted pod's worker may report its own end before the executor does; the log says why.
     assert "pod was deleted while running" in stack.task_log(DAG, RUN, "victim")
+
+
+def test_the_executor_reports_its_metrics_through_airflow_stats(
+    stack: AirflowStack, statsd: tuple[int, list[str]]
+) -> None:
+    """Runs after the failures above: creates, deletes, gauges and timers have all happened."""
+    names = {line.split(":", 1)[0] for line in statsd[1]}
+    for name in (
+        "airflow.k8s_executor.pod_create.status.201",
+        "airflow.k8s_executor.pod_create.duration",
+        "airflow.k8s_executor.pods.pending",
+        "airflow.k8s_executor.pods.running",
+    ):
+        assert name in names, f"{name} not received; got {sorted(n for n in names if 'k8s_executor' in n)}"

@@ -47,3 +47,13 @@ def test_bad_values_name_the_option(raw: dict, option: str) -> None:
 
 def test_all_namespaces_when_multi_namespace_list_is_empty() -> None:
     assert ExecutorSettings.parse({"multi_namespace_mode": "True"}).watched_namespaces == [None]
+
+
+def test_every_metric_is_documented() -> None:
+    from pathlib import Path
+
+    from k8s_executor import metrics
+
+    doc = (Path(__file__).parents[2] / "docs" / "metrics.md").read_text()
+    for name in metrics.NAMES:
+        assert f"`{metrics.PREFIX}.{name}`" in doc, f"{name} is missing from docs/metrics.md"

@@ -30,12 +30,18 @@ _serializer = ApiClient()
 
 
 def read_settings(section: str = SECTION) -> dict[str, Any]:
-    """Raw option values, from airflow.cfg and AIRFLOW__SECTION__KEY variables alike."""
-    raw: dict[str, Any] = {}
-    for name in ExecutorSettings.model_fields:
-        if conf.has_option(section, name):
-            raw[name] = conf.get(section, name)
-    return raw
+    """The option values the operator set (airflow.cfg, AIRFLOW__SECTION__KEY, _cmd, _secret).
+
+    Defaults are left to our settings model: with the official provider installed too, Airflow
+    answers an unset option with that provider's default (`worker_pods_creation_batch_size`
+    = 1), which would silently replace ours.
+    """
+    values = conf.as_dict(display_source=True, display_sensitive=True).get(section, {})
+    return {
+        name: value
+        for name, (value, source) in values.items()
+        if name in ExecutorSettings.model_fields and "default" not in source
+    }
 
 
 def task_queued_timeout_s() -> float:

@@ -57,3 +57,15 @@ def test_every_metric_is_documented() -> None:
     doc = (Path(__file__).parents[2] / "docs" / "metrics.md").read_text()
     for name in metrics.NAMES:
         assert f"`{metrics.PREFIX}.{name}`" in doc, f"{name} is missing from docs/metrics.md"
+
+
+def test_only_values_the_operator_set_are_read_not_another_providers_defaults(monkeypatch) -> None:
+    from k8s_executor.airflow_adapter import read_settings
+
+    monkeypatch.setenv("AIRFLOW__KUBERNETES_EXECUTOR__NAMESPACE", "team-a")
+    monkeypatch.delenv("AIRFLOW__KUBERNETES_EXECUTOR__WORKER_PODS_CREATION_BATCH_SIZE", raising=False)
+    raw = read_settings()
+    assert raw["namespace"] == "team-a"
+    # With the official provider installed, Airflow answers this unset option with its default of 1.
+    assert "worker_pods_creation_batch_size" not in raw
+    assert ExecutorSettings.parse(raw).worker_pods_creation_batch_size == 64

@@ -21,7 +21,7 @@ from packaging.version import Version
 
 from k8s_executor import executor_config as executor_config_module
 from k8s_executor.identity import TaskRef
-from k8s_executor.pod_building import PodBuildError, PodRequest
+from k8s_executor.pod_building import PodBuildError, PodDefaults, PodRequest
 from k8s_executor.settings import SECTION, ExecutorSettings
 
 AIRFLOW_V3 = Version(Version(AIRFLOW_VERSION).base_version) >= Version("3.0.0")
@@ -42,6 +42,31 @@ def read_settings(section: str = SECTION) -> dict[str, Any]:
         for name, (value, source) in values.items()
         if name in ExecutorSettings.model_fields and "default" not in source
     }
+
+
+def pod_defaults(settings: ExecutorSettings) -> PodDefaults:
+    return PodDefaults(
+        namespace=settings.namespace,
+        pod_template_file=settings.pod_template_file or None,
+        worker_image=settings.worker_image,
+        fallback_image=f"apache/airflow:{AIRFLOW_VERSION}",
+    )
+
+
+def load_dag(dag_id: str, bundle_names: list[str] | None = None) -> Any:
+    """The DAG `dag_id` as its file defines it, parsed from the DAG folder (Airflow 3: its bundles).
+
+    Naming every bundle keeps Airflow 3 from syncing bundles to the metadata database first:
+    finding a DAG needs no database.
+    """
+    from airflow.utils import cli as cli_utils
+
+    if not AIRFLOW_V3:
+        return cli_utils.get_dag(None, dag_id)  # type: ignore[attr-defined]  # Airflow 2 only
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+
+    names = bundle_names or list(DagBundlesManager().get_all_bundle_names())
+    return cli_utils.get_bagged_dag(names, dag_id)
 
 
 def task_queued_timeout_s() -> float:
@@ -131,7 +156,7 @@ def apply_mutation_hook(pod: dict[str, Any]) -> dict[str, Any]:
     from airflow import settings
 
     hook = getattr(settings, "pod_mutation_hook", None)
-    if hook is None or getattr(hook, "__module__", "") == "airflow.settings":
+    if hook is None or (getattr(hook, "__module__", "") == "airflow.settings" and not _policy_hooks()):
         return pod
     from kubernetes.client import V1Pod
 
@@ -142,6 +167,19 @@ def apply_mutation_hook(pod: dict[str, Any]) -> dict[str, Any]:
         raise PodBuildError(f"pod_mutation_hook raised {type(exc).__name__}: {exc}") from exc
     mutated: dict[str, Any] = _serializer.sanitize_for_serialization(model)
     return mutated
+
+
+def _policy_hooks() -> list[Any]:
+    """The pod mutation hooks Airflow's own `pod_mutation_hook` dispatches to.
+
+    Airflow turns the hook of airflow_local_settings.py (and of policy plugins) into a
+    plugin that its dispatcher in `airflow.settings` calls; with none, the model round
+    trip is skipped.
+    """
+    from airflow import settings
+
+    manager = getattr(settings, "get_policy_plugin_manager", None)
+    return list(manager().hook.pod_mutation_hook.get_hookimpls()) if manager else []
 
 
 def note_in_task_log(ref: TaskRef, text: str) -> None:

@@ -21,7 +21,7 @@ from kubernetes import client
 from k8s_executor import adoption, airflow_adapter, identity, metrics
 from k8s_executor.executor_config import ExecutorConfigError
 from k8s_executor.kube_client import core_api, error_message, make_configuration, read_json
-from k8s_executor.pod_building import PodBuildError, PodDefaults, PodRequest, build_pod
+from k8s_executor.pod_building import PodBuildError, PodRequest, build_pod
 from k8s_executor.scheduler import AirflowKubernetesScheduler, TaskResult
 from k8s_executor.settings import ExecutorSettings
 from k8s_executor.state_mapping import describe_events, pod_state
@@ -51,12 +51,7 @@ class KubernetesExecutor(BaseExecutor):
         self.kube_config = make_configuration(self.settings)
         self.kube_client = core_api(self.kube_config)
         self._worker_env = airflow_adapter.worker_env()
-        self._defaults = PodDefaults(
-            namespace=self.settings.namespace,
-            pod_template_file=self.settings.pod_template_file or None,
-            worker_image=self.settings.worker_image,
-            fallback_image=f"apache/airflow:{airflow_adapter.AIRFLOW_VERSION}",
-        )
+        self._defaults = airflow_adapter.pod_defaults(self.settings)
         self.kube_scheduler = AirflowKubernetesScheduler(
             self.kube_config,
             None,
@@ -179,6 +174,13 @@ class KubernetesExecutor(BaseExecutor):
             # The reason still reaches Airflow with the state; a log folder we cannot write to
             # must not stop the scheduler.
             self.log.exception("could not write the failure reason to the log of %s", ref)
+
+    @staticmethod
+    def get_cli_commands() -> list[Any]:
+        # Imported here: the scheduler, which imports this module, needs none of the CLI.
+        from k8s_executor.commands import cli_commands
+
+        return cli_commands()
 
     # --- adoption, revocation, logs ---------------------------------------
     def try_adopt_task_instances(self, tis: Sequence[Any]) -> Sequence[Any]:

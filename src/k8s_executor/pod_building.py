@@ -124,16 +124,27 @@ class PodDefaults:
     fallback_image: str
 
 
-def build_pod(request: PodRequest, defaults: PodDefaults) -> dict[str, Any]:
-    """The pod JSON for one task try, before any mutation hook."""
-    template_path = request.executor_config.pod_template_file or defaults.pod_template_file
-    pod = load_template(template_path) if template_path else default_pod(defaults.fallback_image)
+def template_path(request: PodRequest, defaults: PodDefaults) -> str | None:
+    """The template a task's pod starts from: its own, else the executor's, else none."""
+    return request.executor_config.pod_template_file or defaults.pod_template_file
+
+
+def base_pod(request: PodRequest, defaults: PodDefaults) -> dict[str, Any]:
+    """The first layer of a task's pod: its template, or the default pod when there is none."""
+    path = template_path(request, defaults)
+    pod = load_template(path) if path else default_pod(defaults.fallback_image)
     for container in pod["spec"]["containers"]:
         if container.get("name") == BASE_CONTAINER:
             break
     else:
         # The first container runs the task, whatever the template called it.
         pod["spec"]["containers"][0]["name"] = BASE_CONTAINER
+    return pod
+
+
+def build_pod(request: PodRequest, defaults: PodDefaults) -> dict[str, Any]:
+    """The pod JSON for one task try, before any mutation hook."""
+    pod = base_pod(request, defaults)
     base = next(c for c in pod["spec"]["containers"] if c["name"] == BASE_CONTAINER)
     template_env = {e.get("name") for e in base.get("env") or []}
     env = [{"name": k, "value": v} for k, v in request.env.items() if k not in template_env]
@@ -188,3 +199,40 @@ def validate(pod: dict[str, Any]) -> None:
     for container in pod["spec"].get("containers", []):
         if not container.get("image"):
             raise PodBuildError(f"spec.containers[{container.get('name')!r}].image is empty")
+
+
+def flatten(value: Any, path: str = "") -> dict[str, Any]:
+    """Every leaf of a pod by its path, e.g. `spec.containers[base].env[X].value`.
+
+    Paths follow the merge rule: entries of named lists by name, other lists whole (a
+    later layer replaces them whole), so a path means the same thing in every layer.
+    """
+    if isinstance(value, dict) and value:
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(flatten(item, f"{path}.{key}" if path else str(key)))
+        return out
+    if isinstance(value, list) and value and _named(value):
+        out = {}
+        for item in value:
+            rest = {k: v for k, v in item.items() if k != "name"}
+            out.update(flatten(rest, f"{path}[{item['name']}]"))
+        return out
+    return {path: value}
+
+
+def provenance(layers: list[tuple[str, dict[str, Any]]]) -> dict[str, str]:
+    """For each leaf of the last layer, the source of the last layer that changed it.
+
+    `layers` are the whole pod after each step, in the order the steps apply, each
+    with the name of its source.
+    """
+    sources: dict[str, str] = {}
+    previous: dict[str, Any] = {}
+    for source, pod in layers:
+        current = flatten(pod)
+        for path, value in current.items():
+            if path not in previous or previous[path] != value:
+                sources[path] = source
+        previous = current
+    return {path: sources[path] for path in previous}

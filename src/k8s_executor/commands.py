@@ -1,0 +1,340 @@
+"""`airflow kubernetes ...`: the executor's commands for Airflow operators.
+
+- `cleanup-pods` deletes this executor's pods that no task needs any more;
+- `generate-dag-yaml` renders every task's pod of a DAG without running anything;
+- `explain` shows one task's pod and which layer set each of its fields.
+
+Rendering goes through the executor's own path (settings, executor_config
+parsing, `build_pod`, the mutation hook), so what is shown is what would be
+launched, save the workload, which exists only for a running task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+from airflow.cli.cli_config import (
+    ARG_DAG_ID,
+    ARG_TASK_ID,
+    ActionCommand,
+    Arg,
+    GroupCommand,
+    lazy_load_command,
+)
+from airflow.utils.providers_configuration_loader import providers_configuration_loaded
+from kubernetes import client
+
+from k8s_executor import airflow_adapter, identity
+from k8s_executor import executor_config as executor_config_module
+from k8s_executor.executor_config import ExecutorConfigError
+from k8s_executor.kube_client import core_api, error_message, make_configuration, read_json
+from k8s_executor.pod_building import (
+    PodBuildError,
+    PodRequest,
+    base_pod,
+    build_pod,
+    flatten,
+    provenance,
+    template_path,
+)
+from k8s_executor.settings import ExecutorSettings
+
+GROUP_NAME = "kubernetes"
+DEFAULT_MIN_PENDING_MINUTES = 30.0
+RENDER_RUN_ID = "rendered"
+RENDER_SCHEDULER_ID = "generate-dag-yaml"
+PLACEHOLDER_COMMAND = [
+    "echo",
+    "rendered by airflow kubernetes generate-dag-yaml: a launched task runs its workload here",
+]
+LIST_PAGE = 500
+
+SOURCE_DEFAULT = "default"
+SOURCE_TEMPLATE = "template file"
+SOURCE_DICT_FORM = "executor_config (dict form)"
+SOURCE_POD_OVERRIDE = "executor_config (pod_override)"
+SOURCE_HOOK = "mutation hook"
+
+
+# --- which pods cleanup-pods deletes ------------------------------------------
+def _timestamp(value: str | None) -> datetime.datetime | None:
+    return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+def cleanup_reason(
+    pod: dict[str, Any], now: datetime.datetime, min_pending: datetime.timedelta
+) -> str | None:
+    """Why `pod` (API JSON) should be deleted, or None to leave it alone.
+
+    Only pods of this executor that no task needs: finished, evicted, or Pending for longer
+    than `min_pending`. Running pods and pods of unknown fate are never touched.
+    """
+    meta = pod.get("metadata") or {}
+    if (meta.get("labels") or {}).get(identity.EXECUTOR_LABEL) != "True":
+        return None
+    if meta.get("deletionTimestamp"):
+        return None
+    status = pod.get("status") or {}
+    phase = status.get("phase")
+    if status.get("reason") == "Evicted":
+        return "evicted"
+    if phase == "Succeeded":
+        return "succeeded"
+    if phase == "Failed":
+        return "failed"
+    if phase == "Pending":
+        created = _timestamp(meta.get("creationTimestamp"))
+        if created is not None and now - created > min_pending:
+            minutes = (now - created).total_seconds() / 60
+            return f"pending for {minutes:.1f} min (threshold {min_pending.total_seconds() / 60:g} min)"
+    return None
+
+
+def _executor_pods(core: client.CoreV1Api, namespace: str | None) -> Iterator[dict[str, Any]]:
+    selector = f"{identity.EXECUTOR_LABEL}=True"
+    token: str | None = None
+    while True:
+        kwargs: dict[str, Any] = {"label_selector": selector, "limit": LIST_PAGE, "_preload_content": False}
+        if token:
+            kwargs["_continue"] = token
+        if namespace:
+            page = read_json(core.list_namespaced_pod(namespace, **kwargs))
+        else:
+            page = read_json(core.list_pod_for_all_namespaces(**kwargs))
+        yield from page["items"]
+        token = page["metadata"].get("continue")
+        if not token:
+            return
+
+
+def _settings() -> ExecutorSettings:
+    return ExecutorSettings.parse(airflow_adapter.read_settings())
+
+
+@providers_configuration_loaded
+def cleanup_pods(args: argparse.Namespace) -> None:
+    settings = _settings()
+    core = core_api(make_configuration(settings))
+    namespaces = [args.namespace] if args.namespace else settings.watched_namespaces
+    now = datetime.datetime.now(datetime.timezone.utc)
+    min_pending = datetime.timedelta(minutes=args.min_pending_minutes)
+    failures = 0
+    for namespace in namespaces:
+        for pod in _executor_pods(core, namespace):
+            reason = cleanup_reason(pod, now, min_pending)
+            if reason is None:
+                continue
+            meta = pod["metadata"]
+            where = f"{meta['namespace']}/{meta['name']}"
+            if args.dry_run:
+                print(f"would delete {where}: {reason}")
+                continue
+            # The pod must still be the one judged: one that started running since the list
+            # has a new resourceVersion, and the API server then refuses the delete.
+            preconditions = client.V1Preconditions(uid=meta["uid"], resource_version=meta["resourceVersion"])
+            try:
+                core.delete_namespaced_pod(
+                    meta["name"], meta["namespace"], body=client.V1DeleteOptions(preconditions=preconditions)
+                )
+            except client.ApiException as exc:
+                if exc.status == 404:
+                    print(f"already gone {where}")
+                elif exc.status == 409:
+                    print(f"skipped {where}: it changed since it was listed; run again to judge it anew")
+                else:
+                    failures += 1
+                    print(f"could not delete {where}: {error_message(exc)}", file=sys.stderr)
+                continue
+            print(f"deleted {where}: {reason}")
+    if failures:
+        raise SystemExit(f"{failures} pod(s) could not be deleted")
+
+
+# --- rendering a task's pod -----------------------------------------------------
+def _request(task: Any, run_id: str, config: dict[str, Any] | None) -> PodRequest:
+    return PodRequest(
+        ref=identity.TaskRef(task.dag_id, task.task_id, run_id),
+        command=PLACEHOLDER_COMMAND,
+        scheduler_id=RENDER_SCHEDULER_ID,
+        airflow_version=airflow_adapter.AIRFLOW_VERSION,
+        executor_config=executor_config_module.parse(config),
+        env=airflow_adapter.worker_env(),
+    )
+
+
+def render_pod(task: Any, run_id: str, settings: ExecutorSettings) -> dict[str, Any]:
+    """The pod the executor would launch for `task`, as `KubernetesExecutor._launch` builds it."""
+    pod = build_pod(_request(task, run_id, task.executor_config), airflow_adapter.pod_defaults(settings))
+    return airflow_adapter.apply_mutation_hook(pod)
+
+
+def pod_layers(task: Any, run_id: str, settings: ExecutorSettings) -> list[tuple[str, dict[str, Any]]]:
+    """The task's pod after each layer, named by its source; the last is `render_pod`'s pod.
+
+    Each layer is built by the executor's own `build_pod` with the task's executor_config
+    cut down to the keys applied so far, so every merge happens as it does at launch.
+    """
+    raw: dict[str, Any] = task.executor_config or {}
+    defaults = airflow_adapter.pod_defaults(settings)
+    request = _request(task, run_id, raw)  # refuses a bad executor_config before any layer
+    first = SOURCE_TEMPLATE if template_path(request, defaults) else SOURCE_DEFAULT
+    applied = {k: raw[k] for k in ("pod_template_file",) if raw.get(k) is not None}
+    layers = [
+        (first, base_pod(request, defaults)),
+        (SOURCE_DEFAULT, build_pod(_request(task, run_id, applied), defaults)),
+    ]
+    for key, source in (
+        (executor_config_module.DICT_FORM_KEY, SOURCE_DICT_FORM),
+        ("pod_override", SOURCE_POD_OVERRIDE),
+    ):
+        if raw.get(key) is not None:
+            applied[key] = raw[key]
+            layers.append((source, build_pod(_request(task, run_id, applied), defaults)))
+    layers.append((SOURCE_HOOK, airflow_adapter.apply_mutation_hook(layers[-1][1])))
+    return layers
+
+
+def _dump(pod: dict[str, Any]) -> str:
+    return yaml.safe_dump(pod, sort_keys=False)
+
+
+def _dag(args: argparse.Namespace) -> Any:
+    return airflow_adapter.load_dag(args.dag_id, getattr(args, "bundle_name", None))
+
+
+@providers_configuration_loaded
+def generate_dag_yaml(args: argparse.Namespace) -> None:
+    dag = _dag(args)
+    settings = _settings()
+    output = Path(args.output_path) if args.output_path else None
+    if output:
+        output.mkdir(parents=True, exist_ok=True)
+    failed = []
+    for task in dag.tasks:
+        try:
+            pod = render_pod(task, args.run_id, settings)
+        except (ExecutorConfigError, PodBuildError) as exc:
+            # One task's bad executor_config fails only that task at launch; so here.
+            failed.append(task.task_id)
+            print(f"task {task.task_id}: {exc}", file=sys.stderr)
+            continue
+        if output:
+            path = output / f"{pod['metadata']['name']}.yaml"
+            path.write_text(_dump(pod))
+            print(f"{task.task_id}: {path}")
+        else:
+            print(f"---\n# task {task.task_id}\n{_dump(pod)}", end="")
+    if failed:
+        raise SystemExit(f"no pod could be rendered for task(s) {', '.join(failed)}")
+
+
+@providers_configuration_loaded
+def explain(args: argparse.Namespace) -> None:
+    dag = _dag(args)
+    if not dag.has_task(args.task_id):
+        raise SystemExit(f"DAG {args.dag_id!r} has no task {args.task_id!r}")
+    try:
+        layers = pod_layers(dag.get_task(args.task_id), args.run_id, _settings())
+    except (ExecutorConfigError, PodBuildError) as exc:
+        raise SystemExit(f"task {args.task_id}: {exc}") from None
+    pod = layers[-1][1]
+    sources = provenance(layers)
+    width = max(map(len, sources))
+    print(f"# pod of {args.dag_id}.{args.task_id} (run {args.run_id})")
+    print(_dump(pod), end="")
+    # Comments, so the whole output still applies with kubectl.
+    print("# where each field came from")
+    for path in flatten(pod):
+        print(f"# {path:<{width}}  {sources[path]}")
+
+
+# --- the command group ----------------------------------------------------------
+def _minutes(value: str) -> float:
+    minutes = float(value)
+    if minutes < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return minutes
+
+
+ARG_NAMESPACE = Arg(
+    ("--namespace",),
+    help="Namespace to clean up (default: every namespace the executor watches)",
+)
+ARG_MIN_PENDING_MINUTES = Arg(
+    ("--min-pending-minutes",),
+    type=_minutes,
+    default=DEFAULT_MIN_PENDING_MINUTES,
+    help=f"Delete Pending pods older than this many minutes, fractions allowed "
+    f"(default {DEFAULT_MIN_PENDING_MINUTES:g})",
+)
+ARG_DRY_RUN = Arg(
+    ("--dry-run",), action="store_true", help="Print the pods that would be deleted, delete none"
+)
+ARG_OUTPUT_PATH = Arg(
+    ("-o", "--output-path"), help="Directory for one YAML file per task (default: print to stdout)"
+)
+ARG_RUN_ID = Arg(
+    ("--run-id",),
+    default=RENDER_RUN_ID,
+    help=f"Run id in the pod's name, labels and annotations (default {RENDER_RUN_ID!r})",
+)
+DAG_ARGS: tuple[Arg, ...] = ()
+try:
+    from airflow.cli.cli_config import ARG_BUNDLE_NAME
+
+    DAG_ARGS = (ARG_BUNDLE_NAME,)
+except ImportError:  # Airflow 2 parses the configured DAG folder only
+    pass
+
+COMMANDS = (
+    ActionCommand(
+        name="cleanup-pods",
+        help="Delete this executor's finished, evicted and long-pending pods",
+        func=lazy_load_command("k8s_executor.commands.cleanup_pods"),
+        args=(ARG_NAMESPACE, ARG_MIN_PENDING_MINUTES, ARG_DRY_RUN),
+    ),
+    ActionCommand(
+        name="generate-dag-yaml",
+        help="Render the pod of every task of a DAG, launching nothing",
+        func=lazy_load_command("k8s_executor.commands.generate_dag_yaml"),
+        args=(ARG_DAG_ID, ARG_OUTPUT_PATH, ARG_RUN_ID, *DAG_ARGS),
+    ),
+    ActionCommand(
+        name="explain",
+        help="Show the pod a task would get and where each of its fields came from",
+        func=lazy_load_command("k8s_executor.commands.explain"),
+        args=(ARG_DAG_ID, ARG_TASK_ID, ARG_RUN_ID, *DAG_ARGS),
+    ),
+)
+
+
+def _release_group_name() -> None:
+    """Drop a `kubernetes` group registered before ours while Airflow assembles its parser.
+
+    Two groups of one name make Airflow refuse every command. The official provider
+    registers its group whenever it is installed, and each of our executors in the
+    executor list would register ours; the configured executor's group must win.
+    """
+    parser_module = sys.modules.get("airflow.cli.cli_parser")
+    if parser_module is None or hasattr(parser_module, "ALL_COMMANDS_DICT"):
+        return  # not assembling: the list is no longer read
+    registered = getattr(parser_module, "airflow_commands", None)
+    if isinstance(registered, list):
+        registered[:] = [command for command in registered if command.name != GROUP_NAME]
+
+
+def cli_commands() -> list[GroupCommand]:
+    _release_group_name()
+    return [
+        GroupCommand(
+            name=GROUP_NAME,
+            help="Clean up, render and explain the pods of k8s_executor",
+            subcommands=COMMANDS,
+        )
+    ]

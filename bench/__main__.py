@@ -4,24 +4,26 @@
 
 Each configuration runs a real Airflow 3 scheduler (with PostgreSQL holding the task
 instances) on one mapped task of N instances whose pods land on the simulated node of the
-development cluster, so the API server, not task processes, is the bottleneck. Measured
-from outside the scheduler: the time until every pod exists (from the API server's own
-watch), API requests per task by verb (the API server's `apiserver_request_total`),
-and the scheduler's CPU seconds per task (its process and its children, from /proc).
-The bare client creates the same pods with 16 threads and nothing around them: the ceiling.
+development cluster, so the API server, not task processes, is the bottleneck. A run has
+two phases: the burst launch (until every pod exists), then the completion burst (every
+pod ends at one moment; until each task's event is taken and its pod deleted). Measured
+from outside the scheduler (see bench/measure.py): pod times from the API server's watch,
+queue times from the metadata database, event times from the scheduler's log, the
+executor's own requests from the API server's audit log, CPU and memory from /proc.
+A separate run per executor kills the scheduler with N pods running and times the
+adoption by its successor. The bare client creates the same pods with 16 threads and
+nothing around them: the ceiling.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
-import ssl
+import signal
 import statistics
+import sys
 import tempfile
-import threading
 import time
-import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
@@ -30,17 +32,38 @@ from typing import Any
 
 from kubernetes import client, config
 
+from bench.measure import (
+    BENCH_USER_AGENT,
+    PeakMemory,
+    PodClock,
+    PodTimes,
+    adoption_passes,
+    cpu_seconds,
+    executor_events,
+    executor_requests,
+    first_after,
+    percentile,
+)
 from devcluster import build, control_plane
 from devcluster.airflow_stack import AirflowStack
-from devcluster.node_agent import DURATION_ANNOTATION, RUNTIME_LABEL, SIMULATED_TAINT
-from k8s_executor.kube_client import json_lines
+from devcluster.node_agent import FINISH_FILE_ANNOTATION, RUNTIME_LABEL, SIMULATED_TAINT
 
 OFFICIAL = "airflow.providers.cncf.kubernetes.executors.kubernetes_executor.KubernetesExecutor"
 OURS = "k8s_executor.KubernetesExecutor"
 CONFIGS = {
     "ours_default": (OURS, {}),
-    "ours_best": (OURS, {"API_QPS": "400", "API_BURST": "800", "POD_CREATION_MAX_CONCURRENCY": "16"}),
-    "official_default": (OFFICIAL, {}),
+    "ours_best": (
+        OURS,
+        {
+            "API_QPS": "400",
+            "API_BURST": "800",
+            "POD_CREATION_MAX_CONCURRENCY": "16",
+            "WORKER_PODS_CREATION_BATCH_SIZE": "512",
+        },
+    ),
+    # Its documented default, pinned: with both packages installed, which provider's default
+    # Airflow falls back to depends on load order.
+    "official_default": (OFFICIAL, {"WORKER_PODS_CREATION_BATCH_SIZE": "1"}),
     "official_best": (OFFICIAL, {"ASYNC_POD_CREATION": "True", "WORKER_PODS_CREATION_BATCH_SIZE": "256"}),
 }
 
@@ -58,16 +81,15 @@ with DAG("bench", start_date=datetime.datetime(2024, 1, 1), schedule=None, catch
 """
 
 
-def simulated_template(path: Path) -> Path:
+def simulated_template(path: Path, finish_file: Path) -> Path:
     path.write_text(
         json.dumps(
             {
                 "apiVersion": "v1",
                 "kind": "Pod",
-                # Pods outlive the launch measurement: a simulated pod never runs its task, so each
-                # completion would send Airflow down its "finished externally" path, which costs the
-                # scheduler far more than launching and would hide what the executors do.
-                "metadata": {"annotations": {DURATION_ANNOTATION: "600"}},
+                # Pods run until the harness creates `finish_file`: launching is measured with no
+                # completion in the way, then every pod ends at one moment (the completion burst).
+                "metadata": {"annotations": {FINISH_FILE_ANNOTATION: str(finish_file)}},
                 "spec": {
                     "restartPolicy": "Never",
                     "nodeSelector": {RUNTIME_LABEL: "simulated"},
@@ -80,86 +102,18 @@ def simulated_template(path: Path) -> Path:
     return path
 
 
-def api_requests(state: control_plane.ClusterState) -> dict[str, float]:
-    """`apiserver_request_total` for pods, summed by verb."""
-    ctx = ssl.create_default_context(cafile=f"{state.directory}/pki/ca.crt")
-    ctx.load_cert_chain(f"{state.directory}/pki/admin.crt", f"{state.directory}/pki/admin.key")
-    with urllib.request.urlopen(f"{state.server}/metrics", context=ctx, timeout=30) as resp:
-        text = resp.read().decode()
-    totals: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("apiserver_request_total{") and 'resource="pods"' in line:
-            verb = re.search(r'verb="([A-Z]+)"', line)
-            if verb:
-                totals[verb.group(1)] = totals.get(verb.group(1), 0.0) + float(line.rsplit(" ", 1)[1])
-    return totals
+def queued_at(stack: AirflowStack, run_id: str) -> dict[int, float]:
+    rows = stack.sql(
+        "SELECT map_index, extract(epoch from queued_dttm) FROM task_instance "
+        "WHERE run_id = %s AND queued_dttm IS NOT NULL",
+        run_id,
+    )
+    return {int(index): float(stamp) for index, stamp in rows}
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU of a process and all its descendants, alive or reaped."""
-    tick = 100.0
-    total = 0.0
-    for stat_file in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat_file.read_text().rsplit(") ", 1)[1].split()
-        except OSError:
-            continue
-        proc_pid = int(stat_file.parent.name)
-        if proc_pid == pid or _descends(proc_pid, pid):
-            # utime, stime, cutime, cstime
-            total += sum(int(f) for f in fields[11:15]) / tick
-    return total
-
-
-def _descends(pid: int, ancestor: int) -> bool:
-    for _ in range(20):
-        try:
-            ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[1])
-        except OSError:
-            return False
-        if ppid == ancestor:
-            return True
-        if ppid <= 1:
-            return False
-        pid = ppid
-    return False
-
-
-class PodClock:
-    """Watches a namespace and records when each pod first appears."""
-
-    def __init__(self, core: client.CoreV1Api, namespace: str) -> None:
-        self.core, self.namespace = core, namespace
-        self.first_seen: dict[str, float] = {}
-        self.stop = threading.Event()
-        rv = core.list_namespaced_pod(namespace).metadata.resource_version
-        self.thread = threading.Thread(target=self._run, args=(rv,), daemon=True)
-        self.thread.start()
-
-    def _run(self, rv: str) -> None:
-        while not self.stop.is_set():
-            resp = self.core.list_namespaced_pod(
-                self.namespace, watch=True, resource_version=rv, timeout_seconds=30, _preload_content=False
-            )
-            for event in json_lines(resp):
-                rv = event["object"]["metadata"]["resourceVersion"]
-                if event["type"] == "ADDED":
-                    self.first_seen.setdefault(event["object"]["metadata"]["name"], time.monotonic())
-                if self.stop.is_set():
-                    return
-
-    def wait(self, count: int, timeout: float) -> float | None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if len(self.first_seen) >= count:
-                return max(self.first_seen.values())
-            time.sleep(0.2)
-        return None
-
-
-def run_executor(
-    name: str, state: control_plane.ClusterState, core: client.CoreV1Api, tasks: int, timeout: float
-) -> dict[str, Any]:
+def start_stack(
+    name: str, state: control_plane.ClusterState, core: client.CoreV1Api, tasks: int
+) -> tuple[AirflowStack, Path]:
     executor, options = CONFIGS[name]
     namespace = f"bench-{uuid.uuid4().hex[:8]}"
     core.create_namespace({"metadata": {"name": namespace}})
@@ -176,51 +130,136 @@ def run_executor(
         }
     )
     stack = AirflowStack(home=home, cluster=state, namespace=namespace, executor=executor, extra_env=env)
+    stack.prepare()
+    finish_file = home / "finish"
+    template = simulated_template(home / "simulated_pod.json", finish_file)
+    stack.extra_env["AIRFLOW__KUBERNETES_EXECUTOR__POD_TEMPLATE_FILE"] = str(template)
+    (stack.dags_folder / "bench.py").write_text(DAG.replace("{tasks}", str(tasks)))
+    stack.start("api-server", "dag-processor")
+    stack.wait_for_dag("bench")
+    stack.start_component("scheduler")
+    time.sleep(10)  # the scheduler's own start-up is not what is measured
+    return stack, finish_file
+
+
+def stop_stack(stack: AirflowStack, core: client.CoreV1Api) -> None:
+    stack.stop()
+    core.delete_namespace(stack.namespace)
+
+
+def run_executor(
+    name: str, state: control_plane.ClusterState, core: client.CoreV1Api, tasks: int, timeout: float
+) -> dict[str, Any]:
+    """One burst through one executor: launch, then every pod completes at once."""
+    stack, finish_file = start_stack(name, state, core, tasks)
     try:
-        stack.prepare()
-        template = simulated_template(home / "simulated_pod.json")
-        stack.extra_env["AIRFLOW__KUBERNETES_EXECUTOR__POD_TEMPLATE_FILE"] = str(template)
-        (stack.dags_folder / "bench.py").write_text(DAG.replace("{tasks}", str(tasks)))
-        stack.start("api-server", "dag-processor")
-        stack.wait_for_dag("bench")
-        stack.start_component("scheduler")
-        time.sleep(10)  # the scheduler's own start-up is not what is measured
-        clock = PodClock(core, namespace)
-        requests_before = api_requests(state)
+        clock = PodClock(core, stack.namespace)
         scheduler_pid = stack.procs["scheduler"].pid
+        memory = PeakMemory(scheduler_pid)
         cpu_before = cpu_seconds(scheduler_pid)
+        window_start = time.time()
         stack.trigger("bench", "bench-1")
-        started = time.monotonic()
-        last_created = clock.wait(tasks, timeout)
-        created = len(clock.first_seen)
-        time.sleep(5)
-        requests_after = api_requests(state)
+
+        # 1. Burst launch: from the first task queued until every pod exists.
+        launched = clock.wait(lambda c: len(c.pods) >= tasks, timeout)
+        created = len(clock.pods)
+        queued = queued_at(stack, "bench-1")
+        started = min(queued.values(), default=window_start)
+        last_created = max((p.created for p in clock.pods.values()), default=started)
+        to_pod = [p.created - queued[p.map_index] for p in clock.pods.values() if p.map_index in queued]
+
+        # 2. Completion: every pod ends now; until each task's event is taken and its pod is gone.
+        finish_file.touch()
+        ending = list(clock.pods)
+        log = stack.home / "scheduler.log"
+
+        def event_after_end(p: PodTimes, events: dict[int, list[float]]) -> float | None:
+            return first_after(events.get(p.map_index, []), p.terminal) if p.terminal else None
+
+        clock.wait(lambda c: all(c.pods[n].terminal and c.pods[n].deleted for n in ending), timeout)
+        # The log is read only now and then: reading it is work this machine would take from the run.
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            events = executor_events(log, "bench-1")
+            if all(event_after_end(clock.pods[n], events) is not None for n in ending):
+                break
+            time.sleep(2)
+        events = executor_events(log, "bench-1")
+        times = [clock.pods[n] for n in ending]
+        taken = {id(p): t for p in times if (t := event_after_end(p, events)) is not None}
+        to_event = [taken[id(p)] - p.terminal for p in times if p.terminal and id(p) in taken]
+        to_delete = [p.deleted - p.terminal for p in times if p.terminal and p.deleted]
+        terminal = [p.terminal for p in times if p.terminal]
+        # How fast the executor took in the completion burst: events handled per second of burst.
+        burst = (max(taken.values()) - min(terminal)) if taken and terminal else None
+        window_end = time.time()
         cpu = cpu_seconds(scheduler_pid) - cpu_before
+        memory.stop.set()
         clock.stop.set()
-        per_verb = {
-            verb: (requests_after.get(verb, 0) - requests_before.get(verb, 0)) / tasks
-            for verb in sorted(set(requests_after) | set(requests_before))
-        }
+        by_verb = executor_requests(control_plane.audit_log(state), stack.namespace, window_start, window_end)
+        handled = max(created, 1)
         return {
             "config": name,
+            "tasks": tasks,
             "pods_created": created,
-            "launch_s": (last_created - started) if last_created else None,
-            "pods_per_s": tasks / (last_created - started) if last_created else created / timeout,
-            # All clients count here (kube-scheduler's binding, the node agent's status); the bare
-            # client's run, with the same pods, shows that share.
-            "api_requests_per_task": sum(v for k, v in per_verb.items() if k not in ("WATCH", "LIST")),
-            "api_requests_per_task_by_verb": per_verb,
-            "cpu_s_per_task": cpu / tasks,
+            "all_launched": launched,
+            "launch_s": last_created - started,
+            "pods_per_s": created / (last_created - started) if last_created > started else None,
+            "queue_to_pod_p50_s": percentile(to_pod, 50),
+            "queue_to_pod_p99_s": percentile(to_pod, 99),
+            "completion_to_event_p50_s": percentile(to_event, 50),
+            "completion_to_event_p99_s": percentile(to_event, 99),
+            "completion_to_delete_p50_s": percentile(to_delete, 50),
+            "completion_to_delete_p99_s": percentile(to_delete, 99),
+            "events_taken": len(taken),
+            "completion_burst_events_per_s": len(to_event) / burst if burst else None,
+            "api_requests_per_task": sum(v for k, v in by_verb.items() if not k.startswith("watch"))
+            / handled,
+            "api_requests_by_verb": by_verb,
+            "cpu_s_per_task": cpu / handled,
+            "peak_memory_mb": memory.peak / 2**20,
         }
     finally:
-        stack.stop()
-        core.delete_namespace(namespace)
+        stop_stack(stack, core)
+
+
+def run_adoption(
+    name: str, state: control_plane.ClusterState, core: client.CoreV1Api, tasks: int, timeout: float
+) -> dict[str, Any]:
+    """A scheduler dies with `tasks` pods running; how long until a new one has adopted them all."""
+    stack, _ = start_stack(name, state, core, tasks)
+    try:
+        clock = PodClock(core, stack.namespace)
+        stack.trigger("bench", "bench-1")
+        clock.wait(lambda c: len(c.pods) >= tasks and all(p.worker_label for p in c.pods.values()), timeout)
+        time.sleep(5)
+        stack.kill_component("scheduler")
+        killed = time.time()
+        stack.start_component("scheduler")
+        clock.wait(lambda c: all(p.relabelled for p in c.pods.values()), timeout)
+        clock.stop.set()
+        relabelled = [p.relabelled for p in clock.pods.values() if p.relabelled]
+        passes = [t for t in adoption_passes(stack.home / "scheduler.log") if t > killed]
+        first_relabel = min(relabelled, default=None)
+        began = max((t for t in passes if first_relabel and t <= first_relabel), default=None)
+        return {
+            "config": name,
+            "pods": len(clock.pods),
+            "adopted": len(relabelled),
+            # From the pass of Airflow's orphan check that found them to the last pod relabelled:
+            # the executor's part, not Airflow's wait for the dead scheduler's heartbeat to expire.
+            "adoption_s": (max(relabelled) - began) if relabelled and began else None,
+            "kill_to_adopted_s": (max(relabelled) - killed) if relabelled else None,
+        }
+    finally:
+        stop_stack(stack, core)
 
 
 def run_bare(state: control_plane.ClusterState, core: client.CoreV1Api, tasks: int) -> float:
     namespace = f"bench-bare-{uuid.uuid4().hex[:8]}"
     core.create_namespace({"metadata": {"name": namespace}})
-    template = json.loads(simulated_template(Path(tempfile.mktemp())).read_text())
+    scratch = Path(tempfile.mkdtemp(prefix="k8s-executor-bench-bare-"))
+    template = json.loads(simulated_template(scratch / "pod.json", scratch / "finish").read_text())
     wait = time.monotonic() + 30
     while not core.list_namespaced_service_account(namespace).items and time.monotonic() < wait:
         time.sleep(0.1)
@@ -234,43 +273,60 @@ def run_bare(state: control_plane.ClusterState, core: client.CoreV1Api, tasks: i
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(create, range(tasks)))
     elapsed = time.monotonic() - started
+    (scratch / "finish").touch()
     core.delete_namespace(namespace)
     return tasks / elapsed
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=1000)
+    parser.add_argument("--adopt-tasks", type=int, default=None, help="pods to adopt (default: --tasks)")
     parser.add_argument("--json", default="bench/out/result.json")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--configs", default=",".join(CONFIGS))
-    parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument("--timeout", type=float, default=300.0, help="per phase, seconds")
     args = parser.parse_args()
+    # Stopped from outside, still stop the Airflow stack and PostgreSQL of the run in progress.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     state = control_plane.up(control_plane.default_cluster_dir("bench"))
     cfg = client.Configuration()
     config.load_kube_config(str(state.kubeconfig), client_configuration=cfg)
     cfg.connection_pool_maxsize = 32
-    core = client.CoreV1Api(client.ApiClient(cfg))
+    api = client.ApiClient(cfg)
+    api.user_agent = BENCH_USER_AGENT
+    core = client.CoreV1Api(api)
 
     runs: dict[str, list[dict[str, Any]]] = {}
+    adoptions: dict[str, list[dict[str, Any]]] = {}
     for _ in range(args.repeat):
         for name in args.configs.split(","):
             result = run_executor(name, state, core, args.tasks, args.timeout)
             runs.setdefault(name, []).append(result)
             print(json.dumps(result), flush=True)
+        for name in ("ours_default", "official_default"):
+            if name in args.configs.split(","):
+                result = run_adoption(name, state, core, args.adopt_tasks or args.tasks, args.timeout)
+                adoptions.setdefault(name, []).append(result)
+                print(json.dumps(result), flush=True)
     bare = statistics.median(run_bare(state, core, args.tasks) for _ in range(args.repeat))
 
-    def median(name: str, key: str) -> float | None:
-        values = [r[key] for r in runs.get(name, []) if r.get(key) is not None]
+    def median(name: str, key: str, source: dict[str, list[dict[str, Any]]] = runs) -> float | None:
+        values = [r[key] for r in source.get(name, []) if r.get(key) is not None]
         return statistics.median(values) if values else None
 
+    launch = {name: median(name, "pods_per_s") for name in CONFIGS} | {"bare_client": bare}
     out = {
         "tasks": args.tasks,
         "airflow_version": metadata.version("apache-airflow"),
         "kubernetes_version": build.kubernetes_version(),
         "official_provider_version": metadata.version("apache-airflow-providers-cncf-kubernetes"),
-        "launch_pods_per_s": {name: median(name, "pods_per_s") for name in CONFIGS} | {"bare_client": bare},
+        "launch_pods_per_s": launch,
         "cpu_s_per_task": {
             "ours": median("ours_default", "cpu_s_per_task"),
             "official": median("official_default", "cpu_s_per_task"),
@@ -279,21 +335,54 @@ def main() -> None:
             "ours": median("ours_default", "api_requests_per_task"),
             "official": median("official_default", "api_requests_per_task"),
         },
-        # Not measured yet by this harness: see bench/RESULTS.md.
-        "completion_to_event_p99_s": {"ours": None, "official": None},
-        "adoption_s": {"ours": None, "official": None},
+        "completion_to_event_p99_s": {
+            "ours": median("ours_default", "completion_to_event_p99_s"),
+            "official": median("official_default", "completion_to_event_p99_s"),
+        },
+        "adoption_s": {
+            "ours": median("ours_default", "adoption_s", adoptions),
+            "official": median("official_default", "adoption_s", adoptions),
+        },
+        "ratios": {
+            "launch_ours_default_over_official_default": ratio(
+                launch["ours_default"], launch["official_default"]
+            ),
+            "launch_ours_best_over_official_best": ratio(launch["ours_best"], launch["official_best"]),
+            "launch_ours_best_over_bare_client": ratio(launch["ours_best"], bare),
+            "cpu_ours_over_official": ratio(
+                median("ours_default", "cpu_s_per_task"), median("official_default", "cpu_s_per_task")
+            ),
+            "adoption_official_over_ours": ratio(
+                median("official_default", "adoption_s", adoptions),
+                median("ours_default", "adoption_s", adoptions),
+            ),
+        },
         "runs": runs,
+        "adoptions": adoptions,
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=2))
-    print(f"\n{'configuration':<18} {'pods/s':>8} {'API req/task':>13} {'CPU s/task':>11}")
+    columns = [
+        ("pods/s", "pods_per_s", 8, 1),
+        ("queue->pod p99", "queue_to_pod_p99_s", 15, 2),
+        ("end->event p99", "completion_to_event_p99_s", 15, 2),
+        ("end->delete p99", "completion_to_delete_p99_s", 16, 2),
+        ("req/task", "api_requests_per_task", 9, 2),
+        ("CPU s/task", "cpu_s_per_task", 11, 4),
+        ("peak MB", "peak_memory_mb", 8, 0),
+    ]
+    print("\n" + f"{'configuration':<18}" + "".join(f"{title:>{width}}" for title, _, width, _ in columns))
     for name in CONFIGS:
         if name in runs:
-            print(
-                f"{name:<18} {median(name, 'pods_per_s') or 0:>8.1f} "
-                f"{median(name, 'api_requests_per_task') or 0:>13.2f} {median(name, 'cpu_s_per_task') or 0:>11.4f}"
-            )
-    print(f"{'bare_client':<18} {bare:>8.1f}")
+            cells = []
+            for _, key, width, digits in columns:
+                value = median(name, key)
+                cells.append(f"{value:>{width}.{digits}f}" if value is not None else f"{'-':>{width}}")
+            print(f"{name:<18}" + "".join(cells))
+    print(f"{'bare_client':<18}{bare:>8.1f}")
+    for name, results in adoptions.items():
+        print(f"adoption {name}: {median(name, 'adoption_s', adoptions)} s (runs: {results})")
+    print(f"ratios: {json.dumps(out['ratios'])}")
     print(f"\nwritten to {args.json}")
 
 

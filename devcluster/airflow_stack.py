@@ -201,6 +201,10 @@ class AirflowStack:
         self.home.mkdir(parents=True, exist_ok=True)
         self.dags_folder.mkdir(exist_ok=True)
         os.chmod(self.home, 0o755)
+        # Otherwise Airflow writes every default it knows into a new airflow.cfg, and with two
+        # providers registering [kubernetes_executor] the file holds one provider's defaults as
+        # if an operator had chosen them. Settings here come from the environment only.
+        (self.home / "airflow.cfg").touch()
         self.api_port = self.api_port or free_port()
         self.start_postgres()
         self.extra_env.setdefault(

@@ -19,6 +19,8 @@ KUBE_BINARIES = {
     "kube-apiserver": "k8s.io/kubernetes/cmd/kube-apiserver",
     "kube-scheduler": "k8s.io/kubernetes/cmd/kube-scheduler",
     "kube-controller-manager": "k8s.io/kubernetes/cmd/kube-controller-manager",
+    # The same release's client, so tests and people need no kubectl from elsewhere.
+    "kubectl": "k8s.io/kubernetes/cmd/kubectl",
 }
 ETCD_PACKAGE = "go.etcd.io/etcd/server/v3"
 

@@ -243,7 +243,25 @@ def start_etcd(state: ClusterState, bins: Path) -> None:
     _wait("etcd", lambda: _get(f"{state.etcd_url}/health")[0] == 200, state)
 
 
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    # Who did what to pods: the benchmark counts each client's requests from this record.
+    "rules": [
+        {"level": "Metadata", "resources": [{"group": "", "resources": ["pods", "pods/*"]}]},
+        {"level": "None"},
+    ],
+}
+
+
+def audit_log(state: ClusterState) -> Path:
+    return Path(state.directory) / "audit.log"
+
+
 def start_apiserver(state: ClusterState, bins: Path, certs: dict[str, Path]) -> None:
+    policy = Path(state.directory) / "audit-policy.yaml"
+    policy.write_text(yaml.safe_dump(AUDIT_POLICY))
     _spawn(
         state,
         "kube-apiserver",
@@ -270,6 +288,12 @@ def start_apiserver(state: ClusterState, bins: Path, certs: dict[str, Path]) -> 
             "--allow-privileged=true",
             "--profiling=false",
             "--endpoint-reconciler-type=none",
+            f"--audit-policy-file={policy}",
+            f"--audit-log-path={audit_log(state)}",
+            # Batched, so recording requests does not slow them down.
+            "--audit-log-mode=batch",
+            "--audit-log-maxsize=500",
+            "--audit-log-maxbackup=1",
             "--v=0",
         ],
     )

@@ -36,7 +36,10 @@ def read_settings(section: str = SECTION) -> dict[str, Any]:
     answers an unset option with that provider's default (`worker_pods_creation_batch_size`
     = 1), which would silently replace ours.
     """
-    values = conf.as_dict(display_source=True, display_sensitive=True).get(section, {})
+    # With display_source, every value is a (value, source) pair.
+    values: dict[str, tuple[str, str]] = conf.as_dict(display_source=True, display_sensitive=True).get(
+        section, {}
+    )  # type: ignore[assignment]
     return {
         name: value
         for name, (value, source) in values.items()

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from devcluster import control_plane
+from devcluster import build, control_plane
 
 
 def _cluster(args: argparse.Namespace) -> int:
@@ -18,6 +18,7 @@ def _cluster(args: argparse.Namespace) -> int:
         state = control_plane.up(directory, node_args=[f"--node={n}" for n in args.node or []])
         print(f"cluster ready in {time.monotonic() - started:.1f}s at {state.server}")
         print(f"export KUBECONFIG={state.kubeconfig}")
+        print(f"kubectl of the same release: {build.bin_dir() / 'kubectl'}")
         return 0
     if args.action == "down":
         stopped = control_plane.down(directory)

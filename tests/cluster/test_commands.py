@@ -14,7 +14,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from devcluster import control_plane
+from devcluster import build, control_plane
 from k8s_executor import identity
 from k8s_executor.airflow_adapter import AIRFLOW_VERSION
 from tests.helpers import wait_for, wait_for_pod_phase
@@ -144,7 +144,8 @@ def test_generate_dag_yaml_writes_pods_the_api_server_accepts(
     for path in files:
         applied = subprocess.run(
             [
-                "kubectl",
+                # Built with the control plane, so a fresh machine needs no kubectl of its own.
+                str(build.ensure_binaries(log=False) / "kubectl"),
                 "--kubeconfig",
                 str(cluster.kubeconfig),
                 "apply",

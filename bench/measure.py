@@ -1,0 +1,215 @@
+"""Instruments that look at a run from outside the scheduler: the API server, /proc, the logs.
+
+Every figure comes from the system itself: pod times from the API server's watch, requests
+from its audit log, CPU and memory from /proc, task events from the scheduler's own log.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+
+from k8s_executor.identity import WORKER_LABEL
+from k8s_executor.kube_client import json_lines
+
+BENCH_USER_AGENT = "k8s-executor-bench"
+# Both executors use the official client's default user agent; every other client (the node
+# agent, this harness, kube-scheduler, the controllers) has a name of its own.
+EXECUTOR_USER_AGENT_PREFIX = "OpenAPI-Generator/"
+
+
+@dataclass
+class PodTimes:
+    map_index: int
+    created: float
+    terminal: float | None = None
+    deleted: float | None = None
+    worker_label: str = ""
+    relabelled: float | None = None
+
+
+@dataclass
+class PodClock:
+    """Watches a namespace and records, in wall-clock time, what happens to each pod."""
+
+    core: client.CoreV1Api
+    namespace: str
+    pods: dict[str, PodTimes] = field(default_factory=dict)
+    events: int = 0
+
+    def __post_init__(self) -> None:
+        self.stop = threading.Event()
+        rv = self.core.list_namespaced_pod(self.namespace).metadata.resource_version
+        self.thread = threading.Thread(target=self._run, args=(rv,), daemon=True)
+        self.thread.start()
+
+    def _run(self, rv: str) -> None:
+        while not self.stop.is_set():
+            resp = self.core.list_namespaced_pod(
+                self.namespace, watch=True, resource_version=rv, timeout_seconds=30, _preload_content=False
+            )
+            for event in json_lines(resp):
+                now = time.time()
+                obj = event["object"]
+                rv = obj["metadata"]["resourceVersion"]
+                self.events += 1
+                self._record(event["type"], obj, now)
+                if self.stop.is_set():
+                    return
+
+    def _record(self, kind: str, pod: dict[str, Any], now: float) -> None:
+        meta = pod["metadata"]
+        times = self.pods.get(meta["name"])
+        if times is None:
+            index = int((meta.get("annotations") or {}).get("map_index", -1))
+            times = self.pods[meta["name"]] = PodTimes(index, now)
+        phase = (pod.get("status") or {}).get("phase")
+        if phase in ("Succeeded", "Failed") and times.terminal is None:
+            times.terminal = now
+        if kind == "DELETED" and times.deleted is None:
+            times.deleted = now
+        label = (meta.get("labels") or {}).get(WORKER_LABEL, "")
+        if times.worker_label and label != times.worker_label:
+            times.relabelled = now
+        times.worker_label = label
+
+    def wait(self, done: Any, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if done(self):
+                return True
+            time.sleep(0.2)
+        return False
+
+
+_EVENT = re.compile(
+    r"^(\S+Z) .*Received executor event with state (\w+) for task instance "
+    r"TaskInstanceKey\(dag_id='[^']*', task_id='[^']*', run_id='([^']*)', try_number=\d+, map_index=(-?\d+)\)"
+)
+_ADOPTING = re.compile(r"^(\S+Z) .*Adopting or resetting orphaned tasks for active dag runs")
+
+
+def _stamp(text: str) -> float:
+    return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.UTC).timestamp()
+
+
+def executor_events(scheduler_log: Path, run_id: str) -> dict[int, list[float]]:
+    """Map index -> when the scheduler took an executor event for it from the event buffer.
+
+    Every event counts, whatever its state: for a pod that succeeded, the official executor
+    reports the state it reads from the database (here still `queued`), ours `success`.
+    """
+    seen: dict[int, list[float]] = {}
+    for line in scheduler_log.read_text(errors="replace").splitlines():
+        match = _EVENT.match(line)
+        if match and match.group(3) == run_id:
+            seen.setdefault(int(match.group(4)), []).append(_stamp(match.group(1)))
+    return seen
+
+
+def first_after(stamps: list[float], moment: float) -> float | None:
+    return min((t for t in stamps if t >= moment), default=None)
+
+
+def adoption_passes(scheduler_log: Path) -> list[float]:
+    return [
+        _stamp(m.group(1))
+        for line in scheduler_log.read_text(errors="replace").splitlines()
+        if (m := _ADOPTING.match(line))
+    ]
+
+
+def executor_requests(audit_log: Path, namespace: str, since: float, until: float) -> dict[str, int]:
+    """Requests on pods the executor made in `namespace` during the window, by verb (audit log)."""
+    counts: dict[str, int] = {}
+    for path in (audit_log.with_name(audit_log.name + ".1"), audit_log):
+        if not path.exists():
+            continue
+        with path.open(errors="replace") as lines:
+            for line in lines:
+                if namespace not in line:
+                    continue
+                entry = json.loads(line)
+                ref = entry.get("objectRef") or {}
+                if entry.get("stage") != "ResponseComplete" or ref.get("namespace") != namespace:
+                    continue
+                if not str(entry.get("userAgent", "")).startswith(EXECUTOR_USER_AGENT_PREFIX):
+                    continue
+                received = _audit_time(entry["requestReceivedTimestamp"])
+                if since <= received <= until:
+                    verb = entry["verb"] + (f" {ref['subresource']}" if ref.get("subresource") else "")
+                    counts[verb] = counts.get(verb, 0) + 1
+    return counts
+
+
+def _audit_time(text: str) -> float:
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def _proc_tree(root: int) -> list[Path]:
+    parent: dict[int, int] = {}
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent[int(stat_file.parent.name)] = int(stat_file.read_text().rsplit(") ", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    members, frontier = {root}, [root]
+    while frontier:
+        current = frontier.pop()
+        children = [pid for pid, ppid in parent.items() if ppid == current and pid not in members]
+        members.update(children)
+        frontier.extend(children)
+    return [Path(f"/proc/{pid}") for pid in members]
+
+
+def cpu_seconds(root: int) -> float:
+    """CPU of a process and its descendants (their reaped children included)."""
+    total = 0.0
+    for proc in _proc_tree(root):
+        try:
+            fields = (proc / "stat").read_text().rsplit(") ", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(f) for f in fields[11:15]) / 100.0  # utime, stime, cutime, cstime
+    return total
+
+
+def rss_bytes(root: int) -> int:
+    total = 0
+    for proc in _proc_tree(root):
+        try:
+            total += int((proc / "statm").read_text().split()[1]) * 4096
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+class PeakMemory:
+    """Samples the scheduler's resident memory (with its watcher processes) every second."""
+
+    def __init__(self, root: int) -> None:
+        self.root, self.peak = root, 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.wait(1.0):
+            self.peak = max(self.peak, rss_bytes(self.root))
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]

@@ -18,6 +18,7 @@ from typing import Any
 
 from kubernetes import client
 
+from devcluster import processes
 from k8s_executor.identity import WORKER_LABEL
 from k8s_executor.kube_client import json_lines
 
@@ -155,42 +156,13 @@ def _audit_time(text: str) -> float:
     return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-def _proc_tree(root: int) -> list[Path]:
-    parent: dict[int, int] = {}
-    for stat_file in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent[int(stat_file.parent.name)] = int(stat_file.read_text().rsplit(") ", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-    members, frontier = {root}, [root]
-    while frontier:
-        current = frontier.pop()
-        children = [pid for pid, ppid in parent.items() if ppid == current and pid not in members]
-        members.update(children)
-        frontier.extend(children)
-    return [Path(f"/proc/{pid}") for pid in members]
-
-
 def cpu_seconds(root: int) -> float:
     """CPU of a process and its descendants (their reaped children included)."""
-    total = 0.0
-    for proc in _proc_tree(root):
-        try:
-            fields = (proc / "stat").read_text().rsplit(") ", 1)[1].split()
-        except OSError:
-            continue
-        total += sum(int(f) for f in fields[11:15]) / 100.0  # utime, stime, cutime, cstime
-    return total
+    return sum(map(processes.cpu_seconds, processes.tree(root).values()))
 
 
 def rss_bytes(root: int) -> int:
-    total = 0
-    for proc in _proc_tree(root):
-        try:
-            total += int((proc / "statm").read_text().split()[1]) * 4096
-        except (OSError, IndexError, ValueError):
-            continue
-    return total
+    return sum(map(processes.resident_bytes, processes.tree(root).values()))
 
 
 class PeakMemory:

@@ -20,33 +20,7 @@ import subprocess
 import time
 from pathlib import Path
 
-_PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def _container(root: int) -> dict[int, int]:
-    """Process id -> resident bytes, for `root` and all its descendants: the container's processes.
-
-    Descendants, not the process group: a worker may start its children in sessions of their
-    own, and a cgroup holds them all the same.
-    """
-    parent, rss = {}, {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(") ", 1)[1].split()
-        # fields[1] is the parent process id, fields[21] the resident set in pages.
-        parent[int(entry)], rss[int(entry)] = int(fields[1]), int(fields[21]) * _PAGE
-    members, frontier = {root}, [root]
-    while frontier:
-        current = frontier.pop()
-        children = [pid for pid, ppid in parent.items() if ppid == current and pid not in members]
-        members.update(children)
-        frontier.extend(children)
-    return {pid: rss[pid] for pid in members if pid in rss}
+from devcluster import processes
 
 
 def main() -> None:
@@ -74,8 +48,8 @@ def main() -> None:
             code = child.wait(timeout=0.1)
             break
         except subprocess.TimeoutExpired:
-            members = _container(child.pid) if args.memory_limit else {}
-            if sum(members.values()) > args.memory_limit > 0:
+            members = processes.tree(child.pid) if args.memory_limit else {}
+            if sum(map(processes.resident_bytes, members.values())) > args.memory_limit > 0:
                 reason = "OOMKilled"
                 # As when a container's cgroup runs out: every process in it goes, not only the first.
                 for pid in members:

@@ -75,9 +75,15 @@ class ExecutorSettings(BaseModel):
         0, ge=0, description="Concurrent create requests in flight; 0 means 8."
     )
     api_qps: float = Field(
-        50.0, gt=0, description="Client-side rate limit on requests to the API server (per second)."
+        200.0,
+        gt=0,
+        description=(
+            "Client-side rate limit on requests to the API server (per second). The API server "
+            "protects itself (priority and fairness, 429 with Retry-After, which the executor "
+            "honours); this limit only keeps a runaway scheduler from flooding a shared cluster."
+        ),
     )
-    api_burst: int = Field(100, ge=1, description="Requests allowed above api_qps in a burst.")
+    api_burst: int = Field(400, ge=1, description="Requests allowed above api_qps in a burst.")
     multi_namespace_mode: bool = Field(False, description="Launch and watch pods in several namespaces.")
     multi_namespace_mode_namespace_list: list[str] = Field(
         default_factory=list,

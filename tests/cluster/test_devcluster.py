@@ -43,6 +43,18 @@ def test_failed_container_reports_exit_code_and_log(core: client.CoreV1Api, name
     assert pod_log(core, namespace, "hello", container="base") == "hello\n"
 
 
+def test_memory_limit_counts_every_process_of_the_container(core: client.CoreV1Api, namespace: str) -> None:
+    # The shell stays small; its child in a session of its own takes the memory, as a
+    # worker's task process may. A cgroup would count it, and kill the container.
+    hog = "python3 -c 'import os, time; os.setsid(); x = b\"x\" * (200 * 2**20); time.sleep(60)'"
+    pod = shell_pod("hog", f"{hog} & wait")
+    pod["spec"]["containers"][0]["resources"] = {"limits": {"memory": "100Mi"}}
+    core.create_namespaced_pod(namespace, pod)
+    pod = wait_for_pod_phase(core, namespace, "hog", ("Failed", "Succeeded"), timeout=30)
+    terminated = pod.status.container_statuses[0].state.terminated
+    assert (pod.status.phase, terminated.reason, terminated.exit_code) == ("Failed", "OOMKilled", 137)
+
+
 def test_env_from_secret_and_field_refs(core: client.CoreV1Api, namespace: str) -> None:
     core.create_namespaced_secret(namespace, {"metadata": {"name": "s"}, "stringData": {"password": "pw"}})
     pod = shell_pod("env", 'echo "$PASSWORD $POD_NAME $GREETING"')

@@ -14,6 +14,7 @@ from kubernetes import client
 
 from devcluster import control_plane
 from devcluster.airflow_stack import AIRFLOW_MAJOR, AirflowStack
+from tests.least_privilege import executor_kubeconfig
 
 # Each Airflow line runs its own suite (`./dev test` and `./dev test-airflow2`); DAG files and tests
 # written for one line do not import on the other.
@@ -35,9 +36,18 @@ def airflow_stack(
 ) -> Iterator[AirflowStack]:
     namespace = f"e2e-{uuid.uuid4().hex[:8]}"
     core.create_namespace({"metadata": {"name": namespace}})
+    # Airflow runs as the operator would run it: bound to deploy/rbac.yaml's Role in each namespace it
+    # launches pods in, so a call the Role does not allow fails the suite with a 403.
+    kubeconfig = executor_kubeconfig(
+        cluster, core.api_client, f"airflow-{namespace}", (namespace, *extra_namespaces)
+    )
     home = Path(tempfile.mkdtemp(prefix="k8s-executor-e2e-"))
-    # Keep finished pods (marked done) so the tests can read their specs.
-    extra_env = {"AIRFLOW__KUBERNETES_EXECUTOR__DELETE_WORKER_PODS": "False", **env}
+    extra_env = {
+        "AIRFLOW__KUBERNETES_EXECUTOR__CONFIG_FILE": str(kubeconfig),
+        # Keep finished pods (marked done) so the tests can read their specs.
+        "AIRFLOW__KUBERNETES_EXECUTOR__DELETE_WORKER_PODS": "False",
+        **env,
+    }
     if extra_namespaces:
         extra_env["AIRFLOW__KUBERNETES_EXECUTOR__MULTI_NAMESPACE_MODE"] = "True"
         extra_env["AIRFLOW__KUBERNETES_EXECUTOR__MULTI_NAMESPACE_MODE_NAMESPACE_LIST"] = ",".join(

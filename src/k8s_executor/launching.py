@@ -2,8 +2,8 @@
 
 Requests run on a small thread pool so the scheduler loop never waits on the
 network. A token bucket keeps the executor within the QPS it was given, as
-client-go's rate limiter does. Transient refusals (429 with its Retry-After,
-5xx, 403 "exceeded quota") are retried with backoff, up to
+client-go's rate limiter does. Refusals that can pass (429 with its Retry-After,
+5xx, 403 for quota or for RBAC not loaded yet) are retried with backoff, up to
 `task_publish_max_retries` times; an API server that cannot be reached at all
 (restarting, upgrading) is waited for until the task's own deadline, since
 that is no fault of the task. Because a try's pod name is fixed, a retry whose first attempt did land meets
@@ -80,7 +80,10 @@ def transient(exc: Exception) -> float | None:
             return float(retry_after) if retry_after else 0.0
         except ValueError:
             return 0.0
-    if exc.status == 403 and "exceeded quota" in (exc.body or ""):
+    if exc.status == 403:
+        # Quota frees up as pods end; a forbidden create may be an authorizer still loading its
+        # cache (for a moment after an API server restart) or a RoleBinding not yet seen. Both
+        # spend the refusal budget; a real lack of rights fails the task with the server's words.
         return 0.0
     return None
 

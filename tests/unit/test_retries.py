@@ -24,9 +24,13 @@ def test_server_errors_quota_and_broken_connections_are_retried() -> None:
     assert transient(ProtocolError("Connection aborted.")) == 0.0
 
 
+def test_forbidden_is_retried_within_the_refusal_budget() -> None:
+    # Right after an API server restart its authorizer answers 403 until its cache is loaded.
+    assert transient(api_error(403, body='pods is forbidden: User "x" cannot create resource')) == 0.0
+
+
 def test_permanent_refusals_are_not_retried() -> None:
     assert transient(api_error(422, body="Pod is invalid")) is None
-    assert transient(api_error(403, body='pods is forbidden: User "x" cannot create resource')) is None
     assert transient(api_error(404)) is None
     assert transient(ValueError("bug")) is None
 

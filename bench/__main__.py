@@ -169,6 +169,10 @@ def run_executor(
         to_pod = [p.created - queued[p.map_index] for p in clock.pods.values() if p.map_index in queued]
 
         # 2. Completion: every pod ends now; until each task's event is taken and its pod is gone.
+        # A real task reports its own end through the execution API before its pod exits; these
+        # simulated ones run nothing, so the harness records that end for them. Otherwise Airflow
+        # would take every pod's end as a task killed externally, far costlier than either executor.
+        stack.sql("UPDATE task_instance SET state = 'success', end_date = now() WHERE run_id = 'bench-1'")
         finish_file.touch()
         ending = list(clock.pods)
         log = stack.home / "scheduler.log"

@@ -90,14 +90,17 @@ class KubernetesExecutor(BaseExecutor):
             self.change_state(key, TaskInstanceState.FAILED, reason)
 
     def end(self) -> None:
-        """Wait for every pod in flight to reach a verdict, then stop."""
+        """Report what has ended, let creates in flight land, and stop.
+
+        Running pods are not waited for: they outlive the scheduler and its successor adopts
+        them. Waiting would hold a stopping scheduler for as long as its longest task.
+        """
         if self.kube_scheduler is None:
             return
-        self.log.info("draining %d pods in flight", self.kube_scheduler.in_flight())
-        while self.kube_scheduler.in_flight():
-            self.sync()
-            time.sleep(0.5)
         self.sync()
+        self.kube_scheduler.launcher.shutdown(wait=True)
+        self.sync()
+        self.log.info("stopping with %d pods in flight, left for adoption", self.kube_scheduler.in_flight())
         self.terminate()
 
     def terminate(self) -> None:
@@ -230,8 +233,10 @@ class KubernetesExecutor(BaseExecutor):
     def get_task_log(self, ti: Any, try_number: int) -> tuple[list[str], list[str]]:
         messages: list[str] = []
         logs: list[str] = []
-        if self.kube_scheduler is None or self.settings is None:
-            return messages, logs
+        if self.settings is None:
+            # The UI's log reader holds an executor it never started: it only needs a client.
+            self.settings = ExecutorSettings.parse(airflow_adapter.read_settings())
+            self.kube_client = core_api(make_configuration(self.settings))
         ref = airflow_adapter.ref_of(ti.key)._replace(try_number=try_number)
         selector = ",".join(
             f"{k}={v}"

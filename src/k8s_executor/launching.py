@@ -194,6 +194,6 @@ class Launcher:
             raise exc
 
     def shutdown(self, wait: bool) -> None:
-        if not wait:
-            self.stopping.set()
+        """Stop retrying; with `wait`, requests already handed over are still sent, once each."""
+        self.stopping.set()
         self.pool.shutdown(wait=wait, cancel_futures=not wait)

@@ -63,7 +63,7 @@ class ExecutorSettings(BaseModel):
         description="Waiting reasons of a pending pod's container that fail its task at once.",
     )
     worker_pods_creation_batch_size: int = Field(
-        64,
+        256,
         ge=1,
         description="Most pods launched per scheduler heartbeat. The official provider defaults to 1; "
         "pods are created concurrently here, so a larger batch costs no scheduler loop time.",

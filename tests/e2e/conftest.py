@@ -22,7 +22,12 @@ DAGS = Path(__file__).parent / ("dags" if AIRFLOW_MAJOR >= 3 else "dags_airflow2
 collect_ignore = (
     ["test_airflow2.py"]
     if AIRFLOW_MAJOR >= 3
-    else ["test_kubernetes_executor.py", "test_local_kubernetes_executor.py", "dags"]
+    else [
+        "test_kubernetes_executor.py",
+        "test_local_kubernetes_executor.py",
+        "test_failure_reasons.py",
+        "dags",
+    ]
 )
 collect_ignore.append("dags_airflow2")
 

@@ -85,6 +85,9 @@ def test_each_way_a_pod_fails_is_explained_in_the_task_log_and_failure_reason(
         for p in core.list_namespaced_pod(stack.namespace, label_selector=f"run_id={RUN}").items
         if p.metadata.annotations["task_id"] == "victim"
     ]
+    # While the task runs, the UI's log comes from the pod, found by the executor by its labels.
+    running_log = stack.task_log(DAG, RUN, "victim")
+    assert f"Log of the running pod {stack.namespace}/{pod.metadata.name}" in running_log, running_log
     core.delete_namespaced_pod(pod.metadata.name, stack.namespace, grace_period_seconds=1)
     assert stack.wait_for_run(DAG, RUN, timeout=300) == "failed"
     assert {task for (task, _), (state, _) in stack.task_states(DAG, RUN).items() if state == "failed"} == {

@@ -103,22 +103,19 @@ def _stamp(text: str) -> float:
     return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.UTC).timestamp()
 
 
-def executor_events(scheduler_log: Path, run_id: str) -> dict[int, list[float]]:
-    """Map index -> when the scheduler took an executor event for it from the event buffer.
+def executor_events(scheduler_log: Path, run_id: str) -> dict[int, float]:
+    """Map index -> when the scheduler took the executor's report of the task's end.
 
-    Every event counts, whatever its state: for a pod that succeeded, the official executor
-    reports the state it reads from the database (here still `queued`), ours `success`.
+    The harness records each task's end in the database before its pod ends, as a real task
+    does; the official executor reports the state it reads there, ours the pod's verdict, so
+    both report `success`. (The official one also reports `queued` at launch: not an end.)
     """
-    seen: dict[int, list[float]] = {}
+    seen: dict[int, float] = {}
     for line in scheduler_log.read_text(errors="replace").splitlines():
         match = _EVENT.match(line)
-        if match and match.group(3) == run_id:
-            seen.setdefault(int(match.group(4)), []).append(_stamp(match.group(1)))
+        if match and match.group(3) == run_id and match.group(2) in ("success", "failed"):
+            seen.setdefault(int(match.group(4)), _stamp(match.group(1)))
     return seen
-
-
-def first_after(stamps: list[float], moment: float) -> float | None:
-    return min((t for t in stamps if t >= moment), default=None)
 
 
 def adoption_passes(scheduler_log: Path) -> list[float]:

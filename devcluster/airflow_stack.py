@@ -319,3 +319,19 @@ class AirflowStack:
                 return str(rows[0][0])
             time.sleep(1)
         raise TimeoutError(f"run {dag_id}/{run_id} did not finish: {self.task_states(dag_id, run_id)}")
+
+    def failure_reasons(self, dag_id: str, run_id: str, task_id: str | None = None) -> str:
+        """What Airflow recorded when an executor's report did not match a task's state."""
+        rows = self.sql(
+            "SELECT task_id, map_index, extra FROM log WHERE event = 'state mismatch' "
+            "AND dag_id = %s AND run_id = %s AND (%s::text IS NULL OR task_id = %s) ORDER BY dttm",
+            dag_id,
+            run_id,
+            task_id,
+            task_id,
+        )
+        return "\n".join(f"{task}[{index}]: {extra}" for task, index, extra in rows)
+
+    def explain_run(self, dag_id: str, run_id: str) -> str:
+        """For an assertion message: each task's state, and why the executor said what it said."""
+        return f"states: {self.task_states(dag_id, run_id)}\n{self.failure_reasons(dag_id, run_id)}"

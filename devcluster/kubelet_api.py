@@ -50,8 +50,8 @@ def serve(agent: Agent, port: int, cert: str, key: str, client_ca: str) -> Threa
                 self._reply(404, f'container "{container}" in pod "{pod}" is not known on this node'.encode())
                 return
             path = worker.log_path(container)
-            data = path.read_bytes() if path.exists() else b""
-            data = tail(data, int(query.get("tailLines", "-1")))
+            whole = path.read_bytes() if path.exists() else b""
+            data = tail(whole, int(query.get("tailLines", "-1")))
             if "limitBytes" in query:
                 data = data[: int(query["limitBytes"])]
             self.send_response(200)
@@ -61,7 +61,8 @@ def serve(agent: Agent, port: int, cert: str, key: str, client_ca: str) -> Threa
             self.wfile.flush()
             if query.get("follow") not in ("true", "1"):
                 return
-            offset = path.stat().st_size if path.exists() else 0
+            # Follow from what was read, not from the file's size now: lines written in between count.
+            offset = len(whole)
             while not agent.stopping.is_set():
                 finished = state.terminated or worker.deleting.is_set()
                 if path.exists() and path.stat().st_size > offset:

@@ -127,7 +127,9 @@ def workload_command(workload: Any) -> list[str]:
     ]
 
 
-def request_from_workload(workload: Any, scheduler_id: str, env: dict[str, str]) -> PodRequest:
+def request_from_workload(
+    workload: Any, scheduler_id: str, env: dict[str, str], launch_attempt: int = 0
+) -> PodRequest:
     ti = workload.ti
     return PodRequest(
         ref=TaskRef(ti.dag_id, ti.task_id, ti.run_id, int(ti.try_number), int(ti.map_index)),
@@ -137,11 +139,17 @@ def request_from_workload(workload: Any, scheduler_id: str, env: dict[str, str])
         ti_id=str(ti.id),
         executor_config=executor_config_module.parse(ti.executor_config),
         env=env,
+        launch_attempt=launch_attempt,
     )
 
 
 def request_from_command(
-    key: Any, command: list[str], executor_config: Any, scheduler_id: str, env: dict[str, str]
+    key: Any,
+    command: list[str],
+    executor_config: Any,
+    scheduler_id: str,
+    env: dict[str, str],
+    launch_attempt: int = 0,
 ) -> PodRequest:
     """Airflow 2: `execute_async` hands over an `airflow tasks run ...` command."""
     return PodRequest(
@@ -151,6 +159,7 @@ def request_from_command(
         airflow_version=AIRFLOW_VERSION,
         executor_config=executor_config_module.parse(executor_config),
         env=env,
+        launch_attempt=launch_attempt,
     )
 
 

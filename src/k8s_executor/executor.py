@@ -8,10 +8,12 @@ buffer. Bad input fails only its own task, with a message naming the field.
 
 from __future__ import annotations
 
+import functools
 import queue
 import time
 import uuid
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from airflow.executors.base_executor import BaseExecutor
@@ -42,6 +44,9 @@ class KubernetesExecutor(BaseExecutor):
         self.result_queue: queue.Queue[TaskResult] = queue.Queue()
         self.scheduler_id = ""
         self._worker_env: dict[str, str] = {}
+        # Airflow requeues a task stuck in queued with the same try number; its next pod gets a
+        # new name, so the revoked pod's deletion cannot be taken for the new pod's fate.
+        self._revoked: Counter[identity.TaskRef] = Counter()
 
     # --- lifecycle -------------------------------------------------------
     def start(self) -> None:
@@ -117,12 +122,11 @@ class KubernetesExecutor(BaseExecutor):
             key = workload.ti.key
             self.queued_tasks.pop(key, None)
             self.running.add(key)
-            try:
-                request = airflow_adapter.request_from_workload(workload, self.scheduler_id, self._worker_env)
-            except (ExecutorConfigError, PodBuildError) as exc:
-                self._refuse(key, exc)
-                continue
-            self._launch(key, request)
+            self._launch(key, functools.partial(self._request_from_workload, workload))
+
+    def _request_from_workload(self, workload: Any) -> PodRequest:
+        attempt = self._revoked[airflow_adapter.ref_of(workload.ti.key)]
+        return airflow_adapter.request_from_workload(workload, self.scheduler_id, self._worker_env, attempt)
 
     def execute_async(
         self,
@@ -133,22 +137,33 @@ class KubernetesExecutor(BaseExecutor):
     ) -> None:
         """Airflow 2's entry point: run `command` for `key` in a pod."""
         self.running.add(key)
-        try:
-            request = airflow_adapter.request_from_command(
-                key, command, executor_config, self.scheduler_id, self._worker_env
-            )
-        except (ExecutorConfigError, PodBuildError) as exc:
-            self._refuse(key, exc)
-            return
-        self._launch(key, request)
+        self._launch(
+            key,
+            lambda: airflow_adapter.request_from_command(
+                key,
+                command,
+                executor_config,
+                self.scheduler_id,
+                self._worker_env,
+                self._revoked[airflow_adapter.ref_of(key)],
+            ),
+        )
 
-    def _launch(self, key: Any, request: PodRequest) -> None:
+    def _launch(self, key: Any, make_request: Callable[[], PodRequest]) -> None:
+        """Build the task's pod and hand it to the launcher; bad input fails this task only."""
         assert self.kube_scheduler is not None
         try:
+            request = make_request()
             pod = airflow_adapter.apply_mutation_hook(build_pod(request, self._defaults))
             self._check_watched(pod["metadata"]["namespace"])
         except (ExecutorConfigError, PodBuildError) as exc:
             self._refuse(key, exc)
+            return
+        except Exception as exc:
+            # An input of a shape nobody foresaw (say `pod_override={"spec": 1}`) is still the
+            # task's input: it fails the task, never the scheduler loop.
+            self.log.exception("building the pod of %s failed", key)
+            self._refuse(key, PodBuildError(f"its pod could not be built: {type(exc).__name__}: {exc}"))
             return
         deadline = time.monotonic() + airflow_adapter.task_queued_timeout_s()
         self.kube_scheduler.run_pod_async(pod, ref=request.ref, deadline=deadline)
@@ -225,6 +240,7 @@ class KubernetesExecutor(BaseExecutor):
         if self.kube_scheduler is None:
             return
         ref = airflow_adapter.ref_of(key)
+        self._revoked[ref] += 1
         for pod in list(self.kube_scheduler.pods.values()):
             if pod.ref == ref and not pod.finished:
                 pod.finished = True

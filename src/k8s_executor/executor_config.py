@@ -220,6 +220,9 @@ def parse(executor_config: dict[str, Any] | None) -> ParsedExecutorConfig:
     pod_override = executor_config.get("pod_override")
     if pod_override is not None:
         if isinstance(pod_override, dict):
+            for part in ("metadata", "spec"):
+                if not isinstance(pod_override.get(part, {}), dict):
+                    raise ExecutorConfigError(f"executor_config['pod_override'].{part} must be an object")
             overrides.append(pod_override)
         elif type(pod_override).__name__ == "V1Pod":
             overrides.append(_serializer.sanitize_for_serialization(pod_override))

@@ -13,6 +13,7 @@ message goes back to the task.
 
 from __future__ import annotations
 
+import logging
 import queue
 import random
 import threading
@@ -27,6 +28,8 @@ from urllib3.exceptions import HTTPError
 
 from k8s_executor import metrics
 from k8s_executor.kube_client import error_message, merge_patch
+
+log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 30.0
 # Reconnecting is cheap, and pods should go out as soon as the API server is back.
@@ -118,6 +121,7 @@ class Launcher:
         self.delete_options = delete_options or {}
         self.results: queue.SimpleQueue[LaunchResult] = queue.SimpleQueue()
         self.stopping = threading.Event()
+        self.closed = False
 
     def _with_retries(self, call: Callable[[], Any], deadline: float) -> tuple[Any, Exception | None, int]:
         attempt = refusals = 0
@@ -140,9 +144,24 @@ class Launcher:
                     return None, exc, attempt
                 time.sleep(backoff)
 
+    def _submit(self, fn: Callable[..., None], *args: Any) -> None:
+        if self.closed:
+            # Only after end(): the next scheduler adopts the pod and finishes the job.
+            log.info("launcher closed: %s%s left to the next scheduler", fn.__name__.strip("_"), args[:2])
+            return
+        self.pool.submit(self._logged, fn, *args)
+
+    @staticmethod
+    def _logged(fn: Callable[..., None], *args: Any) -> None:
+        # A future nobody reads would swallow the error: say it where an operator looks.
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("%s%s failed", fn.__name__.strip("_"), args[:2])
+
     def create(self, pod: dict[str, Any], deadline: float) -> None:
         """Create `pod` in the background; its LaunchResult arrives on `results`."""
-        self.pool.submit(self._create, pod, deadline)
+        self._submit(self._create, pod, deadline)
 
     def _create(self, pod: dict[str, Any], deadline: float) -> None:
         namespace, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
@@ -164,7 +183,7 @@ class Launcher:
             self.results.put(LaunchResult(namespace, name, False, error=message, attempts=attempts))
 
     def delete(self, namespace: str, name: str) -> None:
-        self.pool.submit(self._delete, namespace, name)
+        self._submit(self._delete, namespace, name)
 
     def _delete(self, namespace: str, name: str) -> None:
         _, exc, _ = self._with_retries(
@@ -178,7 +197,7 @@ class Launcher:
             raise exc
 
     def patch_labels(self, namespace: str, name: str, labels: dict[str, str]) -> None:
-        self.pool.submit(self._patch_labels, namespace, name, labels)
+        self._submit(self._patch_labels, namespace, name, labels)
 
     def _patch_labels(self, namespace: str, name: str, labels: dict[str, str]) -> None:
         _, exc, _ = self._with_retries(
@@ -196,4 +215,5 @@ class Launcher:
     def shutdown(self, wait: bool) -> None:
         """Stop retrying; with `wait`, requests already handed over are still sent, once each."""
         self.stopping.set()
+        self.closed = True
         self.pool.shutdown(wait=wait, cancel_futures=not wait)

@@ -156,13 +156,19 @@ class KubernetesJobWatcher(multiprocessing.Process, LoggingMixin):
         return rv
 
     def _watch(self, rv: str) -> str:
-        response = self._call(
-            watch=True,
-            resource_version=rv,
-            allow_watch_bookmarks=True,
-            timeout_seconds=WATCH_TIMEOUT_S,
-            _request_timeout=(10, REJUDGE_INTERVAL_S * 2),
-        )
+        try:
+            response = self._call(
+                watch=True,
+                resource_version=rv,
+                allow_watch_bookmarks=True,
+                timeout_seconds=WATCH_TIMEOUT_S,
+                _request_timeout=(10, REJUDGE_INTERVAL_S * 2),
+            )
+        except client.ApiException as exc:
+            # Refused before the stream opened: the same gap as a 410 inside the stream.
+            if exc.status == 410:
+                raise Gone() from exc
+            raise
         last_rejudge = time.monotonic()
         try:
             for event in json_lines(response):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import queue
+import subprocess
 import tempfile
 import threading
 import time
@@ -13,7 +16,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from devcluster import control_plane
+from devcluster import build, control_plane
 from devcluster.node_agent import (
     DURATION_ANNOTATION,
     EXIT_CODE_ANNOTATION,
@@ -28,8 +31,6 @@ pytestmark = pytest.mark.cluster
 
 
 def test_version_is_the_pinned_release(api_client: client.ApiClient) -> None:
-    from devcluster import build
-
     info = client.VersionApi(api_client).get_code()
     assert info.git_version == build.kubernetes_version()
 
@@ -68,6 +69,40 @@ def test_env_from_secret_and_field_refs(core: client.CoreV1Api, namespace: str) 
     assert pod_log(core, namespace, "env") == "pw env hi-env\n"
 
 
+def test_env_from_config_map_key_refs(core: client.CoreV1Api, namespace: str) -> None:
+    core.create_namespaced_config_map(namespace, {"metadata": {"name": "cm"}, "data": {"color": "blue"}})
+    pod = shell_pod("cmenv", 'echo "$COLOR ${ABSENT-unset}"')
+    pod["spec"]["containers"][0]["env"] = [
+        {"name": "COLOR", "valueFrom": {"configMapKeyRef": {"name": "cm", "key": "color"}}},
+        {"name": "ABSENT", "valueFrom": {"configMapKeyRef": {"name": "cm", "key": "no", "optional": True}}},
+    ]
+    core.create_namespaced_pod(namespace, pod)
+    assert wait_for_pod_phase(core, namespace, "cmenv", ("Succeeded", "Failed")).status.phase == "Succeeded"
+    assert pod_log(core, namespace, "cmenv") == "blue unset\n"
+
+
+def test_init_containers_run_in_order_before_the_main_container(
+    core: client.CoreV1Api, namespace: str, tmp_path: Path
+) -> None:
+    # The first is the slower one: run side by side, the second would write first.
+    pod = shell_pod(
+        "inits",
+        "cat order",
+        initContainers=[
+            {"name": "first", "image": "busybox", "command": ["sh", "-c", "sleep 0.5; echo first >> order"]},
+            {"name": "second", "image": "busybox", "command": ["sh", "-c", "echo second >> order"]},
+        ],
+    )
+    for container in pod["spec"]["initContainers"] + pod["spec"]["containers"]:
+        container["workingDir"] = str(tmp_path)
+    core.create_namespaced_pod(namespace, pod)
+    done = wait_for_pod_phase(core, namespace, "inits", ("Succeeded", "Failed"))
+    assert done.status.phase == "Succeeded"
+    assert pod_log(core, namespace, "inits", container="base") == "first\nsecond\n"
+    inits = {s.name: s.state.terminated.reason for s in done.status.init_container_statuses}
+    assert inits == {"first": "Completed", "second": "Completed"}
+
+
 def test_missing_secret_is_a_create_container_config_error(core: client.CoreV1Api, namespace: str) -> None:
     pod = shell_pod("nosecret", "true")
     pod["spec"]["containers"][0]["env"] = [
@@ -89,6 +124,52 @@ def test_follow_logs_stream_while_running(core: client.CoreV1Api, namespace: str
     wait_for_pod_phase(core, namespace, "ticker", ("Running", "Succeeded"))
     assert pod_log(core, namespace, "ticker", follow=True) == "tick 1\ntick 2\ntick 3\n"
     assert pod_log(core, namespace, "ticker", tail_lines=1) == "tick 3\n"
+
+
+def kubectl(cluster: control_plane.ClusterState, *args: str) -> list[str]:
+    return [str(build.ensure_binaries(log=False) / "kubectl"), "--kubeconfig", str(cluster.kubeconfig), *args]
+
+
+def test_kubectl_logs_tail_and_follow(
+    cluster: control_plane.ClusterState, core: client.CoreV1Api, namespace: str, tmp_path: Path
+) -> None:
+    core.create_namespaced_pod(namespace, shell_pod("four", "for i in 1 2 3 4; do echo line $i; done"))
+    wait_for_pod_phase(core, namespace, "four", ("Succeeded",))
+    tailed = subprocess.run(
+        kubectl(cluster, "logs", "-n", namespace, "four", "--tail=2"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (tailed.returncode, tailed.stdout) == (0, "line 3\nline 4\n"), tailed.stderr
+
+    go = tmp_path / "go"
+    script = f"echo before; while [ ! -e {go} ]; do sleep 0.1; done; echo after"
+    core.create_namespaced_pod(namespace, shell_pod("waiter", script))
+    wait_for_pod_phase(core, namespace, "waiter", ("Running",))
+    follow = subprocess.Popen(
+        kubectl(cluster, "logs", "-n", namespace, "waiter", "-f"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read_lines() -> None:
+        assert follow.stdout is not None
+        for line in follow.stdout:
+            lines.put(line)
+
+    threading.Thread(target=read_lines, daemon=True).start()
+    try:
+        # The pod cannot print its second line, nor end, until the file exists.
+        assert lines.get(timeout=60) == "before\n"
+        go.touch()
+        assert lines.get(timeout=60) == "after\n"
+        assert follow.wait(timeout=60) == 0, follow.stderr.read() if follow.stderr else ""
+    finally:
+        follow.kill()
+        follow.wait()
 
 
 def test_invalid_names_and_label_values_are_refused(core: client.CoreV1Api, namespace: str) -> None:
@@ -253,6 +334,45 @@ def test_agent_restart_keeps_running_pods(core: client.CoreV1Api, namespace: str
     victim = wait_for_pod_phase(core, namespace, "victim", ("Failed", "Succeeded"), timeout=30)
     assert victim.status.phase == "Failed"
     assert "lost" in victim.status.container_statuses[0].state.terminated.message
+
+
+def processes_of(directory: Path) -> set[int]:
+    """Processes whose command line names `directory` or that run in it (a container's cwd)."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            named = str(directory).encode() in Path(f"/proc/{entry}/cmdline").read_bytes()
+            if named or Path(os.readlink(f"/proc/{entry}/cwd")).is_relative_to(directory):
+                found.add(int(entry))
+    return found
+
+
+def test_second_cluster_runs_beside_and_stops_without_a_trace(
+    cluster: control_plane.ClusterState, api_client: client.ApiClient, tmp_path: Path
+) -> None:
+    directory = tmp_path / "second"
+    second = control_plane.up(directory)
+    try:
+        assert second.apiserver_port != cluster.apiserver_port
+        second_api = api_client_for(second.kubeconfig)
+        versions = [client.VersionApi(c).get_code().git_version for c in (api_client, second_api)]
+        assert versions == [build.kubernetes_version()] * 2
+        # Separate stores: what one cluster holds, the other does not.
+        second_core = client.CoreV1Api(second_api)
+        second_core.create_namespaced_config_map("default", {"metadata": {"name": "only-here"}})
+        with pytest.raises(client.ApiException) as absent:
+            client.CoreV1Api(api_client).read_namespaced_config_map("only-here", "default")
+        assert absent.value.status == 404
+        # A running container too must go with its cluster.
+        second_core.create_namespaced_pod("default", shell_pod("lingering", "sleep 600"))
+        wait_for_pod_phase(second_core, "default", "lingering", ("Running",))
+        assert set(second.pids.values()) < processes_of(directory)
+    finally:
+        control_plane.down(directory)
+    assert processes_of(directory) == set()
+    assert client.VersionApi(api_client).get_code().git_version == build.kubernetes_version()
 
 
 def test_thousand_simulated_pods_run_through_the_api_server(core: client.CoreV1Api, namespace: str) -> None:

@@ -58,17 +58,6 @@ def stack(
         yield airflow
 
 
-def failure_reason(stack: AirflowStack, task_id: str) -> str:
-    """What Airflow recorded from the executor's report (the task's audit log in the UI)."""
-    rows = stack.sql(
-        "SELECT extra FROM log WHERE event = 'state mismatch' AND dag_id = %s AND run_id = %s AND task_id = %s",
-        DAG,
-        RUN,
-        task_id,
-    )
-    return "\n".join(str(extra) for (extra,) in rows)
-
-
 def test_each_way_a_pod_fails_is_explained_in_the_task_log_and_failure_reason(
     stack: AirflowStack, core: client.CoreV1Api
 ) -> None:
@@ -94,15 +83,17 @@ def test_each_way_a_pod_fails_is_explained_in_the_task_log_and_failure_reason(
         "unpullable",
         "unschedulable",
         "greedy",
+        "malformed",
         "victim",
     }
     expected = {
         "unpullable": ["container 'base' is ErrImagePull", 'Failed to pull image "does-not-exist:1.0"'],
         "unschedulable": ["pod was unschedulable for", "didn't match Pod's node affinity"],
         "greedy": ["killed for exceeding its memory limit (OOMKilled)"],
+        "malformed": ["no pod was launched", "its pod could not be built: TypeError"],
     }
     for task_id, words in expected.items():
-        log, reason = stack.task_log(DAG, RUN, task_id), failure_reason(stack, task_id)
+        log, reason = stack.task_log(DAG, RUN, task_id), stack.failure_reasons(DAG, RUN, task_id)
         for word in words:
             assert word in log, f"{task_id}: {word!r} not in the task log:\n{log}"
             assert word in reason, f"{task_id}: {word!r} not in the failure reason:\n{reason}"

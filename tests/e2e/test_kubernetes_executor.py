@@ -113,7 +113,8 @@ def test_scheduler_killed_mid_run_loses_and_duplicates_nothing(
     wait_running(core, stack, "kill-1", 20)
     stack.kill_component("scheduler")
     stack.start_component("scheduler")
-    assert stack.wait_for_run("e2e_sleepers", "kill-1", timeout=400) == "success"
+    outcome = stack.wait_for_run("e2e_sleepers", "kill-1", timeout=400)
+    assert outcome == "success", stack.explain_run("e2e_sleepers", "kill-1")
     states = stack.task_states("e2e_sleepers", "kill-1")
     assert states == {("sleeper", i): ("success", 1) for i in range(20)}
     pods = pods_of(core, stack, "kill-1")
@@ -141,7 +142,8 @@ def test_watch_cut_and_410_while_pods_finish(stack: AirflowStack, core: client.C
     fault_thread.start()
     fault_thread.join()
     assert not errors
-    assert stack.wait_for_run("e2e_sleepers", "gap-1", timeout=400) == "success"
+    outcome = stack.wait_for_run("e2e_sleepers", "gap-1", timeout=400)
+    assert outcome == "success", stack.explain_run("e2e_sleepers", "gap-1")
     assert stack.task_states("e2e_sleepers", "gap-1") == {("sleeper", i): ("success", 1) for i in range(20)}
     # A task's run can finish (through the execution API) before its pod has exited.
     wait_all_pods_done(core, stack, "gap-1")

@@ -24,6 +24,11 @@ with DAG("e2e_failures", max_active_tasks=8, **ARGS):
         time.sleep(30)  # the node checks memory a few times a second, not at every allocation
         print(len(hoard))
 
+    # A shape no validation foresaw: it must fail this task, not the scheduler loop.
+    @task(executor_config={"pod_override": {"spec": {"containers": 7}}})
+    def malformed() -> None:
+        pass
+
     @task
     def victim() -> None:
         import time
@@ -33,4 +38,5 @@ with DAG("e2e_failures", max_active_tasks=8, **ARGS):
     unpullable()
     unschedulable()
     greedy()
+    malformed()
     victim()

@@ -76,6 +76,10 @@ def task_queued_timeout_s() -> float:
     return conf.getfloat("scheduler", "task_queued_timeout", fallback=600.0)
 
 
+def orphan_check_interval_s() -> float:
+    return conf.getfloat("scheduler", "orphaned_tasks_check_interval", fallback=300.0)
+
+
 def worker_env() -> dict[str, str]:
     """What a worker needs to find its scheduler's world, unless the pod template sets it already.
 

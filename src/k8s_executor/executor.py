@@ -64,6 +64,8 @@ class KubernetesExecutor(BaseExecutor):
             self.kube_client,
             self.scheduler_id,
             settings=self.settings,
+            # As long as Airflow waits before it hands a dead scheduler's tasks to a successor.
+            unclaimed_grace_s=airflow_adapter.orphan_check_interval_s(),
         )
         self.kube_scheduler.start_watchers()
         self.log.info(

@@ -23,6 +23,7 @@ NAMES = {
     "watcher.relists": "counter: full relists after a 410 Gone (history compacted)",
     "adoption.pods": "counter: pods taken over from schedulers that died",
     "adoption.duration": "timer: one adoption pass",
+    "unclaimed_pods.disposed": "counter: finished pods of a scheduler that is gone, deleted or marked done",
 }
 
 

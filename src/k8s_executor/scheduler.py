@@ -56,6 +56,7 @@ class AirflowKubernetesScheduler(LoggingMixin):
         kube_client: client.CoreV1Api,
         worker_uuid: str,
         settings: ExecutorSettings | None = None,
+        unclaimed_grace_s: float = 300.0,
         **kwargs: Any,
     ) -> None:
         super().__init__()
@@ -66,6 +67,12 @@ class AirflowKubernetesScheduler(LoggingMixin):
         self.worker_uuid = worker_uuid
         self.settings = settings or ExecutorSettings()
         self.pods: dict[tuple[str, str], TrackedPod] = {}
+        # Finished pods of other schedulers, with when they were first seen finished. A live
+        # owner disposes of its pods within seconds; one still unclaimed after the grace has no
+        # owner left (its tasks ended before any successor adopted them), so it is disposed of
+        # here. Never reported: its task is not this scheduler's.
+        self.unclaimed: dict[tuple[str, str], tuple[float, PodState]] = {}
+        self.unclaimed_grace_s = unclaimed_grace_s
         self.launcher = Launcher(
             kube_client,
             concurrency=self.settings.creation_concurrency,
@@ -147,6 +154,7 @@ class AirflowKubernetesScheduler(LoggingMixin):
         self._drain_launches()
         self._drain_watchers()
         self._expire_unstarted()
+        self._dispose_unclaimed()
         verdicts = [
             p.last_state.verdict for p in self.pods.values() if p.created and not p.finished and p.last_state
         ]
@@ -160,17 +168,19 @@ class AirflowKubernetesScheduler(LoggingMixin):
         pod.last_state = state
         if pod.report:
             self.result_queue.put(TaskResult(pod.ref, state, f"{pod.namespace}/{pod.name}"))
-        if not pod.created:
-            return
+        if pod.created:
+            self._dispose(pod.namespace, pod.name, state)
+
+    def _dispose(self, namespace: str, name: str, state: PodState) -> None:
+        """Delete a finished pod, or keep it for inspection, per the settings: once per pod."""
         settings = self.settings
-        delete = settings.delete_worker_pods and (
+        if settings.delete_worker_pods and (
             state.verdict == "success" or settings.delete_worker_pods_on_failure
-        )
-        if delete:
-            self.delete_pod(pod.name, pod.namespace)
+        ):
+            self.delete_pod(name, namespace)
         else:
             # Kept for inspection, but out of every watch and adoption from now on.
-            self.patch_pod_executor_done(pod.name, pod.namespace)
+            self.patch_pod_executor_done(name, namespace)
 
     def _drain_launches(self) -> None:
         while True:
@@ -216,7 +226,10 @@ class AirflowKubernetesScheduler(LoggingMixin):
         if pod is None:
             # A pod of ours we did not launch in this process: launched by our previous
             # incarnation with the same id, or relabelled to us by adoption.
-            if event.ref is None or event.scheduler_id != identity.safe_label_value(self.worker_uuid):
+            if event.ref is None:
+                return
+            if event.scheduler_id != identity.safe_label_value(self.worker_uuid):
+                self._note_unclaimed(event)
                 return
             pod = TrackedPod(event.ref, event.namespace, event.name, time.monotonic() + 600, created=True)
             self.pods[(event.namespace, event.name)] = pod
@@ -229,7 +242,26 @@ class AirflowKubernetesScheduler(LoggingMixin):
         if event.state.terminal:
             self._report(pod, event.state)
 
+    def _note_unclaimed(self, event: PodEvent) -> None:
+        key = (event.namespace, event.name)
+        if event.deleted or not event.state.terminal:
+            self.unclaimed.pop(key, None)
+        elif key not in self.unclaimed:
+            self.unclaimed[key] = (time.monotonic(), event.state)
+
+    def _dispose_unclaimed(self) -> None:
+        now = time.monotonic()
+        for key, (since, state) in list(self.unclaimed.items()):
+            if now - since >= self.unclaimed_grace_s:
+                del self.unclaimed[key]
+                self.log.info("pod %s/%s finished with no scheduler left to claim it; disposing", *key)
+                metrics.incr("unclaimed_pods.disposed")
+                self._dispose(*key, state)
+
     def _on_resync(self, resync: Resync) -> None:
+        for key in list(self.unclaimed):
+            if (resync.namespace is None or key[0] == resync.namespace) and key not in resync.names:
+                del self.unclaimed[key]
         for key, pod in list(self.pods.items()):
             in_scope = resync.namespace is None or pod.namespace == resync.namespace
             if (

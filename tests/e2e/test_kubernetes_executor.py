@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -12,10 +13,23 @@ from kubernetes import client
 
 from devcluster import control_plane
 from devcluster.airflow_stack import AirflowStack
+from devcluster.node_agent import DURATION_ANNOTATION, RUNTIME_LABEL, SIMULATED_TAINT
+from k8s_executor import identity
 from tests.conftest import CLUSTER_DIR
+from tests.e2e.conftest import airflow_stack
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.e2e
+UNCLAIMED_GRACE_S = 20
+
+
+@pytest.fixture(scope="module")
+def stack(cluster: control_plane.ClusterState, core: client.CoreV1Api) -> Iterator[AirflowStack]:
+    # Airflow's orphan check, and with it the grace before unclaimed pods are disposed of.
+    with airflow_stack(
+        cluster, core, AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL=str(UNCLAIMED_GRACE_S)
+    ) as airflow:
+        yield airflow
 
 
 def pods_of(core: client.CoreV1Api, stack: AirflowStack, run_id: str) -> list[client.V1Pod]:
@@ -155,3 +169,45 @@ def test_watch_cut_and_410_while_pods_finish(stack: AirflowStack, core: client.C
             if "Received executor event" in line and "run_id='gap-1'" in line and f"map_index={i})" in line
         ]
         assert len(events) == 1, f"sleeper[{i}] was reported {len(events)} times"
+
+
+def test_finished_pods_of_a_scheduler_that_is_gone_are_disposed_of(
+    stack: AirflowStack, core: client.CoreV1Api
+) -> None:
+    """Its tasks ended through the execution API before any successor adopted them, so no
+    adoption will ever take these pods: without the sweep they would stay in every watch."""
+    ref = identity.TaskRef("gone_dag", "gone_task", "gone-run", 1, -1)
+    name = identity.pod_name(ref)
+    core.create_namespaced_pod(
+        stack.namespace,
+        {
+            "metadata": {
+                "name": name,
+                "labels": identity.labels(ref, "scheduler-long-gone", "3.3.2"),
+                "annotations": {**identity.annotations_for(ref), DURATION_ANNOTATION: "0"},
+            },
+            "spec": {
+                "restartPolicy": "Never",
+                "nodeSelector": {RUNTIME_LABEL: "simulated"},
+                "tolerations": [{"key": SIMULATED_TAINT, "operator": "Exists", "effect": "NoSchedule"}],
+                "containers": [{"name": "base", "image": "simulated"}],
+            },
+        },
+    )
+    wait_for(
+        lambda: core.read_namespaced_pod(name, stack.namespace).status.phase == "Succeeded",
+        "the orphan pod to finish",
+        timeout=60,
+    )
+    # The executor keeps finished pods in this suite (delete_worker_pods = False): marked done.
+    wait_for(
+        lambda: (
+            core.read_namespaced_pod(name, stack.namespace).metadata.labels.get(identity.DONE_LABEL) == "True"
+        ),
+        "the unclaimed pod to be marked done",
+        timeout=UNCLAIMED_GRACE_S + 60,
+        interval=1,
+    )
+    log = (stack.home / "scheduler.log").read_text()
+    assert f"pod {stack.namespace}/{name} finished with no scheduler left to claim it" in log
+    assert "gone_task" not in "".join(line for line in log.splitlines() if "Received executor event" in line)

@@ -182,3 +182,32 @@ def percentile(values: list[float], q: float) -> float | None:
     if len(values) == 1:
         return values[0]
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+_REQUEST_TOTAL = re.compile(r"^apiserver_request_total\{([^}]*)\} (\S+)$")
+
+
+def apiserver_pod_requests(api: client.ApiClient) -> dict[str, float]:
+    """The API server's own count of pod requests by verb, from every client (`/metrics`).
+
+    A cross-check on the audit log's per-executor figures: this counter cannot tell the
+    executor from the node agent (status writes) or this harness (its watch).
+    """
+    response = api.call_api(
+        "/metrics", "GET", auth_settings=["BearerToken"], _preload_content=False, _return_http_data_only=True
+    )
+    counts: dict[str, float] = {}
+    for line in response.data.decode().splitlines():
+        match = _REQUEST_TOTAL.match(line)
+        if not match:
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1)))
+        if labels.get("resource") != "pods":
+            continue
+        verb = labels.get("verb", "") + (f" {labels['subresource']}" if labels.get("subresource") else "")
+        counts[verb] = counts.get(verb, 0.0) + float(match.group(2))
+    return counts
+
+
+def difference(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {k: v - before.get(k, 0.0) for k, v in after.items() if v - before.get(k, 0.0) > 0}

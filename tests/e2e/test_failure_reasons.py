@@ -18,6 +18,8 @@ from tests.helpers import wait_for
 pytestmark = pytest.mark.e2e
 
 DAG, RUN = "e2e_failures", "why-1"
+# The victim's pod runs here, not in the executor's own namespace (multi_namespace_mode).
+SIDE_NAMESPACE = "e2e-why-side"
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +48,15 @@ def statsd() -> Iterator[tuple[int, list[str]]]:
 def stack(
     cluster: control_plane.ClusterState, core: client.CoreV1Api, statsd: tuple[int, list[str]]
 ) -> Iterator[AirflowStack]:
+    try:
+        core.create_namespace({"metadata": {"name": SIDE_NAMESPACE}})
+    except client.ApiException as exc:
+        if exc.status != 409:
+            raise
     with airflow_stack(
         cluster,
         core,
+        extra_namespaces=(SIDE_NAMESPACE,),
         AIRFLOW__KUBERNETES_EXECUTOR__UNSCHEDULABLE_POD_TIMEOUT="20",
         AIRFLOW__METRICS__STATSD_ON="True",
         AIRFLOW__METRICS__STATSD_HOST="127.0.0.1",
@@ -71,13 +79,32 @@ def test_each_way_a_pod_fails_is_explained_in_the_task_log_and_failure_reason(
     )
     [pod] = [
         p
-        for p in core.list_namespaced_pod(stack.namespace, label_selector=f"run_id={RUN}").items
+        for p in core.list_namespaced_pod(SIDE_NAMESPACE, label_selector=f"run_id={RUN}").items
         if p.metadata.annotations["task_id"] == "victim"
     ]
-    # While the task runs, the UI's log comes from the pod, found by the executor by its labels.
-    running_log = stack.task_log(DAG, RUN, "victim")
-    assert f"Log of the running pod {stack.namespace}/{pod.metadata.name}" in running_log, running_log
-    core.delete_namespaced_pod(pod.metadata.name, stack.namespace, grace_period_seconds=1)
+    # While the task runs, the UI's log comes from the pod, found by the executor by its labels
+    # in whichever watched namespace it runs.
+    where = f"{SIDE_NAMESPACE}/{pod.metadata.name}"
+
+    def running_log() -> str | None:
+        text = stack.task_log(DAG, RUN, "victim")
+        return text if "victim is running" in text else None
+
+    log = wait_for(running_log, "the running pod's output in the task log", timeout=60, interval=2)
+    assert f"Log of the running pod {where}" in log, log
+    # A second pod with the task's labels (a copy someone made by hand): the log says so.
+    task_labels = {k: pod.metadata.labels[k] for k in ("dag_id", "task_id", "run_id", "try_number")}
+    core.create_namespaced_pod(
+        stack.namespace,
+        {
+            "metadata": {"name": "victim-copy", "labels": task_labels},
+            "spec": {"containers": [{"name": "base", "image": "any", "command": ["sleep", "600"]}]},
+        },
+    )
+    doubled = stack.task_log(DAG, RUN, "victim")
+    assert "2 pods match this task try" in doubled and f"{stack.namespace}/victim-copy" in doubled, doubled
+    core.delete_namespaced_pod("victim-copy", stack.namespace, grace_period_seconds=0)
+    core.delete_namespaced_pod(pod.metadata.name, SIDE_NAMESPACE, grace_period_seconds=1)
     assert stack.wait_for_run(DAG, RUN, timeout=300) == "failed"
     assert {task for (task, _), (state, _) in stack.task_states(DAG, RUN).items() if state == "failed"} == {
         "unpullable",
@@ -90,13 +117,16 @@ def test_each_way_a_pod_fails_is_explained_in_the_task_log_and_failure_reason(
         "unpullable": ["container 'base' is ErrImagePull", 'Failed to pull image "does-not-exist:1.0"'],
         "unschedulable": ["pod was unschedulable for", "didn't match Pod's node affinity"],
         "greedy": ["killed for exceeding its memory limit (OOMKilled)"],
-        "malformed": ["no pod was launched", "its pod could not be built: TypeError"],
+        "malformed": [
+            "task e2e_failures.malformed (run why-1, try 1): its pod could not be built: TypeError"
+        ],
     }
     for task_id, words in expected.items():
         log, reason = stack.task_log(DAG, RUN, task_id), stack.failure_reasons(DAG, RUN, task_id)
         for word in words:
             assert word in log, f"{task_id}: {word!r} not in the task log:\n{log}"
             assert word in reason, f"{task_id}: {word!r} not in the failure reason:\n{reason}"
+    assert "no pod was launched for task e2e_failures.malformed" in stack.task_log(DAG, RUN, "malformed")
     # The deleted pod's worker may report its own end before the executor does; the log says why.
     assert "pod was deleted while running" in stack.task_log(DAG, RUN, "victim")
 

@@ -29,10 +29,11 @@ with DAG("e2e_failures", max_active_tasks=8, **ARGS):
     def malformed() -> None:
         pass
 
-    @task
+    @task(executor_config={"KubernetesExecutor": {"namespace": "e2e-why-side"}})
     def victim() -> None:
         import time
 
+        print("victim is running", flush=True)
         time.sleep(300)
 
     unpullable()

@@ -59,7 +59,10 @@ def configuration_reference() -> str:
         "Every option is read from `airflow.cfg` or from the environment variable "
         "`AIRFLOW__<SECTION>__<OPTION>` (upper case), and validated when the scheduler starts: a bad "
         "value stops it with a message naming the option. `airflow config list` shows the same options "
-        "with their defaults.",
+        "with their defaults, except where the official provider is installed too: Airflow keeps one "
+        "description per section, that provider's (the last by package name), so our own options "
+        "(`api_qps`, `api_burst`, `unschedulable_pod_timeout`) are missing from the list there, and are "
+        "still read.",
     ]
     for section, model, intro in SECTIONS:
         lines += [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import Counter
@@ -97,6 +98,9 @@ def test_every_task_runs_in_its_own_pod_with_its_settings(
     assert configured.spec.node_selector == {"kubernetes.io/os": "linux"}
     # DefaultTolerationSeconds admission adds not-ready/unreachable tolerations, as in any cluster.
     assert "compute-type" in [t.key for t in configured.spec.tolerations or []]
+    # The worker's token travels in the pod's args and nowhere in the scheduler's log.
+    token = json.loads(base.args[-1])["token"]
+    assert token and token not in (stack.home / "scheduler.log").read_text()
     overridden = pods[("pod_override", -1, 1)]
     assert overridden.metadata.labels["override"] == "yes"
     assert overridden.spec.automount_service_account_token is False

@@ -69,3 +69,16 @@ def test_only_values_the_operator_set_are_read_not_another_providers_defaults(mo
     # With the official provider installed, Airflow answers this unset option with its default of 1.
     assert "worker_pods_creation_batch_size" not in raw
     assert ExecutorSettings.parse(raw).worker_pods_creation_batch_size == 256
+
+
+def test_every_option_is_registered_with_airflow() -> None:
+    """Airflow learns the sections and defaults from the provider entry point (`airflow config list`)."""
+    from airflow.configuration import retrieve_configuration_description
+
+    from k8s_executor.settings import LOCAL_SECTION, SECTION, LocalKubernetesSettings
+
+    registered = retrieve_configuration_description(
+        include_airflow=False, include_providers=True, selected_provider="airflow-k8s-executor"
+    )
+    for section, model in ((SECTION, ExecutorSettings), (LOCAL_SECTION, LocalKubernetesSettings)):
+        assert set(model.model_fields) <= set(registered[section]["options"]), section

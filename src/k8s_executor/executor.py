@@ -243,10 +243,7 @@ class KubernetesExecutor(BaseExecutor):
             return
         ref = airflow_adapter.ref_of(key)
         self._revoked[ref] += 1
-        for pod in list(self.kube_scheduler.pods.values()):
-            if pod.ref == ref and not pod.finished:
-                pod.finished = True
-                self.kube_scheduler.delete_pod(pod.name, pod.namespace)
+        self.kube_scheduler.revoke(ref)
 
     def get_task_log(self, ti: Any, try_number: int) -> tuple[list[str], list[str]]:
         messages: list[str] = []

@@ -140,6 +140,14 @@ class AirflowKubernetesScheduler(LoggingMixin):
             ref, namespace, name, deadline, created=True, created_at=time.time(), report=report
         )
 
+    def revoke(self, ref: identity.TaskRef) -> None:
+        """Airflow took the task back: its pod goes, and nothing more is reported for it."""
+        for pod in self.pods.values():
+            if pod.ref == ref and not pod.finished:
+                pod.finished = True
+                if pod.created:
+                    self.delete_pod(pod.name, pod.namespace)
+
     def delete_pod(self, pod_name: str, namespace: str) -> None:
         self.launcher.delete(namespace, pod_name)
 
@@ -161,7 +169,7 @@ class AirflowKubernetesScheduler(LoggingMixin):
         metrics.gauge("pods.pending", verdicts.count("pending"))
         metrics.gauge("pods.running", verdicts.count("running"))
 
-    def _report(self, pod: TrackedPod, state: PodState) -> None:
+    def _report(self, pod: TrackedPod, state: PodState, never_started: bool = False) -> None:
         if pod.finished:
             return
         pod.finished = True
@@ -169,13 +177,17 @@ class AirflowKubernetesScheduler(LoggingMixin):
         if pod.report:
             self.result_queue.put(TaskResult(pod.ref, state, f"{pod.namespace}/{pod.name}"))
         if pod.created:
-            self._dispose(pod.namespace, pod.name, state)
+            self._dispose(pod.namespace, pod.name, state, never_started)
 
-    def _dispose(self, namespace: str, name: str, state: PodState) -> None:
-        """Delete a finished pod, or keep it for inspection, per the settings: once per pod."""
+    def _dispose(self, namespace: str, name: str, state: PodState, never_started: bool = False) -> None:
+        """Delete a finished pod, or keep it for inspection, per the settings: once per pod.
+
+        A pod that never started holds its node's resources for nothing: with
+        `delete_worker_pods` it goes, whatever `delete_worker_pods_on_failure` says.
+        """
         settings = self.settings
         if settings.delete_worker_pods and (
-            state.verdict == "success" or settings.delete_worker_pods_on_failure
+            state.verdict == "success" or settings.delete_worker_pods_on_failure or never_started
         ):
             self.delete_pod(name, namespace)
         else:
@@ -191,7 +203,9 @@ class AirflowKubernetesScheduler(LoggingMixin):
             pod = self.pods.get((result.namespace, result.name))
             if pod is None:
                 continue
-            if result.ok:
+            if result.ok and pod.finished and not pod.created:
+                self._remove_late(pod)
+            elif result.ok:
                 pod.created, pod.created_at = True, time.time()
             else:
                 self._report(
@@ -236,11 +250,22 @@ class AirflowKubernetesScheduler(LoggingMixin):
         if pod.finished:
             if event.deleted:
                 self.pods.pop((event.namespace, event.name), None)
+            elif not pod.created:
+                self._remove_late(pod)
             return
         pod.created = True
         pod.last_state = event.state
         if event.state.terminal:
             self._report(pod, event.state)
+
+    def _remove_late(self, pod: TrackedPod) -> None:
+        """A pod that appeared after its try was settled: its task expired or was revoked while
+        the create was on its way, or the create's answer was lost. Its try is over: it goes."""
+        pod.created = True
+        self.log.warning(
+            "pod %s/%s appeared after its task was settled; deleting it", pod.namespace, pod.name
+        )
+        self.delete_pod(pod.name, pod.namespace)
 
     def _note_unclaimed(self, event: PodEvent) -> None:
         key = (event.namespace, event.name)
@@ -289,9 +314,8 @@ class AirflowKubernetesScheduler(LoggingMixin):
                         "pod did not start within [scheduler] task_queued_timeout, after which its "
                         f"workload token is no longer valid{why}",
                     ),
+                    never_started=True,
                 )
-                if pod.created and self.settings.delete_worker_pods:
-                    self.delete_pod(pod.name, pod.namespace)
 
     def in_flight(self) -> int:
         return sum(1 for p in self.pods.values() if not p.finished)

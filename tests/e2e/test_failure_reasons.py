@@ -58,6 +58,10 @@ def stack(
         core,
         extra_namespaces=(SIDE_NAMESPACE,),
         AIRFLOW__KUBERNETES_EXECUTOR__UNSCHEDULABLE_POD_TIMEOUT="20",
+        # The worker's token lives this long; the executor fails a pod that has not started by then.
+        AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT="90",
+        # Airflow's own stuck-in-queued pass (revoke and requeue) stays out of this test's way.
+        AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT_CHECK_INTERVAL="3600",
         AIRFLOW__METRICS__STATSD_ON="True",
         AIRFLOW__METRICS__STATSD_HOST="127.0.0.1",
         AIRFLOW__METRICS__STATSD_PORT=str(statsd[0]),
@@ -110,6 +114,7 @@ def test_each_way_a_pod_fails_is_explained_in_the_task_log_and_failure_reason(
         "unpullable",
         "unschedulable",
         "greedy",
+        "stuck",
         "malformed",
         "victim",
     }
@@ -117,6 +122,7 @@ def test_each_way_a_pod_fails_is_explained_in_the_task_log_and_failure_reason(
         "unpullable": ["container 'base' is ErrImagePull", 'Failed to pull image "does-not-exist:1.0"'],
         "unschedulable": ["pod was unschedulable for", "didn't match Pod's node affinity"],
         "greedy": ["killed for exceeding its memory limit (OOMKilled)"],
+        "stuck": ["pod did not start within [scheduler] task_queued_timeout"],
         "malformed": [
             "task e2e_failures.malformed (run why-1, try 1): its pod could not be built: TypeError"
         ],

@@ -3,6 +3,7 @@
 import datetime
 
 from airflow.sdk import DAG, task
+from kubernetes.client import models as k8s
 
 ARGS = {"start_date": datetime.datetime(2024, 1, 1), "schedule": None, "catchup": False}
 
@@ -24,6 +25,22 @@ with DAG("e2e_failures", max_active_tasks=8, **ARGS):
         time.sleep(30)  # the node checks memory a few times a second, not at every allocation
         print(len(hoard))
 
+    # Pending for good (its init container never ends), with no reason Kubernetes calls fatal.
+    @task(
+        executor_config={
+            "pod_override": k8s.V1Pod(
+                spec=k8s.V1PodSpec(
+                    containers=[k8s.V1Container(name="base")],
+                    init_containers=[
+                        k8s.V1Container(name="forever", image="busybox", command=["sleep", "3600"])
+                    ],
+                )
+            )
+        }
+    )
+    def stuck() -> None:
+        pass
+
     # A shape no validation foresaw: it must fail this task, not the scheduler loop.
     @task(executor_config={"pod_override": {"spec": {"containers": 7}}})
     def malformed() -> None:
@@ -39,5 +56,6 @@ with DAG("e2e_failures", max_active_tasks=8, **ARGS):
     unpullable()
     unschedulable()
     greedy()
+    stuck()
     malformed()
     victim()

@@ -37,6 +37,7 @@ from bench.measure import (
     PeakMemory,
     PodClock,
     adoption_passes,
+    adoptions_logged,
     apiserver_pod_requests,
     cpu_seconds,
     difference,
@@ -245,20 +246,29 @@ def run_adoption(
         stack.kill_component("scheduler")
         killed = time.time()
         stack.start_component("scheduler")
-        clock.wait(lambda c: all(p.relabelled for p in c.pods.values()), timeout)
+        log = stack.home / "scheduler.log"
+
+        def adopted_at() -> tuple[float, int] | None:
+            if CONFIGS[name][0] == OURS:
+                done = [(t, n) for t, n in adoptions_logged(log) if t > killed and n]
+                return done[0] if done else None
+            relabelled = [p.relabelled for p in clock.pods.values() if p.relabelled]
+            return (max(relabelled), len(relabelled)) if len(relabelled) == len(clock.pods) else None
+
+        deadline = time.monotonic() + timeout
+        while (end := adopted_at()) is None and time.monotonic() < deadline:
+            time.sleep(1)
         clock.stop.set()
-        relabelled = [p.relabelled for p in clock.pods.values() if p.relabelled]
-        passes = [t for t in adoption_passes(stack.home / "scheduler.log") if t > killed]
-        first_relabel = min(relabelled, default=None)
-        began = max((t for t in passes if first_relabel and t <= first_relabel), default=None)
+        passes = [t for t in adoption_passes(log) if t > killed]
+        began = max((t for t in passes if end and t <= end[0]), default=None)
         return {
             "config": name,
             "pods": len(clock.pods),
-            "adopted": len(relabelled),
-            # From the pass of Airflow's orphan check that found them to the last pod relabelled:
-            # the executor's part, not Airflow's wait for the dead scheduler's heartbeat to expire.
-            "adoption_s": (max(relabelled) - began) if relabelled and began else None,
-            "kill_to_adopted_s": (max(relabelled) - killed) if relabelled else None,
+            "adopted": end[1] if end else 0,
+            # From the pass of Airflow's orphan check that found them to the end of the executor's
+            # adoption: the executor's part, not Airflow's wait for the dead scheduler's heartbeat.
+            "adoption_s": (end[0] - began) if end and began else None,
+            "kill_to_adopted_s": (end[0] - killed) if end else None,
         }
     finally:
         stop_stack(stack, core)

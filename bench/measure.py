@@ -97,6 +97,7 @@ _EVENT = re.compile(
     r"TaskInstanceKey\(dag_id='[^']*', task_id='[^']*', run_id='([^']*)', try_number=\d+, map_index=(-?\d+)\)"
 )
 _ADOPTING = re.compile(r"^(\S+Z) .*Adopting or resetting orphaned tasks for active dag runs")
+_ADOPTED = re.compile(r"^(\S+Z) .*adopted (\d+) of \d+ task instances from schedulers")
 
 
 def _stamp(text: str) -> float:
@@ -116,6 +117,19 @@ def executor_events(scheduler_log: Path, run_id: str) -> dict[int, float]:
         if match and match.group(3) == run_id and match.group(2) in ("success", "failed"):
             seen.setdefault(int(match.group(4)), _stamp(match.group(1)))
     return seen
+
+
+def adoptions_logged(scheduler_log: Path) -> list[tuple[float, int]]:
+    """When this executor ended an adoption pass, and how many task instances it adopted.
+
+    It writes nothing to the pods it adopts, so its own log line marks the end; the official
+    executor's end is its last relabel patch, seen on the pods.
+    """
+    return [
+        (_stamp(m.group(1)), int(m.group(2)))
+        for line in scheduler_log.read_text(errors="replace").splitlines()
+        if (m := _ADOPTED.match(line))
+    ]
 
 
 def adoption_passes(scheduler_log: Path) -> list[float]:

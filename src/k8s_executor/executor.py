@@ -139,16 +139,12 @@ class KubernetesExecutor(BaseExecutor):
     ) -> None:
         """Airflow 2's entry point: run `command` for `key` in a pod."""
         self.running.add(key)
-        self._launch(
-            key,
-            lambda: airflow_adapter.request_from_command(
-                key,
-                command,
-                executor_config,
-                self.scheduler_id,
-                self._worker_env,
-                self._revoked[airflow_adapter.ref_of(key)],
-            ),
+        self._launch(key, functools.partial(self._request_from_command, key, command, executor_config))
+
+    def _request_from_command(self, key: Any, command: Any, executor_config: Any) -> PodRequest:
+        attempt = self._revoked[airflow_adapter.ref_of(key)]
+        return airflow_adapter.request_from_command(
+            key, command, executor_config, self.scheduler_id, self._worker_env, attempt
         )
 
     def _launch(self, key: Any, make_request: Callable[[], PodRequest]) -> None:
@@ -209,22 +205,15 @@ class KubernetesExecutor(BaseExecutor):
         by_ref = {airflow_adapter.ref_of(ti.key): ti for ti in tis}
         dead = {str(ti.queued_by_job_id) for ti in tis if ti.queued_by_job_id is not None}
         dead.discard(self.scheduler_id)
-        orphans = adoption.find_orphans(self.kube_client, self.settings.watched_namespaces, dead)
-        adopted = set()
+        orphans = adoption.find_orphans(self.kube_client, self.settings.watched_namespaces, by_ref, dead)
         deadline = time.monotonic() + airflow_adapter.task_queued_timeout_s()
         for orphan in orphans:
             # Pods whose task already ended (through the execution API) are taken too, only to be
             # deleted or marked done: otherwise they would stay in every watch forever.
-            ours = orphan.ref in by_ref
-            self.kube_scheduler.track(orphan.ref, orphan.namespace, orphan.name, deadline, report=ours)
-            self.kube_scheduler.launcher.patch_labels(
-                orphan.namespace,
-                orphan.name,
-                {identity.WORKER_LABEL: identity.safe_label_value(self.scheduler_id)},
-            )
-            if ours:
+            self.kube_scheduler.adopt(orphan, deadline)
+            if orphan.ours:
                 self.running.add(by_ref[orphan.ref].key)
-                adopted.add(orphan.ref)
+        adopted = {orphan.ref for orphan in orphans if orphan.ours}
         metrics.incr("adoption.pods", len(orphans))
         metrics.timing("adoption.duration", time.monotonic() - started)
         self.log.info(

@@ -19,10 +19,11 @@ from airflow.utils.log.logging_mixin import LoggingMixin
 from kubernetes import client
 
 from k8s_executor import identity, metrics
+from k8s_executor.adoption import Orphan
 from k8s_executor.launching import Launcher, LaunchResult
 from k8s_executor.resource_version import ResourceVersion
 from k8s_executor.settings import ExecutorSettings
-from k8s_executor.state_mapping import PodState
+from k8s_executor.state_mapping import PodState, pod_state
 from k8s_executor.watching import Bookmark, KubernetesJobWatcher, PodEvent, Resync
 
 
@@ -67,6 +68,7 @@ class AirflowKubernetesScheduler(LoggingMixin):
         self.worker_uuid = worker_uuid
         self.settings = settings or ExecutorSettings()
         self.pods: dict[tuple[str, str], TrackedPod] = {}
+        self.fatal_waiting_reasons = frozenset(self.settings.worker_pod_pending_fatal_container_state_reasons)
         # Finished pods of other schedulers, with when they were first seen finished. A live
         # owner disposes of its pods within seconds; one still unclaimed after the grace has no
         # owner left (its tasks ended before any successor adopted them), so it is disposed of
@@ -101,7 +103,7 @@ class AirflowKubernetesScheduler(LoggingMixin):
             resource_version=ResourceVersion().get_resource_version(namespace),
             worker_uuid=self.worker_uuid,
             kube_config=self.kube_config,
-            fatal_waiting_reasons=frozenset(self.settings.worker_pod_pending_fatal_container_state_reasons),
+            fatal_waiting_reasons=self.fatal_waiting_reasons,
             unschedulable_timeout_s=self.settings.unschedulable_pod_timeout,
             daemon=True,
         )
@@ -132,13 +134,21 @@ class AirflowKubernetesScheduler(LoggingMixin):
         )
         self.launcher.create(pod, deadline)
 
-    def track(
-        self, ref: identity.TaskRef, namespace: str, name: str, deadline: float, report: bool = True
-    ) -> None:
-        """Take responsibility for a pod that already exists (adoption)."""
-        self.pods[(namespace, name)] = TrackedPod(
-            ref, namespace, name, deadline, created=True, created_at=time.time(), report=report
+    def adopt(self, orphan: Orphan, deadline: float) -> None:
+        """Take responsibility for a pod that already exists, judged as adoption listed it."""
+        key = (orphan.namespace, orphan.name)
+        self.unclaimed.pop(key, None)
+        pod = self.pods[key] = TrackedPod(
+            orphan.ref, *key, deadline, created=True, created_at=time.time(), report=orphan.ours
         )
+        state = pod_state(
+            orphan.pod,
+            fatal_waiting_reasons=self.fatal_waiting_reasons,
+            unschedulable_timeout_s=self.settings.unschedulable_pod_timeout,
+        )
+        pod.last_state = state
+        if state.terminal:
+            self._report(pod, state)
 
     def revoke(self, ref: identity.TaskRef) -> None:
         """Airflow took the task back: its pod goes, and nothing more is reported for it."""
@@ -239,7 +249,7 @@ class AirflowKubernetesScheduler(LoggingMixin):
         pod = self.pods.get((event.namespace, event.name))
         if pod is None:
             # A pod of ours we did not launch in this process: launched by our previous
-            # incarnation with the same id, or relabelled to us by adoption.
+            # incarnation with the same id.
             if event.ref is None:
                 return
             if event.scheduler_id != identity.safe_label_value(self.worker_uuid):

@@ -105,8 +105,8 @@ class KubernetesJobWatcher(multiprocessing.Process, LoggingMixin):
     def run(self) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        # Every executor pod, whichever scheduler launched it: adoption relabels pods, and a
-        # relabelled pod must not fall out of sight between two schedulers.
+        # Every executor pod, whichever scheduler launched it: an adopted pod keeps the label of
+        # the scheduler that launched it, and must not fall out of sight.
         self.api = client.CoreV1Api(client.ApiClient(self.kube_config))
         self.cache: dict[str, dict[str, Any]] = {}
         self.explained: dict[str, PodState] = {}

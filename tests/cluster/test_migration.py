@@ -35,12 +35,18 @@ def test_a_pod_built_by_the_official_provider_is_adopted(core: client.CoreV1Api,
         map_index=3,
     )
     core.create_namespaced_pod(namespace, pod)
-    # The watcher's selector sees it, so its end is reported once adoption has relabelled it.
+    # The watcher's selector sees it, so what happens to it after adoption is reported.
     wait_for(
         lambda: core.list_namespaced_pod(namespace, label_selector=identity.selector()).items,
         "the pod under the watcher's selector",
     )
-    [orphan] = adoption.find_orphans(core, [namespace], ["41"])
-    assert orphan.ref == identity.TaskRef("etl", "load", "manual__2026-01-01", 2, 3)
-    assert orphan.name == "etl-load-abcdefgh"
-    assert adoption.find_orphans(core, [namespace], ["42"]) == []
+    ref = identity.TaskRef("etl", "load", "manual__2026-01-01", 2, 3)
+    [orphan] = adoption.find_orphans(core, [namespace], [ref], ["41"])
+    assert (orphan.ref, orphan.name, orphan.ours) == (ref, "etl-load-abcdefgh", True)
+    # Found by its task try whichever scheduler's label it carries (it keeps it through adoptions).
+    [again] = adoption.find_orphans(core, [namespace], [ref], [])
+    assert again.ours
+    # A dead scheduler's pod whose task Airflow did not hand over: taken only to be disposed of.
+    [leftover] = adoption.find_orphans(core, [namespace], [], ["41"])
+    assert not leftover.ours
+    assert adoption.find_orphans(core, [namespace], [], ["42"]) == []

@@ -134,13 +134,15 @@ def test_the_executor_does_its_work_as_the_bound_user(
         assert result.ok, result.error
         name = pod["metadata"]["name"]
         wait_for_pod_phase(core, namespace, name, ("Succeeded",))
-        # Adoption's list, then its relabel patch, as a new scheduler does.
-        [orphan] = adoption.find_orphans(api, [namespace], ["old"])
+        # Adoption's list, as a new scheduler makes it, then the patch that marks a kept pod done.
+        [orphan] = adoption.find_orphans(api, [namespace], [ref], ["old"])
         assert orphan.name == name
-        launcher.patch_labels(namespace, name, {identity.WORKER_LABEL: "new"})
+        launcher.patch_labels(namespace, name, {identity.DONE_LABEL: "True"})
         wait_for(
-            lambda: core.read_namespaced_pod(name, namespace).metadata.labels[identity.WORKER_LABEL] == "new",
-            "the relabel patch",
+            lambda: (
+                core.read_namespaced_pod(name, namespace).metadata.labels.get(identity.DONE_LABEL) == "True"
+            ),
+            "the done-label patch",
         )
         log = api.read_namespaced_pod_log(name, namespace, container="base", _preload_content=False)
         assert b"hello" in log.data

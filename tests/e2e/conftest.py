@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import socket
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -78,3 +81,45 @@ def airflow_stack(
 def stack(cluster: control_plane.ClusterState, core: client.CoreV1Api) -> Iterator[AirflowStack]:
     with airflow_stack(cluster, core) as airflow:
         yield airflow
+
+
+# The port of a UDP socket playing the StatsD server, and every metric line it received.
+Statsd = tuple[int, list[str]]
+
+
+@pytest.fixture(scope="module")
+def statsd() -> Iterator[Statsd]:
+    """A UDP socket playing the StatsD server: every metric line the scheduler sends."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(0.5)
+    received: list[str] = []
+    stop = threading.Event()
+
+    def listen() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                received.extend(sock.recv(65536).decode().splitlines())
+
+    thread = threading.Thread(target=listen, daemon=True)
+    thread.start()
+    yield sock.getsockname()[1], received
+    stop.set()
+    thread.join()
+    sock.close()
+
+
+def statsd_env(statsd: Statsd) -> dict[str, str]:
+    return {
+        "AIRFLOW__METRICS__STATSD_ON": "True",
+        "AIRFLOW__METRICS__STATSD_HOST": "127.0.0.1",
+        "AIRFLOW__METRICS__STATSD_PORT": str(statsd[0]),
+        "AIRFLOW__METRICS__STATSD_PREFIX": "airflow",
+    }
+
+
+def assert_metrics_received(statsd: Statsd, *names: str) -> None:
+    received = {line.split(":", 1)[0] for line in statsd[1]}
+    ours = sorted(n for n in received if "k8s_executor" in n)
+    for name in names:
+        assert f"airflow.k8s_executor.{name}" in received, f"{name} not received; got {ours}"

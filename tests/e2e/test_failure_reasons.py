@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -12,7 +9,7 @@ from kubernetes import client
 
 from devcluster import control_plane
 from devcluster.airflow_stack import AirflowStack
-from tests.e2e.conftest import airflow_stack
+from tests.e2e.conftest import Statsd, airflow_stack, assert_metrics_received, statsd_env
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -23,30 +20,8 @@ SIDE_NAMESPACE = "e2e-why-side"
 
 
 @pytest.fixture(scope="module")
-def statsd() -> Iterator[tuple[int, list[str]]]:
-    """A UDP socket playing the StatsD server: every metric line the scheduler sends."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.settimeout(0.5)
-    received: list[str] = []
-    stop = threading.Event()
-
-    def listen() -> None:
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                received.extend(sock.recv(65536).decode().splitlines())
-
-    thread = threading.Thread(target=listen, daemon=True)
-    thread.start()
-    yield sock.getsockname()[1], received
-    stop.set()
-    thread.join()
-    sock.close()
-
-
-@pytest.fixture(scope="module")
 def stack(
-    cluster: control_plane.ClusterState, core: client.CoreV1Api, statsd: tuple[int, list[str]]
+    cluster: control_plane.ClusterState, core: client.CoreV1Api, statsd: Statsd
 ) -> Iterator[AirflowStack]:
     try:
         core.create_namespace({"metadata": {"name": SIDE_NAMESPACE}})
@@ -62,10 +37,7 @@ def stack(
         AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT="90",
         # Airflow's own stuck-in-queued pass (revoke and requeue) stays out of this test's way.
         AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT_CHECK_INTERVAL="3600",
-        AIRFLOW__METRICS__STATSD_ON="True",
-        AIRFLOW__METRICS__STATSD_HOST="127.0.0.1",
-        AIRFLOW__METRICS__STATSD_PORT=str(statsd[0]),
-        AIRFLOW__METRICS__STATSD_PREFIX="airflow",
+        **statsd_env(statsd),
     ) as airflow:
         yield airflow
 
@@ -137,15 +109,12 @@ def test_each_way_a_pod_fails_is_explained_in_the_task_log_and_failure_reason(
     assert "pod was deleted while running" in stack.task_log(DAG, RUN, "victim")
 
 
-def test_the_executor_reports_its_metrics_through_airflow_stats(
-    stack: AirflowStack, statsd: tuple[int, list[str]]
-) -> None:
+def test_the_executor_reports_its_metrics_through_airflow_stats(stack: AirflowStack, statsd: Statsd) -> None:
     """Runs after the failures above: creates, deletes, gauges and timers have all happened."""
-    names = {line.split(":", 1)[0] for line in statsd[1]}
-    for name in (
-        "airflow.k8s_executor.pod_create.status.201",
-        "airflow.k8s_executor.pod_create.duration",
-        "airflow.k8s_executor.pods.pending",
-        "airflow.k8s_executor.pods.running",
-    ):
-        assert name in names, f"{name} not received; got {sorted(n for n in names if 'k8s_executor' in n)}"
+    assert_metrics_received(
+        statsd,
+        "pod_create.status.201",
+        "pod_create.duration",
+        "pods.pending",
+        "pods.running",
+    )

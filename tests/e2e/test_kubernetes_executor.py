@@ -15,7 +15,7 @@ from devcluster.airflow_stack import AirflowStack
 from devcluster.node_agent import DURATION_ANNOTATION, RUNTIME_LABEL, SIMULATED_TAINT
 from k8s_executor import identity
 from tests.conftest import CLUSTER_DIR
-from tests.e2e.conftest import airflow_stack
+from tests.e2e.conftest import Statsd, airflow_stack, assert_metrics_received, statsd_env
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -23,10 +23,15 @@ UNCLAIMED_GRACE_S = 20
 
 
 @pytest.fixture(scope="module")
-def stack(cluster: control_plane.ClusterState, core: client.CoreV1Api) -> Iterator[AirflowStack]:
-    # Airflow's orphan check, and with it the grace before unclaimed pods are disposed of.
+def stack(
+    cluster: control_plane.ClusterState, core: client.CoreV1Api, statsd: Statsd
+) -> Iterator[AirflowStack]:
     with airflow_stack(
-        cluster, core, AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL=str(UNCLAIMED_GRACE_S)
+        cluster,
+        core,
+        # Airflow's orphan check, and with it the grace before unclaimed pods are disposed of.
+        AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL=str(UNCLAIMED_GRACE_S),
+        **statsd_env(statsd),
     ) as airflow:
         yield airflow
 
@@ -213,3 +218,15 @@ def test_finished_pods_of_a_scheduler_that_is_gone_are_disposed_of(
     log = (stack.home / "scheduler.log").read_text()
     assert f"pod {stack.namespace}/{name} finished with no scheduler left to claim it" in log
     assert "gone_task" not in "".join(line for line in log.splitlines() if "Received executor event" in line)
+
+
+def test_relists_adoption_and_disposal_reach_the_metrics(stack: AirflowStack, statsd: Statsd) -> None:
+    """Runs last: the tests above restarted the scheduler, forced a 410 and left an unclaimed pod."""
+    assert_metrics_received(
+        statsd,
+        "watcher.relists",
+        "adoption.pods",
+        "adoption.duration",
+        "unclaimed_pods.disposed",
+        "pod_create.status.201",
+    )

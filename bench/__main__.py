@@ -48,6 +48,7 @@ from bench.measure import (
 from devcluster import build, control_plane
 from devcluster.airflow_stack import AirflowStack
 from devcluster.node_agent import FINISH_FILE_ANNOTATION, RUNTIME_LABEL, SIMULATED_TAINT
+from k8s_executor.kube_client import read_body
 
 OFFICIAL = "airflow.providers.cncf.kubernetes.executors.kubernetes_executor.KubernetesExecutor"
 OURS = "k8s_executor.KubernetesExecutor"
@@ -286,7 +287,7 @@ def run_bare(state: control_plane.ClusterState, core: client.CoreV1Api, tasks: i
     def create(i: int) -> None:
         pod = json.loads(json.dumps(template))
         pod["metadata"]["name"] = f"bare-{i}"
-        core.create_namespaced_pod(namespace, pod, _preload_content=False)
+        read_body(core.create_namespaced_pod(namespace, pod, _preload_content=False))
 
     started = time.monotonic()
     with ThreadPoolExecutor(16) as pool:

@@ -20,7 +20,7 @@ from kubernetes import client
 
 from devcluster import processes
 from k8s_executor.identity import WORKER_LABEL
-from k8s_executor.kube_client import json_lines
+from k8s_executor.kube_client import json_lines, read_body
 
 BENCH_USER_AGENT = "k8s-executor-bench"
 # Both executors use the official client's default user agent; every other client (the node
@@ -211,7 +211,7 @@ def apiserver_pod_requests(api: client.ApiClient) -> dict[str, float]:
         "/metrics", "GET", auth_settings=["BearerToken"], _preload_content=False, _return_http_data_only=True
     )
     counts: dict[str, float] = {}
-    for line in response.data.decode().splitlines():
+    for line in read_body(response).decode().splitlines():
         match = _REQUEST_TOTAL.match(line)
         if not match:
             continue

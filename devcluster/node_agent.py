@@ -40,7 +40,7 @@ from kubernetes.client.rest import ApiException
 
 from devcluster import build
 from devcluster.pod_status import ContainerState, now_iso, pod_status
-from k8s_executor.kube_client import json_lines, merge_patch
+from k8s_executor.kube_client import json_lines, merge_patch, read_body, read_json
 
 log = logging.getLogger("node-agent")
 
@@ -134,7 +134,7 @@ class Agent:
                 "status": self._node_status(spec),
             }
             try:
-                self.api.create_node(body, _preload_content=False)
+                read_body(self.api.create_node(body, _preload_content=False))
             except ApiException as exc:
                 if exc.status != 409:
                     raise
@@ -145,7 +145,7 @@ class Agent:
                 self._patch(f"/api/v1/nodes/{spec.name}/status", {"status": body["status"]})
 
     def _patch(self, path: str, body: dict[str, Any]) -> None:
-        merge_patch(self.api.api_client, path, body)
+        read_body(merge_patch(self.api.api_client, path, body))
 
     def _node_status(self, spec: NodeSpec) -> dict[str, Any]:
         now = now_iso()
@@ -222,7 +222,9 @@ class Agent:
         except ApiException as exc:
             if exc.status != 404:
                 raise
-            self.coordination.create_namespaced_lease("kube-node-lease", body, _preload_content=False)
+            read_body(
+                self.coordination.create_namespaced_lease("kube-node-lease", body, _preload_content=False)
+            )
 
     # --- pods ------------------------------------------------------------
     def watch_node(self, node: str) -> None:
@@ -231,7 +233,7 @@ class Agent:
         while not self.stopping.is_set():
             try:
                 resp = self.api.list_pod_for_all_namespaces(field_selector=selector, _preload_content=False)
-                listing = json.loads(resp.data)
+                listing = read_json(resp)
                 seen = set()
                 for pod in listing["items"]:
                     seen.add(pod["metadata"]["uid"])
@@ -330,19 +332,21 @@ class Agent:
 
     def _create_event(self, namespace: str, body: dict[str, Any]) -> None:
         try:
-            self.api.create_namespaced_event(namespace, body, _preload_content=False)
+            read_body(self.api.create_namespaced_event(namespace, body, _preload_content=False))
         except ApiException as exc:
             log.warning("event %s not written: %s", body["reason"], exc.reason)
 
     def remove_pod(self, pod: dict[str, Any]) -> None:
         meta = pod["metadata"]
         try:
-            self.api.delete_namespaced_pod(
-                meta["name"],
-                meta["namespace"],
-                # With a body, the API server reads the options from it, not from the query.
-                body={"gracePeriodSeconds": 0, "preconditions": {"uid": meta["uid"]}},
-                _preload_content=False,
+            read_body(
+                self.api.delete_namespaced_pod(
+                    meta["name"],
+                    meta["namespace"],
+                    # With a body, the API server reads the options from it, not from the query.
+                    body={"gracePeriodSeconds": 0, "preconditions": {"uid": meta["uid"]}},
+                    _preload_content=False,
+                )
             )
         except ApiException as exc:
             if exc.status not in (404, 409):
@@ -756,7 +760,7 @@ class ProcessPod(PodWorker):
             if exc.status == 404:
                 return {}
             raise
-        data = json.loads(resp.data).get("data") or {}
+        data = read_json(resp).get("data") or {}
         return {k: base64.b64decode(v).decode() for k, v in data.items()}
 
     def _config_map(self, name: str, optional: bool | None) -> dict[str, str]:
@@ -768,7 +772,7 @@ class ProcessPod(PodWorker):
             if exc.status == 404:
                 return {}
             raise
-        return json.loads(resp.data).get("data") or {}
+        return read_json(resp).get("data") or {}
 
     def _field(self, path: str) -> str | None:
         meta, spec = self.pod["metadata"], self.pod["spec"]

@@ -11,7 +11,6 @@ and the watcher reports what happens to it next.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 from kubernetes import client
 
 from k8s_executor import identity
+from k8s_executor.kube_client import read_json
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def find_orphans(
             response = api.list_pod_for_all_namespaces(
                 label_selector=identity.selector(), _preload_content=False
             )
-        for pod in json.loads(response.data)["items"]:
+        for pod in read_json(response)["items"]:
             meta: dict[str, Any] = pod["metadata"]
             ref = identity.ref_from_annotations(meta.get("annotations"))
             if ref is None:

@@ -22,7 +22,7 @@ from kubernetes import client
 
 from k8s_executor import adoption, airflow_adapter, identity, metrics
 from k8s_executor.executor_config import ExecutorConfigError
-from k8s_executor.kube_client import core_api, error_message, make_configuration, read_json
+from k8s_executor.kube_client import core_api, error_message, make_configuration, read_body, read_json
 from k8s_executor.pod_building import PodBuildError, PodRequest, build_pod
 from k8s_executor.scheduler import AirflowKubernetesScheduler, TaskResult
 from k8s_executor.settings import ExecutorSettings
@@ -286,7 +286,7 @@ class KubernetesExecutor(BaseExecutor):
             if events:
                 messages.append(f"Kubernetes events: {events}")
             return messages, logs
-        logs.append(response.data.decode(errors="replace"))
+        logs.append(read_body(response).decode(errors="replace"))
         return messages, logs
 
     def _events_of(self, namespace: str, name: str) -> list[dict[str, Any]]:

@@ -27,7 +27,7 @@ from kubernetes import client
 from urllib3.exceptions import HTTPError
 
 from k8s_executor import metrics
-from k8s_executor.kube_client import error_message, merge_patch
+from k8s_executor.kube_client import error_message, merge_patch, read_body
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +167,8 @@ class Launcher:
         namespace, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
         started = time.monotonic()
         _, exc, attempts = self._with_retries(
-            lambda: self.api.create_namespaced_pod(
-                namespace, pod, _preload_content=False, **self.request_args
+            lambda: read_body(
+                self.api.create_namespaced_pod(namespace, pod, _preload_content=False, **self.request_args)
             ),
             deadline,
         )
@@ -187,8 +187,14 @@ class Launcher:
 
     def _delete(self, namespace: str, name: str) -> None:
         _, exc, _ = self._with_retries(
-            lambda: self.api.delete_namespaced_pod(
-                name, namespace, body=dict(self.delete_options), _preload_content=False, **self.request_args
+            lambda: read_body(
+                self.api.delete_namespaced_pod(
+                    name,
+                    namespace,
+                    body=dict(self.delete_options),
+                    _preload_content=False,
+                    **self.request_args,
+                )
             ),
             time.monotonic() + 120,
         )
@@ -201,11 +207,13 @@ class Launcher:
 
     def _patch_labels(self, namespace: str, name: str, labels: dict[str, str]) -> None:
         _, exc, _ = self._with_retries(
-            lambda: merge_patch(
-                self.api.api_client,
-                f"/api/v1/namespaces/{namespace}/pods/{name}",
-                {"metadata": {"labels": labels}},
-                **self.request_args,
+            lambda: read_body(
+                merge_patch(
+                    self.api.api_client,
+                    f"/api/v1/namespaces/{namespace}/pods/{name}",
+                    {"metadata": {"labels": labels}},
+                    **self.request_args,
+                )
             ),
             time.monotonic() + 120,
         )

@@ -16,7 +16,6 @@ Each message to the executor is a small tuple; the pod itself stays here.
 from __future__ import annotations
 
 import datetime
-import json
 import multiprocessing
 import signal
 import time
@@ -29,7 +28,7 @@ from kubernetes import client
 from urllib3.exceptions import HTTPError
 
 from k8s_executor import identity
-from k8s_executor.kube_client import json_lines
+from k8s_executor.kube_client import json_lines, read_json
 from k8s_executor.state_mapping import PodState, pod_state, with_events
 
 WATCH_TIMEOUT_S = 300
@@ -145,7 +144,7 @@ class KubernetesJobWatcher(multiprocessing.Process, LoggingMixin):
 
     def _list(self) -> str:
         listed_at = time.time()
-        body = json.loads(self._call().data)
+        body = read_json(self._call())
         rv = body["metadata"]["resourceVersion"]
         self.cache = {}
         names = set()
@@ -214,7 +213,7 @@ class KubernetesJobWatcher(multiprocessing.Process, LoggingMixin):
                 _preload_content=False,
                 _request_timeout=EVENTS_TIMEOUT_S,
             )
-            items: list[dict[str, Any]] = json.loads(response.data)["items"]
+            items: list[dict[str, Any]] = read_json(response)["items"]
         except (client.ApiException, HTTPError, OSError, ValueError) as exc:
             self.log.warning("events of pod %s not read: %s", meta["name"], exc)
             return []

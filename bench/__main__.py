@@ -60,13 +60,13 @@ CONFIGS = {
             "API_QPS": "400",
             "API_BURST": "800",
             "POD_CREATION_MAX_CONCURRENCY": "16",
-            "WORKER_PODS_CREATION_BATCH_SIZE": "512",
+            "WORKER_PODS_CREATION_BATCH_SIZE": "8192",
         },
     ),
     # Its documented default, pinned: with both packages installed, which provider's default
     # Airflow falls back to depends on load order.
     "official_default": (OFFICIAL, {"WORKER_PODS_CREATION_BATCH_SIZE": "1"}),
-    "official_best": (OFFICIAL, {"ASYNC_POD_CREATION": "True", "WORKER_PODS_CREATION_BATCH_SIZE": "256"}),
+    "official_best": (OFFICIAL, {"ASYNC_POD_CREATION": "True", "WORKER_PODS_CREATION_BATCH_SIZE": "1024"}),
 }
 
 DAG = """

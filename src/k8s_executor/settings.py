@@ -63,10 +63,11 @@ class ExecutorSettings(BaseModel):
         description="Waiting reasons of a pending pod's container that fail its task at once.",
     )
     worker_pods_creation_batch_size: int = Field(
-        256,
+        1024,
         ge=1,
         description="Most pods launched per scheduler heartbeat. The official provider defaults to 1; "
-        "pods are created concurrently here, so a larger batch costs no scheduler loop time.",
+        "pods are created concurrently here, so a batch costs the scheduler loop only the building of "
+        "its pods (a fraction of a millisecond each).",
     )
     async_pod_creation: bool = Field(
         False, description="Accepted for compatibility: pods are always created concurrently."

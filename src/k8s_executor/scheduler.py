@@ -327,8 +327,9 @@ class AirflowKubernetesScheduler(LoggingMixin):
                     never_started=True,
                 )
 
-    def in_flight(self) -> int:
-        return sum(1 for p in self.pods.values() if not p.finished)
+    def in_flight(self) -> set[identity.TaskRef]:
+        """The task tries whose pods this scheduler launched or adopted and still awaits."""
+        return {p.ref for p in self.pods.values() if not p.finished}
 
     def terminate(self) -> None:
         for watcher in self.watchers.values():

@@ -102,5 +102,7 @@ def merge_patch(api_client: client.ApiClient, path: str, body: dict[str, Any], *
         body=body,
         auth_settings=["BearerToken"],
         _preload_content=False,
+        # The response itself on every client version (older ones return a tuple without it).
+        _return_http_data_only=True,
         **kwargs,
     )

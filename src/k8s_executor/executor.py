@@ -206,9 +206,10 @@ class KubernetesExecutor(BaseExecutor):
         started = time.monotonic()
         by_ref = {airflow_adapter.ref_of(ti.key): ti for ti in tis}
         # A scheduler whose loop stalled past its health check is declared dead by itself and
-        # handed its own tasks: those still in flight here, created or not yet, are ours already.
-        # (Found at 5,000 tasks: 4,142 tries reset and launched twice.)
-        held = by_ref.keys() & self.kube_scheduler.in_flight()
+        # handed its own tasks: those still queued here or in flight (created or not yet) are
+        # ours already. (Found at 5,000 tasks: thousands of tries reset and launched twice.)
+        queued_here = {airflow_adapter.ref_of(key) for key in self.queued_tasks}
+        held = by_ref.keys() & (self.kube_scheduler.in_flight() | queued_here)
         dead = {str(ti.queued_by_job_id) for ti in tis if ti.queued_by_job_id is not None}
         dead.discard(self.scheduler_id)
         wanted = [ref for ref in by_ref if ref not in held]
@@ -221,8 +222,6 @@ class KubernetesExecutor(BaseExecutor):
             if orphan.ours:
                 self.running.add(by_ref[orphan.ref].key)
         adopted = held | {orphan.ref for orphan in orphans if orphan.ours}
-        for ref in held:
-            self.running.add(by_ref[ref].key)
         metrics.incr("adoption.pods", len(orphans))
         metrics.timing("adoption.duration", time.monotonic() - started)
         self.log.info(

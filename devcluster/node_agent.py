@@ -37,9 +37,11 @@ from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
+from urllib3.exceptions import HTTPError
 
 from devcluster import build
 from devcluster.pod_status import ContainerState, now_iso, pod_status
+from devcluster.status_writer import StatusWriter
 from k8s_executor.kube_client import json_lines, merge_patch, read_body, read_json
 
 log = logging.getLogger("node-agent")
@@ -113,7 +115,8 @@ class Agent:
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.simulator = Simulator(self)
-        self.patch_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="status")
+        self.patch_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="requests")
+        self.statuses = StatusWriter(self._write_status, self.stopping)
 
     # --- nodes -----------------------------------------------------------
     def register_nodes(self) -> None:
@@ -288,6 +291,7 @@ class Agent:
             if worker:
                 self.by_name.pop((worker.namespace, worker.name), None)
         if worker:
+            self.statuses.drop(uid)
             worker.kill()
             worker.cleanup()
 
@@ -297,13 +301,9 @@ class Agent:
         for uid in gone:
             self.forget(uid)
 
-    def patch_status(self, namespace: str, name: str, uid: str, status: dict[str, Any]) -> None:
+    def _write_status(self, uid: str, namespace: str, name: str, status: dict[str, Any]) -> None:
         body = {"metadata": {"uid": uid}, "status": status}
-        try:
-            self._patch(f"/api/v1/namespaces/{namespace}/pods/{name}/status", body)
-        except ApiException as exc:
-            if exc.status not in (404, 409):
-                log.warning("status of %s/%s not written: %s", namespace, name, exc.reason)
+        self._patch(f"/api/v1/namespaces/{namespace}/pods/{name}/status", body)
 
     def record_event(self, pod: dict[str, Any], kind: str, reason: str, message: str, container: str) -> None:
         """An Event about `pod`, as kubelet writes them (what `kubectl describe pod` shows)."""
@@ -393,7 +393,7 @@ class PodWorker:
         )
 
     def publish(self, reason: str | None = None, message: str | None = None) -> None:
-        self.agent.patch_status(self.namespace, self.name, self.uid, self.status(reason, message))
+        self.agent.statuses.set(self.uid, self.namespace, self.name, self.status(reason, message))
 
     def start(self) -> None:
         raise NotImplementedError
@@ -429,7 +429,7 @@ class SimulatedPod(PodWorker):
             c.started_at = started
         finish_file = annotations.get(FINISH_FILE_ANNOTATION)
         if duration > 0 or finish_file:
-            self.agent.patch_pool.submit(self.publish)
+            self.publish()
         if finish_file:
             self.agent.simulator.when_exists(Path(finish_file), self.finish)
         else:
@@ -441,7 +441,7 @@ class SimulatedPod(PodWorker):
         finished = now_iso()
         for c in self.main:
             c.finished_at, c.exit_code = finished, self.exit_code
-        self.agent.patch_pool.submit(self.publish)
+        self.publish()
 
     def request_deletion(self, grace_s: int) -> None:
         if not self.deleting.is_set():
@@ -759,7 +759,10 @@ class ProcessPod(PodWorker):
                 raise ConfigError(f'secret "{name}" not found') from exc
             if exc.status == 404:
                 return {}
-            raise
+            raise ConfigError(f"couldn't get secret {self.namespace}/{name}: {exc.reason}") from exc
+        except (HTTPError, OSError) as exc:
+            # The API server is out of reach for now: kubelet retries the container, as here.
+            raise ConfigError(f"couldn't get secret {self.namespace}/{name}: {exc}") from exc
         data = read_json(resp).get("data") or {}
         return {k: base64.b64decode(v).decode() for k, v in data.items()}
 
@@ -771,7 +774,10 @@ class ProcessPod(PodWorker):
                 raise ConfigError(f'configmap "{name}" not found') from exc
             if exc.status == 404:
                 return {}
-            raise
+            raise ConfigError(f"couldn't get configmap {self.namespace}/{name}: {exc.reason}") from exc
+        except (HTTPError, OSError) as exc:
+            # The API server is out of reach for now: kubelet retries the container, as here.
+            raise ConfigError(f"couldn't get configmap {self.namespace}/{name}: {exc}") from exc
         return read_json(resp).get("data") or {}
 
     def _field(self, path: str) -> str | None:
@@ -830,7 +836,10 @@ def signal_group(pid: int, sig: signal.Signals) -> None:
 def process_alive(pid: int, marker: str | None = None) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-        if marker and marker.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes():
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        # Just after exec the command line can read empty for a moment: that is our process still,
+        # not another one that reused the pid.
+        if marker and cmdline and marker.encode() not in cmdline:
             return False
     except OSError:
         return False

@@ -52,6 +52,12 @@ def namespace(core: client.CoreV1Api) -> Iterator[str]:
     name = f"t-{uuid.uuid4().hex[:10]}"
     core.create_namespace({"metadata": {"name": name}})
     # Pods are refused until the service-account controller has made `default`, as in any cluster.
-    wait_for(lambda: core.list_namespaced_service_account(name).items, f"default service account in {name}")
+    # After a test restarts the API server, the controller manager's informers back off before
+    # they watch again (seen: up to a minute), so the wait is generous.
+    wait_for(
+        lambda: core.list_namespaced_service_account(name).items,
+        f"default service account in {name}",
+        timeout=180,
+    )
     yield name
     core.delete_namespace(name)

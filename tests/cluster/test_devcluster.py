@@ -336,6 +336,25 @@ def test_agent_restart_keeps_running_pods(core: client.CoreV1Api, namespace: str
     assert "lost" in victim.status.container_statuses[0].state.terminated.message
 
 
+def test_pod_that_ends_while_the_api_server_is_down_is_reported_when_it_is_back(
+    core: client.CoreV1Api, namespace: str
+) -> None:
+    """kubelet keeps a status the API server did not take and writes it later; dropping it
+    would leave the pod Running for ever (and the executor waiting on it)."""
+    marker = Path(tempfile.mkdtemp()) / "ended"
+    core.create_namespaced_pod(namespace, shell_pod("outlives", f"sleep 2; touch {marker}; exit 0"))
+    wait_for_pod_phase(core, namespace, "outlives", ("Running",))
+    control_plane.stop_component(CLUSTER_DIR, "kube-apiserver")
+    try:
+        wait_for(marker.exists, "the container to end while the API server is down", timeout=30)
+        time.sleep(1)  # the agent's first write of the end meets no API server
+    finally:
+        control_plane.restart_component(CLUSTER_DIR, "kube-apiserver")
+    pod = wait_for_pod_phase(core, namespace, "outlives", ("Failed", "Succeeded"), timeout=30)
+    assert pod.status.phase == "Succeeded"
+    assert pod.status.container_statuses[0].state.terminated.exit_code == 0
+
+
 def processes_of(directory: Path) -> set[int]:
     """Processes whose command line names `directory` or that run in it (a container's cwd)."""
     found = set()

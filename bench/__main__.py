@@ -82,6 +82,29 @@ with DAG("bench", start_date=datetime.datetime(2024, 1, 1), schedule=None, catch
     unit.expand(i=list(range({tasks})))
 """
 
+# For adoption: half the pods end while no scheduler runs (their own finish file), half keep running.
+# The tasks report nothing themselves, so the successor must read each ended pod's outcome.
+ADOPTION_DAG = """
+import datetime
+from airflow.sdk import DAG, task
+from kubernetes.client import models as k8s
+
+ENDED_EARLY = k8s.V1Pod(metadata=k8s.V1ObjectMeta(annotations={"{annotation}": "{ended_file}"}))
+
+with DAG("bench", start_date=datetime.datetime(2024, 1, 1), schedule=None, catchup=False,
+         max_active_tasks=100000):
+    @task
+    def unit(i: int) -> None:
+        pass
+
+    @task(executor_config={"pod_override": ENDED_EARLY})
+    def ended(i: int) -> None:
+        pass
+
+    unit.expand(i=list(range({running})))
+    ended.expand(i=list(range({ended})))
+"""
+
 
 def simulated_template(path: Path, finish_file: Path) -> Path:
     path.write_text(
@@ -114,7 +137,7 @@ def queued_at(stack: AirflowStack, run_id: str) -> dict[int, float]:
 
 
 def start_stack(
-    name: str, state: control_plane.ClusterState, core: client.CoreV1Api, tasks: int
+    name: str, state: control_plane.ClusterState, core: client.CoreV1Api, tasks: int, dag: str = ""
 ) -> tuple[AirflowStack, Path]:
     executor, options = CONFIGS[name]
     namespace = f"bench-{uuid.uuid4().hex[:8]}"
@@ -136,7 +159,7 @@ def start_stack(
     finish_file = home / "finish"
     template = simulated_template(home / "simulated_pod.json", finish_file)
     stack.extra_env["AIRFLOW__KUBERNETES_EXECUTOR__POD_TEMPLATE_FILE"] = str(template)
-    (stack.dags_folder / "bench.py").write_text(DAG.replace("{tasks}", str(tasks)))
+    (stack.dags_folder / "bench.py").write_text(dag or DAG.replace("{tasks}", str(tasks)))
     stack.start("api-server", "dag-processor")
     stack.wait_for_dag("bench")
     stack.start_component("scheduler")
@@ -237,8 +260,16 @@ def run_executor(
 def run_adoption(
     name: str, state: control_plane.ClusterState, core: client.CoreV1Api, tasks: int, timeout: float
 ) -> dict[str, Any]:
-    """A scheduler dies with `tasks` pods running; how long until a new one has adopted them all."""
-    stack, _ = start_stack(name, state, core, tasks)
+    """A scheduler dies with `tasks` pods, half of which end before a new one starts; how long
+    until the new one has adopted them all."""
+    ended_file = Path(tempfile.mkdtemp(prefix="k8s-executor-bench-ended-")) / "ended"
+    dag = (
+        ADOPTION_DAG.replace("{annotation}", FINISH_FILE_ANNOTATION)
+        .replace("{ended_file}", str(ended_file))
+        .replace("{running}", str(tasks - tasks // 2))
+        .replace("{ended}", str(tasks // 2))
+    )
+    stack, _ = start_stack(name, state, core, tasks, dag)
     try:
         clock = PodClock(core, stack.namespace)
         stack.trigger("bench", "bench-1")
@@ -246,6 +277,8 @@ def run_adoption(
         time.sleep(5)
         stack.kill_component("scheduler")
         killed = time.time()
+        ended_file.touch()
+        clock.wait(lambda c: sum(bool(p.terminal) for p in c.pods.values()) >= tasks // 2, timeout)
         stack.start_component("scheduler")
         log = stack.home / "scheduler.log"
 

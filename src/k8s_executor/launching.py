@@ -14,8 +14,10 @@ message goes back to the task.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import queue
 import random
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -225,3 +227,123 @@ class Launcher:
         self.stopping.set()
         self.closed = True
         self.pool.shutdown(wait=wait, cancel_futures=not wait)
+
+
+class LauncherProcess:
+    """The launcher in a process of its own, with the same calls as `Launcher`.
+
+    During a burst Airflow's scheduler loop keeps one core busy in Python; launcher threads
+    inside that process wait for its GIL at every socket read, which doubled the time of each
+    create (bench/RESULTS.md). Spawned, with an interpreter of its own, they wait only for the
+    network. The process is spawned, not forked, for the reason the watcher is. Creates not yet
+    answered are kept here, so a launcher process that dies is restarted and they are sent
+    again; a create whose first attempt did land meets 409 and counts as created.
+    """
+
+    def __init__(self, kube_config: client.Configuration, **options: Any) -> None:
+        self.kube_config = kube_config
+        self.options = options
+        self.results: queue.SimpleQueue[LaunchResult] = queue.SimpleQueue()
+        self.unanswered: dict[tuple[str, str], tuple[dict[str, Any], float]] = {}
+        self.lock = threading.Lock()
+        self.closed = False
+        self.restarts = 0
+        self._start()
+
+    def _start(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.requests: Any = context.Queue()
+        answers: Any = context.Queue()
+        self.process = context.Process(
+            target=_serve,
+            args=(self.kube_config, self.options, self.requests, answers),
+            name="k8s-executor-launcher",
+            daemon=True,
+        )
+        self.process.start()
+        self.receiver = threading.Thread(
+            target=self._receive, args=(self.process, answers), name="k8s-launch-results", daemon=True
+        )
+        self.receiver.start()
+
+    def _receive(self, process: multiprocessing.process.BaseProcess, answers: Any) -> None:
+        while True:
+            try:
+                result = answers.get(timeout=1.0)
+            except queue.Empty:
+                if not process.is_alive():
+                    return
+                continue
+            if result is None:
+                return
+            with self.lock:
+                self.unanswered.pop((result.namespace, result.name), None)
+            self.results.put(result)
+
+    def _send(self, verb: str, *args: Any) -> None:
+        if self.closed:
+            log.info("launcher closed: %s%s left to the next scheduler", verb, args[:2])
+            return
+        self.requests.put((verb, args))
+
+    def create(self, pod: dict[str, Any], deadline: float) -> None:
+        with self.lock:
+            self.unanswered[(pod["metadata"]["namespace"], pod["metadata"]["name"])] = (pod, deadline)
+        self._send("create", pod, deadline)
+
+    def delete(self, namespace: str, name: str) -> None:
+        self._send("delete", namespace, name)
+
+    def patch_labels(self, namespace: str, name: str, labels: dict[str, str]) -> None:
+        self._send("patch_labels", namespace, name, labels)
+
+    def check(self) -> None:
+        """Restart a launcher process that died, and send its unanswered creates again."""
+        if self.closed or self.process.is_alive():
+            return
+        log.error("launcher process died (exit code %s); restarting", self.process.exitcode)
+        self.restarts += 1
+        self._start()
+        with self.lock:
+            pending = list(self.unanswered.values())
+        for pod, deadline in pending:
+            self._send("create", pod, deadline)
+
+    def shutdown(self, wait: bool) -> None:
+        """Stop retrying; with `wait`, requests already handed over are still sent, once each."""
+        if self.closed:
+            return
+        self.closed = True
+        self.requests.put(("shutdown", (wait,)))
+        self.process.join(timeout=60 if wait else 5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(timeout=5)
+        # The last results are on their way to `results` until the receiver has read the end.
+        self.receiver.join(timeout=5)
+
+
+def _serve(kube_config: client.Configuration, options: dict[str, Any], requests: Any, answers: Any) -> None:
+    """The launcher process: requests in, results out, until told to shut down."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # Ctrl-C reaches the whole process group; the scheduler decides when the launcher stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    launcher = Launcher(client.CoreV1Api(client.ApiClient(kube_config)), **options)
+
+    def forward() -> None:
+        while (result := launcher.results.get()) is not None:
+            answers.put(result)
+        answers.put(None)
+
+    forwarder = threading.Thread(target=forward, name="k8s-launch-forward")
+    forwarder.start()
+    while True:
+        verb, args = requests.get()
+        if verb == "shutdown":
+            launcher.shutdown(wait=args[0])
+            break
+        getattr(launcher, verb)(*args)
+    launcher.results.put(None)  # type: ignore[arg-type]
+    forwarder.join()
+    answers.close()
+    answers.join_thread()

@@ -20,7 +20,7 @@ from kubernetes import client
 
 from k8s_executor import identity, metrics
 from k8s_executor.adoption import Orphan
-from k8s_executor.launching import Launcher, LaunchResult
+from k8s_executor.launching import LauncherProcess, LaunchResult
 from k8s_executor.resource_version import ResourceVersion
 from k8s_executor.settings import ExecutorSettings
 from k8s_executor.state_mapping import PodState, pod_state
@@ -75,8 +75,8 @@ class AirflowKubernetesScheduler(LoggingMixin):
         # here. Never reported: its task is not this scheduler's.
         self.unclaimed: dict[tuple[str, str], tuple[float, PodState]] = {}
         self.unclaimed_grace_s = unclaimed_grace_s
-        self.launcher = Launcher(
-            kube_client,
+        self.launcher = LauncherProcess(
+            kube_config,
             concurrency=self.settings.creation_concurrency,
             qps=self.settings.api_qps,
             burst=self.settings.api_burst,
@@ -169,6 +169,7 @@ class AirflowKubernetesScheduler(LoggingMixin):
 
     # --- results ---------------------------------------------------------
     def sync(self) -> None:
+        self.launcher.check()
         self._drain_launches()
         self._drain_watchers()
         self._expire_unstarted()

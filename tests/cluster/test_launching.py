@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import pytest
@@ -9,7 +11,7 @@ from kubernetes import client
 
 from devcluster import control_plane
 from k8s_executor.identity import TaskRef
-from k8s_executor.launching import Launcher, LaunchResult
+from k8s_executor.launching import Launcher, LauncherProcess, LaunchResult
 from k8s_executor.pod_building import PodDefaults, PodRequest, build_pod
 from tests.conftest import CLUSTER_DIR
 from tests.helpers import wait_for
@@ -94,3 +96,44 @@ def test_an_api_server_that_is_down_is_waited_for_not_counted_as_a_refusal(
         control_plane.restart_component(CLUSTER_DIR, "kube-apiserver")
     [result] = results(launcher, 1)
     assert result.ok and result.attempts > 1
+
+
+def test_launcher_process_that_dies_is_restarted_and_resends_unanswered_creates(
+    api_client: client.ApiClient, core: client.CoreV1Api, namespace: str
+) -> None:
+    launcher = LauncherProcess(api_client.configuration, concurrency=2, qps=50, burst=50, max_retries=3)
+    try:
+        launcher.create(pod_for(namespace, "answered"), time.monotonic() + 60)
+        [first] = results(launcher, 1)
+        assert first.ok
+        os.kill(launcher.process.pid, signal.SIGKILL)
+        launcher.process.join(timeout=10)
+        # Sent to a process that is gone: only the restart can deliver them.
+        for task in ("resent-1", "resent-2"):
+            launcher.create(pod_for(namespace, task), time.monotonic() + 60)
+        launcher.check()
+        assert launcher.restarts == 1
+        resent = results(launcher, 2)
+        assert sorted((r.name, r.ok) for r in resent) == sorted(
+            (pod_for(namespace, t)["metadata"]["name"], True) for t in ("resent-1", "resent-2")
+        )
+        names = sorted(p.metadata.name for p in core.list_namespaced_pod(namespace).items)
+        assert names == sorted(
+            pod_for(namespace, t)["metadata"]["name"] for t in ("answered", "resent-1", "resent-2")
+        )
+    finally:
+        launcher.shutdown(wait=True)
+    assert not launcher.process.is_alive()
+
+
+def test_launcher_process_shut_down_with_wait_delivers_every_result(
+    api_client: client.ApiClient, namespace: str
+) -> None:
+    launcher = LauncherProcess(api_client.configuration, concurrency=4, qps=100, burst=100, max_retries=3)
+    for i in range(20):
+        launcher.create(pod_for(namespace, f"t{i}"), time.monotonic() + 60)
+    launcher.shutdown(wait=True)
+    delivered = []
+    while not launcher.results.empty():
+        delivered.append(launcher.results.get_nowait())
+    assert len(delivered) == 20 and all(r.ok for r in delivered)

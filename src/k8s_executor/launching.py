@@ -1,7 +1,8 @@
 """Creating and deleting pods: concurrent, rate-limited, retried, never duplicated.
 
-Requests run on a small thread pool so the scheduler loop never waits on the
-network. A token bucket keeps the executor within the QPS it was given, as
+Requests run on a small thread pool in a process of the launcher's own
+(`LauncherProcess`), so the scheduler loop never waits on the network and the
+requests never wait on the scheduler loop. A token bucket keeps the executor within the QPS it was given, as
 client-go's rate limiter does. Refusals that can pass (429 with its Retry-After,
 5xx, 403 for quota or for RBAC not loaded yet) are retried with backoff, up to
 `task_publish_max_retries` times; an API server that cannot be reached at all

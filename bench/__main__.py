@@ -284,7 +284,7 @@ def run_adoption(
 
         def adopted_at() -> tuple[float, int] | None:
             if CONFIGS[name][0] == OURS:
-                done = [(t, n) for t, n in adoptions_logged(log) if t > killed and n]
+                done = [(t, n) for t, n, _ in adoptions_logged(log) if t > killed and n]
                 return done[0] if done else None
             relabelled = [p.relabelled for p in clock.pods.values() if p.relabelled]
             return (max(relabelled), len(relabelled)) if len(relabelled) == len(clock.pods) else None
@@ -303,6 +303,10 @@ def run_adoption(
             # adoption: the executor's part, not Airflow's wait for the dead scheduler's heartbeat.
             "adoption_s": (end[0] - began) if end and began else None,
             "kill_to_adopted_s": (end[0] - killed) if end else None,
+            # Ours only: the executor's own part, as it logs it.
+            "executor_adoption_s": next(
+                (took for t, n, took in adoptions_logged(log) if end and t == end[0]), None
+            ),
         }
     finally:
         stop_stack(stack, core)

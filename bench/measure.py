@@ -97,7 +97,9 @@ _EVENT = re.compile(
     r"TaskInstanceKey\(dag_id='[^']*', task_id='[^']*', run_id='([^']*)', try_number=\d+, map_index=(-?\d+)\)"
 )
 _ADOPTING = re.compile(r"^(\S+Z) .*Adopting or resetting orphaned tasks for active dag runs")
-_ADOPTED = re.compile(r"^(\S+Z) .*adopted (\d+) of \d+ task instances from schedulers")
+_ADOPTED = re.compile(
+    r"^(\S+Z) .*adopted (\d+) of \d+ task instances from schedulers (?:.* in ([\d.]+) s \()?"
+)
 
 
 def _stamp(text: str) -> float:
@@ -119,14 +121,15 @@ def executor_events(scheduler_log: Path, run_id: str) -> dict[int, float]:
     return seen
 
 
-def adoptions_logged(scheduler_log: Path) -> list[tuple[float, int]]:
-    """When this executor ended an adoption pass, and how many task instances it adopted.
+def adoptions_logged(scheduler_log: Path) -> list[tuple[float, int, float | None]]:
+    """When this executor ended an adoption pass, how many task instances it adopted, and how long
+    its own part took (Airflow's query of the task instances before it not included).
 
     It writes nothing to the pods it adopts, so its own log line marks the end; the official
     executor's end is its last relabel patch, seen on the pods.
     """
     return [
-        (_stamp(m.group(1)), int(m.group(2)))
+        (_stamp(m.group(1)), int(m.group(2)), float(m.group(3)) if m.group(3) else None)
         for line in scheduler_log.read_text(errors="replace").splitlines()
         if (m := _ADOPTED.match(line))
     ]

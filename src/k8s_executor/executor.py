@@ -214,6 +214,7 @@ class KubernetesExecutor(BaseExecutor):
         dead.discard(self.scheduler_id)
         wanted = [ref for ref in by_ref if ref not in held]
         orphans = adoption.find_orphans(self.kube_client, self.settings.watched_namespaces, wanted, dead)
+        listed = time.monotonic() - started
         deadline = time.monotonic() + airflow_adapter.task_queued_timeout_s()
         for orphan in orphans:
             # Pods whose task already ended (through the execution API) are taken too, only to be
@@ -223,9 +224,15 @@ class KubernetesExecutor(BaseExecutor):
                 self.running.add(by_ref[orphan.ref].key)
         adopted = held | {orphan.ref for orphan in orphans if orphan.ours}
         metrics.incr("adoption.pods", len(orphans))
-        metrics.timing("adoption.duration", time.monotonic() - started)
+        took = time.monotonic() - started
+        metrics.timing("adoption.duration", took)
         self.log.info(
-            "adopted %d of %d task instances from schedulers %s", len(adopted), len(tis), sorted(dead)
+            "adopted %d of %d task instances from schedulers %s in %.2f s (%.2f s listing their pods)",
+            len(adopted),
+            len(tis),
+            sorted(dead),
+            took,
+            listed,
         )
         return [ti for ref, ti in by_ref.items() if ref not in adopted]
 

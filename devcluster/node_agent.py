@@ -752,33 +752,26 @@ class ProcessPod(PodWorker):
         return env
 
     def _secret(self, name: str, optional: bool | None) -> dict[str, str]:
-        try:
-            resp = self.agent.api.read_namespaced_secret(name, self.namespace, _preload_content=False)
-        except ApiException as exc:
-            if exc.status == 404 and not optional:
-                raise ConfigError(f'secret "{name}" not found') from exc
-            if exc.status == 404:
-                return {}
-            raise ConfigError(f"couldn't get secret {self.namespace}/{name}: {exc.reason}") from exc
-        except (HTTPError, OSError) as exc:
-            # The API server is out of reach for now: kubelet retries the container, as here.
-            raise ConfigError(f"couldn't get secret {self.namespace}/{name}: {exc}") from exc
-        data = read_json(resp).get("data") or {}
+        data = self._data("secret", self.agent.api.read_namespaced_secret, name, optional)
         return {k: base64.b64decode(v).decode() for k, v in data.items()}
 
     def _config_map(self, name: str, optional: bool | None) -> dict[str, str]:
+        return self._data("configmap", self.agent.api.read_namespaced_config_map, name, optional)
+
+    def _data(self, kind: str, read: Callable[..., Any], name: str, optional: bool | None) -> dict[str, str]:
+        """The object's `data`; {} if it is missing and optional. Anything else is a
+        CreateContainerConfigError, which the container waits out, as with kubelet."""
         try:
-            resp = self.agent.api.read_namespaced_config_map(name, self.namespace, _preload_content=False)
+            return read_json(read(name, self.namespace, _preload_content=False)).get("data") or {}
         except ApiException as exc:
-            if exc.status == 404 and not optional:
-                raise ConfigError(f'configmap "{name}" not found') from exc
-            if exc.status == 404:
+            if exc.status == 404 and optional:
                 return {}
-            raise ConfigError(f"couldn't get configmap {self.namespace}/{name}: {exc.reason}") from exc
-        except (HTTPError, OSError) as exc:
-            # The API server is out of reach for now: kubelet retries the container, as here.
-            raise ConfigError(f"couldn't get configmap {self.namespace}/{name}: {exc}") from exc
-        return read_json(resp).get("data") or {}
+            if exc.status == 404:
+                raise ConfigError(f'{kind} "{name}" not found') from exc
+            raise ConfigError(f"couldn't get {kind} {self.namespace}/{name}: {exc.reason}") from exc
+        except (HTTPError, OSError, ValueError) as exc:
+            # The API server is out of reach for now (restarting): retried like any config error.
+            raise ConfigError(f"couldn't get {kind} {self.namespace}/{name}: {exc}") from exc
 
     def _field(self, path: str) -> str | None:
         meta, spec = self.pod["metadata"], self.pod["spec"]

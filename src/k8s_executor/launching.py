@@ -2,8 +2,8 @@
 
 Requests run on a small thread pool in a process of the launcher's own
 (`LauncherProcess`), so the scheduler loop never waits on the network and the
-requests never wait on the scheduler loop. A token bucket keeps the executor within the QPS it was given, as
-client-go's rate limiter does. Refusals that can pass (429 with its Retry-After,
+requests never wait on the scheduler loop. A token bucket keeps the executor
+within the QPS it was given, as client-go's rate limiter does. Refusals that can pass (429 with its Retry-After,
 5xx, 403 for quota or for RBAC not loaded yet) are retried with backoff, up to
 `task_publish_max_retries` times; an API server that cannot be reached at all
 (restarting, upgrading) is waited for until the task's own deadline, since
@@ -124,7 +124,6 @@ class Launcher:
         self.delete_options = delete_options or {}
         self.results: queue.SimpleQueue[LaunchResult] = queue.SimpleQueue()
         self.stopping = threading.Event()
-        self.closed = False
 
     def _with_retries(self, call: Callable[[], Any], deadline: float) -> tuple[Any, Exception | None, int]:
         attempt = refusals = 0
@@ -148,10 +147,6 @@ class Launcher:
                 time.sleep(backoff)
 
     def _submit(self, fn: Callable[..., None], *args: Any) -> None:
-        if self.closed:
-            # Only after end(): the next scheduler adopts the pod and finishes the job.
-            log.info("launcher closed: %s%s left to the next scheduler", fn.__name__.strip("_"), args[:2])
-            return
         self.pool.submit(self._logged, fn, *args)
 
     @staticmethod
@@ -226,7 +221,6 @@ class Launcher:
     def shutdown(self, wait: bool) -> None:
         """Stop retrying; with `wait`, requests already handed over are still sent, once each."""
         self.stopping.set()
-        self.closed = True
         self.pool.shutdown(wait=wait, cancel_futures=not wait)
 
 
@@ -234,11 +228,12 @@ class LauncherProcess:
     """The launcher in a process of its own, with the same calls as `Launcher`.
 
     During a burst Airflow's scheduler loop keeps one core busy in Python; launcher threads
-    inside that process wait for its GIL at every socket read, which doubled the time of each
-    create (bench/RESULTS.md). Spawned, with an interpreter of its own, they wait only for the
-    network. The process is spawned, not forked, for the reason the watcher is. Creates not yet
-    answered are kept here, so a launcher process that dies is restarted and they are sent
-    again; a create whose first attempt did land meets 409 and counts as created.
+    inside that process wait for its GIL at every socket read (about 10% of a burst's rate,
+    bench/RESULTS.md). Spawned, with an interpreter of its own, they wait only for the network
+    and the CPU. It is spawned, not forked, for the reason the watcher is. Requests after
+    `shutdown` are refused here, and left to the next scheduler. Creates not yet answered are
+    kept here, so a launcher process that dies is restarted and they are sent again; a create
+    whose first attempt did land meets 409 and counts as created.
     """
 
     def __init__(self, kube_config: client.Configuration, **options: Any) -> None:

@@ -439,17 +439,21 @@ def down(directory: Path, grace_s: float = 10.0) -> list[str]:
 
 
 def _kill_orphan_containers(directory: Path) -> list[str]:
-    """Containers whose node agent died without stopping them (SIGKILL) must not outlive the cluster."""
+    """Containers whose node agent did not stop them (killed, or the pod's record already gone)
+    must not outlive the cluster. Each runs under a shim whose command line names its exit file
+    in this cluster's directory, so /proc finds them all, whatever the agent remembers."""
+    marker = str(directory / "node-agent" / "pods").encode()
     killed = []
-    for state_file in (directory / "node-agent" / "pods").glob("*/state.json"):
-        try:
-            procs = json.loads(state_file.read_text())["procs"]
-        except (OSError, ValueError, KeyError):
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
             continue
-        for container, pid in procs.items():
-            if _alive(pid, str(directory)):
-                _kill(pid, 0)
-                killed.append(f"container {container} (pid {pid})")
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"devcluster.shim" in cmdline and marker in cmdline and _running(int(entry)):
+            _kill(int(entry), 0)
+            killed.append(f"container shim (pid {entry})")
     return killed
 
 

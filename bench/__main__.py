@@ -233,6 +233,8 @@ def run_executor(
             "pods_created": created,
             "all_launched": launched,
             "launch_s": last_created - started,
+            # Airflow's part of the launch: from the first task queued to the first pod created.
+            "queue_to_first_pod_s": min((p.created for p in clock.pods.values()), default=started) - started,
             "pods_per_s": created / (last_created - started) if last_created > started else None,
             "queue_to_pod_p50_s": percentile(to_pod, 50),
             "queue_to_pod_p99_s": percentile(to_pod, 99),

@@ -4,9 +4,10 @@ Airflow hands a new scheduler the task instances queued by a dead one. Their
 pods are found by the task try their annotations name, whichever scheduler's
 label they carry: a pod keeps the label of the scheduler that launched it
 through any number of adoptions, since the watcher sees every executor pod and
-nothing needs the label to change. So adoption is one list per namespace and
-no write: the listed pod is judged at once (the list is a fresh observation),
-and the watcher reports what happens to it next.
+nothing needs the label to change. So adoption writes nothing. It is served
+from what the watchers have already listed and watched (`Sighting`s), so a
+new scheduler lists its pods once, not once for the watcher and once more for
+adoption; `list_sightings` is the direct list for when no watcher has listed.
 """
 
 from __future__ import annotations
@@ -19,6 +20,18 @@ from kubernetes import client
 
 from k8s_executor import identity
 from k8s_executor.kube_client import read_json
+from k8s_executor.state_mapping import PodState, pod_state
+
+
+@dataclass(frozen=True)
+class Sighting:
+    """What is known of an executor pod this scheduler does not track."""
+
+    ref: identity.TaskRef
+    namespace: str
+    name: str
+    scheduler_id: str
+    state: PodState
 
 
 @dataclass(frozen=True)
@@ -26,21 +39,35 @@ class Orphan:
     ref: identity.TaskRef
     namespace: str
     name: str
-    pod: dict[str, Any]
+    state: PodState
     # False for a pod of a dead scheduler whose task already ended: taken only to be disposed of.
     ours: bool
 
 
-def find_orphans(
-    api: client.CoreV1Api,
-    namespaces: Iterable[str | None],
+def select_orphans(
+    sightings: Iterable[Sighting],
     tries: Iterable[identity.TaskRef],
     dead_scheduler_ids: Iterable[str],
 ) -> list[Orphan]:
-    """Pods awaiting a verdict that run one of `tries`, or were launched by a dead scheduler."""
+    """The pods that run one of `tries`, or were launched by a dead scheduler."""
     wanted = set(tries)
     dead = {identity.safe_label_value(i) for i in dead_scheduler_ids}
     orphans = []
+    for seen in sightings:
+        ours = seen.ref in wanted
+        if ours or seen.scheduler_id in dead:
+            orphans.append(Orphan(seen.ref, seen.namespace, seen.name, seen.state, ours))
+    return orphans
+
+
+def list_sightings(
+    api: client.CoreV1Api,
+    namespaces: Iterable[str | None],
+    fatal_waiting_reasons: frozenset[str] = frozenset(),
+    unschedulable_timeout_s: float = 300.0,
+) -> list[Sighting]:
+    """Every executor pod awaiting a verdict in `namespaces`, judged as listed."""
+    sightings = []
     for namespace in namespaces:
         if namespace:
             response = api.list_namespaced_pod(
@@ -55,7 +82,11 @@ def find_orphans(
             ref = identity.ref_from_annotations(meta.get("annotations"))
             if ref is None:
                 continue
-            ours = ref in wanted
-            if ours or (meta.get("labels") or {}).get(identity.WORKER_LABEL) in dead:
-                orphans.append(Orphan(ref, meta["namespace"], meta["name"], pod, ours))
-    return orphans
+            state = pod_state(
+                pod,
+                fatal_waiting_reasons=fatal_waiting_reasons,
+                unschedulable_timeout_s=unschedulable_timeout_s,
+            )
+            scheduler_id = (meta.get("labels") or {}).get(identity.WORKER_LABEL, "")
+            sightings.append(Sighting(ref, meta["namespace"], meta["name"], scheduler_id, state))
+    return sightings

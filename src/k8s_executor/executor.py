@@ -20,7 +20,7 @@ from airflow.executors.base_executor import BaseExecutor
 from airflow.utils.state import TaskInstanceState
 from kubernetes import client
 
-from k8s_executor import adoption, airflow_adapter, identity, metrics
+from k8s_executor import airflow_adapter, identity, metrics
 from k8s_executor.executor_config import ExecutorConfigError
 from k8s_executor.kube_client import core_api, error_message, make_configuration, read_body, read_json
 from k8s_executor.pod_building import PodBuildError, PodRequest, build_pod
@@ -213,8 +213,8 @@ class KubernetesExecutor(BaseExecutor):
         dead = {str(ti.queued_by_job_id) for ti in tis if ti.queued_by_job_id is not None}
         dead.discard(self.scheduler_id)
         wanted = [ref for ref in by_ref if ref not in held]
-        orphans = adoption.find_orphans(self.kube_client, self.settings.watched_namespaces, wanted, dead)
-        listed = time.monotonic() - started
+        orphans = self.kube_scheduler.find_orphans(wanted, dead)
+        found = time.monotonic() - started
         deadline = time.monotonic() + airflow_adapter.task_queued_timeout_s()
         for orphan in orphans:
             # Pods whose task already ended (through the execution API) are taken too, only to be
@@ -227,12 +227,12 @@ class KubernetesExecutor(BaseExecutor):
         took = time.monotonic() - started
         metrics.timing("adoption.duration", took)
         self.log.info(
-            "adopted %d of %d task instances from schedulers %s in %.2f s (%.2f s listing their pods)",
+            "adopted %d of %d task instances from schedulers %s in %.2f s (%.2f s finding their pods)",
             len(adopted),
             len(tis),
             sorted(dead),
             took,
-            listed,
+            found,
         )
         return [ti for ref, ti in by_ref.items() if ref not in adopted]
 

@@ -18,12 +18,12 @@ from typing import Any
 from airflow.utils.log.logging_mixin import LoggingMixin
 from kubernetes import client
 
-from k8s_executor import identity, metrics
-from k8s_executor.adoption import Orphan
+from k8s_executor import adoption, identity, metrics
+from k8s_executor.adoption import Orphan, Sighting
 from k8s_executor.launching import LauncherProcess, LaunchResult
 from k8s_executor.resource_version import ResourceVersion
 from k8s_executor.settings import ExecutorSettings
-from k8s_executor.state_mapping import PodState, pod_state
+from k8s_executor.state_mapping import PodState
 from k8s_executor.watching import Bookmark, KubernetesJobWatcher, PodEvent, Resync
 
 
@@ -69,11 +69,13 @@ class AirflowKubernetesScheduler(LoggingMixin):
         self.settings = settings or ExecutorSettings()
         self.pods: dict[tuple[str, str], TrackedPod] = {}
         self.fatal_waiting_reasons = frozenset(self.settings.worker_pod_pending_fatal_container_state_reasons)
-        # Finished pods of other schedulers, with when they were first seen finished. A live
+        # Pods of other schedulers as the watchers last saw them: what adoption takes over.
+        self.others: dict[tuple[str, str], Sighting] = {}
+        # Those of them that have finished, with when they were first seen finished. A live
         # owner disposes of its pods within seconds; one still unclaimed after the grace has no
         # owner left (its tasks ended before any successor adopted them), so it is disposed of
         # here. Never reported: its task is not this scheduler's.
-        self.unclaimed: dict[tuple[str, str], tuple[float, PodState]] = {}
+        self.unclaimed: dict[tuple[str, str], float] = {}
         self.unclaimed_grace_s = unclaimed_grace_s
         self.launcher = LauncherProcess(
             kube_config,
@@ -134,21 +136,46 @@ class AirflowKubernetesScheduler(LoggingMixin):
         )
         self.launcher.create(pod, deadline)
 
+    def find_orphans(
+        self, tries: list[identity.TaskRef], dead_scheduler_ids: set[str], wait_s: float = 120.0
+    ) -> list[Orphan]:
+        """The pods of `tries` and of the dead schedulers, as the watchers know them.
+
+        A new scheduler is handed its orphans right after it starts: its watchers' first lists
+        are waited for, rather than listing the same pods a second time at the same moment.
+        Watchers that have not listed within `wait_s` (an API server refusing lists, say) are
+        not waited for longer: the pods are listed directly.
+        """
+        deadline = time.monotonic() + wait_s
+        while not (self.watchers and self.watchers.keys() <= self.listed):
+            if time.monotonic() >= deadline:
+                self.log.warning(
+                    "the watchers have not listed their pods in %.0f s; adoption lists them itself", wait_s
+                )
+                sightings = adoption.list_sightings(
+                    self.kube_client,
+                    self.settings.watched_namespaces,
+                    self.fatal_waiting_reasons,
+                    self.settings.unschedulable_pod_timeout,
+                )
+                return adoption.select_orphans(sightings, tries, dead_scheduler_ids)
+            time.sleep(0.05)
+            self._drain_watchers()
+        # What the watchers saw up to this moment, not what they saw when the queue was last read.
+        self._drain_watchers()
+        return adoption.select_orphans(self.others.values(), tries, dead_scheduler_ids)
+
     def adopt(self, orphan: Orphan, deadline: float) -> None:
-        """Take responsibility for a pod that already exists, judged as adoption listed it."""
+        """Take responsibility for a pod that already exists, judged as last seen."""
         key = (orphan.namespace, orphan.name)
+        self.others.pop(key, None)
         self.unclaimed.pop(key, None)
         pod = self.pods[key] = TrackedPod(
             orphan.ref, *key, deadline, created=True, created_at=time.time(), report=orphan.ours
         )
-        state = pod_state(
-            orphan.pod,
-            fatal_waiting_reasons=self.fatal_waiting_reasons,
-            unschedulable_timeout_s=self.settings.unschedulable_pod_timeout,
-        )
-        pod.last_state = state
-        if state.terminal:
-            self._report(pod, state)
+        pod.last_state = orphan.state
+        if orphan.state.terminal:
+            self._report(pod, orphan.state)
 
     def revoke(self, ref: identity.TaskRef) -> None:
         """Airflow took the task back: its pod goes, and nothing more is reported for it."""
@@ -254,7 +281,7 @@ class AirflowKubernetesScheduler(LoggingMixin):
             if event.ref is None:
                 return
             if event.scheduler_id != identity.safe_label_value(self.worker_uuid):
-                self._note_unclaimed(event)
+                self._note_other(event)
                 return
             pod = TrackedPod(event.ref, event.namespace, event.name, time.monotonic() + 600, created=True)
             self.pods[(event.namespace, event.name)] = pod
@@ -278,26 +305,34 @@ class AirflowKubernetesScheduler(LoggingMixin):
         )
         self.delete_pod(pod.name, pod.namespace)
 
-    def _note_unclaimed(self, event: PodEvent) -> None:
+    def _note_other(self, event: PodEvent) -> None:
+        assert event.ref is not None
         key = (event.namespace, event.name)
-        if event.deleted or not event.state.terminal:
+        if event.deleted:
+            self.others.pop(key, None)
             self.unclaimed.pop(key, None)
-        elif key not in self.unclaimed:
-            self.unclaimed[key] = (time.monotonic(), event.state)
+            return
+        self.others[key] = Sighting(event.ref, event.namespace, event.name, event.scheduler_id, event.state)
+        if not event.state.terminal:
+            self.unclaimed.pop(key, None)
+        else:
+            self.unclaimed.setdefault(key, time.monotonic())
 
     def _dispose_unclaimed(self) -> None:
         now = time.monotonic()
-        for key, (since, state) in list(self.unclaimed.items()):
+        for key, since in list(self.unclaimed.items()):
             if now - since >= self.unclaimed_grace_s:
                 del self.unclaimed[key]
+                seen = self.others.pop(key)
                 self.log.info("pod %s/%s finished with no scheduler left to claim it; disposing", *key)
                 metrics.incr("unclaimed_pods.disposed")
-                self._dispose(*key, state)
+                self._dispose(*key, seen.state)
 
     def _on_resync(self, resync: Resync) -> None:
-        for key in list(self.unclaimed):
+        for key in list(self.others):
             if (resync.namespace is None or key[0] == resync.namespace) and key not in resync.names:
-                del self.unclaimed[key]
+                del self.others[key]
+                self.unclaimed.pop(key, None)
         for key, pod in list(self.pods.items()):
             in_scope = resync.namespace is None or pod.namespace == resync.namespace
             if (

@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
+import queue
+from collections.abc import Iterator
+
 import pytest
 from kubernetes import client
 
-from k8s_executor import adoption, identity
-from tests.helpers import wait_for
+from devcluster import control_plane
+from k8s_executor import identity
+from k8s_executor.kube_client import core_api, make_configuration
+from k8s_executor.scheduler import AirflowKubernetesScheduler
+from k8s_executor.settings import ExecutorSettings
+from tests.helpers import wait_for, wait_for_pod_phase
 
 pytestmark = pytest.mark.cluster
 
 
-def test_a_pod_built_by_the_official_provider_is_adopted(core: client.CoreV1Api, namespace: str) -> None:
+@pytest.fixture
+def scheduler(cluster: control_plane.ClusterState, namespace: str) -> Iterator[AirflowKubernetesScheduler]:
+    settings = ExecutorSettings(namespace=namespace, in_cluster=False, config_file=str(cluster.kubeconfig))
+    cfg = make_configuration(settings)
+    new = AirflowKubernetesScheduler(cfg, None, queue.Queue(), core_api(cfg), "new", settings=settings)
+    yield new
+    new.terminate()
+
+
+def test_a_pod_built_by_the_official_provider_is_adopted(
+    core: client.CoreV1Api, namespace: str, scheduler: AirflowKubernetesScheduler
+) -> None:
     pod_generator = pytest.importorskip("airflow.providers.cncf.kubernetes.pod_generator")
     base = client.V1Pod(
         spec=client.V1PodSpec(
@@ -40,13 +58,28 @@ def test_a_pod_built_by_the_official_provider_is_adopted(core: client.CoreV1Api,
         lambda: core.list_namespaced_pod(namespace, label_selector=identity.selector()).items,
         "the pod under the watcher's selector",
     )
+    wait_for_pod_phase(core, namespace, "etl-load-abcdefgh", ("Running",))
     ref = identity.TaskRef("etl", "load", "manual__2026-01-01", 2, 3)
-    [orphan] = adoption.find_orphans(core, [namespace], [ref], ["41"])
-    assert (orphan.ref, orphan.name, orphan.ours) == (ref, "etl-load-abcdefgh", True)
+    # No watcher has listed: adoption lists the pods itself.
+    [orphan] = scheduler.find_orphans([ref], {"41"}, wait_s=0)
+    assert (orphan.ref, orphan.name, orphan.ours, orphan.state.verdict) == (
+        ref,
+        "etl-load-abcdefgh",
+        True,
+        "running",
+    )
+
+    # Served from what the watcher listed and watched, once it has listed.
+    scheduler.start_watchers()
+    wait_for(lambda: (scheduler.sync(), scheduler.listed == {namespace})[1], "the watcher's first list")
+    assert scheduler.find_orphans([ref], {"41"}, wait_s=0) == [orphan]
     # Found by its task try whichever scheduler's label it carries (it keeps it through adoptions).
-    [again] = adoption.find_orphans(core, [namespace], [ref], [])
+    [again] = scheduler.find_orphans([ref], set(), wait_s=0)
     assert again.ours
     # A dead scheduler's pod whose task Airflow did not hand over: taken only to be disposed of.
-    [leftover] = adoption.find_orphans(core, [namespace], [], ["41"])
+    [leftover] = scheduler.find_orphans([], {"41"}, wait_s=0)
     assert not leftover.ours
-    assert adoption.find_orphans(core, [namespace], [], ["42"]) == []
+    assert scheduler.find_orphans([], {"42"}, wait_s=0) == []
+    # The watch keeps it current: a pod gone is no longer offered.
+    core.delete_namespaced_pod("etl-load-abcdefgh", namespace, grace_period_seconds=0)
+    wait_for(lambda: not scheduler.find_orphans([ref], {"41"}, wait_s=0), "the deletion to be seen")

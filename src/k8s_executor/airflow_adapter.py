@@ -53,6 +53,7 @@ def pod_defaults(settings: ExecutorSettings) -> PodDefaults:
         pod_template_file=settings.pod_template_file or None,
         worker_image=settings.worker_image,
         fallback_image=f"apache/airflow:{AIRFLOW_VERSION}",
+        termination_grace_period_seconds=settings.termination_grace_period_seconds,
     )
 
 

@@ -122,6 +122,7 @@ class PodDefaults:
     pod_template_file: str | None
     worker_image: str | None
     fallback_image: str
+    termination_grace_period_seconds: int | None = None
 
 
 def template_path(request: PodRequest, defaults: PodDefaults) -> str | None:
@@ -170,6 +171,9 @@ def build_pod(request: PodRequest, defaults: PodDefaults) -> dict[str, Any]:
     }
     if not base.get("image") and not defaults.worker_image:
         executor_layer["spec"]["containers"][0]["image"] = defaults.fallback_image
+    grace = defaults.termination_grace_period_seconds
+    if grace is not None and "terminationGracePeriodSeconds" not in pod["spec"]:
+        executor_layer["spec"]["terminationGracePeriodSeconds"] = grace
     pod = merge(pod, executor_layer)
     for override in request.executor_config.overrides:
         pod = merge(pod, override)

@@ -126,6 +126,12 @@ class ExecutorSettings(BaseModel):
         description="Accepted for compatibility with pod_launch_failure_retries; not used yet.",
     )
     logs_task_metadata: bool = Field(False, description="Accepted for compatibility; not used.")
+    termination_grace_period_seconds: int | None = Field(
+        None,
+        ge=0,
+        description="Seconds a worker pod has to stop after SIGTERM when it is deleted, unless its template "
+        "or executor_config sets terminationGracePeriodSeconds; empty leaves Kubernetes' default (30).",
+    )
     running_pod_log_lines: int = Field(100, ge=1, description="Lines of a running pod's log shown in the UI.")
     unschedulable_pod_timeout: int = Field(
         300, ge=1, description="Seconds a pod may stay Unschedulable before its task fails with the reason."
@@ -141,7 +147,7 @@ class ExecutorSettings(BaseModel):
         "kube_client_request_args", "delete_option_kwargs", "api_client_retry_configuration", mode="before"
     )(_json_dict)
 
-    @field_validator("cluster_context", "config_file", mode="before")
+    @field_validator("cluster_context", "config_file", "termination_grace_period_seconds", mode="before")
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         return value or None

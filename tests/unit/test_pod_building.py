@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -185,3 +186,17 @@ def test_template_values_win_over_executor_env_and_first_container_is_base(tmp_p
 def test_invalid_override_label_is_refused_with_field() -> None:
     with pytest.raises(PodBuildError, match=r"metadata.labels\['team'\]"):
         build_pod(request({"KubernetesExecutor": {"labels": {"team": "x" * 64}}}), DEFAULTS)
+
+
+def test_termination_grace_setting_yields_to_the_template_and_executor_config(tmp_path: Path) -> None:
+    defaults = dataclasses.replace(DEFAULTS, termination_grace_period_seconds=45)
+    assert build_pod(request(), defaults)["spec"]["terminationGracePeriodSeconds"] == 45
+    assert "terminationGracePeriodSeconds" not in build_pod(request(), DEFAULTS)["spec"]
+    template = tmp_path / "t.yaml"
+    template.write_text(
+        "spec:\n  terminationGracePeriodSeconds: 5\n  containers:\n  - name: base\n    image: t:1\n"
+    )
+    from_template = build_pod(request({"pod_template_file": str(template)}), defaults)
+    assert from_template["spec"]["terminationGracePeriodSeconds"] == 5
+    config = {"KubernetesExecutor": {"termination_grace_period_seconds": 0}}
+    assert build_pod(request(config), defaults)["spec"]["terminationGracePeriodSeconds"] == 0

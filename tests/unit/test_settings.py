@@ -20,8 +20,14 @@ def test_strings_from_airflow_cfg_are_parsed() -> None:
             "delete_option_kwargs": '{"grace_period_seconds": 30, "propagation_policy": "Foreground"}',
             "api_client_retry_configuration": '{"total": 3, "backoff_factor": 0.5}',
             "cluster_context": "",
+            "termination_grace_period_seconds": "30",
             "unrelated_option_of_another_provider": "x",
         }
+    )
+    assert s.termination_grace_period_seconds == 30
+    assert (
+        ExecutorSettings.parse({"termination_grace_period_seconds": ""}).termination_grace_period_seconds
+        is None
     )
     assert s.delete_worker_pods is False
     assert s.worker_pods_creation_batch_size == 10

@@ -2,10 +2,9 @@
 
 Airflow 3 no longer routes by queue and the official provider's class refuses
 to start there; this one routes on every Airflow line. Each side keeps its own
-parallelism (`[core] parallelism` for the local side, the same for the pod
-side unless `[local_kubernetes_executor] kubernetes_parallelism` says
-otherwise); the scheduler sees the sum, and a side with no free slot keeps its
-tasks queued, so no more tasks run than there are slots.
+parallelism (both `[core] parallelism` when Airflow builds it; given sides keep
+theirs); the scheduler sees the sum, and a side with no free slot keeps its
+tasks queued, so no more tasks run on a side than it has slots.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ warm start of a few seconds.
 from __future__ import annotations
 
 import os
+import queue
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,9 @@ import pytest
 from kubernetes import client, config
 
 from devcluster import control_plane
+from k8s_executor.kube_client import core_api, make_configuration
+from k8s_executor.scheduler import AirflowKubernetesScheduler
+from k8s_executor.settings import ExecutorSettings
 from tests.helpers import wait_for
 
 CLUSTER_DIR = Path(
@@ -61,3 +65,13 @@ def namespace(core: client.CoreV1Api) -> Iterator[str]:
     )
     yield name
     core.delete_namespace(name)
+
+
+@pytest.fixture
+def scheduler(cluster: control_plane.ClusterState, namespace: str) -> Iterator[AirflowKubernetesScheduler]:
+    """The executor's pod keeper for `namespace` with the default settings; watchers not started."""
+    settings = ExecutorSettings(namespace=namespace, in_cluster=False, config_file=str(cluster.kubeconfig))
+    cfg = make_configuration(settings)
+    keeper = AirflowKubernetesScheduler(cfg, None, queue.Queue(), core_api(cfg), "t1", settings=settings)
+    yield keeper
+    keeper.terminate()

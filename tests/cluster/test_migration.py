@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
-import queue
-from collections.abc import Iterator
-
 import pytest
 from kubernetes import client
 
-from devcluster import control_plane
 from k8s_executor import identity
-from k8s_executor.kube_client import core_api, make_configuration
 from k8s_executor.scheduler import AirflowKubernetesScheduler
-from k8s_executor.settings import ExecutorSettings
 from tests.helpers import wait_for, wait_for_pod_phase
 
 pytestmark = pytest.mark.cluster
-
-
-@pytest.fixture
-def scheduler(cluster: control_plane.ClusterState, namespace: str) -> Iterator[AirflowKubernetesScheduler]:
-    settings = ExecutorSettings(namespace=namespace, in_cluster=False, config_file=str(cluster.kubeconfig))
-    cfg = make_configuration(settings)
-    new = AirflowKubernetesScheduler(cfg, None, queue.Queue(), core_api(cfg), "new", settings=settings)
-    yield new
-    new.terminate()
 
 
 def test_a_pod_built_by_the_official_provider_is_adopted(

@@ -1,0 +1,130 @@
+"""The executor's pod keeper against the real API server: each pod's end reported once, its pod
+deleted once, and nothing lost when the watcher dies or the watch history is gone."""
+
+from __future__ import annotations
+
+import json
+import queue
+import time
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+from devcluster import control_plane
+from k8s_executor.identity import TaskRef
+from k8s_executor.pod_building import PodDefaults, PodRequest, build_pod
+from k8s_executor.scheduler import AirflowKubernetesScheduler, TaskResult
+from tests.conftest import CLUSTER_DIR
+from tests.helpers import wait_for, wait_for_pod_phase
+
+pytestmark = pytest.mark.cluster
+
+
+def launch(keeper: AirflowKubernetesScheduler, namespace: str, task: str, script: str) -> str:
+    ref = TaskRef("keeper", task, "run")
+    request = PodRequest(ref=ref, command=["sh", "-c", script], scheduler_id="t1", airflow_version="3.3.2")
+    pod = build_pod(request, PodDefaults(namespace, None, None, "busybox"))
+    keeper.run_pod_async(pod, ref=ref, deadline=time.monotonic() + 120)
+    name: str = pod["metadata"]["name"]
+    return name
+
+
+def results(keeper: AirflowKubernetesScheduler, count: int, timeout: float = 90) -> list[TaskResult]:
+    out: list[TaskResult] = []
+    deadline = time.monotonic() + timeout
+    while len(out) < count and time.monotonic() < deadline:
+        keeper.check_watchers()
+        keeper.sync()
+        try:
+            out.append(keeper.result_queue.get(timeout=0.2))
+        except queue.Empty:
+            continue
+    return out
+
+
+def settle(keeper: AirflowKubernetesScheduler, seconds: float) -> list[TaskResult]:
+    """Keep syncing for a while; whatever is reported meanwhile."""
+    extra: list[TaskResult] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        keeper.sync()
+        while not keeper.result_queue.empty():
+            extra.append(keeper.result_queue.get())
+        time.sleep(0.2)
+    return extra
+
+
+def executor_deletes(core: client.CoreV1Api, log: Path, namespace: str, name: str) -> int:
+    """Deletes of `name` the executor sent, per the API server's audit log (read to a marker, so
+    that every request before it has been written)."""
+    marker = f"marker-{time.monotonic_ns()}"
+    with pytest.raises(client.ApiException):
+        core.read_namespaced_pod(marker, namespace)
+
+    def entries() -> list[dict] | None:
+        found = [
+            json.loads(line) for line in log.read_text(errors="replace").splitlines() if namespace in line
+        ]
+        return found if any((e.get("objectRef") or {}).get("name") == marker for e in found) else None
+
+    return sum(
+        1
+        for e in wait_for(entries, "the audit log to reach the marker", timeout=90, interval=1)
+        if e["verb"] == "delete"
+        and e.get("stage") == "ResponseComplete"
+        and (e.get("objectRef") or {}).get("name") == name
+        and e.get("userAgent", "").startswith("OpenAPI-Generator/")
+    )
+
+
+def test_a_pod_that_ends_is_reported_once_and_deleted_once(
+    cluster: control_plane.ClusterState,
+    core: client.CoreV1Api,
+    namespace: str,
+    scheduler: AirflowKubernetesScheduler,
+) -> None:
+    scheduler.start_watchers()
+    name = launch(scheduler, namespace, "ok", "echo done")
+    [result] = results(scheduler, 1)
+    assert (result.ref.task_id, result.state.verdict) == ("ok", "success")
+    wait_for(lambda: not core.list_namespaced_pod(namespace).items, "the finished pod to be deleted")
+    assert settle(scheduler, 3) == []
+    assert executor_deletes(core, control_plane.audit_log(cluster), namespace, name) == 1
+
+
+def test_a_watcher_that_dies_is_restarted_where_it_stopped(
+    core: client.CoreV1Api, namespace: str, scheduler: AirflowKubernetesScheduler
+) -> None:
+    scheduler.start_watchers()
+    name = launch(scheduler, namespace, "slow", "sleep 4")
+    wait_for(
+        lambda: (scheduler.sync(), scheduler.pods[(namespace, name)].last_state)[1], "the pod's first state"
+    )
+    scheduler.watchers[namespace].kill()
+    wait_for_pod_phase(core, namespace, name, ("Succeeded",))
+    [result] = results(scheduler, 1)
+    assert result.state.verdict == "success"
+    assert scheduler.watcher_restarts == 1
+    # Resumed from the last resourceVersion it had passed on, not from a fresh list.
+    assert scheduler.watchers[namespace].resource_version is not None
+    assert settle(scheduler, 2) == []
+
+
+def test_a_pod_gone_while_the_watch_history_was_lost_fails_its_task(
+    core: client.CoreV1Api, namespace: str, scheduler: AirflowKubernetesScheduler
+) -> None:
+    scheduler.start_watchers()
+    name = launch(scheduler, namespace, "lost", "sleep 300")
+    wait_for_pod_phase(core, namespace, name, ("Running",))
+    wait_for(lambda: (scheduler.sync(), scheduler.pods[(namespace, name)].last_state)[1], "the pod's state")
+    scheduler.watchers[namespace].kill()
+    core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
+    wait_for(lambda: not core.list_namespaced_pod(namespace).items, "the pod to be gone")
+    # The history that held its deletion is compacted away and the watch cache dropped with a
+    # restart, so the restarted watcher's resourceVersion is gone (410): it must relist.
+    control_plane.compact_etcd(CLUSTER_DIR)
+    control_plane.restart_component(CLUSTER_DIR, "kube-apiserver")
+    [result] = results(scheduler, 1, timeout=120)
+    assert result.state.verdict == "failed"
+    assert result.state.reason == "pod disappeared while the watch was interrupted"

@@ -206,10 +206,11 @@ class KubernetesExecutor(BaseExecutor):
         started = time.monotonic()
         by_ref = {airflow_adapter.ref_of(ti.key): ti for ti in tis}
         # A scheduler whose loop stalled past its health check is declared dead by itself and
-        # handed its own tasks: those still queued here or in flight (created or not yet) are
-        # ours already. (Found at 5,000 tasks: thousands of tries reset and launched twice.)
+        # handed its own tasks: those still queued here, in flight (created or not yet) or
+        # reported but not yet taken in are ours already. (Found at 5,000 tasks: thousands of
+        # tries reset and launched twice.)
         queued_here = {airflow_adapter.ref_of(key) for key in self.queued_tasks}
-        held = by_ref.keys() & (self.kube_scheduler.in_flight() | queued_here)
+        held = by_ref.keys() & (self.kube_scheduler.claimed() | queued_here)
         dead = {str(ti.queued_by_job_id) for ti in tis if ti.queued_by_job_id is not None}
         dead.discard(self.scheduler_id)
         wanted = [ref for ref in by_ref if ref not in held]

@@ -181,7 +181,7 @@ class AirflowKubernetesScheduler(LoggingMixin):
         """Airflow took the task back: its pod goes, and nothing more is reported for it."""
         for pod in self.pods.values():
             if pod.ref == ref and not pod.finished:
-                pod.finished = True
+                pod.finished, pod.report = True, False
                 if pod.created:
                     self.delete_pod(pod.name, pod.namespace)
 
@@ -362,6 +362,11 @@ class AirflowKubernetesScheduler(LoggingMixin):
                     ),
                     never_started=True,
                 )
+
+    def claimed(self) -> set[identity.TaskRef]:
+        """The task tries whose outcome is this scheduler's to report: still awaited, or reported
+        and perhaps not yet taken in by Airflow (a pod is tracked until it is gone)."""
+        return {p.ref for p in self.pods.values() if p.report}
 
     def in_flight(self) -> set[identity.TaskRef]:
         """The task tries whose pods this scheduler launched or adopted and still awaits."""

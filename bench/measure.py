@@ -146,9 +146,9 @@ def adoption_passes(scheduler_log: Path) -> list[float]:
 def executor_requests(audit_log: Path, namespace: str, since: float, until: float) -> dict[str, int]:
     """Requests on pods the executor made in `namespace` during the window, by verb (audit log)."""
     counts: dict[str, int] = {}
-    for path in (audit_log.with_name(audit_log.name + ".1"), audit_log):
-        if not path.exists():
-            continue
+    # The API server rotates the log into `audit-<time>.log` beside it (seen: a 5,000-task run
+    # whose first 1,663 creates had moved there before the window was read).
+    for path in sorted(audit_log.parent.glob(f"{audit_log.stem}*{audit_log.suffix}")):
         with path.open(errors="replace") as lines:
             for line in lines:
                 if namespace not in line:

@@ -19,7 +19,7 @@ from typing import Any
 from kubernetes import client
 
 from k8s_executor import identity
-from k8s_executor.kube_client import read_json
+from k8s_executor.kube_client import list_pods, read_json
 from k8s_executor.state_mapping import PodState, pod_state
 
 
@@ -69,14 +69,7 @@ def list_sightings(
     """Every executor pod awaiting a verdict in `namespaces`, judged as listed."""
     sightings = []
     for namespace in namespaces:
-        if namespace:
-            response = api.list_namespaced_pod(
-                namespace, label_selector=identity.selector(), _preload_content=False
-            )
-        else:
-            response = api.list_pod_for_all_namespaces(
-                label_selector=identity.selector(), _preload_content=False
-            )
+        response = list_pods(api, namespace, label_selector=identity.selector(), _preload_content=False)
         for pod in read_json(response)["items"]:
             meta: dict[str, Any] = pod["metadata"]
             ref = identity.ref_from_annotations(meta.get("annotations"))

@@ -33,7 +33,7 @@ from kubernetes import client
 from k8s_executor import airflow_adapter, identity
 from k8s_executor import executor_config as executor_config_module
 from k8s_executor.executor_config import ExecutorConfigError
-from k8s_executor.kube_client import core_api, error_message, make_configuration, read_json
+from k8s_executor.kube_client import core_api, error_message, list_pods, make_configuration, read_json
 from k8s_executor.pod_building import (
     PodBuildError,
     PodRequest,
@@ -103,10 +103,7 @@ def _executor_pods(core: client.CoreV1Api, namespace: str | None) -> Iterator[di
         kwargs: dict[str, Any] = {"label_selector": selector, "limit": LIST_PAGE, "_preload_content": False}
         if token:
             kwargs["_continue"] = token
-        if namespace:
-            page = read_json(core.list_namespaced_pod(namespace, **kwargs))
-        else:
-            page = read_json(core.list_pod_for_all_namespaces(**kwargs))
+        page = read_json(list_pods(core, namespace, **kwargs))
         yield from page["items"]
         token = page["metadata"].get("continue")
         if not token:

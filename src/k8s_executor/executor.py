@@ -22,7 +22,14 @@ from kubernetes import client
 
 from k8s_executor import airflow_adapter, identity, metrics
 from k8s_executor.executor_config import ExecutorConfigError
-from k8s_executor.kube_client import core_api, error_message, make_configuration, read_body, read_json
+from k8s_executor.kube_client import (
+    core_api,
+    error_message,
+    list_pods,
+    make_configuration,
+    read_body,
+    read_json,
+)
 from k8s_executor.pod_building import PodBuildError, PodRequest, build_pod
 from k8s_executor.scheduler import AirflowKubernetesScheduler, TaskResult
 from k8s_executor.settings import ExecutorSettings
@@ -265,11 +272,7 @@ class KubernetesExecutor(BaseExecutor):
         )
         pods = []
         for namespace in self.settings.watched_namespaces:
-            if namespace:
-                found = self.kube_client.list_namespaced_pod(namespace, label_selector=selector).items
-            else:
-                found = self.kube_client.list_pod_for_all_namespaces(label_selector=selector).items
-            pods.extend(found)
+            pods.extend(list_pods(self.kube_client, namespace, label_selector=selector).items)
         if ref.map_index < 0:
             pods = [p for p in pods if "map_index" not in (p.metadata.labels or {})]
         if not pods:

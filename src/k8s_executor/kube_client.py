@@ -44,6 +44,13 @@ def make_configuration(settings: ExecutorSettings) -> client.Configuration:
     return cfg
 
 
+def list_pods(api: client.CoreV1Api, namespace: str | None, **kwargs: Any) -> Any:
+    """List (or, with `watch=True`, watch) pods in `namespace`; all namespaces when it is None."""
+    if namespace:
+        return api.list_namespaced_pod(namespace, **kwargs)
+    return api.list_pod_for_all_namespaces(**kwargs)
+
+
 def core_api(cfg: client.Configuration) -> client.CoreV1Api:
     return client.CoreV1Api(client.ApiClient(cfg))
 

@@ -3,12 +3,13 @@
 Requests run on a small thread pool in a process of the launcher's own
 (`LauncherProcess`), so the scheduler loop never waits on the network and the
 requests never wait on the scheduler loop. A token bucket keeps the executor
-within the QPS it was given, as client-go's rate limiter does. Refusals that can pass (429 with its Retry-After,
-5xx, 403 for quota or for RBAC not loaded yet) are retried with backoff, up to
-`task_publish_max_retries` times; an API server that cannot be reached at all
-(restarting, upgrading) is waited for until the task's own deadline, since
-that is no fault of the task. Because a try's pod name is fixed, a retry whose first attempt did land meets
-409 and counts as created. Anything else is final, and the API server's own
+within the QPS it was given, as client-go's rate limiter does. Refusals that can
+pass (429 with its Retry-After, 5xx, 403 for quota or for RBAC not loaded yet)
+are retried with backoff, up to `task_publish_max_retries` times; an API server
+that cannot be reached at all (restarting, upgrading) is waited for until the
+task's own deadline, since that is no fault of the task. Because a try's pod
+name is fixed, a retry whose first attempt did land meets 409 and counts as
+created. Anything else is final, and the API server's own
 message goes back to the task.
 """
 

@@ -28,7 +28,7 @@ from kubernetes import client
 from urllib3.exceptions import HTTPError
 
 from k8s_executor import identity
-from k8s_executor.kube_client import json_lines, read_json
+from k8s_executor.kube_client import json_lines, list_pods, read_json
 from k8s_executor.state_mapping import PodState, pod_state, with_events
 
 WATCH_TIMEOUT_S = 300
@@ -135,12 +135,9 @@ class KubernetesJobWatcher(multiprocessing.Process, LoggingMixin):
         return self.namespace or "all namespaces"
 
     def _call(self, **kwargs: Any) -> Any:
-        selector = identity.selector()
-        if self.namespace:
-            return self.api.list_namespaced_pod(
-                self.namespace, label_selector=selector, _preload_content=False, **kwargs
-            )
-        return self.api.list_pod_for_all_namespaces(label_selector=selector, _preload_content=False, **kwargs)
+        return list_pods(
+            self.api, self.namespace, label_selector=identity.selector(), _preload_content=False, **kwargs
+        )
 
     def _list(self) -> str:
         listed_at = time.time()

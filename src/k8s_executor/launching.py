@@ -1,6 +1,7 @@
 """Creating and deleting pods: concurrent, rate-limited, retried, never duplicated.
 
-Requests run on a small thread pool in a process of the launcher's own
+Requests run on small thread pools (creates on one, deletes and label patches of
+finished pods on a smaller one) in a process of the launcher's own
 (`LauncherProcess`), so the scheduler loop never waits on the network and the
 requests never wait on the scheduler loop. A token bucket keeps the executor
 within the QPS it was given, as client-go's rate limiter does. Refusals that can
@@ -38,6 +39,10 @@ log = logging.getLogger(__name__)
 MAX_BACKOFF_S = 30.0
 # Reconnecting is cheap, and pods should go out as soon as the API server is back.
 MAX_RECONNECT_BACKOFF_S = 2.0
+# Deletes and label patches of finished pods are never urgent. With as many in flight as a
+# launch-tuned create pool (64), a completion burst's deletes crowd out the status writes and
+# the scheduler loop that report tasks' ends (bench/RESULTS.md, item 9).
+DISPOSAL_CONCURRENCY = 8
 
 
 class TokenBucket:
@@ -120,6 +125,9 @@ class Launcher:
         self.api = api
         self.bucket = TokenBucket(qps, burst)
         self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="k8s-launch")
+        self.disposal_pool = ThreadPoolExecutor(
+            max_workers=min(concurrency, DISPOSAL_CONCURRENCY), thread_name_prefix="k8s-dispose"
+        )
         self.max_retries = max_retries
         self.request_args = request_args or {}
         self.delete_options = delete_options or {}
@@ -147,8 +155,8 @@ class Launcher:
                     return None, exc, attempt
                 time.sleep(backoff)
 
-    def _submit(self, fn: Callable[..., None], *args: Any) -> None:
-        self.pool.submit(self._logged, fn, *args)
+    def _submit(self, pool: ThreadPoolExecutor, fn: Callable[..., None], *args: Any) -> None:
+        pool.submit(self._logged, fn, *args)
 
     @staticmethod
     def _logged(fn: Callable[..., None], *args: Any) -> None:
@@ -160,7 +168,7 @@ class Launcher:
 
     def create(self, pod: dict[str, Any], deadline: float) -> None:
         """Create `pod` in the background; its LaunchResult arrives on `results`."""
-        self._submit(self._create, pod, deadline)
+        self._submit(self.pool, self._create, pod, deadline)
 
     def _create(self, pod: dict[str, Any], deadline: float) -> None:
         namespace, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
@@ -182,7 +190,7 @@ class Launcher:
             self.results.put(LaunchResult(namespace, name, False, error=message, attempts=attempts))
 
     def delete(self, namespace: str, name: str) -> None:
-        self._submit(self._delete, namespace, name)
+        self._submit(self.disposal_pool, self._delete, namespace, name)
 
     def _delete(self, namespace: str, name: str) -> None:
         _, exc, _ = self._with_retries(
@@ -202,7 +210,7 @@ class Launcher:
             raise exc
 
     def patch_labels(self, namespace: str, name: str, labels: dict[str, str]) -> None:
-        self._submit(self._patch_labels, namespace, name, labels)
+        self._submit(self.disposal_pool, self._patch_labels, namespace, name, labels)
 
     def _patch_labels(self, namespace: str, name: str, labels: dict[str, str]) -> None:
         _, exc, _ = self._with_retries(
@@ -222,7 +230,8 @@ class Launcher:
     def shutdown(self, wait: bool) -> None:
         """Stop retrying; with `wait`, requests already handed over are still sent, once each."""
         self.stopping.set()
-        self.pool.shutdown(wait=wait, cancel_futures=not wait)
+        for pool in (self.pool, self.disposal_pool):
+            pool.shutdown(wait=wait, cancel_futures=not wait)
 
 
 class LauncherProcess:

@@ -73,7 +73,10 @@ class ExecutorSettings(BaseModel):
         False, description="Accepted for compatibility: pods are always created concurrently."
     )
     pod_creation_max_concurrency: int = Field(
-        0, ge=0, description="Concurrent create requests in flight; 0 means 8."
+        0,
+        ge=0,
+        description="Concurrent create requests in flight; 0 means 8. Deletes of finished pods "
+        "go at most 8 at a time.",
     )
     api_qps: float = Field(
         200.0,

@@ -10,7 +10,8 @@ keeps a small cache of the pods it has seen, as client-go's informer does:
   reported, never forgotten;
 - pending pods are re-judged every few seconds, so an Unschedulable pod fails
   after its timeout even when the API server has nothing new to say.
-Each message to the executor is a small tuple; the pod itself stays here.
+Each message to the executor is a small tuple, sent only when a pod's verdict
+changes; the pod itself stays here.
 """
 
 from __future__ import annotations
@@ -109,6 +110,10 @@ class KubernetesJobWatcher(multiprocessing.Process, LoggingMixin):
         self.api = client.CoreV1Api(client.ApiClient(self.kube_config))
         self.cache: dict[str, dict[str, Any]] = {}
         self.explained: dict[str, PodState] = {}
+        # What the executor was last told of each pod (verdict, launching scheduler). A pod on its
+        # way to Running changes three or four times while its verdict stays "pending": only news
+        # is sent, since the scheduler loop that reads it shares its core with Airflow's.
+        self.told: dict[str, tuple[PodState, str]] = {}
         self._run()
 
     def _run(self) -> None:
@@ -143,7 +148,7 @@ class KubernetesJobWatcher(multiprocessing.Process, LoggingMixin):
         listed_at = time.time()
         body = read_json(self._call())
         rv = body["metadata"]["resourceVersion"]
-        self.cache = {}
+        self.cache, self.told = {}, {}
         names = set()
         for pod in body["items"]:
             names.add((pod["metadata"]["namespace"], pod["metadata"]["name"]))
@@ -241,6 +246,13 @@ class KubernetesJobWatcher(multiprocessing.Process, LoggingMixin):
             self.cache.pop(meta["uid"], None)
         if only_if_terminal and not state.terminal:
             return
+        scheduler_id = (meta.get("labels") or {}).get(identity.WORKER_LABEL, "")
+        if deleted:
+            self.told.pop(meta["uid"], None)
+        elif self.told.get(meta["uid"]) == (state, scheduler_id):
+            return
+        else:
+            self.told[meta["uid"]] = (state, scheduler_id)
         if state.verdict == "failed":
             state = self._explained(meta, state, forget=deleted)
         self.watcher_queue.put(
@@ -248,7 +260,7 @@ class KubernetesJobWatcher(multiprocessing.Process, LoggingMixin):
                 namespace=meta["namespace"],
                 name=meta["name"],
                 ref=identity.ref_from_annotations(meta.get("annotations")),
-                scheduler_id=(meta.get("labels") or {}).get(identity.WORKER_LABEL, ""),
+                scheduler_id=scheduler_id,
                 state=state,
                 resource_version=rv,
                 deleted=deleted,

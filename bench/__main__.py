@@ -12,10 +12,9 @@ queue times from the metadata database, event times from the scheduler's log, th
 executor's own requests from the API server's audit log, CPU and memory from /proc.
 A separate run per executor kills the scheduler with N pods running and times the
 adoption by its successor. The bare client creates the same pods with 64 threads from a
-process of its own and nothing around them: the ceiling (16 threads reached only about 210
-pods/s where 64 reach 275-315). It runs twice: with this harness's watch on its namespace, as
-every executor's burst has (`bare_client`, the ceiling the ratios use), and without it
-(`bare_client_unobserved`).
+process of its own and nothing around them: the ceiling. It runs twice: with this harness's
+watch on its namespace, as every executor's burst has (`bare_client`, the ceiling the ratios
+use), and without it (`bare_client_unobserved`).
 """
 
 from __future__ import annotations
@@ -29,13 +28,14 @@ import sys
 import tempfile
 import time
 import uuid
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client, config
 
+from bench.bare_client import bare_burst
 from bench.measure import (
     BENCH_USER_AGENT,
     PeakMemory,
@@ -52,9 +52,7 @@ from bench.measure import (
 from devcluster import build, control_plane
 from devcluster.airflow_stack import AirflowStack
 from devcluster.node_agent import FINISH_FILE_ANNOTATION, RUNTIME_LABEL, SIMULATED_TAINT
-from k8s_executor.kube_client import read_body
 
-BARE_THREADS = 64
 OFFICIAL = "airflow.providers.cncf.kubernetes.executors.kubernetes_executor.KubernetesExecutor"
 OURS = "k8s_executor.KubernetesExecutor"
 CONFIGS = {
@@ -189,9 +187,25 @@ def start_stack(
     return stack, finish_file
 
 
+def delete_namespace(core: client.CoreV1Api, namespace: str, timeout: float = 600) -> None:
+    """Delete a run's namespace and wait until it is gone: the API server deleting thousands of
+    pods must not share the machine with the next run's burst."""
+    core.delete_namespace(namespace)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            core.read_namespace(namespace)
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return
+            raise
+        time.sleep(1)
+    print(f"namespace {namespace} still there after {timeout:.0f} s", file=sys.stderr)
+
+
 def stop_stack(stack: AirflowStack, core: client.CoreV1Api) -> None:
     stack.stop()
-    core.delete_namespace(stack.namespace)
+    delete_namespace(core, stack.namespace)
 
 
 def run_executor(
@@ -336,24 +350,6 @@ def run_adoption(
         stop_stack(stack, core)
 
 
-def _bare_burst(kubeconfig: str, namespace: str, template: dict[str, Any], tasks: int) -> float:
-    """The bare client, in a process of its own (as the executor's launcher is): pods per second."""
-    cfg = client.Configuration()
-    config.load_kube_config(kubeconfig, client_configuration=cfg)
-    cfg.connection_pool_maxsize = BARE_THREADS
-    core = client.CoreV1Api(client.ApiClient(cfg))
-
-    def create(i: int) -> None:
-        pod = json.loads(json.dumps(template))
-        pod["metadata"]["name"] = f"bare-{i}"
-        read_body(core.create_namespaced_pod(namespace, pod, _preload_content=False))
-
-    started = time.monotonic()
-    with ThreadPoolExecutor(BARE_THREADS) as pool:
-        list(pool.map(create, range(tasks)))
-    return tasks / (time.monotonic() - started)
-
-
 def run_bare(state: control_plane.ClusterState, core: client.CoreV1Api, tasks: int, observed: bool) -> float:
     """The same burst from a bare client. `observed`: with this harness's watch on the namespace,
     as during every executor's burst (the watch costs the API server and this machine's cores)."""
@@ -366,11 +362,11 @@ def run_bare(state: control_plane.ClusterState, core: client.CoreV1Api, tasks: i
         time.sleep(0.1)
     clock = PodClock(core, namespace) if observed else None
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as process:
-        rate = process.submit(_bare_burst, str(state.kubeconfig), namespace, template, tasks).result()
+        rate = process.submit(bare_burst, str(state.kubeconfig), namespace, template, tasks).result()
     if clock:
         clock.stop.set()
     (scratch / "finish").touch()
-    core.delete_namespace(namespace)
+    delete_namespace(core, namespace)
     return rate
 
 

@@ -408,10 +408,11 @@ def main() -> None:
                 result = run_adoption(config_name, state, core, args.adopt_tasks or args.tasks, args.timeout)
                 adoptions.setdefault(name, []).append(result)
                 print(json.dumps(result), flush=True)
-    bare = statistics.median(run_bare(state, core, args.tasks, observed=True) for _ in range(args.repeat))
-    unobserved = statistics.median(
-        run_bare(state, core, args.tasks, observed=False) for _ in range(args.repeat)
-    )
+    bare_runs = {
+        kind: [run_bare(state, core, args.tasks, observed=kind == "observed") for _ in range(args.repeat)]
+        for kind in ("observed", "unobserved")
+    }
+    bare, unobserved = (statistics.median(bare_runs[kind]) for kind in ("observed", "unobserved"))
 
     def median(name: str, key: str, source: dict[str, list[dict[str, Any]]] = runs) -> float | None:
         values = [r[key] for r in source.get(name, []) if r.get(key) is not None]
@@ -464,6 +465,7 @@ def main() -> None:
         },
         "runs": runs,
         "adoptions": adoptions,
+        "bare_client_runs": bare_runs,
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=2))
@@ -484,8 +486,8 @@ def main() -> None:
                 value = median(name, key)
                 cells.append(f"{value:>{width}.{digits}f}" if value is not None else f"{'-':>{width}}")
             print(f"{name:<18}" + "".join(cells))
-    print(f"{'bare_client':<18}{bare:>8.1f}")
-    print(f"{'bare, unobserved':<18}{unobserved:>8.1f}")
+    print(f"{'bare_client':<18}{bare:>8.1f}  (runs: {bare_runs['observed']})")
+    print(f"{'bare, unobserved':<18}{unobserved:>8.1f}  (runs: {bare_runs['unobserved']})")
     for name, results in adoptions.items():
         print(f"adoption {name}: {median(name, 'adoption_s', adoptions)} s (runs: {results})")
     print(f"ratios: {json.dumps(out['ratios'])}")

@@ -13,8 +13,10 @@ from kubernetes import client
 
 from devcluster import control_plane
 from k8s_executor.identity import TaskRef
+from k8s_executor.kube_client import json_lines
 from k8s_executor.pod_building import PodDefaults, PodRequest, build_pod
 from k8s_executor.scheduler import AirflowKubernetesScheduler, TaskResult
+from k8s_executor.watching import PodEvent
 from tests.conftest import CLUSTER_DIR
 from tests.helpers import wait_for, wait_for_pod_phase
 
@@ -128,3 +130,37 @@ def test_a_pod_gone_while_the_watch_history_was_lost_fails_its_task(
     [result] = results(scheduler, 1, timeout=120)
     assert result.state.verdict == "failed"
     assert result.state.reason == "pod disappeared while the watch was interrupted"
+
+
+def test_the_watcher_tells_each_verdict_once(
+    core: client.CoreV1Api, namespace: str, scheduler: AirflowKubernetesScheduler
+) -> None:
+    since = core.list_namespaced_pod(namespace).metadata.resource_version
+    scheduler.start_watchers()
+    wait_for(lambda: (scheduler.sync(), namespace in scheduler.listed)[1], "the watcher's first list")
+    name = launch(scheduler, namespace, "told", "sleep 2")
+    wait_for_pod_phase(core, namespace, name, ("Succeeded",))
+    # From here the scheduler is not synced, so it neither reads the queue nor deletes the pod.
+    core.delete_namespaced_pod(name, namespace)
+    told: list[tuple[str, bool]] = []
+
+    def deletion_told() -> bool:
+        while not scheduler.watcher_queue.empty():
+            message = scheduler.watcher_queue.get()
+            if isinstance(message, PodEvent) and message.name == name:
+                told.append((message.state.verdict, message.deleted))
+        return bool(told) and told[-1][1]
+
+    wait_for(deletion_told, "the pod's deletion to be told", timeout=60)
+    assert told == [("pending", False), ("running", False), ("success", False), ("success", True)]
+    # What the API server sent meanwhile, replayed from before the pod: more than was told.
+    sent = [
+        event
+        for event in json_lines(
+            core.list_namespaced_pod(
+                namespace, watch=True, resource_version=since, timeout_seconds=2, _preload_content=False
+            )
+        )
+        if event["object"]["metadata"].get("name") == name
+    ]
+    assert len(sent) > len(told)

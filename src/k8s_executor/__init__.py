@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "KubernetesExecutor": "k8s_executor.executor",
     "LocalKubernetesExecutor": "k8s_executor.local_kubernetes_executor",
-    "KubernetesJobWatcher": "k8s_executor.watching",
+    "KubernetesJobWatcher": "k8s_executor.scheduler",
     "AirflowKubernetesScheduler": "k8s_executor.scheduler",
     "ResourceVersion": "k8s_executor.resource_version",
     "get_base_pod_from_template": "k8s_executor.templates",

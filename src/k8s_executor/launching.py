@@ -31,8 +31,8 @@ from typing import Any
 from kubernetes import client
 from urllib3.exceptions import HTTPError
 
-from k8s_executor import metrics
 from k8s_executor.kube_client import error_message, merge_patch, read_body
+from k8s_executor.processes import ChildProcess, log_in_parent, log_level, send_logs_to
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,19 @@ class LaunchResult:
     error: str = ""
     already_existed: bool = False
     attempts: int = 1
+    # For the scheduler's metrics: the HTTP status the create ended with, and how long it took.
+    status: int = 201
+    duration_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class DeleteResult:
+    namespace: str
+    name: str
+    status: int
+
+
+Result = LaunchResult | DeleteResult
 
 
 class Launcher:
@@ -131,7 +144,7 @@ class Launcher:
         self.max_retries = max_retries
         self.request_args = request_args or {}
         self.delete_options = delete_options or {}
-        self.results: queue.SimpleQueue[LaunchResult] = queue.SimpleQueue()
+        self.results: queue.SimpleQueue[Result] = queue.SimpleQueue()
         self.stopping = threading.Event()
 
     def _with_retries(self, call: Callable[[], Any], deadline: float) -> tuple[Any, Exception | None, int]:
@@ -179,15 +192,20 @@ class Launcher:
             ),
             deadline,
         )
-        metrics.timing("pod_create.duration", time.monotonic() - started)
-        metrics.http_outcome("pod_create", status_of(exc, 201))
-        if exc is None:
-            self.results.put(LaunchResult(namespace, name, True, attempts=attempts))
-        elif isinstance(exc, client.ApiException) and exc.status == 409:
-            self.results.put(LaunchResult(namespace, name, True, already_existed=True, attempts=attempts))
-        else:
-            message = error_message(exc) if isinstance(exc, client.ApiException) else repr(exc)
-            self.results.put(LaunchResult(namespace, name, False, error=message, attempts=attempts))
+        ok = exc is None or (isinstance(exc, client.ApiException) and exc.status == 409)
+        error = "" if ok else error_message(exc) if isinstance(exc, client.ApiException) else repr(exc)
+        self.results.put(
+            LaunchResult(
+                namespace,
+                name,
+                ok,
+                error=error,
+                already_existed=exc is not None and ok,
+                attempts=attempts,
+                status=status_of(exc, 201),
+                duration_s=time.monotonic() - started,
+            )
+        )
 
     def delete(self, namespace: str, name: str) -> None:
         self._submit(self.disposal_pool, self._delete, namespace, name)
@@ -205,7 +223,7 @@ class Launcher:
             ),
             time.monotonic() + 120,
         )
-        metrics.http_outcome("pod_delete", status_of(exc, 200))
+        self.results.put(DeleteResult(namespace, name, status_of(exc, 200)))
         if exc is not None and not (isinstance(exc, client.ApiException) and exc.status == 404):
             raise exc
 
@@ -239,8 +257,8 @@ class LauncherProcess:
 
     During a burst Airflow's scheduler loop keeps one core busy in Python; launcher threads
     inside that process wait for its GIL at every socket read (about 10% of a burst's rate,
-    bench/RESULTS.md). Spawned, with an interpreter of its own, they wait only for the network
-    and the CPU. It is spawned, not forked, for the reason the watcher is. Requests after
+    bench/RESULTS.md). In a process of its own (see processes.py), they wait only for the network
+    and the CPU. Requests after
     `shutdown` are refused here, and left to the next scheduler. Creates not yet answered are
     kept here, so a launcher process that dies is restarted and they are sent again; a create
     whose first attempt did land meets 409 and counts as created.
@@ -249,7 +267,7 @@ class LauncherProcess:
     def __init__(self, kube_config: client.Configuration, **options: Any) -> None:
         self.kube_config = kube_config
         self.options = options
-        self.results: queue.SimpleQueue[LaunchResult] = queue.SimpleQueue()
+        self.results: queue.SimpleQueue[Result] = queue.SimpleQueue()
         self.unanswered: dict[tuple[str, str], tuple[dict[str, Any], float]] = {}
         self.lock = threading.Lock()
         self.closed = False
@@ -260,9 +278,9 @@ class LauncherProcess:
         context = multiprocessing.get_context("spawn")
         self.requests: Any = context.Queue()
         answers: Any = context.Queue()
-        self.process = context.Process(
+        self.process = ChildProcess(
             target=_serve,
-            args=(self.kube_config, self.options, self.requests, answers),
+            args=(self.kube_config, self.options, self.requests, answers, log_level()),
             name="k8s-executor-launcher",
             daemon=True,
         )
@@ -282,8 +300,12 @@ class LauncherProcess:
                 continue
             if result is None:
                 return
-            with self.lock:
-                self.unanswered.pop((result.namespace, result.name), None)
+            if isinstance(result, logging.LogRecord):
+                log_in_parent(result)
+                continue
+            if isinstance(result, LaunchResult):
+                with self.lock:
+                    self.unanswered.pop((result.namespace, result.name), None)
             self.results.put(result)
 
     def _send(self, verb: str, *args: Any) -> None:
@@ -329,11 +351,14 @@ class LauncherProcess:
         self.receiver.join(timeout=5)
 
 
-def _serve(kube_config: client.Configuration, options: dict[str, Any], requests: Any, answers: Any) -> None:
-    """The launcher process: requests in, results out, until told to shut down."""
+def _serve(
+    kube_config: client.Configuration, options: dict[str, Any], requests: Any, answers: Any, level: int
+) -> None:
+    """The launcher process: requests in, results (and log records) out, until told to shut down."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # Ctrl-C reaches the whole process group; the scheduler decides when the launcher stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    send_logs_to(answers, level)
     launcher = Launcher(client.CoreV1Api(client.ApiClient(kube_config)), **options)
 
     def forward() -> None:

@@ -9,6 +9,7 @@ second map has to agree with it.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import queue
 import time
@@ -18,13 +19,72 @@ from typing import Any
 from airflow.utils.log.logging_mixin import LoggingMixin
 from kubernetes import client
 
-from k8s_executor import adoption, identity, metrics
+from k8s_executor import adoption, identity, metrics, processes
 from k8s_executor.adoption import Orphan, Sighting
-from k8s_executor.launching import LauncherProcess, LaunchResult
+from k8s_executor.launching import DeleteResult, LauncherProcess
 from k8s_executor.resource_version import ResourceVersion
 from k8s_executor.settings import ExecutorSettings
 from k8s_executor.state_mapping import PodState
-from k8s_executor.watching import Bookmark, KubernetesJobWatcher, PodEvent, Resync
+from k8s_executor.watching import Bookmark, PodEvent, PodWatch, Resync, watch_in_child
+
+
+class KubernetesJobWatcher(multiprocessing.Process, LoggingMixin):
+    """The process watching one namespace's pods (or all namespaces') for the scheduler.
+
+    What runs in the process is `watching.PodWatch`; the process is started light (see
+    processes.py), so it imports neither Airflow nor this module.
+    """
+
+    def __init__(
+        self,
+        namespace: str | None,
+        multi_namespace_mode: bool,
+        watcher_queue: Any,
+        resource_version: str | None,
+        worker_uuid: str,
+        kube_config: client.Configuration,
+        fatal_waiting_reasons: frozenset[str] = frozenset(),
+        unschedulable_timeout_s: float = 300.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.namespace = namespace
+        self.multi_namespace_mode = multi_namespace_mode
+        self.watcher_queue = watcher_queue
+        self.resource_version = resource_version
+        self.worker_uuid = worker_uuid
+        self.kube_config = kube_config
+        self.fatal_waiting_reasons = fatal_waiting_reasons
+        self.unschedulable_timeout_s = unschedulable_timeout_s
+
+    def _watch_options(self) -> dict[str, Any]:
+        return {
+            "namespace": self.namespace,
+            "watcher_queue": self.watcher_queue,
+            "resource_version": self.resource_version,
+            "kube_config": self.kube_config,
+            "fatal_waiting_reasons": self.fatal_waiting_reasons,
+            "unschedulable_timeout_s": self.unschedulable_timeout_s,
+        }
+
+    @staticmethod
+    def _Popen(process_obj: Any) -> Any:
+        child = processes.ChildProcess(
+            target=watch_in_child,
+            args=(processes.log_level(),),
+            kwargs=process_obj._watch_options(),
+            name=process_obj.name,
+            daemon=process_obj.daemon,
+        )
+        return child._Popen(child)
+
+    def run(self) -> None:
+        # A started watcher runs `watching.watch_in_child`; this is the same loop, in this
+        # process, for a caller that runs a watcher itself.
+        self._run()
+
+    def _run(self) -> None:
+        PodWatch(**self._watch_options()).run()
 
 
 @dataclass
@@ -235,9 +295,15 @@ class AirflowKubernetesScheduler(LoggingMixin):
     def _drain_launches(self) -> None:
         while True:
             try:
-                result: LaunchResult = self.launcher.results.get_nowait()
+                result = self.launcher.results.get_nowait()
             except queue.Empty:
                 return
+            # The launcher process has no Airflow to send metrics with: they are sent from here.
+            if isinstance(result, DeleteResult):
+                metrics.http_outcome("pod_delete", result.status)
+                continue
+            metrics.timing("pod_create.duration", result.duration_s)
+            metrics.http_outcome("pod_create", result.status)
             pod = self.pods.get((result.namespace, result.name))
             if pod is None:
                 continue
@@ -269,6 +335,8 @@ class AirflowKubernetesScheduler(LoggingMixin):
                 self._on_resync(message)
             elif isinstance(message, Bookmark):
                 ResourceVersion().set_resource_version(message.resource_version, message.namespace)
+            elif isinstance(message, logging.LogRecord):
+                processes.log_in_parent(message)
 
     def _watch_key(self, namespace: str) -> str | None:
         return namespace if namespace in self.watchers else None

@@ -1,6 +1,7 @@
 """Watching the executor's pods: list, then watch from the list's resourceVersion.
 
-One `KubernetesJobWatcher` process per namespace (or one for all namespaces)
+One watcher process per namespace (or one for all namespaces; started by
+`KubernetesJobWatcher` in scheduler.py, and free of Airflow, see processes.py)
 keeps a small cache of the pods it has seen, as client-go's informer does:
 - the stream is read as raw JSON lines (model objects would cost 30x the CPU);
 - bookmarks are requested, so a quiet stream still moves its resourceVersion;
@@ -17,20 +18,21 @@ changes; the pod itself stays here.
 from __future__ import annotations
 
 import datetime
-import multiprocessing
+import logging
 import signal
 import time
 from dataclasses import dataclass
-from multiprocessing.queues import Queue
 from typing import Any
 
-from airflow.utils.log.logging_mixin import LoggingMixin
 from kubernetes import client
 from urllib3.exceptions import HTTPError
 
 from k8s_executor import identity
 from k8s_executor.kube_client import json_lines, list_pods, read_json
+from k8s_executor.processes import send_logs_to
 from k8s_executor.state_mapping import PodState, pod_state, with_events
+
+log = logging.getLogger(__name__)
 
 WATCH_TIMEOUT_S = 300
 REJUDGE_INTERVAL_S = 5.0
@@ -71,52 +73,32 @@ class Gone(Exception):
     """The resourceVersion we hold is older than the server's history."""
 
 
-class KubernetesJobWatcher(multiprocessing.Process, LoggingMixin):
+class PodWatch:
+    """The list-then-watch loop of one namespace (or of all), as run in a watcher process."""
+
     def __init__(
         self,
         namespace: str | None,
-        multi_namespace_mode: bool,
-        watcher_queue: Queue,
+        watcher_queue: Any,
         resource_version: str | None,
-        worker_uuid: str,
         kube_config: client.Configuration,
         fatal_waiting_reasons: frozenset[str] = frozenset(),
         unschedulable_timeout_s: float = 300.0,
-        **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
         self.namespace = namespace
-        self.multi_namespace_mode = multi_namespace_mode
         self.watcher_queue = watcher_queue
         self.resource_version = resource_version
-        self.worker_uuid = worker_uuid
-        self.kube_config = kube_config
         self.fatal_waiting_reasons = fatal_waiting_reasons
         self.unschedulable_timeout_s = unschedulable_timeout_s
-
-    # Spawned, never forked: the scheduler process holds threads, database connections and a
-    # SIGTERM handler that a forked child would inherit (and then ignore terminate()).
-    @staticmethod
-    def _Popen(process_obj: Any) -> Any:
-        from multiprocessing.popen_spawn_posix import Popen
-
-        return Popen(process_obj)
-
-    def run(self) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        # Every executor pod, whichever scheduler launched it: an adopted pod keeps the label of
-        # the scheduler that launched it, and must not fall out of sight.
-        self.api = client.CoreV1Api(client.ApiClient(self.kube_config))
+        self.api = client.CoreV1Api(client.ApiClient(kube_config))
         self.cache: dict[str, dict[str, Any]] = {}
         self.explained: dict[str, PodState] = {}
         # What the executor was last told of each pod (verdict, launching scheduler). A pod on its
         # way to Running changes three or four times while its verdict stays "pending": only news
         # is sent, since the scheduler loop that reads it shares its core with Airflow's.
         self.told: dict[str, tuple[PodState, str]] = {}
-        self._run()
 
-    def _run(self) -> None:
+    def run(self) -> None:
         rv = self.resource_version
         backoff = 0.5
         while True:
@@ -126,10 +108,10 @@ class KubernetesJobWatcher(multiprocessing.Process, LoggingMixin):
                 rv = self._watch(rv)
                 backoff = 0.5
             except Gone:
-                self.log.info("watch of %s: resourceVersion %s is gone, relisting", self._where, rv)
+                log.info("watch of %s: resourceVersion %s is gone, relisting", self._where, rv)
                 rv = None
             except (client.ApiException, HTTPError, OSError) as exc:
-                self.log.warning(
+                log.warning(
                     "watch of %s broke (%s); resuming from %s in %.1fs", self._where, exc, rv, backoff
                 )
                 time.sleep(backoff)
@@ -140,6 +122,8 @@ class KubernetesJobWatcher(multiprocessing.Process, LoggingMixin):
         return self.namespace or "all namespaces"
 
     def _call(self, **kwargs: Any) -> Any:
+        # Every executor pod, whichever scheduler launched it: an adopted pod keeps the label of
+        # the scheduler that launched it, and must not fall out of sight.
         return list_pods(
             self.api, self.namespace, label_selector=identity.selector(), _preload_content=False, **kwargs
         )
@@ -217,7 +201,7 @@ class KubernetesJobWatcher(multiprocessing.Process, LoggingMixin):
             )
             items: list[dict[str, Any]] = read_json(response)["items"]
         except (client.ApiException, HTTPError, OSError, ValueError) as exc:
-            self.log.warning("events of pod %s not read: %s", meta["name"], exc)
+            log.warning("events of pod %s not read: %s", meta["name"], exc)
             return []
         # Events are kept by name, so a pod that reused a deleted one's name must not inherit them.
         uid = meta.get("uid")
@@ -266,3 +250,12 @@ class KubernetesJobWatcher(multiprocessing.Process, LoggingMixin):
                 deleted=deleted,
             )
         )
+
+
+def watch_in_child(log_level: int, **options: Any) -> None:
+    """A watcher process's life: its messages and its log records go to the scheduler."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # Ctrl-C reaches the whole process group; the scheduler decides when its watchers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    send_logs_to(options["watcher_queue"], log_level)
+    PodWatch(**options).run()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import importlib.util
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,40 @@ def to_airflow_key(ref: TaskRef) -> Any:
 
 def ref_of(key: Any) -> TaskRef:
     return TaskRef(key.dag_id, key.task_id, key.run_id, int(key.try_number), int(key.map_index))
+
+
+def load_unloaded_columns(tis: Sequence[Any], chunk: int = 1000) -> None:
+    """Load, a thousand rows per query, the columns Airflow's orphan query left unloaded.
+
+    That query loads only a few columns of each task instance (Airflow 2.11 and 3.x alike).
+    Adoption reads the try number and the scheduler that queued each one, and every column
+    left out costs a query per task instance when first read: 2.3 s for 2,000 at Airflow
+    3.3 (bench/RESULTS.md, item 13). Loaded here, for the scheduler's own use after
+    adoption too. Task instances that are not rows of a session are left as they are.
+    """
+    from sqlalchemy import inspect, select, tuple_
+    from sqlalchemy.orm import object_session
+    from sqlalchemy.orm.exc import UnmappedInstanceError
+
+    try:
+        session = object_session(tis[0]) if tis else None
+    except UnmappedInstanceError:
+        return
+    if session is None:
+        return
+    model = type(tis[0])
+    mapper = inspect(model)
+    columns = {attribute.key for attribute in mapper.column_attrs}
+    identities = [inspect(ti).identity for ti in tis if inspect(ti).unloaded & columns]
+    key_columns = mapper.primary_key
+    for start in range(0, len(identities), chunk):
+        part = identities[start : start + chunk]
+        if len(key_columns) == 1:
+            where = key_columns[0].in_([identity[0] for identity in part])
+        else:
+            where = tuple_(*key_columns).in_(part)
+        # Rows of objects already in the session fill in only what those objects lack.
+        session.scalars(select(model).where(where)).all()
 
 
 def workload_command(workload: Any) -> list[str]:

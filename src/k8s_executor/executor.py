@@ -211,6 +211,7 @@ class KubernetesExecutor(BaseExecutor):
     def try_adopt_task_instances(self, tis: Sequence[Any]) -> Sequence[Any]:
         assert self.kube_scheduler is not None and self.settings is not None
         started = time.monotonic()
+        airflow_adapter.load_unloaded_columns(tis)
         by_ref = {airflow_adapter.ref_of(ti.key): ti for ti in tis}
         # A scheduler whose loop stalled past its health check is declared dead by itself and
         # handed its own tasks: those still queued here, in flight (created or not yet) or

@@ -257,11 +257,11 @@ class LauncherProcess:
 
     During a burst Airflow's scheduler loop keeps one core busy in Python; launcher threads
     inside that process wait for its GIL at every socket read (about 10% of a burst's rate,
-    bench/RESULTS.md). In a process of its own (see processes.py), they wait only for the network
-    and the CPU. Requests after
-    `shutdown` are refused here, and left to the next scheduler. Creates not yet answered are
-    kept here, so a launcher process that dies is restarted and they are sent again; a create
-    whose first attempt did land meets 409 and counts as created.
+    bench/RESULTS.md). In a process of its own (see processes.py), they wait only for the
+    network and the CPU. Requests after `shutdown` are refused here, and left to the next
+    scheduler. Creates not yet answered are kept here, so a launcher process that dies is
+    restarted and they are sent again; a create whose first attempt did land meets 409 and
+    counts as created.
     """
 
     def __init__(self, kube_config: client.Configuration, **options: Any) -> None:

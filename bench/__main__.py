@@ -11,10 +11,12 @@ from outside the scheduler (see bench/measure.py): pod times from the API server
 queue times from the metadata database, event times from the scheduler's log, the
 executor's own requests from the API server's audit log, CPU and memory from /proc.
 A separate run per executor kills the scheduler with N pods running and times the
-adoption by its successor. The bare client creates the same pods with 64 threads from a
-process of its own and nothing around them: the ceiling. It runs twice: with this harness's
-watch on its namespace, as every executor's burst has (`bare_client`, the ceiling the ratios
-use), and without it (`bare_client_unobserved`).
+adoption by its successor. The bare client creates the same pods (the template with what
+the executor added to it, taken from the executor's first run) with 64 threads from a process
+of its own and nothing around them: the ceiling. It runs with this harness's watch on its
+namespace, as every executor's burst has (`bare_client`, the ceiling the ratios use), without
+it (`bare_client_unobserved`), and with the template's pods alone, which carry no task
+(`bare_client_template_pods`).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from typing import Any
 
 from kubernetes import client, config
 
-from bench.bare_client import bare_burst
+from bench.bare_client import bare_burst, executor_shaped
 from bench.measure import (
     BENCH_USER_AGENT,
     PeakMemory,
@@ -210,8 +212,9 @@ def stop_stack(stack: AirflowStack, core: client.CoreV1Api) -> None:
 
 def run_executor(
     name: str, state: control_plane.ClusterState, core: client.CoreV1Api, tasks: int, timeout: float
-) -> dict[str, Any]:
-    """One burst through one executor: launch, then every pod completes at once."""
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """One burst through one executor: launch, then every pod completes at once. Returns the
+    figures and the first pod the executor created."""
     stack, finish_file = start_stack(name, state, core, tasks, timers=AIRFLOW_DEFAULT_TIMERS)
     try:
         clock = PodClock(core, stack.namespace)
@@ -263,7 +266,7 @@ def run_executor(
         by_verb = executor_requests(control_plane.audit_log(state), stack.namespace, window_start, window_end)
         all_clients = difference(apiserver_pod_requests(core.api_client), counted_before)
         handled = max(created, 1)
-        return {
+        figures = {
             "config": name,
             "tasks": tasks,
             "pods_created": created,
@@ -291,6 +294,7 @@ def run_executor(
             "cpu_s_per_task": cpu / handled,
             "peak_memory_mb": memory.peak / 2**20,
         }
+        return figures, clock.sample
     finally:
         stop_stack(stack, core)
 
@@ -350,13 +354,23 @@ def run_adoption(
         stop_stack(stack, core)
 
 
-def run_bare(state: control_plane.ClusterState, core: client.CoreV1Api, tasks: int, observed: bool) -> float:
+def run_bare(
+    state: control_plane.ClusterState,
+    core: client.CoreV1Api,
+    tasks: int,
+    observed: bool,
+    executor_pod: dict[str, Any] | None,
+) -> float:
     """The same burst from a bare client. `observed`: with this harness's watch on the namespace,
-    as during every executor's burst (the watch costs the API server and this machine's cores)."""
+    as during every executor's burst (the watch costs the API server and this machine's cores).
+    `executor_pod`: one of the executor's pods, whose shape the bare client's pods take; without it,
+    the template's."""
     namespace = f"bench-bare-{uuid.uuid4().hex[:8]}"
     core.create_namespace({"metadata": {"name": namespace}})
     scratch = Path(tempfile.mkdtemp(prefix="k8s-executor-bench-bare-"))
     template = json.loads(simulated_template(scratch / "pod.json", scratch / "finish").read_text())
+    if executor_pod:
+        template = executor_shaped(template, executor_pod)
     wait = time.monotonic() + 30
     while not core.list_namespaced_service_account(namespace).items and time.monotonic() < wait:
         time.sleep(0.1)
@@ -396,10 +410,13 @@ def main() -> None:
 
     runs: dict[str, list[dict[str, Any]]] = {}
     adoptions: dict[str, list[dict[str, Any]]] = {}
+    samples: dict[str, dict[str, Any]] = {}
     for _ in range(args.repeat):
         for name in args.configs.split(","):
-            result = run_executor(name, state, core, args.tasks, args.timeout)
+            result, sample = run_executor(name, state, core, args.tasks, args.timeout)
             runs.setdefault(name, []).append(result)
+            if sample:
+                samples.setdefault(name, sample)
             print(json.dumps(result), flush=True)
         # Each executor adopts with its defaults; the official one launches the pods with its best
         # settings first, or its one pod per loop would take longer than the adoption run itself.
@@ -408,11 +425,14 @@ def main() -> None:
                 result = run_adoption(config_name, state, core, args.adopt_tasks or args.tasks, args.timeout)
                 adoptions.setdefault(name, []).append(result)
                 print(json.dumps(result), flush=True)
+    # The pods of the configuration the ceiling is compared with; both of ours build the same pods.
+    executor_pod = samples.get("ours_best") or next(iter(samples.values()), None)
+    kinds = {"observed": (True, executor_pod), "unobserved": (False, executor_pod), "template": (True, None)}
     bare_runs = {
-        kind: [run_bare(state, core, args.tasks, observed=kind == "observed") for _ in range(args.repeat)]
-        for kind in ("observed", "unobserved")
+        kind: [run_bare(state, core, args.tasks, observed, pod) for _ in range(args.repeat)]
+        for kind, (observed, pod) in kinds.items()
     }
-    bare, unobserved = (statistics.median(bare_runs[kind]) for kind in ("observed", "unobserved"))
+    bare, unobserved, template_pods = (statistics.median(bare_runs[kind]) for kind in kinds)
 
     def median(name: str, key: str, source: dict[str, list[dict[str, Any]]] = runs) -> float | None:
         values = [r[key] for r in source.get(name, []) if r.get(key) is not None]
@@ -421,6 +441,7 @@ def main() -> None:
     launch = {name: median(name, "pods_per_s") for name in CONFIGS} | {
         "bare_client": bare,
         "bare_client_unobserved": unobserved,
+        "bare_client_template_pods": template_pods,
     }
     out = {
         "tasks": args.tasks,
@@ -455,6 +476,7 @@ def main() -> None:
             "launch_ours_best_over_official_best": ratio(launch["ours_best"], launch["official_best"]),
             "launch_ours_best_over_bare_client": ratio(launch["ours_best"], bare),
             "launch_ours_best_over_bare_client_unobserved": ratio(launch["ours_best"], unobserved),
+            "launch_ours_best_over_bare_client_template_pods": ratio(launch["ours_best"], template_pods),
             "cpu_ours_over_official": ratio(
                 median("ours_default", "cpu_s_per_task"), median("official_default", "cpu_s_per_task")
             ),
@@ -488,6 +510,7 @@ def main() -> None:
             print(f"{name:<18}" + "".join(cells))
     print(f"{'bare_client':<18}{bare:>8.1f}  (runs: {bare_runs['observed']})")
     print(f"{'bare, unobserved':<18}{unobserved:>8.1f}  (runs: {bare_runs['unobserved']})")
+    print(f"{'bare, template':<18}{template_pods:>8.1f}  (runs: {bare_runs['template']})")
     for name, results in adoptions.items():
         print(f"adoption {name}: {median(name, 'adoption_s', adoptions)} s (runs: {results})")
     print(f"ratios: {json.dumps(out['ratios'])}")

@@ -46,6 +46,8 @@ class PodClock:
     namespace: str
     pods: dict[str, PodTimes] = field(default_factory=dict)
     events: int = 0
+    # The first pod seen, as the API server returned it: what the bare client creates again.
+    sample: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.stop = threading.Event()
@@ -71,6 +73,7 @@ class PodClock:
         meta = pod["metadata"]
         times = self.pods.get(meta["name"])
         if times is None:
+            self.sample = self.sample or pod
             index = int((meta.get("annotations") or {}).get("map_index", -1))
             times = self.pods[meta["name"]] = PodTimes(index, now)
         phase = (pod.get("status") or {}).get("phase")

@@ -1,8 +1,8 @@
 """The ceiling: the launch burst from a bare concurrent client, with no executor around it.
 
 It creates the pods an executor created (`executor_shaped`): on this machine a burst of the
-template alone, 0.4 KB, goes about 1.5 times as fast as one of the executors' 2.3 KB pods, which
-carry the task's command and its labels (bench/RESULTS.md, item 15).
+template alone, 0.4 KB, went 1.2 to 1.8 times as fast as one of the executors' 2.3 KB pods, which
+carry the task's command, labels and environment (bench/RESULTS.md, item 15).
 
 A module of its own so that a spawned process can import it (`python -m bench` runs as
 `__main__`, which a spawned child cannot find by that name).

@@ -294,13 +294,15 @@ class AirflowStack:
         )
         return {(task_id, map_index): (state, tries) for task_id, map_index, state, tries in rows}
 
-    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> str:
+    def task_log(
+        self, dag_id: str, run_id: str, task_id: str, try_number: int = 1, map_index: int = -1
+    ) -> str:
         """The try's log as the UI shows it (Airflow 3's REST API), one line per log record."""
         base = f"http://127.0.0.1:{self.api_port}"
         token = json.loads(urllib.request.urlopen(f"{base}/auth/token", timeout=10).read())["access_token"]
         request = urllib.request.Request(
             f"{base}/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}"
-            "?full_content=true",
+            f"?full_content=true&map_index={map_index}",
             headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
         )
         body = json.loads(urllib.request.urlopen(request, timeout=30).read())

@@ -29,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from urllib3.exceptions import HTTPError
 from devcluster import build
 from devcluster.pod_status import ContainerState, now_iso, pod_status
 from devcluster.status_writer import StatusWriter
+from devcluster.volumes import MountError, PodVolumes, downward_value
 from k8s_executor.kube_client import json_lines, merge_patch, read_body, read_json
 
 log = logging.getLogger("node-agent")
@@ -56,6 +58,9 @@ SIMULATED_TAINT = "devcluster.k8s-executor.dev/simulated"
 RUNTIME_LABEL = "devcluster.k8s-executor.dev/runtime"
 DEFAULT_FAIL_IMAGES = r"(^|/)(does-not-exist|unpullable)[^/]*$|^invalid\.registry/"
 BACKOFF_S = 2.0
+# How often a running pod's volumes are set up again (kubelet's pod sync, every minute or so;
+# shorter here so that a test sees a changed config map or a renewed token soon).
+VOLUME_SYNC_S = 10.0
 
 
 @dataclass
@@ -117,6 +122,11 @@ class Agent:
         self.simulator = Simulator(self)
         self.patch_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="requests")
         self.statuses = StatusWriter(self._write_status, self.stopping)
+        server = urllib.parse.urlsplit(api.api_client.configuration.host)
+        self.api_service_env = {
+            "KUBERNETES_SERVICE_HOST": server.hostname or "127.0.0.1",
+            "KUBERNETES_SERVICE_PORT": str(server.port or 443),
+        }
 
     # --- nodes -----------------------------------------------------------
     def register_nodes(self) -> None:
@@ -512,6 +522,7 @@ class ProcessPod(PodWorker):
         self.procs: dict[str, int] = {}
         self.proc_lock = threading.Lock()
         self.thread = threading.Thread(target=self.run, name=f"pod-{self.name}", daemon=True)
+        self.volumes = PodVolumes(agent.api, pod, self.dir, time.time)
 
     def start(self) -> None:
         self.thread.start()
@@ -554,6 +565,9 @@ class ProcessPod(PodWorker):
             self.publish()
             if not self._pull_images(spec):
                 return
+        if not self._mount_volumes():
+            return
+        threading.Thread(target=self._sync_volumes, name=f"volumes-{self.name}", daemon=True).start()
         for container, state in zip(spec.get("initContainers", []), self.init, strict=True):
             while not (state.terminated and state.exit_code == 0):
                 if self.deleting.is_set() or not self._run_container(container, state):
@@ -586,6 +600,30 @@ class ProcessPod(PodWorker):
             reason = "ImagePullBackOff" if reason == "ErrImagePull" else "ErrImagePull"
             self.deleting.wait(BACKOFF_S)
         return not bad
+
+    def _mount_volumes(self) -> bool:
+        """Kubelet's WaitForAttachAndMount: containers start only once every volume is set up."""
+        while not self.deleting.is_set():
+            try:
+                self.volumes.set_up()
+                return True
+            except MountError as exc:
+                message = f"MountVolume.SetUp failed: {exc}"
+                for state in self.init + self.main:
+                    if not state.started_at:
+                        state.waiting_reason, state.waiting_message = "ContainerCreating", message
+                self.agent.record_event(self.pod, "Warning", "FailedMount", message, "")
+                self.publish()
+                self.deleting.wait(BACKOFF_S)
+        return False
+
+    def _sync_volumes(self) -> None:
+        """Kubelet sets a running pod's volumes up again at every sync: tokens renewed, data updated."""
+        while not self.deleting.wait(VOLUME_SYNC_S) and self.thread.is_alive():
+            try:
+                self.volumes.refresh()
+            except MountError as exc:
+                log.warning("pod %s/%s: volumes not refreshed: %s", self.namespace, self.name, exc)
 
     def _run_main(self, containers: list[dict[str, Any]]) -> None:
         threads = []
@@ -635,14 +673,19 @@ class ProcessPod(PodWorker):
             exit_file.unlink(missing_ok=True)
             self.dir.mkdir(parents=True, exist_ok=True)
             memory_limit = parse_quantity((container.get("resources") or {}).get("limits", {}).get("memory"))
+            mounts = [f"--mount={m.shim_arg()}" for m in self.volumes.mounts(container)]
+            # A container with volumes gets a mount namespace of its own, where the shim mounts them.
+            isolate = ["unshare", "--mount", "--propagation", "private"] if mounts else []
             with open(self.log_path(state.name), "ab") as out:
                 proc = subprocess.Popen(
                     [
+                        *isolate,
                         sys.executable,
                         "-m",
                         "devcluster.shim",
                         f"--exit-file={exit_file}",
                         f"--memory-limit={memory_limit}",
+                        *mounts,
                         "--",
                         *argv,
                     ],
@@ -701,6 +744,10 @@ class ProcessPod(PodWorker):
             ),
             "HOSTNAME": self.name,
             "HOME": os.environ.get("HOME", "/root"),
+            # Kubelet gives every container the `kubernetes` service's address. That service's
+            # cluster IP routes nowhere on this machine (no kube-proxy), so the container gets the
+            # address this agent reaches the API server at; the pod's own env can override it.
+            **self.agent.api_service_env,
         }
         # A worker pod must find the same Python environment as the host it runs on.
         for key in ("VIRTUAL_ENV", "PYTHONPATH", "LANG"):
@@ -774,22 +821,10 @@ class ProcessPod(PodWorker):
             raise ConfigError(f"couldn't get {kind} {self.namespace}/{name}: {exc}") from exc
 
     def _field(self, path: str) -> str | None:
-        meta, spec = self.pod["metadata"], self.pod["spec"]
-        simple = {
-            "metadata.name": meta["name"],
-            "metadata.namespace": meta["namespace"],
-            "metadata.uid": meta["uid"],
-            "spec.nodeName": spec.get("nodeName"),
-            "spec.serviceAccountName": spec.get("serviceAccountName"),
-            "status.podIP": "127.0.0.1",
-            "status.hostIP": "127.0.0.1",
-        }
-        if path in simple:
-            return simple[path]
-        match = re.fullmatch(r"metadata\.(labels|annotations)\['(.+)'\]", path)
-        if match:
-            return (meta.get(match.group(1)) or {}).get(match.group(2), "")
-        return None
+        try:
+            return downward_value(self.pod, path)
+        except MountError:
+            return None
 
     def request_deletion(self, grace_s: int) -> None:
         if self.deleting.is_set():

@@ -3,7 +3,9 @@
 The node agent may be restarted while containers run (as kubelet may), so the
 exit code cannot live only in the agent's memory. The shim waits for the
 command, writes `{"exitCode": N, "reason": ...}` to its exit file and leaves.
-It ignores SIGTERM itself, so the agent's SIGTERM to the process group reaches
+Run inside a mount namespace of its own (`unshare --mount`), it first bind-mounts
+the container's volumes at their mount paths (`--mount`), so the mounts are seen
+by this container only, as a runtime's are. It ignores SIGTERM itself, so the agent's SIGTERM to the process group reaches
 the command the way a container's PID 1 receives it. It also plays the cgroup
 memory limit: a command whose resident memory passes the limit is killed with
 SIGKILL and reported as `OOMKilled`.
@@ -27,6 +29,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--exit-file", required=True)
     parser.add_argument("--memory-limit", type=int, default=0)
+    parser.add_argument("--mount", action="append", default=[], type=json.loads)
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args()
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -34,11 +37,13 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     reason = None
     try:
+        for mount in args.mount:
+            bind_mount(mount["source"], mount["target"], mount["readOnly"])
         # The child gets default signal handling back (ignored dispositions are inherited).
         child = subprocess.Popen(
             command, restore_signals=True, preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL)
         )
-    except OSError as exc:
+    except (OSError, subprocess.CalledProcessError) as exc:
         Path(args.exit_file).write_text(
             json.dumps({"exitCode": 128, "reason": "StartError", "message": str(exc)})
         )
@@ -62,6 +67,20 @@ def main() -> None:
     tmp = Path(args.exit_file + ".tmp")
     tmp.write_text(json.dumps({"exitCode": code, "reason": reason, "finishedAt": time.time()}))
     tmp.rename(args.exit_file)
+
+
+def bind_mount(source: str, target: str, read_only: bool) -> None:
+    """Mount `source` at `target` in this mount namespace; the mount point is made if missing
+    (on the host's filesystem, which the namespace shares: an empty directory or file)."""
+    path = Path(target)
+    if Path(source).is_dir():
+        path.mkdir(parents=True, exist_ok=True)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(exist_ok=True)
+    subprocess.run(["mount", "--bind", source, target], check=True, capture_output=True)
+    if read_only:
+        subprocess.run(["mount", "-o", "remount,bind,ro", target], check=True, capture_output=True)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import pytest
 from kubernetes import client, config
 
 from devcluster import control_plane
-from k8s_executor.kube_client import core_api, make_configuration
+from k8s_executor.kube_client import core_api
 from k8s_executor.scheduler import AirflowKubernetesScheduler
 from k8s_executor.settings import ExecutorSettings
 from tests.helpers import wait_for
@@ -29,7 +29,8 @@ CLUSTER_DIR = Path(
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[control_plane.ClusterState]:
-    state = control_plane.up(CLUSTER_DIR)
+    # Pods' tokens really expire (after an hour, the API server's shortest maximum).
+    state = control_plane.up(CLUSTER_DIR, token_max_expiration_s=3600)
     yield state
     if not os.environ.get("K8S_EXECUTOR_KEEP_CLUSTER"):
         control_plane.down(CLUSTER_DIR)
@@ -67,11 +68,17 @@ def namespace(core: client.CoreV1Api) -> Iterator[str]:
     core.delete_namespace(name)
 
 
+def admin_settings(cluster: control_plane.ClusterState, **values: object) -> ExecutorSettings:
+    """Settings that reach `cluster` with its admin kubeconfig."""
+    return ExecutorSettings.model_validate(
+        {"in_cluster": False, "config_file": str(cluster.kubeconfig), **values}
+    )
+
+
 @pytest.fixture
 def scheduler(cluster: control_plane.ClusterState, namespace: str) -> Iterator[AirflowKubernetesScheduler]:
     """The executor's pod keeper for `namespace` with the default settings; watchers not started."""
-    settings = ExecutorSettings(namespace=namespace, in_cluster=False, config_file=str(cluster.kubeconfig))
-    cfg = make_configuration(settings)
-    keeper = AirflowKubernetesScheduler(cfg, None, queue.Queue(), core_api(cfg), "t1", settings=settings)
+    settings = admin_settings(cluster, namespace=namespace)
+    keeper = AirflowKubernetesScheduler(settings, None, queue.Queue(), core_api(settings), "t1")
     yield keeper
     keeper.terminate()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 from kubernetes import client
@@ -51,3 +54,31 @@ def shell_pod(name: str, script: str, **spec: object) -> dict:
 def pod_log(core: client.CoreV1Api, namespace: str, name: str, **kwargs: object) -> str:
     # The generated client turns the log's bytes into their repr(); read the raw body instead.
     return core.read_namespaced_pod_log(name, namespace, _preload_content=False, **kwargs).data.decode()
+
+
+def audit_entries(core: client.CoreV1Api, log: Path, namespace: str) -> list[dict]:
+    """The API server's audit records of pods in `namespace`, read to a marker request made now, so
+    that every request before it has been written."""
+    marker = f"marker-{time.monotonic_ns()}"
+    with contextlib.suppress(client.ApiException):
+        core.read_namespaced_pod(marker, namespace)
+
+    def entries() -> list[dict] | None:
+        found = [
+            json.loads(line) for line in log.read_text(errors="replace").splitlines() if namespace in line
+        ]
+        return found if any((e.get("objectRef") or {}).get("name") == marker for e in found) else None
+
+    return wait_for(entries, "the audit log to reach the marker", timeout=90, interval=1)
+
+
+def pods_created(entries: list[dict]) -> list[str]:
+    """The names of the pods whose create the API server accepted, once per accepted create."""
+    return [
+        e["objectRef"]["name"]
+        for e in entries
+        if e["verb"] == "create"
+        and e.get("stage") == "ResponseComplete"
+        and not (e.get("objectRef") or {}).get("subresource")
+        and (e.get("responseStatus") or {}).get("code") == 201
+    ]

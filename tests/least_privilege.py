@@ -1,4 +1,4 @@
-"""Running the executor as deploy/rbac.yaml says: a minted user bound to exactly the shipped Role.
+"""Running the executor as deploy/rbac/rbac.yaml says: a minted user bound to exactly the shipped Role.
 
 The end-to-end stacks and the RBAC test use this, so the Role the project ships is the Role the
 executor is tested under; test code itself keeps the admin client.
@@ -17,12 +17,12 @@ from kubernetes import client
 from devcluster import control_plane
 from tests.helpers import wait_for
 
-RBAC_YAML = Path(__file__).resolve().parents[1] / "deploy" / "rbac.yaml"
+RBAC_YAML = Path(__file__).resolve().parents[1] / "deploy" / "rbac" / "rbac.yaml"
 RBAC_GROUP = "rbac.authorization.k8s.io"
 
 
 def manifest(kind: str) -> dict[str, Any]:
-    """The one object of `kind` in deploy/rbac.yaml, as a fresh dict."""
+    """The one object of `kind` in deploy/rbac/rbac.yaml, as a fresh dict."""
     [found] = [doc for doc in yaml.safe_load_all(RBAC_YAML.read_text()) if doc and doc["kind"] == kind]
     return copy.deepcopy(found)
 
@@ -47,13 +47,15 @@ def _create_or_replace(create: Any, replace: Any, body: dict[str, Any]) -> None:
         replace(body["metadata"]["name"], body)
 
 
-def _user_binding(kind: str, user: str, namespace: str | None = None) -> dict[str, Any]:
+def _user_binding(
+    kind: str, user: str, namespace: str | None = None, subject: dict[str, str] | None = None
+) -> dict[str, Any]:
     binding = manifest(kind)
     # One binding per user: namespaces shared by several stacks collect several.
     binding["metadata"]["name"] = f"{binding['metadata']['name']}-{user}"
     if namespace:
         binding["metadata"]["namespace"] = namespace
-    binding["subjects"] = [{"kind": "User", "apiGroup": RBAC_GROUP, "name": user}]
+    binding["subjects"] = [subject or {"kind": "User", "apiGroup": RBAC_GROUP, "name": user}]
     return binding
 
 
@@ -85,8 +87,10 @@ def allowed(
     return bool(review.status.allowed)
 
 
-def grant_role(api_client: client.ApiClient, namespace: str, user: str) -> None:
-    """The shipped Role in `namespace`, bound to `user`; returns once the authorizer applies it."""
+def grant_role(
+    api_client: client.ApiClient, namespace: str, user: str, subject: dict[str, str] | None = None
+) -> None:
+    """The shipped Role in `namespace`, bound to `user` (or `subject`); returns once the authorizer applies it."""
     rbac = client.RbacAuthorizationV1Api(api_client)
     role = manifest("Role")
     role["metadata"]["namespace"] = namespace
@@ -98,7 +102,7 @@ def grant_role(api_client: client.ApiClient, namespace: str, user: str) -> None:
     _create_or_replace(
         lambda body: rbac.create_namespaced_role_binding(namespace, body),
         lambda name, body: rbac.replace_namespaced_role_binding(name, namespace, body),
-        _user_binding("RoleBinding", user, namespace),
+        _user_binding("RoleBinding", user.rsplit(":", 1)[-1], namespace, subject),
     )
     # The authorizer reads bindings from a cache: wait for it rather than race the scheduler's first list.
     wait_for(lambda: allowed(api_client, user, "watch", "pods", namespace), f"RBAC for {user} in {namespace}")
@@ -123,3 +127,47 @@ def executor_kubeconfig(
     for namespace in namespaces:
         grant_role(api_client, namespace, user)
     return kubeconfig
+
+
+def grant_service_account(api_client: client.ApiClient, namespace: str, name: str) -> str:
+    """ServiceAccount `name` in `namespace` (made if missing), bound to the shipped Role there; its user name."""
+    core = client.CoreV1Api(api_client)
+    try:
+        core.create_namespaced_service_account(namespace, {"metadata": {"name": name}})
+    except client.ApiException as exc:
+        if exc.status != 409:
+            raise
+    user = f"system:serviceaccount:{namespace}:{name}"
+    grant_role(api_client, namespace, user, {"kind": "ServiceAccount", "name": name, "namespace": namespace})
+    return user
+
+
+def mint_token(api_client: client.ApiClient, namespace: str, name: str, expiration_s: int = 600) -> str:
+    """A token of ServiceAccount `name` from the TokenRequest API (valid until it expires or the account goes)."""
+    answer = client.CoreV1Api(api_client).create_namespaced_service_account_token(
+        name, namespace, {"spec": {"expirationSeconds": expiration_s}}
+    )
+    token: str = answer.status.token
+    return token
+
+
+def user_kubeconfig(cluster: control_plane.ClusterState, path: Path, user: dict[str, Any]) -> Path:
+    """A kubeconfig for the cluster whose user authenticates as `user` says (token, tokenFile, exec)."""
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "devcluster",
+                "cluster": {
+                    "server": cluster.server,
+                    "certificate-authority": str(Path(cluster.directory) / "pki" / "ca.crt"),
+                },
+            }
+        ],
+        "users": [{"name": "executor", "user": user}],
+        "contexts": [{"name": "executor", "context": {"cluster": "devcluster", "user": "executor"}}],
+        "current-context": "executor",
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path

@@ -33,7 +33,7 @@ from kubernetes import client
 from k8s_executor import airflow_adapter, identity
 from k8s_executor import executor_config as executor_config_module
 from k8s_executor.executor_config import ExecutorConfigError
-from k8s_executor.kube_client import core_api, error_message, list_pods, make_configuration, read_json
+from k8s_executor.kube_client import core_api, error_message, list_pods, read_json
 from k8s_executor.pod_building import (
     PodBuildError,
     PodRequest,
@@ -117,7 +117,7 @@ def _settings() -> ExecutorSettings:
 @providers_configuration_loaded
 def cleanup_pods(args: argparse.Namespace) -> None:
     settings = _settings()
-    core = core_api(make_configuration(settings))
+    core = core_api(settings)
     namespaces = [args.namespace] if args.namespace else settings.watched_namespaces
     now = datetime.datetime.now(datetime.timezone.utc)
     min_pending = datetime.timedelta(minutes=args.min_pending_minutes)

@@ -22,14 +22,7 @@ from kubernetes import client
 
 from k8s_executor import airflow_adapter, identity, metrics
 from k8s_executor.executor_config import ExecutorConfigError
-from k8s_executor.kube_client import (
-    core_api,
-    error_message,
-    list_pods,
-    make_configuration,
-    read_body,
-    read_json,
-)
+from k8s_executor.kube_client import core_api, error_message, list_pods, read_body, read_json
 from k8s_executor.pod_building import PodBuildError, PodRequest, build_pod
 from k8s_executor.scheduler import AirflowKubernetesScheduler, TaskResult
 from k8s_executor.settings import ExecutorSettings
@@ -60,17 +53,17 @@ class KubernetesExecutor(BaseExecutor):
         # Validate everything before anything starts: no half-configured scheduler.
         self.settings = ExecutorSettings.parse(airflow_adapter.read_settings())
         self.scheduler_id = str(self.job_id) if self.job_id is not None else uuid.uuid4().hex[:12]
-        self.kube_config = make_configuration(self.settings)
-        self.kube_client = core_api(self.kube_config)
+        # The credential is fetched now: one that cannot be had stops the scheduler here, with a
+        # message naming the file or command.
+        self.kube_client = core_api(self.settings)
         self._worker_env = airflow_adapter.worker_env()
         self._defaults = airflow_adapter.pod_defaults(self.settings)
         self.kube_scheduler = AirflowKubernetesScheduler(
-            self.kube_config,
+            self.settings,
             None,
             self.result_queue,
             self.kube_client,
             self.scheduler_id,
-            settings=self.settings,
             # As long as Airflow waits before it hands a dead scheduler's tasks to a successor.
             unclaimed_grace_s=airflow_adapter.orphan_check_interval_s(),
         )
@@ -264,7 +257,7 @@ class KubernetesExecutor(BaseExecutor):
         if self.settings is None:
             # The UI's log reader holds an executor it never started: it only needs a client.
             self.settings = ExecutorSettings.parse(airflow_adapter.read_settings())
-            self.kube_client = core_api(make_configuration(self.settings))
+            self.kube_client = core_api(self.settings)
         ref = airflow_adapter.ref_of(ti.key)._replace(try_number=try_number)
         selector = ",".join(
             f"{k}={v}"

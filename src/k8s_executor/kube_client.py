@@ -1,31 +1,39 @@
-"""The connection to the API server, made from settings.
+"""The connection to the API server, made from settings by each process for itself.
 
-The official `kubernetes` client, configured once: in-cluster or kubeconfig,
-TLS verification, urllib3 retries and TCP keepalive. Calls that need speed use
-`_preload_content=False` and read JSON themselves.
+The official `kubernetes` client: in-cluster or kubeconfig credentials kept fresh
+(credentials.py), TLS verification, urllib3 retries and TCP keepalive. No process is
+handed a client or a `Configuration`: each calls `connect` with the settings. Calls
+that need speed use `_preload_content=False` and read JSON themselves.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
-from kubernetes import client, config
+from kubernetes import client
 from urllib3.util.retry import Retry
 
+from k8s_executor import credentials
 from k8s_executor.settings import ExecutorSettings
 
+log = logging.getLogger(__name__)
 
-def make_configuration(settings: ExecutorSettings) -> client.Configuration:
+
+def connect(settings: ExecutorSettings) -> credentials.RefreshingApiClient:
+    """A client of this process's own, its credential fetched now and kept fresh.
+
+    Raises `credentials.CredentialError` naming the file or command when no credential can be had.
+    """
     cfg = client.Configuration()
     if settings.in_cluster:
-        config.load_incluster_config(client_configuration=cfg)
+        source: credentials.Source | None = credentials.in_cluster(cfg)
     else:
-        config.load_kube_config(
-            config_file=settings.config_file, context=settings.cluster_context, client_configuration=cfg
-        )
+        source = credentials.from_kubeconfig(cfg, settings.config_file, settings.cluster_context)
     if not settings.verify_ssl:
         cfg.verify_ssl = False
     if settings.ssl_ca_cert:
@@ -41,7 +49,26 @@ def make_configuration(settings: ExecutorSettings) -> client.Configuration:
             (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, settings.tcp_keep_intvl),
             (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, settings.tcp_keep_cnt),
         ]
-    return cfg
+    return credentials.RefreshingApiClient(cfg, credentials.FreshCredential(source) if source else None)
+
+
+def connect_in_helper(settings: ExecutorSettings) -> credentials.RefreshingApiClient:
+    """`connect` for a helper process: a credential missing for now is waited for, not fatal.
+
+    The scheduler checked the same settings when it started; a credential that fails now (a
+    token file being replaced, a plugin's service down) is tried again every few seconds and
+    logged once a minute, while the requests handed to the process wait.
+    """
+    logged_at: float | None = None
+    while True:
+        try:
+            return connect(settings)
+        except credentials.CredentialError as exc:
+            now = time.monotonic()
+            if logged_at is None or now - logged_at >= credentials.LOG_FAILURE_EVERY_S:
+                logged_at = now
+                log.error("no credential for the API server yet, trying again: %s", exc)
+            time.sleep(credentials.RETRY_FAILED_REFRESH_S)
 
 
 def list_pods(api: client.CoreV1Api, namespace: str | None, **kwargs: Any) -> Any:
@@ -51,8 +78,8 @@ def list_pods(api: client.CoreV1Api, namespace: str | None, **kwargs: Any) -> An
     return api.list_pod_for_all_namespaces(**kwargs)
 
 
-def core_api(cfg: client.Configuration) -> client.CoreV1Api:
-    return client.CoreV1Api(client.ApiClient(cfg))
+def core_api(settings: ExecutorSettings) -> client.CoreV1Api:
+    return client.CoreV1Api(connect(settings))
 
 
 def read_body(response: Any) -> bytes:

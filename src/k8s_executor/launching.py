@@ -5,7 +5,8 @@ finished pods on a smaller one) in a process of the launcher's own
 (`LauncherProcess`), so the scheduler loop never waits on the network and the
 requests never wait on the scheduler loop. A token bucket keeps the executor
 within the QPS it was given, as client-go's rate limiter does. Refusals that can
-pass (429 with its Retry-After, 5xx, 403 for quota or for RBAC not loaded yet)
+pass (429 with its Retry-After, 5xx, 403 for quota or for RBAC not loaded yet, 401 for a
+credential being replaced)
 are retried with backoff, up to `task_publish_max_retries` times; an API server
 that cannot be reached at all (restarting, upgrading) is waited for until the
 task's own deadline, since that is no fault of the task. Because a try's pod
@@ -31,8 +32,9 @@ from typing import Any
 from kubernetes import client
 from urllib3.exceptions import HTTPError
 
-from k8s_executor.kube_client import error_message, merge_patch, read_body
+from k8s_executor.kube_client import connect_in_helper, error_message, merge_patch, read_body
 from k8s_executor.processes import ChildProcess, log_in_parent, log_level, send_logs_to
+from k8s_executor.settings import ExecutorSettings
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +94,12 @@ def transient(exc: Exception) -> float | None:
             return float(retry_after) if retry_after else 0.0
         except ValueError:
             return 0.0
-    if exc.status == 403:
+    if exc.status in (401, 403):
         # Quota frees up as pods end; a forbidden create may be an authorizer still loading its
-        # cache (for a moment after an API server restart) or a RoleBinding not yet seen. Both
-        # spend the refusal budget; a real lack of rights fails the task with the server's words.
+        # cache (for a moment after an API server restart) or a RoleBinding not yet seen; a
+        # credential refused even after it was fetched again (credentials.py) may be replaced on
+        # disk a moment later. All spend the refusal budget; a credential or right that stays
+        # wrong fails the task with the server's words.
         return 0.0
     return None
 
@@ -264,8 +268,9 @@ class LauncherProcess:
     counts as created.
     """
 
-    def __init__(self, kube_config: client.Configuration, **options: Any) -> None:
-        self.kube_config = kube_config
+    def __init__(self, settings: ExecutorSettings, **options: Any) -> None:
+        # The process builds its own client from the settings: credentials do not cross processes.
+        self.settings = settings
         self.options = options
         self.results: queue.SimpleQueue[Result] = queue.SimpleQueue()
         self.unanswered: dict[tuple[str, str], tuple[dict[str, Any], float]] = {}
@@ -280,7 +285,7 @@ class LauncherProcess:
         answers: Any = context.Queue()
         self.process = ChildProcess(
             target=_serve,
-            args=(self.kube_config, self.options, self.requests, answers, log_level()),
+            args=(self.settings, self.options, self.requests, answers, log_level()),
             name="k8s-executor-launcher",
             daemon=True,
         )
@@ -352,14 +357,14 @@ class LauncherProcess:
 
 
 def _serve(
-    kube_config: client.Configuration, options: dict[str, Any], requests: Any, answers: Any, level: int
+    settings: ExecutorSettings, options: dict[str, Any], requests: Any, answers: Any, level: int
 ) -> None:
     """The launcher process: requests in, results (and log records) out, until told to shut down."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # Ctrl-C reaches the whole process group; the scheduler decides when the launcher stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     send_logs_to(answers, level)
-    launcher = Launcher(client.CoreV1Api(client.ApiClient(kube_config)), **options)
+    launcher = Launcher(client.CoreV1Api(connect_in_helper(settings)), **options)
 
     def forward() -> None:
         while (result := launcher.results.get()) is not None:

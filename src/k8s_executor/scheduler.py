@@ -32,7 +32,10 @@ class KubernetesJobWatcher(multiprocessing.Process, LoggingMixin):
     """The process watching one namespace's pods (or all namespaces') for the scheduler.
 
     What runs in the process is `watching.PodWatch`; the process is started light (see
-    processes.py), so it imports neither Airflow nor this module.
+    processes.py), so it imports neither Airflow nor this module. `kube_config` keeps the
+    specification's name but holds the settings: the process builds its own client and keeps
+    its credential fresh (credentials.py), since a loaded `Configuration`'s credential refresh
+    cannot cross a process boundary.
     """
 
     def __init__(
@@ -42,7 +45,7 @@ class KubernetesJobWatcher(multiprocessing.Process, LoggingMixin):
         watcher_queue: Any,
         resource_version: str | None,
         worker_uuid: str,
-        kube_config: client.Configuration,
+        kube_config: ExecutorSettings,
         fatal_waiting_reasons: frozenset[str] = frozenset(),
         unschedulable_timeout_s: float = 300.0,
         **kwargs: Any,
@@ -53,6 +56,11 @@ class KubernetesJobWatcher(multiprocessing.Process, LoggingMixin):
         self.watcher_queue = watcher_queue
         self.resource_version = resource_version
         self.worker_uuid = worker_uuid
+        if not isinstance(kube_config, ExecutorSettings):
+            raise TypeError(
+                "KubernetesJobWatcher takes the executor's settings as kube_config: its process "
+                "builds its own client from them"
+            )
         self.kube_config = kube_config
         self.fatal_waiting_reasons = fatal_waiting_reasons
         self.unschedulable_timeout_s = unschedulable_timeout_s
@@ -62,7 +70,7 @@ class KubernetesJobWatcher(multiprocessing.Process, LoggingMixin):
             "namespace": self.namespace,
             "watcher_queue": self.watcher_queue,
             "resource_version": self.resource_version,
-            "kube_config": self.kube_config,
+            "settings": self.kube_config,
             "fatal_waiting_reasons": self.fatal_waiting_reasons,
             "unschedulable_timeout_s": self.unschedulable_timeout_s,
         }
@@ -109,24 +117,25 @@ class TaskResult:
 
 
 class AirflowKubernetesScheduler(LoggingMixin):
+    """The specification's signature; `kube_config` holds the settings each helper process
+    builds its own client from (see `KubernetesJobWatcher`), `kube_client` is this process's."""
+
     def __init__(
         self,
-        kube_config: client.Configuration,
+        kube_config: ExecutorSettings,
         task_queue: queue.Queue[Any] | None,
         result_queue: queue.Queue[TaskResult],
         kube_client: client.CoreV1Api,
         worker_uuid: str,
-        settings: ExecutorSettings | None = None,
         unclaimed_grace_s: float = 300.0,
         **kwargs: Any,
     ) -> None:
         super().__init__()
-        self.kube_config = kube_config
         self.task_queue = task_queue
         self.result_queue = result_queue
         self.kube_client = kube_client
         self.worker_uuid = worker_uuid
-        self.settings = settings or ExecutorSettings()
+        self.settings = kube_config
         self.pods: dict[tuple[str, str], TrackedPod] = {}
         self.fatal_waiting_reasons = frozenset(self.settings.worker_pod_pending_fatal_container_state_reasons)
         # Pods of other schedulers as the watchers last saw them: what adoption takes over.
@@ -138,7 +147,7 @@ class AirflowKubernetesScheduler(LoggingMixin):
         self.unclaimed: dict[tuple[str, str], float] = {}
         self.unclaimed_grace_s = unclaimed_grace_s
         self.launcher = LauncherProcess(
-            kube_config,
+            self.settings,
             concurrency=self.settings.creation_concurrency,
             qps=self.settings.api_qps,
             burst=self.settings.api_burst,
@@ -164,7 +173,7 @@ class AirflowKubernetesScheduler(LoggingMixin):
             watcher_queue=self.watcher_queue,
             resource_version=ResourceVersion().get_resource_version(namespace),
             worker_uuid=self.worker_uuid,
-            kube_config=self.kube_config,
+            kube_config=self.settings,
             fatal_waiting_reasons=self.fatal_waiting_reasons,
             unschedulable_timeout_s=self.settings.unschedulable_pod_timeout,
             daemon=True,

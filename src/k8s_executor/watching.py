@@ -28,8 +28,9 @@ from kubernetes import client
 from urllib3.exceptions import HTTPError
 
 from k8s_executor import identity
-from k8s_executor.kube_client import json_lines, list_pods, read_json
+from k8s_executor.kube_client import connect_in_helper, json_lines, list_pods, read_json
 from k8s_executor.processes import send_logs_to
+from k8s_executor.settings import ExecutorSettings
 from k8s_executor.state_mapping import PodState, pod_state, with_events
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ class PodWatch:
         namespace: str | None,
         watcher_queue: Any,
         resource_version: str | None,
-        kube_config: client.Configuration,
+        settings: ExecutorSettings,
         fatal_waiting_reasons: frozenset[str] = frozenset(),
         unschedulable_timeout_s: float = 300.0,
     ) -> None:
@@ -90,7 +91,7 @@ class PodWatch:
         self.resource_version = resource_version
         self.fatal_waiting_reasons = fatal_waiting_reasons
         self.unschedulable_timeout_s = unschedulable_timeout_s
-        self.api = client.CoreV1Api(client.ApiClient(kube_config))
+        self.api = client.CoreV1Api(connect_in_helper(settings))
         self.cache: dict[str, dict[str, Any]] = {}
         self.explained: dict[str, PodState] = {}
         # What the executor was last told of each pod (verdict, launching scheduler). A pod on its

@@ -13,7 +13,7 @@ from devcluster import control_plane
 from k8s_executor.identity import TaskRef
 from k8s_executor.launching import Launcher, LauncherProcess, LaunchResult
 from k8s_executor.pod_building import PodDefaults, PodRequest, build_pod
-from tests.conftest import CLUSTER_DIR
+from tests.conftest import CLUSTER_DIR, admin_settings
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -99,9 +99,9 @@ def test_an_api_server_that_is_down_is_waited_for_not_counted_as_a_refusal(
 
 
 def test_launcher_process_that_dies_is_restarted_and_resends_unanswered_creates(
-    api_client: client.ApiClient, core: client.CoreV1Api, namespace: str
+    cluster: control_plane.ClusterState, core: client.CoreV1Api, namespace: str
 ) -> None:
-    launcher = LauncherProcess(api_client.configuration, concurrency=2, qps=50, burst=50, max_retries=3)
+    launcher = LauncherProcess(admin_settings(cluster), concurrency=2, qps=50, burst=50, max_retries=3)
     try:
         launcher.create(pod_for(namespace, "answered"), time.monotonic() + 60)
         [first] = results(launcher, 1)
@@ -127,9 +127,9 @@ def test_launcher_process_that_dies_is_restarted_and_resends_unanswered_creates(
 
 
 def test_launcher_process_shut_down_with_wait_delivers_every_result(
-    api_client: client.ApiClient, namespace: str
+    cluster: control_plane.ClusterState, namespace: str
 ) -> None:
-    launcher = LauncherProcess(api_client.configuration, concurrency=4, qps=100, burst=100, max_retries=3)
+    launcher = LauncherProcess(admin_settings(cluster), concurrency=4, qps=100, burst=100, max_retries=3)
     for i in range(20):
         launcher.create(pod_for(namespace, f"t{i}"), time.monotonic() + 60)
     launcher.shutdown(wait=True)

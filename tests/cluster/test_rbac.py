@@ -1,4 +1,4 @@
-"""deploy/rbac.yaml against the real API server: enough for every call the executor makes, and no more."""
+"""deploy/rbac/rbac.yaml against the real API server: enough for every call the executor makes, and no more."""
 
 from __future__ import annotations
 

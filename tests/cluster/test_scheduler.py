@@ -3,7 +3,6 @@ deleted once, and nothing lost when the watcher dies or the watch history is gon
 
 from __future__ import annotations
 
-import json
 import queue
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from k8s_executor.pod_building import PodDefaults, PodRequest, build_pod
 from k8s_executor.scheduler import AirflowKubernetesScheduler, TaskResult
 from k8s_executor.watching import PodEvent
 from tests.conftest import CLUSTER_DIR
-from tests.helpers import wait_for, wait_for_pod_phase
+from tests.helpers import audit_entries, wait_for, wait_for_pod_phase
 
 pytestmark = pytest.mark.cluster
 
@@ -58,21 +57,10 @@ def settle(keeper: AirflowKubernetesScheduler, seconds: float) -> list[TaskResul
 
 
 def executor_deletes(core: client.CoreV1Api, log: Path, namespace: str, name: str) -> int:
-    """Deletes of `name` the executor sent, per the API server's audit log (read to a marker, so
-    that every request before it has been written)."""
-    marker = f"marker-{time.monotonic_ns()}"
-    with pytest.raises(client.ApiException):
-        core.read_namespaced_pod(marker, namespace)
-
-    def entries() -> list[dict] | None:
-        found = [
-            json.loads(line) for line in log.read_text(errors="replace").splitlines() if namespace in line
-        ]
-        return found if any((e.get("objectRef") or {}).get("name") == marker for e in found) else None
-
+    """Deletes of `name` the executor sent, per the API server's audit log."""
     return sum(
         1
-        for e in wait_for(entries, "the audit log to reach the marker", timeout=90, interval=1)
+        for e in audit_entries(core, log, namespace)
         if e["verb"] == "delete"
         and e.get("stage") == "ResponseComplete"
         and (e.get("objectRef") or {}).get("name") == name

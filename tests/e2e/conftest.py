@@ -8,7 +8,7 @@ import socket
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -40,14 +40,20 @@ def airflow_stack(
     cluster: control_plane.ClusterState,
     core: client.CoreV1Api,
     extra_namespaces: tuple[str, ...] = (),
+    kubeconfig_for: Callable[[str], Path] | None = None,
     **env: str,
 ) -> Iterator[AirflowStack]:
+    """A stack in a new namespace; `kubeconfig_for(namespace)` gives the executor's kubeconfig."""
     namespace = f"e2e-{uuid.uuid4().hex[:8]}"
     core.create_namespace({"metadata": {"name": namespace}})
-    # Airflow runs as the operator would run it: bound to deploy/rbac.yaml's Role in each namespace it
+    # Airflow runs as the operator would run it: bound to deploy/rbac/rbac.yaml's Role in each namespace it
     # launches pods in, so a call the Role does not allow fails the suite with a 403.
-    kubeconfig = executor_kubeconfig(
-        cluster, core.api_client, f"airflow-{namespace}", (namespace, *extra_namespaces)
+    kubeconfig = (
+        kubeconfig_for(namespace)
+        if kubeconfig_for
+        else executor_kubeconfig(
+            cluster, core.api_client, f"airflow-{namespace}", (namespace, *extra_namespaces)
+        )
     )
     home = Path(tempfile.mkdtemp(prefix="k8s-executor-e2e-"))
     extra_env = {

@@ -29,6 +29,12 @@ def test_forbidden_is_retried_within_the_refusal_budget() -> None:
     assert transient(api_error(403, body='pods is forbidden: User "x" cannot create resource')) == 0.0
 
 
+def test_unauthorized_is_retried_within_the_refusal_budget() -> None:
+    # A token file rotated a moment after the old token stopped working: the client fetched the
+    # credential again and it was still the old one; the next try may find the new one.
+    assert transient(api_error(401)) == 0.0
+
+
 def test_permanent_refusals_are_not_retried() -> None:
     assert transient(api_error(422, body="Pod is invalid")) is None
     assert transient(api_error(404)) is None

@@ -309,9 +309,7 @@ class AirflowStack:
         content = body.get("content") or []
         if isinstance(content, str):
             return content
-        return "\n".join(
-            str(line.get("event", line)) if isinstance(line, dict) else str(line) for line in content
-        )
+        return "\n".join(_log_line(line) for line in content)
 
     def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 600) -> str:
         deadline = time.monotonic() + timeout
@@ -337,3 +335,13 @@ class AirflowStack:
     def explain_run(self, dag_id: str, run_id: str) -> str:
         """For an assertion message: each task's state, and why the executor said what it said."""
         return f"states: {self.task_states(dag_id, run_id)}\n{self.failure_reasons(dag_id, run_id)}"
+
+
+def _log_line(line: Any) -> str:
+    """A structured log record as the UI shows it: its message, then the exception it carries."""
+    if not isinstance(line, dict):
+        return str(line)
+    text = str(line.get("event", line))
+    for error in line.get("error_detail") or []:
+        text += f"\n{error.get('exc_type')}: {error.get('exc_value')}"
+    return text

@@ -235,7 +235,7 @@ class FreshCredential:
             if sent == self._current and not (
                 self._failed_at is not None and now < self._failed_at + self.retry_failed_s
             ):
-                if self._refresh(now):
+                if self._refresh(now, announce=False):
                     log.warning(
                         "the API server refused the credential from %s (401); a new one was fetched "
                         "and the request sent again with it",
@@ -249,7 +249,7 @@ class FreshCredential:
                     )
             return self._current != sent
 
-    def _refresh(self, now: float) -> bool:
+    def _refresh(self, now: float, announce: bool = True) -> bool:
         """Fetch the credential again; True if it changed."""
         try:
             fresh = self.source.fetch()
@@ -273,7 +273,7 @@ class FreshCredential:
                 self._failures,
             )
         changed = fresh != self._current
-        if changed and self._current.expires_at is None:
+        if changed and announce and self._current.expires_at is None:
             # A plugin's credential changes at every expiry; a file's only when it was replaced.
             log.info("%s holds a new credential; requests carry it from now on", self.source.description)
         self._current, self._fetched_at = fresh, now

@@ -113,9 +113,17 @@ def test_a_token_file_rotated_mid_run(core: client.CoreV1Api, stack: AirflowStac
         write_atomically(workdir / "token", mint_token(core.api_client, stack.namespace, ACCOUNT))
 
     run_and_check(core, stack, run_id, during=rotate)
-    # Every process of the scheduler reads the file again within a minute and says so, once.
+    # The launcher and the watcher each take the new token within a minute (at a 401, or when they
+    # read the file again) and say so, once.
     said = wait_for(
-        lambda: scheduler_log(stack).count(f"token file {workdir / 'token'} holds a new credential") >= 2,
+        lambda: (
+            sum(
+                f"token file {workdir / 'token'}" in line
+                and ("holds a new credential" in line or "a new one was fetched" in line)
+                for line in scheduler_log(stack).splitlines()
+            )
+            >= 2
+        ),
         "the scheduler's processes to take the new token",
         timeout=90,
         interval=1,

@@ -15,35 +15,54 @@ from kubernetes import client, config
 
 from devcluster import control_plane
 from devcluster.airflow_stack import AirflowStack
+from devcluster.in_cluster import InClusterAirflow, wait_for_rollout
 
 DEMO_DAG = Path(__file__).resolve().parent.parent / "examples" / "dags" / "k8s_executor_demo.py"
 NAMESPACE = "airflow-demo"
 
 
-def run_demo() -> int:
+def run_demo(in_cluster: bool = False) -> int:
     started = time.monotonic()
     state = control_plane.up(control_plane.default_cluster_dir())
     print(f"cluster ready at {state.server} ({time.monotonic() - started:.1f}s)", flush=True)
     cfg = client.Configuration()
     config.load_kube_config(str(state.kubeconfig), client_configuration=cfg)
     core = client.CoreV1Api(client.ApiClient(cfg))
-    try:
-        core.create_namespace({"metadata": {"name": NAMESPACE}})
-    except client.ApiException as exc:
-        if exc.status != 409:
-            raise
-    home = control_plane.default_cluster_dir() / "airflow"
+    home = control_plane.default_cluster_dir() / ("airflow-in-cluster" if in_cluster else "airflow")
     shutil.rmtree(home, ignore_errors=True)
-    stack = AirflowStack(
-        home=home,
-        cluster=state,
-        namespace=NAMESPACE,
-        extra_env={"AIRFLOW__KUBERNETES_EXECUTOR__DELETE_WORKER_PODS": "False"},
-    )
+    # Pods are kept (marked done) so that the table below can show them.
+    keep_pods = {"AIRFLOW__KUBERNETES_EXECUTOR__DELETE_WORKER_PODS": "False"}
+    stack: AirflowStack
+    if in_cluster:
+        # deploy/in-cluster/ applied with an overlay for this machine; it makes its namespace.
+        stack = InClusterAirflow(
+            home=home, cluster=state, namespace=f"{NAMESPACE}-in-cluster", extra_env=keep_pods
+        )
+    else:
+        try:
+            core.create_namespace({"metadata": {"name": NAMESPACE}})
+        except client.ApiException as exc:
+            if exc.status != 409:
+                raise
+        stack = AirflowStack(
+            home=home,
+            cluster=state,
+            namespace=NAMESPACE,
+            extra_env=keep_pods,
+        )
+    namespace = stack.namespace
     try:
         stack.prepare()
         shutil.copy(DEMO_DAG, stack.dags_folder)
         stack.start()
+        if isinstance(stack, InClusterAirflow):
+            wait_for_rollout(stack)
+            [scheduler] = core.list_namespaced_pod(namespace, label_selector="component=scheduler").items
+            print(
+                f"scheduler pod {namespace}/{scheduler.metadata.name} on {scheduler.spec.node_name}, "
+                f"service account {scheduler.spec.service_account_name}",
+                flush=True,
+            )
         print(
             f"Airflow up at http://127.0.0.1:{stack.api_port} ({time.monotonic() - started:.1f}s)", flush=True
         )
@@ -53,7 +72,7 @@ def run_demo() -> int:
         outcome = stack.wait_for_run("k8s_executor_demo", run_id)
         states = stack.task_states("k8s_executor_demo", run_id)
         pods = core.list_namespaced_pod(
-            NAMESPACE, label_selector=f"kubernetes_executor=True,run_id={run_id}"
+            namespace, label_selector=f"kubernetes_executor=True,run_id={run_id}"
         ).items
         by_task = {
             (p.metadata.annotations["task_id"], int(p.metadata.annotations.get("map_index", -1))): p
@@ -69,7 +88,8 @@ def run_demo() -> int:
                 f"{pod.status.phase if pod else '-':<10} {task_state}"
             )
         print(f"\nDAG run {run_id}: {outcome} in {time.monotonic() - started:.1f}s")
-        print(f"export KUBECONFIG={state.kubeconfig}; kubectl -n {NAMESPACE} get pods")
+        if not in_cluster:
+            print(f"export KUBECONFIG={state.kubeconfig}; kubectl -n {namespace} get pods")
         return 0 if outcome == "success" else 1
     finally:
         stack.stop()

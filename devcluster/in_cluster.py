@@ -145,6 +145,12 @@ class InClusterAirflow(AirflowStack):
         }.items():
             cfg.setdefault(section, {})
             cfg[section].update(values)
+        # `extra_env` speaks Airflow's environment form; here it goes into the file.
+        for name, value in self.extra_env.items():
+            if name.startswith("AIRFLOW__") and name.count("__") >= 2:
+                section, key = name.removeprefix("AIRFLOW__").lower().split("__", 1)
+                cfg.setdefault(section, {})
+                cfg[section][key] = value
         text = io.StringIO()
         cfg.write(text)
         return text.getvalue()

@@ -32,7 +32,7 @@ def _cluster(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from devcluster.demo import run_demo
 
-    return run_demo()
+    return run_demo(in_cluster=args.in_cluster)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     cluster.set_defaults(func=_cluster)
     demo = commands.add_parser("demo", help="run the example DAG as pods on the development cluster")
+    demo.add_argument(
+        "--in-cluster",
+        action="store_true",
+        help="install Airflow into the cluster from deploy/in-cluster/ (the scheduler as a pod)",
+    )
     demo.set_defaults(func=_demo)
     args = parser.parse_args(argv)
     return int(args.func(args))

@@ -47,6 +47,12 @@ MAX_RECONNECT_BACKOFF_S = 2.0
 DISPOSAL_CONCURRENCY = 8
 
 
+# What a request to the API server raises when the server or the network says no: an answer
+# (ApiException), a broken connection (urllib3's errors), a socket's error or timeout. Anything
+# else is a bug in the executor, never a refusal to retry or a reason to give a task.
+REQUEST_ERRORS = (client.ApiException, HTTPError, OSError)
+
+
 class TokenBucket:
     def __init__(self, qps: float, burst: int) -> None:
         self.rate, self.capacity = qps, float(burst)
@@ -158,7 +164,7 @@ class Launcher:
             self.bucket.take()
             try:
                 return call(), None, attempt
-            except Exception as exc:
+            except REQUEST_ERRORS as exc:
                 wait = transient(exc)
                 lost = unreachable(exc)
                 refusals += not lost
@@ -190,12 +196,29 @@ class Launcher:
     def _create(self, pod: dict[str, Any], deadline: float) -> None:
         namespace, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
         started = time.monotonic()
-        _, exc, attempts = self._with_retries(
-            lambda: read_body(
-                self.api.create_namespaced_pod(namespace, pod, _preload_content=False, **self.request_args)
-            ),
-            deadline,
-        )
+        try:
+            _, exc, attempts = self._with_retries(
+                lambda: read_body(
+                    self.api.create_namespaced_pod(namespace, pod, _preload_content=False, **self.request_args)
+                ),
+                deadline,
+            )
+        except Exception as bug:
+            # A bug, not the API server's answer: its traceback goes to the scheduler's log once,
+            # and only this task fails, saying where to look.
+            log.exception("creating pod %s/%s failed inside the executor", namespace, name)
+            self.results.put(
+                LaunchResult(
+                    namespace,
+                    name,
+                    False,
+                    error=f"the executor failed while creating it ({type(bug).__name__}: {bug}; "
+                    "the traceback is in the scheduler's log)",
+                    status=0,
+                    duration_s=time.monotonic() - started,
+                )
+            )
+            return
         ok = exc is None or (isinstance(exc, client.ApiException) and exc.status == 409)
         error = "" if ok else error_message(exc) if isinstance(exc, client.ApiException) else repr(exc)
         self.results.put(

@@ -1,7 +1,11 @@
+import logging
+import time
+
+import pytest
 from kubernetes import client
 from urllib3.exceptions import ProtocolError
 
-from k8s_executor.launching import transient, unreachable
+from k8s_executor.launching import Launcher, LaunchResult, transient, unreachable
 
 
 def api_error(status: int, body: str = "", headers: dict | None = None) -> client.ApiException:
@@ -47,3 +51,26 @@ def test_an_unreachable_api_server_is_told_apart_from_a_refusal() -> None:
     assert unreachable(client.ApiException(status=0, reason="x"))
     assert not unreachable(api_error(503))
     assert not unreachable(api_error(403, body="exceeded quota"))
+
+
+def test_a_bug_in_the_create_path_fails_only_its_task_and_logs_its_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A pod the client cannot serialise is the executor's bug, not the API server's refusal:
+    no retry, its traceback in the log once, and a result that fails the task saying so."""
+    # Nothing listens there: the request fails while being built, before any connection.
+    api = client.CoreV1Api(client.ApiClient(client.Configuration(host="https://127.0.0.1:9")))
+    launcher = Launcher(api, concurrency=1, qps=100, burst=100, max_retries=5)
+    pod = {
+        "metadata": {"namespace": "ns", "name": "p"},
+        "spec": {"containers": [{"name": "base", "args": {1}}]},
+    }
+    with caplog.at_level(logging.ERROR, logger="k8s_executor.launching"):
+        launcher._create(pod, time.monotonic() + 60)
+    result = launcher.results.get_nowait()
+    assert isinstance(result, LaunchResult) and not result.ok and result.attempts == 1
+    assert result.error.startswith("the executor failed while creating it (AttributeError:")
+    [record] = caplog.records
+    assert (
+        record.exc_info is not None and "creating pod ns/p failed inside the executor" in record.getMessage()
+    )

@@ -22,7 +22,7 @@ from kubernetes import client
 
 from k8s_executor import airflow_adapter, identity, metrics
 from k8s_executor.executor_config import ExecutorConfigError
-from k8s_executor.kube_client import core_api, error_message, list_pods, read_body, read_json
+from k8s_executor.kube_client import core_api, error_message, list_pods, pod_events, read_body
 from k8s_executor.pod_building import PodBuildError, PodRequest, build_pod
 from k8s_executor.scheduler import AirflowKubernetesScheduler, TaskResult
 from k8s_executor.settings import ExecutorSettings
@@ -259,16 +259,11 @@ class KubernetesExecutor(BaseExecutor):
             self.settings = ExecutorSettings.parse(airflow_adapter.read_settings())
             self.kube_client = core_api(self.settings)
         ref = airflow_adapter.ref_of(ti.key)._replace(try_number=try_number)
-        selector = ",".join(
-            f"{k}={v}"
-            for k, v in identity.labels(ref, "x", airflow_adapter.AIRFLOW_VERSION).items()
-            if k in ("dag_id", "task_id", "run_id", "try_number", "map_index")
-        )
+        selector = identity.try_selector(ref)
         pods = []
         for namespace in self.settings.watched_namespaces:
             pods.extend(list_pods(self.kube_client, namespace, label_selector=selector).items)
-        if ref.map_index < 0:
-            pods = [p for p in pods if "map_index" not in (p.metadata.labels or {})]
+        pods = [p for p in pods if identity.ref_from_annotations(p.metadata.annotations) == ref]
         if not pods:
             messages.append(f"No pod found for {ref.dag_id}.{ref.task_id} try {try_number} ({selector})")
             return messages, logs
@@ -279,7 +274,12 @@ class KubernetesExecutor(BaseExecutor):
         where = f"{pod.metadata.namespace}/{pod.metadata.name}"
         state = self.kube_client.api_client.sanitize_for_serialization(pod)
         verdict = pod_state(state)
-        events = describe_events(self._events_of(pod.metadata.namespace, pod.metadata.name))
+        try:
+            events = describe_events(
+                pod_events(self.kube_client, pod.metadata.namespace, pod.metadata.name, pod.metadata.uid)
+            )
+        except client.ApiException as exc:
+            events = f"(not read: {error_message(exc)})"
         if verdict.verdict == "pending":
             messages.append(f"Pod {where} has not started: {verdict.reason or 'waiting to be scheduled'}")
             if events:
@@ -301,13 +301,3 @@ class KubernetesExecutor(BaseExecutor):
             return messages, logs
         logs.append(read_body(response).decode(errors="replace"))
         return messages, logs
-
-    def _events_of(self, namespace: str, name: str) -> list[dict[str, Any]]:
-        try:
-            response = self.kube_client.list_namespaced_event(
-                namespace, field_selector=f"involvedObject.name={name}", _preload_content=False
-            )
-        except client.ApiException:
-            return []
-        items: list[dict[str, Any]] = read_json(response)["items"]
-        return items

@@ -108,6 +108,19 @@ def ref_from_annotations(annotations_: dict[str, Any] | None) -> TaskRef | None:
         return None
 
 
+def try_selector(ref: TaskRef) -> str:
+    """The label selector of a task try's pods (label values are lossy: confirm by annotations)."""
+    parts = [
+        f"{EXECUTOR_LABEL}=True",
+        f"dag_id={safe_label_value(ref.dag_id)}",
+        f"task_id={safe_label_value(ref.task_id)}",
+        f"run_id={safe_label_value(ref.run_id)}",
+        f"try_number={ref.try_number}",
+        f"map_index={ref.map_index}" if ref.map_index >= 0 else "!map_index",
+    ]
+    return ",".join(parts)
+
+
 def selector(scheduler_id: str | None = None) -> str:
     """Pods of this executor (of one scheduler, if given) that still await a verdict."""
     parts = [f"{EXECUTOR_LABEL}=True", f"{DONE_LABEL}!=True"]

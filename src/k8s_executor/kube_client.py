@@ -78,6 +78,24 @@ def list_pods(api: client.CoreV1Api, namespace: str | None, **kwargs: Any) -> An
     return api.list_pod_for_all_namespaces(**kwargs)
 
 
+def pod_events(
+    api: client.CoreV1Api, namespace: str, name: str, uid: str | None, timeout_s: float | None = None
+) -> list[dict[str, Any]]:
+    """The events of one pod, as raw dicts; raises what the request raises.
+
+    Events are found by the pod's name, so those of an earlier pod of the same name (deleted
+    and made again) are left out by its uid.
+    """
+    response = api.list_namespaced_event(
+        namespace,
+        field_selector=f"involvedObject.name={name},involvedObject.kind=Pod",
+        _preload_content=False,
+        _request_timeout=timeout_s,
+    )
+    items: list[dict[str, Any]] = read_json(response)["items"]
+    return [e for e in items if (e.get("involvedObject") or {}).get("uid") in (None, uid)]
+
+
 def core_api(settings: ExecutorSettings) -> client.CoreV1Api:
     return client.CoreV1Api(connect(settings))
 

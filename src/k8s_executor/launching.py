@@ -199,7 +199,9 @@ class Launcher:
         try:
             _, exc, attempts = self._with_retries(
                 lambda: read_body(
-                    self.api.create_namespaced_pod(namespace, pod, _preload_content=False, **self.request_args)
+                    self.api.create_namespaced_pod(
+                        namespace, pod, _preload_content=False, **self.request_args
+                    )
                 ),
                 deadline,
             )

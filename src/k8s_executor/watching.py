@@ -28,7 +28,7 @@ from kubernetes import client
 from urllib3.exceptions import HTTPError
 
 from k8s_executor import identity
-from k8s_executor.kube_client import connect_in_helper, json_lines, list_pods, read_json
+from k8s_executor.kube_client import connect_in_helper, json_lines, list_pods, pod_events, read_json
 from k8s_executor.processes import send_logs_to
 from k8s_executor.settings import ExecutorSettings
 from k8s_executor.state_mapping import PodState, pod_state, with_events
@@ -194,19 +194,10 @@ class PodWatch:
     def _events_of(self, meta: dict[str, Any]) -> list[dict[str, Any]]:
         """The pod's events; a failure to read them must not hold back the verdict."""
         try:
-            response = self.api.list_namespaced_event(
-                meta["namespace"],
-                field_selector=f"involvedObject.name={meta['name']},involvedObject.kind=Pod",
-                _preload_content=False,
-                _request_timeout=EVENTS_TIMEOUT_S,
-            )
-            items: list[dict[str, Any]] = read_json(response)["items"]
+            return pod_events(self.api, meta["namespace"], meta["name"], meta.get("uid"), EVENTS_TIMEOUT_S)
         except (client.ApiException, HTTPError, OSError, ValueError) as exc:
             log.warning("events of pod %s not read: %s", meta["name"], exc)
             return []
-        # Events are kept by name, so a pod that reused a deleted one's name must not inherit them.
-        uid = meta.get("uid")
-        return [e for e in items if (e.get("involvedObject") or {}).get("uid") in (None, uid)]
 
     def _rejudge(self, rv: str) -> None:
         for pod in list(self.cache.values()):

@@ -9,6 +9,7 @@ from kubernetes import client
 
 from devcluster import control_plane
 from devcluster.airflow_stack import AirflowStack
+from k8s_executor import identity
 from tests.e2e.conftest import Statsd, airflow_stack, assert_metrics_received, statsd_env
 from tests.helpers import wait_for
 
@@ -69,11 +70,16 @@ def test_each_way_a_pod_fails_is_explained_in_the_task_log_and_failure_reason(
     log = wait_for(running_log, "the running pod's output in the task log", timeout=60, interval=2)
     assert f"Log of the running pod {where}" in log, log
     # A second pod with the task's labels (a copy someone made by hand): the log says so.
-    task_labels = {k: pod.metadata.labels[k] for k in ("dag_id", "task_id", "run_id", "try_number")}
+    # A copy made from `kubectl get -o yaml`: the same labels and annotations, but for the scheduler's
+    # label (a pod of the scheduler's own it did not launch is another issue's matter).
     core.create_namespaced_pod(
         stack.namespace,
         {
-            "metadata": {"name": "victim-copy", "labels": task_labels},
+            "metadata": {
+                "name": "victim-copy",
+                "labels": {k: v for k, v in pod.metadata.labels.items() if k != identity.WORKER_LABEL},
+                "annotations": pod.metadata.annotations,
+            },
             "spec": {"containers": [{"name": "base", "image": "any", "command": ["sleep", "600"]}]},
         },
     )

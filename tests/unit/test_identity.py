@@ -2,6 +2,7 @@ import re
 
 import pytest
 
+from k8s_executor import identity
 from k8s_executor.identity import (
     TaskRef,
     annotations_for,
@@ -77,3 +78,12 @@ def test_labels_and_annotations_round_trip_the_key() -> None:
     assert labels(ref._replace(map_index=3), "42", "3.3.2")["map_index"] == "3"
     assert ref_from_annotations(annotations_for(ref, "0195")) == ref
     assert ref_from_annotations({"dag_id": "x"}) is None
+
+
+def test_try_selector_names_one_try_and_leaves_out_mapped_instances_of_an_unmapped_task() -> None:
+    assert identity.try_selector(identity.TaskRef("d", "t", "manual__2024-01-01T00:00:00+00:00", 2)) == (
+        "kubernetes_executor=True,dag_id=d,task_id=t,run_id=manual__2024-01-01T00_00_00_00_00-"
+        + identity.safe_label_value("manual__2024-01-01T00:00:00+00:00").rsplit("-", 1)[1]
+        + ",try_number=2,!map_index"
+    )
+    assert identity.try_selector(identity.TaskRef("d", "t", "r", 1, 3)).endswith(",try_number=1,map_index=3")

@@ -35,6 +35,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from devcluster import build, control_plane
+from devcluster.airflow_stack import AirflowStack
+from devcluster.node_agent import FINISH_FILE_ANNOTATION, RUNTIME_LABEL, SIMULATED_TAINT
 from kubernetes import client, config
 
 from bench.bare_client import bare_burst, executor_shaped
@@ -51,9 +54,6 @@ from bench.measure import (
     executor_requests,
     percentile,
 )
-from devcluster import build, control_plane
-from devcluster.airflow_stack import AirflowStack
-from devcluster.node_agent import FINISH_FILE_ANNOTATION, RUNTIME_LABEL, SIMULATED_TAINT
 
 OFFICIAL = "airflow.providers.cncf.kubernetes.executors.kubernetes_executor.KubernetesExecutor"
 OURS = "k8s_executor.KubernetesExecutor"

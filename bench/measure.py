@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from devcluster import processes
 from kubernetes import client
 
-from devcluster import processes
 from k8s_executor.identity import WORKER_LABEL
 from k8s_executor.kube_client import json_lines, read_body
 

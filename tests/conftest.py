@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from devcluster import control_plane
 from kubernetes import client, config
 
-from devcluster import control_plane
 from k8s_executor.kube_client import core_api
 from k8s_executor.scheduler import AirflowKubernetesScheduler
 from k8s_executor.settings import ExecutorSettings

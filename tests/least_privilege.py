@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from devcluster import control_plane
 from kubernetes import client
 
-from devcluster import control_plane
 from tests.helpers import wait_for
 
 RBAC_YAML = Path(__file__).resolve().parents[1] / "deploy" / "rbac" / "rbac.yaml"

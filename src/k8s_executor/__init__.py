@@ -1,7 +1,7 @@
 """A Kubernetes executor for Apache Airflow that never loses a task.
 
-The public names are loaded on first use, so `k8s-executor cluster up` and the
-pure modules do not import Airflow.
+The public names are loaded on first use, so the pure modules (and the helper processes
+that use only them) do not import Airflow.
 """
 
 from __future__ import annotations

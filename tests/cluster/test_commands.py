@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 import yaml
+from devcluster import build, control_plane
 from kubernetes import client
 
-from devcluster import build, control_plane
 from k8s_executor import identity
 from k8s_executor.airflow_adapter import AIRFLOW_VERSION
 from tests.helpers import wait_for, wait_for_pod_phase

@@ -14,8 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from kubernetes import client
-
 from devcluster import build, control_plane
 from devcluster.node_agent import (
     DURATION_ANNOTATION,
@@ -24,6 +22,8 @@ from devcluster.node_agent import (
     SIMULATED_TAINT,
     process_alive,
 )
+from kubernetes import client
+
 from tests.conftest import CLUSTER_DIR, api_client_for
 from tests.helpers import pod_log, shell_pod, wait_for, wait_for_pod_phase
 

@@ -7,9 +7,9 @@ import signal
 import time
 
 import pytest
+from devcluster import control_plane
 from kubernetes import client
 
-from devcluster import control_plane
 from k8s_executor.identity import TaskRef
 from k8s_executor.launching import Launcher, LauncherProcess, LaunchResult
 from k8s_executor.pod_building import PodDefaults, PodRequest, build_pod

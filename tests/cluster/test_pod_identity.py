@@ -15,9 +15,9 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from devcluster import control_plane
 from kubernetes import client
 
-from devcluster import control_plane
 from tests.helpers import pod_log, wait_for, wait_for_pod_phase
 from tests.least_privilege import grant_service_account
 

@@ -7,9 +7,9 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from devcluster import control_plane
 from kubernetes import client
 
-from devcluster import control_plane
 from k8s_executor import adoption, identity
 from k8s_executor.kube_client import read_json
 from k8s_executor.launching import Launcher, LaunchResult

@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
+from devcluster import control_plane
 from kubernetes import client
 
-from devcluster import control_plane
 from k8s_executor.identity import TaskRef
 from k8s_executor.kube_client import json_lines
 from k8s_executor.pod_building import PodDefaults, PodRequest, build_pod

@@ -13,10 +13,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from kubernetes import client
-
 from devcluster import control_plane
 from devcluster.airflow_stack import AIRFLOW_MAJOR, AirflowStack
+from kubernetes import client
+
 from tests.least_privilege import executor_kubeconfig
 
 # Each Airflow line runs its own suite (`./dev test` and `./dev test-airflow2`); DAG files and tests

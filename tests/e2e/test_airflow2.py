@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from kubernetes import client
-
 from devcluster import control_plane
 from devcluster.airflow_stack import AirflowStack
+from kubernetes import client
+
 from tests.e2e.conftest import airflow_stack
 from tests.e2e.test_local_kubernetes_executor import POD_TASKS, check_restart_mid_run, pod_tasks
 from tests.helpers import wait_for

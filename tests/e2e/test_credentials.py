@@ -16,10 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kubernetes import client
-
 from devcluster import control_plane
 from devcluster.airflow_stack import AirflowStack
+from kubernetes import client
+
 from tests.e2e.conftest import airflow_stack
 from tests.helpers import audit_entries, pods_created, wait_for
 from tests.least_privilege import grant_service_account, mint_token, user_kubeconfig

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from kubernetes import client
-
 from devcluster import control_plane
 from devcluster.airflow_stack import AirflowStack
+from kubernetes import client
+
 from k8s_executor import identity
 from tests.e2e.conftest import Statsd, airflow_stack, assert_metrics_received, statsd_env
 from tests.helpers import wait_for

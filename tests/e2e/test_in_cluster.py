@@ -11,10 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kubernetes import client
-
 from devcluster import control_plane
 from devcluster.in_cluster import InClusterAirflow, wait_for_rollout
+from kubernetes import client
+
 from tests.e2e.conftest import DAGS
 from tests.helpers import wait_for
 

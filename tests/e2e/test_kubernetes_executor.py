@@ -8,11 +8,11 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
-from kubernetes import client
-
 from devcluster import control_plane
 from devcluster.airflow_stack import AirflowStack
 from devcluster.node_agent import DURATION_ANNOTATION, RUNTIME_LABEL, SIMULATED_TAINT
+from kubernetes import client
+
 from k8s_executor import identity
 from tests.conftest import CLUSTER_DIR
 from tests.e2e.conftest import Statsd, airflow_stack, assert_metrics_received, statsd_env

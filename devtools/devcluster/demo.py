@@ -9,15 +9,14 @@ from __future__ import annotations
 import shutil
 import time
 import uuid
-from pathlib import Path
 
 from kubernetes import client, config
 
-from devcluster import control_plane
+from devcluster import REPOSITORY, control_plane
 from devcluster.airflow_stack import AirflowStack
 from devcluster.in_cluster import InClusterAirflow, wait_for_rollout
 
-DEMO_DAG = Path(__file__).resolve().parent.parent / "examples" / "dags" / "k8s_executor_demo.py"
+DEMO_DAG = REPOSITORY / "examples" / "dags" / "k8s_executor_demo.py"
 NAMESPACE = "airflow-demo"
 
 

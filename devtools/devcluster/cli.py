@@ -1,4 +1,4 @@
-"""`k8s-executor`: the command for people. Today it manages the development cluster."""
+"""`k8s-executor-dev`: the development cluster and the demo, for people."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="k8s-executor")
+    parser = argparse.ArgumentParser(prog="k8s-executor-dev")
     commands = parser.add_subparsers(dest="command", required=True)
     cluster = commands.add_parser("cluster", help="the local development cluster")
     cluster.add_argument("action", choices=["up", "down", "status"])

@@ -22,10 +22,10 @@ from typing import Any
 
 import yaml
 
-from devcluster import build
+from devcluster import REPOSITORY, build
 from devcluster.airflow_stack import JWT_SECRET, AirflowStack
 
-MANIFESTS = Path(__file__).resolve().parent.parent / "deploy" / "in-cluster"
+MANIFESTS = REPOSITORY / "deploy" / "in-cluster"
 COMPONENTS = ("scheduler", "api-server", "dag-processor")
 
 

@@ -165,8 +165,9 @@ class KubernetesExecutor(BaseExecutor):
             self.log.exception("building the pod of %s failed", key)
             self._refuse(key, PodBuildError(f"its pod could not be built: {type(exc).__name__}: {exc}"))
             return
-        deadline = time.monotonic() + airflow_adapter.task_queued_timeout_s()
-        self.kube_scheduler.run_pod_async(pod, ref=request.ref, deadline=deadline)
+        self.kube_scheduler.run_pod_async(
+            pod, ref=request.ref, start_timeout_s=airflow_adapter.task_queued_timeout_s()
+        )
 
     def _check_watched(self, namespace: str) -> None:
         """A pod in a namespace no watcher sees would never report back: refuse it up front."""
@@ -217,11 +218,11 @@ class KubernetesExecutor(BaseExecutor):
         wanted = [ref for ref in by_ref if ref not in held]
         orphans = self.kube_scheduler.find_orphans(wanted, dead)
         found = time.monotonic() - started
-        deadline = time.monotonic() + airflow_adapter.task_queued_timeout_s()
+        start_timeout_s = airflow_adapter.task_queued_timeout_s()
         for orphan in orphans:
             # Pods whose task already ended (through the execution API) are taken too, only to be
             # deleted or marked done: otherwise they would stay in every watch forever.
-            self.kube_scheduler.adopt(orphan, deadline)
+            self.kube_scheduler.adopt(orphan, start_timeout_s)
             if orphan.ours:
                 self.running.add(by_ref[orphan.ref].key)
         adopted = held | {orphan.ref for orphan in orphans if orphan.ours}

@@ -1,10 +1,9 @@
-"""`AirflowKubernetesScheduler`: the executor's memory of its pods.
+"""`AirflowKubernetesScheduler`: the process shell around the pod ledger.
 
-It owns the launcher and the watchers, and holds one record per pod it is
-responsible for. Everything that happens to a pod comes back through the
-watcher queue and is turned here into at most one result per task try, which
-the executor hands to Airflow. That one record per pod is the only state: no
-second map has to agree with it.
+It owns the launcher and the watcher processes. What they report (create results,
+pod events, relists) goes into the `PodLedger` (ledger.py), which holds one record
+per pod and decides; the actions it returns are carried out here: results onto the
+result queue the executor hands to Airflow, deletes and label patches to the launcher.
 """
 
 from __future__ import annotations
@@ -13,18 +12,17 @@ import logging
 import multiprocessing
 import queue
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from airflow.utils.log.logging_mixin import LoggingMixin
 from kubernetes import client
 
 from k8s_executor import adoption, identity, metrics, processes
-from k8s_executor.adoption import Orphan, Sighting
+from k8s_executor.adoption import Orphan
 from k8s_executor.launching import DeleteResult, LauncherProcess
+from k8s_executor.ledger import DEFAULT_START_TIMEOUT_S, Action, DisposalRule, PodLedger, TaskResult
 from k8s_executor.resource_version import ResourceVersion
 from k8s_executor.settings import ExecutorSettings
-from k8s_executor.state_mapping import PodState
 from k8s_executor.watching import Bookmark, PodEvent, PodWatch, Resync, watch_in_child
 
 
@@ -95,30 +93,13 @@ class KubernetesJobWatcher(multiprocessing.Process, LoggingMixin):
         PodWatch(**self._watch_options()).run()
 
 
-@dataclass
-class TrackedPod:
-    ref: identity.TaskRef
-    namespace: str
-    name: str
-    deadline: float
-    created: bool = False
-    created_at: float = 0.0
-    last_state: PodState | None = None
-    finished: bool = False
-    # False for pods taken over only to be cleaned up: their task is no longer Airflow's concern.
-    report: bool = True
-
-
-@dataclass(frozen=True)
-class TaskResult:
-    ref: identity.TaskRef
-    state: PodState
-    pod: str
-
-
 class AirflowKubernetesScheduler(LoggingMixin):
-    """The specification's signature; `kube_config` holds the settings each helper process
-    builds its own client from (see `KubernetesJobWatcher`), `kube_client` is this process's."""
+    """The shell around the pod ledger: it owns the launcher and the watchers, feeds what they
+    say into the `PodLedger` (ledger.py), and carries out what the ledger decides.
+
+    The specification's signature; `kube_config` holds the settings each helper process builds
+    its own client from (see `KubernetesJobWatcher`), `kube_client` is this process's.
+    """
 
     def __init__(
         self,
@@ -136,16 +117,14 @@ class AirflowKubernetesScheduler(LoggingMixin):
         self.kube_client = kube_client
         self.worker_uuid = worker_uuid
         self.settings = kube_config
-        self.pods: dict[tuple[str, str], TrackedPod] = {}
+        self.ledger = PodLedger(
+            worker_uuid,
+            DisposalRule(self.settings.delete_worker_pods, self.settings.delete_worker_pods_on_failure),
+            # One clock for the ledger and the watchers' relist stamps: monotonic, machine-wide.
+            clock=time.monotonic,
+            unclaimed_grace_s=unclaimed_grace_s,
+        )
         self.fatal_waiting_reasons = frozenset(self.settings.worker_pod_pending_fatal_container_state_reasons)
-        # Pods of other schedulers as the watchers last saw them: what adoption takes over.
-        self.others: dict[tuple[str, str], Sighting] = {}
-        # Those of them that have finished, with when they were first seen finished. A live
-        # owner disposes of its pods within seconds; one still unclaimed after the grace has no
-        # owner left (its tasks ended before any successor adopted them), so it is disposed of
-        # here. Never reported: its task is not this scheduler's.
-        self.unclaimed: dict[tuple[str, str], float] = {}
-        self.unclaimed_grace_s = unclaimed_grace_s
         self.launcher = LauncherProcess(
             self.settings,
             concurrency=self.settings.creation_concurrency,
@@ -192,18 +171,19 @@ class AirflowKubernetesScheduler(LoggingMixin):
 
     # --- launching -------------------------------------------------------
     def run_pod_async(self, pod: dict[str, Any], ref: identity.TaskRef | None = None, **kwargs: Any) -> None:
-        """Create `pod` in the background; its outcome comes back through `sync`."""
+        """Create `pod` in the background; its outcome comes back through `sync`.
+
+        `start_timeout_s`: how long its pod may take to start before its try fails.
+        """
         if not isinstance(pod, dict):
             pod = self.kube_client.api_client.sanitize_for_serialization(pod)
         meta = pod["metadata"]
         ref = ref or identity.ref_from_annotations(meta.get("annotations"))
         if ref is None:
             raise ValueError(f"pod {meta.get('name')!r} carries no task annotations")
-        deadline = kwargs.get("deadline") or time.monotonic() + 600
-        self.pods[(meta["namespace"], meta["name"])] = TrackedPod(
-            ref, meta["namespace"], meta["name"], deadline
-        )
-        self.launcher.create(pod, deadline)
+        timeout_s = kwargs.get("start_timeout_s") or DEFAULT_START_TIMEOUT_S
+        self.ledger.launching(ref, meta["namespace"], meta["name"], timeout_s)
+        self.launcher.create(pod, time.monotonic() + timeout_s)
 
     def find_orphans(
         self, tries: list[identity.TaskRef], dead_scheduler_ids: set[str], wait_s: float = 120.0
@@ -232,27 +212,15 @@ class AirflowKubernetesScheduler(LoggingMixin):
             self._drain_watchers()
         # What the watchers saw up to this moment, not what they saw when the queue was last read.
         self._drain_watchers()
-        return adoption.select_orphans(self.others.values(), tries, dead_scheduler_ids)
+        return adoption.select_orphans(self.ledger.sightings(), tries, dead_scheduler_ids)
 
-    def adopt(self, orphan: Orphan, deadline: float) -> None:
+    def adopt(self, orphan: Orphan, start_timeout_s: float) -> None:
         """Take responsibility for a pod that already exists, judged as last seen."""
-        key = (orphan.namespace, orphan.name)
-        self.others.pop(key, None)
-        self.unclaimed.pop(key, None)
-        pod = self.pods[key] = TrackedPod(
-            orphan.ref, *key, deadline, created=True, created_at=time.time(), report=orphan.ours
-        )
-        pod.last_state = orphan.state
-        if orphan.state.terminal:
-            self._report(pod, orphan.state)
+        self._carry_out(self.ledger.adopt(orphan, start_timeout_s))
 
     def revoke(self, ref: identity.TaskRef) -> None:
         """Airflow took the task back: its pod goes, and nothing more is reported for it."""
-        for pod in self.pods.values():
-            if pod.ref == ref and not pod.finished:
-                pod.finished, pod.report = True, False
-                if pod.created:
-                    self.delete_pod(pod.name, pod.namespace)
+        self._carry_out(self.ledger.revoke(ref))
 
     def delete_pod(self, pod_name: str, namespace: str) -> None:
         self.launcher.delete(namespace, pod_name)
@@ -261,6 +229,7 @@ class AirflowKubernetesScheduler(LoggingMixin):
         self.launcher.patch_labels(namespace, pod_name, {identity.DONE_LABEL: "True"})
 
     def _make_safe_pod_id(self, safe_dag_id: str, safe_task_id: str, safe_run_id: str) -> str:
+        """The specification's name for a try's pod name (identity.pod_name)."""
         return identity.pod_name(identity.TaskRef(safe_dag_id, safe_task_id, safe_run_id))
 
     # --- results ---------------------------------------------------------
@@ -268,38 +237,27 @@ class AirflowKubernetesScheduler(LoggingMixin):
         self.launcher.check()
         self._drain_launches()
         self._drain_watchers()
-        self._expire_unstarted()
-        self._dispose_unclaimed()
-        verdicts = [
-            p.last_state.verdict for p in self.pods.values() if p.created and not p.finished and p.last_state
-        ]
+        self._carry_out(self.ledger.tick())
+        verdicts = self.ledger.verdicts()
         metrics.gauge("pods.pending", verdicts.count("pending"))
         metrics.gauge("pods.running", verdicts.count("running"))
 
-    def _report(self, pod: TrackedPod, state: PodState, never_started: bool = False) -> None:
-        if pod.finished:
-            return
-        pod.finished = True
-        pod.last_state = state
-        if pod.report:
-            self.result_queue.put(TaskResult(pod.ref, state, f"{pod.namespace}/{pod.name}"))
-        if pod.created:
-            self._dispose(pod.namespace, pod.name, state, never_started)
-
-    def _dispose(self, namespace: str, name: str, state: PodState, never_started: bool = False) -> None:
-        """Delete a finished pod, or keep it for inspection, per the settings: once per pod.
-
-        A pod that never started holds its node's resources for nothing: with
-        `delete_worker_pods` it goes, whatever `delete_worker_pods_on_failure` says.
-        """
-        settings = self.settings
-        if settings.delete_worker_pods and (
-            state.verdict == "success" or settings.delete_worker_pods_on_failure or never_started
-        ):
-            self.delete_pod(name, namespace)
-        else:
-            # Kept for inspection, but out of every watch and adoption from now on.
-            self.patch_pod_executor_done(name, namespace)
+    def _carry_out(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, TaskResult):
+                self.result_queue.put(action)
+                continue
+            where = (action.namespace, action.name)
+            if action.why == "late":
+                self.log.warning("pod %s/%s appeared after its task was settled; deleting it", *where)
+            elif action.why == "unclaimed":
+                self.log.info("pod %s/%s finished with no scheduler left to claim it; disposing", *where)
+                metrics.incr("unclaimed_pods.disposed")
+            if action.delete:
+                self.delete_pod(action.name, action.namespace)
+            else:
+                # Kept for inspection, but out of every watch and adoption from now on.
+                self.patch_pod_executor_done(action.name, action.namespace)
 
     def _drain_launches(self) -> None:
         while True:
@@ -313,17 +271,7 @@ class AirflowKubernetesScheduler(LoggingMixin):
                 continue
             metrics.timing("pod_create.duration", result.duration_s)
             metrics.http_outcome("pod_create", result.status)
-            pod = self.pods.get((result.namespace, result.name))
-            if pod is None:
-                continue
-            if result.ok and pod.finished and not pod.created:
-                self._remove_late(pod)
-            elif result.ok:
-                pod.created, pod.created_at = True, time.time()
-            else:
-                self._report(
-                    pod, PodState("failed", f"pod {result.name} could not be created: {result.error}")
-                )
+            self._carry_out(self.ledger.launched(result.namespace, result.name, result.ok, result.error))
 
     def _drain_watchers(self) -> None:
         while True:
@@ -335,13 +283,13 @@ class AirflowKubernetesScheduler(LoggingMixin):
                 ResourceVersion().set_resource_version(
                     message.resource_version, self._watch_key(message.namespace)
                 )
-                self._on_event(message)
+                self._carry_out(self.ledger.observed(message))
             elif isinstance(message, Resync):
                 if message.namespace in self.listed:
                     metrics.incr("watcher.relists")
                 self.listed.add(message.namespace)
                 ResourceVersion().set_resource_version(message.resource_version, message.namespace)
-                self._on_resync(message)
+                self._carry_out(self.ledger.resynced(message))
             elif isinstance(message, Bookmark):
                 ResourceVersion().set_resource_version(message.resource_version, message.namespace)
             elif isinstance(message, logging.LogRecord):
@@ -350,104 +298,11 @@ class AirflowKubernetesScheduler(LoggingMixin):
     def _watch_key(self, namespace: str) -> str | None:
         return namespace if namespace in self.watchers else None
 
-    def _on_event(self, event: PodEvent) -> None:
-        pod = self.pods.get((event.namespace, event.name))
-        if pod is None:
-            # A pod of ours we did not launch in this process: launched by our previous
-            # incarnation with the same id.
-            if event.ref is None:
-                return
-            if event.scheduler_id != identity.safe_label_value(self.worker_uuid):
-                self._note_other(event)
-                return
-            pod = TrackedPod(event.ref, event.namespace, event.name, time.monotonic() + 600, created=True)
-            self.pods[(event.namespace, event.name)] = pod
-        if pod.finished:
-            if event.deleted:
-                self.pods.pop((event.namespace, event.name), None)
-            elif not pod.created:
-                self._remove_late(pod)
-            return
-        pod.created = True
-        pod.last_state = event.state
-        if event.state.terminal:
-            self._report(pod, event.state)
-
-    def _remove_late(self, pod: TrackedPod) -> None:
-        """A pod that appeared after its try was settled: its task expired or was revoked while
-        the create was on its way, or the create's answer was lost. Its try is over: it goes."""
-        pod.created = True
-        self.log.warning(
-            "pod %s/%s appeared after its task was settled; deleting it", pod.namespace, pod.name
-        )
-        self.delete_pod(pod.name, pod.namespace)
-
-    def _note_other(self, event: PodEvent) -> None:
-        assert event.ref is not None
-        key = (event.namespace, event.name)
-        if event.deleted:
-            self.others.pop(key, None)
-            self.unclaimed.pop(key, None)
-            return
-        self.others[key] = Sighting(event.ref, event.namespace, event.name, event.scheduler_id, event.state)
-        if not event.state.terminal:
-            self.unclaimed.pop(key, None)
-        else:
-            self.unclaimed.setdefault(key, time.monotonic())
-
-    def _dispose_unclaimed(self) -> None:
-        now = time.monotonic()
-        for key, since in list(self.unclaimed.items()):
-            if now - since >= self.unclaimed_grace_s:
-                del self.unclaimed[key]
-                seen = self.others.pop(key)
-                self.log.info("pod %s/%s finished with no scheduler left to claim it; disposing", *key)
-                metrics.incr("unclaimed_pods.disposed")
-                self._dispose(*key, seen.state)
-
-    def _on_resync(self, resync: Resync) -> None:
-        for key in list(self.others):
-            if (resync.namespace is None or key[0] == resync.namespace) and key not in resync.names:
-                del self.others[key]
-                self.unclaimed.pop(key, None)
-        for key, pod in list(self.pods.items()):
-            in_scope = resync.namespace is None or pod.namespace == resync.namespace
-            if (
-                in_scope
-                and not pod.finished
-                and pod.created
-                and pod.created_at < resync.listed_at
-                and key not in resync.names
-            ):
-                self._report(pod, PodState("failed", "pod disappeared while the watch was interrupted"))
-            if pod.finished and key not in resync.names and in_scope:
-                del self.pods[key]
-
-    def _expire_unstarted(self) -> None:
-        now = time.monotonic()
-        for pod in self.pods.values():
-            if pod.finished or now < pod.deadline:
-                continue
-            if pod.last_state is None or pod.last_state.verdict == "pending":
-                why = f" ({pod.last_state.reason})" if pod.last_state and pod.last_state.reason else ""
-                self._report(
-                    pod,
-                    PodState(
-                        "failed",
-                        "pod did not start within [scheduler] task_queued_timeout, after which its "
-                        f"workload token is no longer valid{why}",
-                    ),
-                    never_started=True,
-                )
-
     def claimed(self) -> set[identity.TaskRef]:
-        """The task tries whose outcome is this scheduler's to report: still awaited, or reported
-        and perhaps not yet taken in by Airflow (a pod is tracked until it is gone)."""
-        return {p.ref for p in self.pods.values() if p.report}
+        return self.ledger.claimed()
 
     def in_flight(self) -> set[identity.TaskRef]:
-        """The task tries whose pods this scheduler launched or adopted and still awaits."""
-        return {p.ref for p in self.pods.values() if not p.finished}
+        return self.ledger.in_flight()
 
     def terminate(self) -> None:
         for watcher in self.watchers.values():

@@ -130,7 +130,8 @@ class PodWatch:
         )
 
     def _list(self) -> str:
-        listed_at = time.time()
+        # The ledger's clock (monotonic, the same in every process of the machine).
+        listed_at = time.monotonic()
         body = read_json(self._call())
         rv = body["metadata"]["resourceVersion"]
         self.cache, self.told = {}, {}

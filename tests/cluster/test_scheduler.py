@@ -26,7 +26,7 @@ def launch(keeper: AirflowKubernetesScheduler, namespace: str, task: str, script
     ref = TaskRef("keeper", task, "run")
     request = PodRequest(ref=ref, command=["sh", "-c", script], scheduler_id="t1", airflow_version="3.3.2")
     pod = build_pod(request, PodDefaults(namespace, None, None, "busybox"))
-    keeper.run_pod_async(pod, ref=ref, deadline=time.monotonic() + 120)
+    keeper.run_pod_async(pod, ref=ref, start_timeout_s=120)
     name: str = pod["metadata"]["name"]
     return name
 
@@ -89,7 +89,8 @@ def test_a_watcher_that_dies_is_restarted_where_it_stopped(
     scheduler.start_watchers()
     name = launch(scheduler, namespace, "slow", "sleep 4")
     wait_for(
-        lambda: (scheduler.sync(), scheduler.pods[(namespace, name)].last_state)[1], "the pod's first state"
+        lambda: (scheduler.sync(), scheduler.ledger.pods[(namespace, name)].last_state)[1],
+        "the pod's first state",
     )
     scheduler.watchers[namespace].kill()
     wait_for_pod_phase(core, namespace, name, ("Succeeded",))
@@ -107,7 +108,9 @@ def test_a_pod_gone_while_the_watch_history_was_lost_fails_its_task(
     scheduler.start_watchers()
     name = launch(scheduler, namespace, "lost", "sleep 300")
     wait_for_pod_phase(core, namespace, name, ("Running",))
-    wait_for(lambda: (scheduler.sync(), scheduler.pods[(namespace, name)].last_state)[1], "the pod's state")
+    wait_for(
+        lambda: (scheduler.sync(), scheduler.ledger.pods[(namespace, name)].last_state)[1], "the pod's state"
+    )
     scheduler.watchers[namespace].kill()
     core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
     wait_for(lambda: not core.list_namespaced_pod(namespace).items, "the pod to be gone")

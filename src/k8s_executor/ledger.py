@@ -1,0 +1,285 @@
+"""The pod ledger: what the executor knows of its pods, and what follows from it.
+
+Pure: it does no I/O and reads no clock of its own. Everything that happens to a
+pod comes in as a call (a launch and its result, a watch event, a resync after a
+relist, an adoption, a revocation, the passing of time through `tick`), and every
+consequence goes out as a list of actions: a result to report to Airflow, a pod
+to delete or to mark done. The scheduler's shell (scheduler.py) feeds it from the
+launcher's and watchers' queues and carries the actions out; simulation tests feed
+it seeded histories and check its invariants.
+
+The rules, each in one place:
+- every try accepted gets exactly one result, unless Airflow revoked it;
+- a pod is disposed of (deleted, or marked done and so left out of every watch)
+  once, as `delete_worker_pods` says; a pod that never started is deleted anyway;
+- a pod that shows up after its try was settled is deleted;
+- a pod that vanished while the watch was interrupted fails its try;
+- a try whose pod has not started by its deadline fails, its pod deleted;
+- another scheduler's finished pod is disposed of only after `unclaimed_grace_s`
+  without anyone claiming it, and never reported.
+One clock, injected: monotonic seconds, shared by every process of the machine
+(the watchers stamp their relists with it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from k8s_executor import identity
+from k8s_executor.adoption import Orphan, Sighting
+from k8s_executor.state_mapping import PodState
+from k8s_executor.watching import PodEvent, Resync
+
+# How long a pod of this scheduler that it did not launch in this process (its previous
+# incarnation's) may stay unstarted, when nothing else sets its deadline.
+DEFAULT_START_TIMEOUT_S = 600.0
+# How long a settled pod that is gone is remembered, so that a late or repeated event of it is not
+# taken for a pod this scheduler has never seen (pod names are never reused for another try).
+FORGET_AFTER_S = 3600.0
+
+PodKey = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """A try's outcome, for Airflow."""
+
+    ref: identity.TaskRef
+    state: PodState
+    pod: str
+
+
+@dataclass(frozen=True)
+class Dispose:
+    """Delete a pod, or (delete=False) mark it done: kept for inspection, out of every watch."""
+
+    namespace: str
+    name: str
+    delete: bool
+    # Why, for the log and the metrics: finished | late | revoked | unclaimed
+    why: Literal["finished", "late", "revoked", "unclaimed"] = "finished"
+
+
+Action = TaskResult | Dispose
+
+
+@dataclass(frozen=True)
+class DisposalRule:
+    delete_worker_pods: bool = True
+    delete_worker_pods_on_failure: bool = False
+
+    def delete(self, state: PodState, never_started: bool) -> bool:
+        """Whether a finished pod goes: a pod that never started holds a node's resources for
+        nothing, so with `delete_worker_pods` it goes whatever `..._on_failure` says."""
+        return self.delete_worker_pods and (
+            state.verdict == "success" or self.delete_worker_pods_on_failure or never_started
+        )
+
+
+@dataclass
+class Entry:
+    """One pod this scheduler is responsible for."""
+
+    ref: identity.TaskRef
+    namespace: str
+    name: str
+    deadline: float
+    created: bool = False
+    created_at: float = 0.0
+    last_state: PodState | None = None
+    # The try's outcome is known (or no longer wanted): nothing more is reported for it.
+    settled: bool = False
+    # False for pods taken over only to be disposed of: their task is no longer Airflow's concern.
+    report: bool = True
+
+    @property
+    def where(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+class PodLedger:
+    def __init__(
+        self,
+        scheduler_id: str,
+        disposal: DisposalRule,
+        clock: Callable[[], float],
+        unclaimed_grace_s: float = 300.0,
+    ) -> None:
+        self.scheduler_label = identity.safe_label_value(scheduler_id)
+        self.disposal = disposal
+        self.clock = clock
+        self.unclaimed_grace_s = unclaimed_grace_s
+        self.pods: dict[PodKey, Entry] = {}
+        # Pods of other schedulers as last seen: what adoption takes over.
+        self.others: dict[PodKey, Sighting] = {}
+        # Those of them that have finished, with when they were first seen finished.
+        self.unclaimed: dict[PodKey, float] = {}
+        # Settled pods that are gone, with when: their events are old news.
+        self.gone: dict[PodKey, float] = {}
+
+    # --- inputs ----------------------------------------------------------------------------
+    def launching(self, ref: identity.TaskRef, namespace: str, name: str, timeout_s: float) -> None:
+        """A create is on its way; the try fails if its pod has not started within `timeout_s`."""
+        self.pods[(namespace, name)] = Entry(ref, namespace, name, self.clock() + timeout_s)
+
+    def launched(self, namespace: str, name: str, ok: bool, error: str = "") -> list[Action]:
+        """The launcher's answer to a create (409 counts as ok: the pod is there)."""
+        entry = self.pods.get((namespace, name))
+        if entry is None:
+            return []
+        if ok and entry.settled and not entry.created:
+            return self._remove_late(entry)
+        if ok:
+            entry.created, entry.created_at = True, self.clock()
+            return []
+        return self._settle(entry, PodState("failed", f"pod {name} could not be created: {error}"))
+
+    def observed(self, event: PodEvent) -> list[Action]:
+        key = (event.namespace, event.name)
+        entry = self.pods.get(key)
+        if entry is None:
+            if event.ref is None or key in self.gone:
+                return []
+            if event.scheduler_id != self.scheduler_label:
+                self._note_other(event)
+                return []
+            # Launched by this scheduler's previous incarnation, with the same id.
+            entry = Entry(
+                event.ref, event.namespace, event.name, self.clock() + DEFAULT_START_TIMEOUT_S, created=True
+            )
+            self.pods[key] = entry
+        if entry.settled:
+            if event.deleted:
+                self._forget(key)
+                return []
+            return [] if entry.created else self._remove_late(entry)
+        entry.created = True
+        entry.last_state = event.state
+        return self._settle(entry, event.state) if event.state.terminal else []
+
+    def resynced(self, resync: Resync) -> list[Action]:
+        """A relist's full set of pods: what is missing from it vanished while the watch was out."""
+        actions: list[Action] = []
+        for key in list(self.others):
+            if (resync.namespace is None or key[0] == resync.namespace) and key not in resync.names:
+                del self.others[key]
+                self.unclaimed.pop(key, None)
+        for key, entry in list(self.pods.items()):
+            if not (resync.namespace is None or entry.namespace == resync.namespace) or key in resync.names:
+                continue
+            if not entry.settled and entry.created and entry.created_at < resync.listed_at:
+                actions += self._settle(
+                    entry, PodState("failed", "pod disappeared while the watch was interrupted")
+                )
+            if entry.settled:
+                self._forget(key)
+        return actions
+
+    def adopt(self, orphan: Orphan, timeout_s: float) -> list[Action]:
+        """Take responsibility for a pod that already exists, judged as last seen."""
+        key = (orphan.namespace, orphan.name)
+        self.others.pop(key, None)
+        self.unclaimed.pop(key, None)
+        entry = self.pods[key] = Entry(
+            orphan.ref,
+            *key,
+            self.clock() + timeout_s,
+            created=True,
+            created_at=self.clock(),
+            report=orphan.ours,
+        )
+        entry.last_state = orphan.state
+        return self._settle(entry, orphan.state) if orphan.state.terminal else []
+
+    def revoke(self, ref: identity.TaskRef) -> list[Action]:
+        """Airflow took the try back: its pod goes, and nothing more is reported for it."""
+        actions: list[Action] = []
+        for entry in self.pods.values():
+            if entry.ref == ref and not entry.settled:
+                entry.settled, entry.report = True, False
+                if entry.created:
+                    actions.append(Dispose(entry.namespace, entry.name, delete=True, why="revoked"))
+        return actions
+
+    def tick(self) -> list[Action]:
+        """What the passing of time decides: tries that did not start in time, unclaimed pods."""
+        now = self.clock()
+        actions: list[Action] = []
+        for entry in self.pods.values():
+            if entry.settled or now < entry.deadline:
+                continue
+            if entry.last_state is None or entry.last_state.verdict == "pending":
+                why = f" ({entry.last_state.reason})" if entry.last_state and entry.last_state.reason else ""
+                failed = PodState(
+                    "failed",
+                    "pod did not start within [scheduler] task_queued_timeout, after which its "
+                    f"workload token is no longer valid{why}",
+                )
+                actions += self._settle(entry, failed, never_started=True)
+        for key, since in list(self.gone.items()):
+            if now - since < FORGET_AFTER_S:
+                break  # in the order they went
+            del self.gone[key]
+        for key, since in list(self.unclaimed.items()):
+            if now - since >= self.unclaimed_grace_s:
+                del self.unclaimed[key]
+                seen = self.others.pop(key)
+                delete = self.disposal.delete(seen.state, never_started=False)
+                actions.append(Dispose(*key, delete=delete, why="unclaimed"))
+        return actions
+
+    # --- what is known ---------------------------------------------------------------------
+    def claimed(self) -> set[identity.TaskRef]:
+        """Tries whose outcome is this scheduler's to report: awaited, or reported and perhaps not
+        yet taken in by Airflow (a pod is kept until it is gone)."""
+        return {e.ref for e in self.pods.values() if e.report}
+
+    def in_flight(self) -> set[identity.TaskRef]:
+        """Tries whose pods this scheduler launched or adopted and still awaits."""
+        return {e.ref for e in self.pods.values() if not e.settled}
+
+    def sightings(self) -> Iterable[Sighting]:
+        return self.others.values()
+
+    def verdicts(self) -> list[str]:
+        """The verdicts of the pods awaited, for the pending/running gauges."""
+        return [
+            e.last_state.verdict for e in self.pods.values() if e.created and not e.settled and e.last_state
+        ]
+
+    # --- rules -----------------------------------------------------------------------------
+    def _settle(self, entry: Entry, state: PodState, never_started: bool = False) -> list[Action]:
+        if entry.settled:
+            return []
+        entry.settled, entry.last_state = True, state
+        actions: list[Action] = []
+        if entry.report:
+            actions.append(TaskResult(entry.ref, state, entry.where))
+        if entry.created:
+            actions.append(Dispose(entry.namespace, entry.name, self.disposal.delete(state, never_started)))
+        return actions
+
+    def _forget(self, key: PodKey) -> None:
+        del self.pods[key]
+        self.gone[key] = self.clock()
+
+    def _remove_late(self, entry: Entry) -> list[Action]:
+        """A pod that appeared after its try was settled (expired or revoked while its create was on
+        its way, or the create's answer was lost): its try is over, it goes."""
+        entry.created = True
+        return [Dispose(entry.namespace, entry.name, delete=True, why="late")]
+
+    def _note_other(self, event: PodEvent) -> None:
+        assert event.ref is not None
+        key = (event.namespace, event.name)
+        if event.deleted:
+            self.others.pop(key, None)
+            self.unclaimed.pop(key, None)
+            return
+        self.others[key] = Sighting(event.ref, event.namespace, event.name, event.scheduler_id, event.state)
+        if event.state.terminal:
+            self.unclaimed.setdefault(key, self.clock())
+        else:
+            self.unclaimed.pop(key, None)

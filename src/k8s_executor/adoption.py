@@ -14,13 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from kubernetes import client
 
 from k8s_executor import identity
 from k8s_executor.kube_client import list_pods, read_json
-from k8s_executor.state_mapping import PodState, pod_state
+from k8s_executor.state_mapping import PodState, observe
 
 
 @dataclass(frozen=True)
@@ -71,15 +70,11 @@ def list_sightings(
     for namespace in namespaces:
         response = list_pods(api, namespace, label_selector=identity.selector(), _preload_content=False)
         for pod in read_json(response)["items"]:
-            meta: dict[str, Any] = pod["metadata"]
-            ref = identity.ref_from_annotations(meta.get("annotations"))
-            if ref is None:
-                continue
-            state = pod_state(
+            seen = observe(
                 pod,
                 fatal_waiting_reasons=fatal_waiting_reasons,
                 unschedulable_timeout_s=unschedulable_timeout_s,
             )
-            scheduler_id = (meta.get("labels") or {}).get(identity.WORKER_LABEL, "")
-            sightings.append(Sighting(ref, meta["namespace"], meta["name"], scheduler_id, state))
+            if seen.ref is not None:
+                sightings.append(Sighting(seen.ref, seen.namespace, seen.name, seen.scheduler_id, seen.state))
     return sightings

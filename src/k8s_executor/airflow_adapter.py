@@ -22,7 +22,7 @@ from packaging.version import Version
 
 from k8s_executor import executor_config as executor_config_module
 from k8s_executor.identity import TaskRef
-from k8s_executor.pod_building import PodBuildError, PodDefaults, PodRequest
+from k8s_executor.pod_building import PodBuildError, PodDefaults, PodRequest, build_pod
 from k8s_executor.settings import SECTION, ExecutorSettings
 
 AIRFLOW_V3 = Version(Version(AIRFLOW_VERSION).base_version) >= Version("3.0.0")
@@ -201,6 +201,15 @@ def request_from_command(
         env=env,
         launch_attempt=launch_attempt,
     )
+
+
+def pod_for(request: PodRequest, defaults: PodDefaults) -> dict[str, Any]:
+    """The pod that would be launched for `request`: built, then the operator's mutation hook.
+
+    One function for the launch and for the CLI (`generate-dag-yaml`, `explain`), so what the
+    CLI shows is what is launched.
+    """
+    return apply_mutation_hook(build_pod(request, defaults))
 
 
 def apply_mutation_hook(pod: dict[str, Any]) -> dict[str, Any]:

@@ -167,8 +167,9 @@ def _request(task: Any, run_id: str, config: dict[str, Any] | None) -> PodReques
 
 def render_pod(task: Any, run_id: str, settings: ExecutorSettings) -> dict[str, Any]:
     """The pod the executor would launch for `task`, as `KubernetesExecutor._launch` builds it."""
-    pod = build_pod(_request(task, run_id, task.executor_config), airflow_adapter.pod_defaults(settings))
-    return airflow_adapter.apply_mutation_hook(pod)
+    return airflow_adapter.pod_for(
+        _request(task, run_id, task.executor_config), airflow_adapter.pod_defaults(settings)
+    )
 
 
 def pod_layers(task: Any, run_id: str, settings: ExecutorSettings) -> list[tuple[str, dict[str, Any]]]:

@@ -23,10 +23,10 @@ from kubernetes import client
 from k8s_executor import airflow_adapter, identity, metrics
 from k8s_executor.executor_config import ExecutorConfigError
 from k8s_executor.kube_client import core_api, error_message, list_pods, pod_events, read_body
-from k8s_executor.pod_building import PodBuildError, PodRequest, build_pod
+from k8s_executor.pod_building import PodBuildError, PodRequest
 from k8s_executor.scheduler import AirflowKubernetesScheduler, TaskResult
 from k8s_executor.settings import ExecutorSettings
-from k8s_executor.state_mapping import describe_events, pod_state
+from k8s_executor.state_mapping import describe_events, observe
 
 
 class KubernetesExecutor(BaseExecutor):
@@ -154,7 +154,7 @@ class KubernetesExecutor(BaseExecutor):
         assert self.kube_scheduler is not None
         try:
             request = make_request()
-            pod = airflow_adapter.apply_mutation_hook(build_pod(request, self._defaults))
+            pod = airflow_adapter.pod_for(request, self._defaults)
             self._check_watched(pod["metadata"]["namespace"])
         except (ExecutorConfigError, PodBuildError) as exc:
             self._refuse(key, exc)
@@ -274,7 +274,7 @@ class KubernetesExecutor(BaseExecutor):
         pod = pods[0]
         where = f"{pod.metadata.namespace}/{pod.metadata.name}"
         state = self.kube_client.api_client.sanitize_for_serialization(pod)
-        verdict = pod_state(state)
+        verdict = observe(state).state
         try:
             events = describe_events(
                 pod_events(self.kube_client, pod.metadata.namespace, pod.metadata.name, pod.metadata.uid)

@@ -11,6 +11,8 @@ import datetime
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from k8s_executor import identity
+
 Verdict = Literal["pending", "running", "success", "failed"]
 
 
@@ -135,3 +137,40 @@ def with_events(state: PodState, events: list[dict[str, Any]]) -> PodState:
     if state.verdict != "failed" or not described:
         return state
     return PodState("failed", f"{state.reason} [events: {described}]")
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the executor knows of a pod: the try it runs (None if not ours), the scheduler that
+    launched it, and its verdict."""
+
+    ref: identity.TaskRef | None
+    namespace: str
+    name: str
+    scheduler_id: str
+    state: PodState
+
+
+def observe(
+    pod: dict[str, Any],
+    *,
+    fatal_waiting_reasons: frozenset[str] = frozenset(),
+    unschedulable_timeout_s: float = 300.0,
+    now: datetime.datetime | None = None,
+    deleted: bool = False,
+) -> Observation:
+    """One raw pod, as the watcher, adoption and the log reader all see it."""
+    meta = pod["metadata"]
+    return Observation(
+        ref=identity.ref_from_annotations(meta.get("annotations")),
+        namespace=meta["namespace"],
+        name=meta["name"],
+        scheduler_id=(meta.get("labels") or {}).get(identity.WORKER_LABEL, ""),
+        state=pod_state(
+            pod,
+            fatal_waiting_reasons=fatal_waiting_reasons,
+            unschedulable_timeout_s=unschedulable_timeout_s,
+            now=now,
+            deleted=deleted,
+        ),
+    )

@@ -31,7 +31,7 @@ from k8s_executor import identity
 from k8s_executor.kube_client import connect_in_helper, json_lines, list_pods, pod_events, read_json
 from k8s_executor.processes import send_logs_to
 from k8s_executor.settings import ExecutorSettings
-from k8s_executor.state_mapping import PodState, pod_state, with_events
+from k8s_executor.state_mapping import PodState, observe, with_events
 
 log = logging.getLogger(__name__)
 
@@ -208,13 +208,14 @@ class PodWatch:
         self, pod: dict[str, Any], rv: str, deleted: bool = False, only_if_terminal: bool = False
     ) -> None:
         meta = pod["metadata"]
-        state = pod_state(
+        seen = observe(
             pod,
             fatal_waiting_reasons=self.fatal_waiting_reasons,
             unschedulable_timeout_s=self.unschedulable_timeout_s,
             now=datetime.datetime.now(datetime.timezone.utc),
             deleted=deleted,
         )
+        state, scheduler_id = seen.state, seen.scheduler_id
         if state.terminal or deleted:
             self.cache.pop(meta["uid"], None)
         elif state.verdict == "pending":
@@ -223,7 +224,6 @@ class PodWatch:
             self.cache.pop(meta["uid"], None)
         if only_if_terminal and not state.terminal:
             return
-        scheduler_id = (meta.get("labels") or {}).get(identity.WORKER_LABEL, "")
         if deleted:
             self.told.pop(meta["uid"], None)
         elif self.told.get(meta["uid"]) == (state, scheduler_id):
@@ -234,9 +234,9 @@ class PodWatch:
             state = self._explained(meta, state, forget=deleted)
         self.watcher_queue.put(
             PodEvent(
-                namespace=meta["namespace"],
-                name=meta["name"],
-                ref=identity.ref_from_annotations(meta.get("annotations")),
+                namespace=seen.namespace,
+                name=seen.name,
+                ref=seen.ref,
                 scheduler_id=scheduler_id,
                 state=state,
                 resource_version=rv,

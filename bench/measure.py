@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from devcluster import processes
+from devcluster import process_tree
 from kubernetes import client
 
 from k8s_executor.identity import WORKER_LABEL
@@ -175,11 +175,11 @@ def _audit_time(text: str) -> float:
 
 def cpu_seconds(root: int) -> float:
     """CPU of a process and its descendants (their reaped children included)."""
-    return sum(map(processes.cpu_seconds, processes.tree(root).values()))
+    return sum(map(process_tree.cpu_seconds, process_tree.tree(root).values()))
 
 
 def rss_bytes(root: int) -> int:
-    return sum(map(processes.resident_bytes, processes.tree(root).values()))
+    return sum(map(process_tree.resident_bytes, process_tree.tree(root).values()))
 
 
 class PeakMemory:

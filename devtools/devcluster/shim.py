@@ -22,7 +22,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from devcluster import processes
+from devcluster import process_tree
 
 
 def main() -> None:
@@ -53,8 +53,8 @@ def main() -> None:
             code = child.wait(timeout=0.1)
             break
         except subprocess.TimeoutExpired:
-            members = processes.tree(child.pid) if args.memory_limit else {}
-            if sum(map(processes.resident_bytes, members.values())) > args.memory_limit > 0:
+            members = process_tree.tree(child.pid) if args.memory_limit else {}
+            if sum(map(process_tree.resident_bytes, members.values())) > args.memory_limit > 0:
                 reason = "OOMKilled"
                 # As when a container's cgroup runs out: every process in it goes, not only the first.
                 for pid in members:

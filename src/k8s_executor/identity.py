@@ -19,7 +19,6 @@ _NAME_CHARS = re.compile(r"[^a-z0-9-]+")
 EXECUTOR_LABEL = "kubernetes_executor"
 WORKER_LABEL = "airflow-worker"
 DONE_LABEL = "airflow_executor_done"
-LAUNCH_ATTEMPT_ANNOTATION = "k8s-executor/launch-attempt"
 
 
 class TaskRef(NamedTuple):
@@ -52,7 +51,8 @@ def safe_label_value(value: object) -> str:
 def pod_name(ref: TaskRef, launch_attempt: int = 0) -> str:
     """A DNS-1123 name of at most 63 characters, the same for every create of one try.
 
-    A re-launch of the same try after a pod failed to start gets `-r<attempt>`.
+    A try Airflow takes back (stuck in queued) and queues again keeps its try number; its
+    n-th relaunch gets `r<n>` after it, so the revoked pod's end is never taken for the new one's.
     """
     suffix = f"-{_digest(ref.dag_id, ref.task_id, ref.run_id, ref.map_index, length=10)}-t{ref.try_number}"
     if launch_attempt:
@@ -79,14 +79,13 @@ def labels(ref: TaskRef, scheduler_id: str, airflow_version: str, ti_id: str | N
     return out
 
 
-def annotations_for(ref: TaskRef, ti_id: str | None = None, launch_attempt: int = 0) -> dict[str, str]:
+def annotations_for(ref: TaskRef, ti_id: str | None = None) -> dict[str, str]:
     out = {
         "dag_id": ref.dag_id,
         "task_id": ref.task_id,
         "run_id": ref.run_id,
         "try_number": str(ref.try_number),
         "map_index": str(ref.map_index),
-        LAUNCH_ATTEMPT_ANNOTATION: str(launch_attempt),
     }
     if ti_id:
         out["task_instance_id"] = ti_id

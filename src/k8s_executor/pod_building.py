@@ -156,7 +156,7 @@ def build_pod(request: PodRequest, defaults: PodDefaults) -> dict[str, Any]:
             "labels": identity.labels(
                 request.ref, request.scheduler_id, request.airflow_version, request.ti_id
             ),
-            "annotations": identity.annotations_for(request.ref, request.ti_id, request.launch_attempt),
+            "annotations": identity.annotations_for(request.ref, request.ti_id),
         },
         "spec": {
             "containers": [

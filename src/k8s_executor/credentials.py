@@ -25,6 +25,7 @@ request, and is logged at most once a minute; its recovery is logged once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -281,50 +282,59 @@ class FreshCredential:
         return changed
 
 
+# Where the client reads the bearer token: `BearerToken` since kubernetes 36, `authorization`
+# before (both are read, the first that is set wins).
+_TOKEN_KEYS = ("BearerToken", "authorization")
+
+
 class RefreshingApiClient(client.ApiClient):
-    """An `ApiClient` whose requests carry a fresh credential, and are sent once more after a 401."""
+    """An `ApiClient` whose every request carries the fresh credential, sent once more after a 401."""
 
     def __init__(self, configuration: client.Configuration, credential: FreshCredential | None) -> None:
         self.credential = credential
-        self._sent = threading.local()
         self._tls_identity: tuple[str | None, str | None] = (None, None)
         if credential is not None:
-            self._use_tls_identity(configuration, credential.get())
-            configuration.api_key["BearerToken"] = ""
-            configuration.refresh_api_key_hook = self._before_request
+            self._use(configuration, credential.get())
         super().__init__(configuration)
 
-    def _before_request(self, configuration: client.Configuration) -> None:
-        assert self.credential is not None
-        credential = self.credential.get()
-        self._sent.credential = credential
-        if credential.token is not None:
-            configuration.api_key["BearerToken"] = f"Bearer {credential.token}"
-        elif self._use_tls_identity(configuration, credential):
-            # A new client certificate takes a new TLS context, and so a new connection pool.
-            self.rest_client = client.rest.RESTClientObject(configuration)
-
-    def _use_tls_identity(self, configuration: client.Configuration, credential: Credential) -> bool:
-        """Point the configuration at `credential`'s certificate; True if it changed."""
-        identity = (credential.cert_pem, credential.key_pem)
-        if credential.cert_pem is None or identity == self._tls_identity:
-            return False
-        self._tls_identity = identity
-        configuration.cert_file = _private_file(credential.cert_pem, ".crt")
-        configuration.key_file = _private_file(str(credential.key_pem), ".key")
-        configuration.api_key.pop("BearerToken", None)
-        return True
-
     def call_api(self, *args: Any, **kwargs: Any) -> Any:
+        if self.credential is None:
+            return super().call_api(*args, **kwargs)
+        sent = self._current()
         try:
             return super().call_api(*args, **kwargs)
         except client.ApiException as exc:
-            sent = getattr(self._sent, "credential", None)
-            if exc.status != 401 or self.credential is None or sent is None:
+            if exc.status != 401 or not self.credential.refused(sent):
                 raise
-            if not self.credential.refused(sent):
-                raise
+            self._current()
             return super().call_api(*args, **kwargs)
+
+    def _current(self) -> Credential:
+        assert self.credential is not None
+        credential = self.credential.get()
+        if self._use(self.configuration, credential):
+            # A new client certificate takes a new TLS context, and so a new connection pool.
+            self.rest_client = client.rest.RESTClientObject(self.configuration)
+        return credential
+
+    def _use(self, configuration: client.Configuration, credential: Credential) -> bool:
+        """Put `credential` where the client reads it; True if its TLS identity changed."""
+        if credential.token is not None:
+            for key in _TOKEN_KEYS:
+                configuration.api_key[key] = f"Bearer {credential.token}"
+            return False
+        identity = (credential.cert_pem, credential.key_pem)
+        if credential.cert_pem is None or identity == self._tls_identity:
+            return False
+        # The files of the identity replaced: connections already open keep what they loaded.
+        replaced = [configuration.cert_file, configuration.key_file] if self._tls_identity[0] else []
+        self._tls_identity = identity
+        configuration.cert_file = _private_file(credential.cert_pem, ".crt")
+        configuration.key_file = _private_file(str(credential.key_pem), ".key")
+        for path in replaced:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        return True
 
 
 def _private_file(content: str, suffix: str) -> str:

@@ -275,3 +275,42 @@ def test_in_cluster_reads_the_pods_environment_and_service_account_files(tmp_pat
     assert cfg.host == "https://[fd00::1]:443" and cfg.ssl_ca_cert == str(tmp_path / "ca.crt")
     assert source == credentials.TokenFile(tmp_path / "token")
     assert source.reread_s == 60
+
+
+def test_an_exec_plugins_client_certificate_is_used_and_replaced_when_it_expires() -> None:
+    """A plugin may answer with a client certificate: a new one takes a new TLS connection pool,
+    and the files of the old one are removed."""
+    clock = Clock()
+
+    class Certificates:
+        description = "test certificates"
+        reread_s = None
+        issued = 0
+
+        def fetch(self) -> Credential:
+            self.issued += 1
+            return Credential(
+                cert_pem=f"cert {self.issued}", key_pem=f"key {self.issued}", expires_at=clock.now + 60
+            )
+
+    cfg = client.Configuration(host="https://127.0.0.1:9")
+    api = credentials.RefreshingApiClient(cfg, FreshCredential(Certificates(), clock=clock))
+    first_pool, first_files = api.rest_client, (cfg.cert_file, cfg.key_file)
+    assert [Path(f).read_text() for f in first_files] == ["cert 1", "key 1"]
+    assert cfg.auth_settings() == {}  # no bearer token beside the certificate
+    api._current()  # what every request does first
+    assert api.rest_client is first_pool
+    clock.now += 60
+    api._current()
+    assert api.rest_client is not first_pool
+    assert [Path(f).read_text() for f in (cfg.cert_file, cfg.key_file)] == ["cert 2", "key 2"]
+    assert not any(Path(f).exists() for f in first_files)
+
+
+def test_a_token_is_where_every_client_version_reads_it() -> None:
+    """`BearerToken` for kubernetes 36 and later, `authorization` before (Airflow 2's pins 32)."""
+    fresh = FreshCredential(credentials.StaticToken("abc"), clock=Clock())
+    cfg = client.Configuration(host="https://127.0.0.1:9")
+    credentials.RefreshingApiClient(cfg, fresh)
+    assert cfg.api_key == {"BearerToken": "Bearer abc", "authorization": "Bearer abc"}
+    assert cfg.auth_settings()["BearerToken"]["value"] == "Bearer abc"

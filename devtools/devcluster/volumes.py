@@ -155,6 +155,8 @@ class PodVolumes:
         name = volume["name"]
         if "hostPath" in volume:
             return self._host_path(volume["hostPath"])
+        if "persistentVolumeClaim" in volume:
+            return self._claimed(volume["persistentVolumeClaim"]["claimName"])
         if "emptyDir" in volume:
             path = self.directory / "volumes" / f"empty-dir~{name}"
             path.mkdir(parents=True, exist_ok=True)
@@ -181,15 +183,39 @@ class PodVolumes:
         atomic_write(path, files)
         return path
 
+    def _claimed(self, claim_name: str) -> Path:
+        """A claim's volume: kubelet mounts what the claim is bound to; here a hostPath or local one."""
+        claim = self._read(
+            "persistentvolumeclaim", self.api.read_namespaced_persistent_volume_claim, claim_name, False
+        )
+        assert claim is not None
+        volume_name = (claim.get("spec") or {}).get("volumeName")
+        if not volume_name or (claim.get("status") or {}).get("phase") != "Bound":
+            raise MountError(f'persistentvolumeclaim "{claim_name}" is not bound')
+        try:
+            volume = read_json(self.api.read_persistent_volume(volume_name, _preload_content=False))
+        except (ApiException, HTTPError, OSError, ValueError) as exc:
+            raise MountError(f"couldn't get persistentvolume {volume_name}: {exc}") from exc
+        spec = volume.get("spec") or {}
+        if "hostPath" in spec:
+            return self._host_path(spec["hostPath"])
+        if "local" in spec:
+            return Path(spec["local"]["path"])
+        raise MountError(
+            f"persistentvolume {volume_name}: only hostPath and local volumes mount on a process node"
+        )
+
     def _host_path(self, source: dict[str, Any]) -> Path:
         path = Path(source["path"])
         kind = source.get("type") or ""
-        if kind == "DirectoryOrCreate":
+        if kind in ("DirectoryOrCreate", "") and not path.exists():
+            # With no type kubelet checks nothing, and containerd's CRI makes a missing bind-mount
+            # source as a directory: the same here.
             path.mkdir(parents=True, exist_ok=True)
         elif kind == "FileOrCreate" and not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             path.touch()
-        elif kind and kind != "DirectoryOrCreate" and not path.exists():
+        elif kind not in ("", "DirectoryOrCreate") and not path.exists():
             raise MountError(f"hostPath type check failed: {path} does not exist")
         return path
 

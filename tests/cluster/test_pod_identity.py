@@ -215,3 +215,48 @@ def test_a_pod_waits_for_a_missing_config_map_and_says_so(core: client.CoreV1Api
     assert waiting.reason == "ContainerCreating"
     core.create_namespaced_config_map(namespace, {"metadata": {"name": name}, "data": {"a": "1"}})
     wait_for_pod_phase(core, namespace, "waiting", ("Succeeded",), timeout=60)
+
+
+def test_a_claim_bound_to_a_host_path_volume_is_mounted(
+    core: client.CoreV1Api, namespace: str, tmp_path: Path
+) -> None:
+    tmp_path.chmod(0o755)
+    volume = f"pv-{namespace}"
+    core.create_persistent_volume(
+        {
+            "metadata": {"name": volume},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadWriteOnce"],
+                "hostPath": {"path": str(tmp_path / "data")},
+                "storageClassName": "",
+                "claimRef": {"namespace": namespace, "name": "data"},
+            },
+        }
+    )
+    try:
+        core.create_namespaced_persistent_volume_claim(
+            namespace,
+            {
+                "metadata": {"name": "data"},
+                "spec": {
+                    "accessModes": ["ReadWriteOnce"],
+                    "resources": {"requests": {"storage": "1Gi"}},
+                    "storageClassName": "",
+                    "volumeName": volume,
+                },
+            },
+        )
+        pod = python_pod(
+            "writer",
+            "open('/srv/k8s-executor-test/data/out.txt', 'w').write('written in the pod')",
+            container={"volumeMounts": [{"name": "data", "mountPath": "/srv/k8s-executor-test/data"}]},
+            volumes=[{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}],
+        )
+        core.create_namespaced_pod(namespace, pod)
+        done = wait_for_pod_phase(core, namespace, "writer", ("Succeeded", "Failed"), timeout=90)
+        assert done.status.phase == "Succeeded", pod_log(core, namespace, "writer")
+        # The volume's directory, made as containerd makes a missing bind-mount source.
+        assert (tmp_path / "data" / "out.txt").read_text() == "written in the pod"
+    finally:
+        core.delete_persistent_volume(volume)

@@ -87,3 +87,12 @@ def test_try_selector_names_one_try_and_leaves_out_mapped_instances_of_an_unmapp
         + ",try_number=2,!map_index"
     )
     assert identity.try_selector(identity.TaskRef("d", "t", "r", 1, 3)).endswith(",try_number=1,map_index=3")
+
+
+def test_the_specifications_make_safe_pod_id_names_the_pod_of_a_try() -> None:
+    """`AirflowKubernetesScheduler._make_safe_pod_id`, the specification's name, is identity.pod_name."""
+    from k8s_executor.scheduler import AirflowKubernetesScheduler
+
+    made = AirflowKubernetesScheduler._make_safe_pod_id(None, "my_dag", "my_task", "manual__2024-01-01")  # type: ignore[arg-type]
+    assert made == identity.pod_name(identity.TaskRef("my_dag", "my_task", "manual__2024-01-01"))
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", made) and len(made) <= 63

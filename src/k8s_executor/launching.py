@@ -18,10 +18,8 @@ message goes back to the task.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import queue
 import random
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -33,7 +31,7 @@ from kubernetes import client
 from urllib3.exceptions import HTTPError
 
 from k8s_executor.kube_client import connect_in_helper, error_message, merge_patch, read_body
-from k8s_executor.processes import ChildProcess, log_in_parent, log_level, send_logs_to
+from k8s_executor.processes import Channel, Helper, log_in_parent
 from k8s_executor.settings import ExecutorSettings
 
 log = logging.getLogger(__name__)
@@ -305,44 +303,27 @@ class LauncherProcess:
         self._start()
 
     def _start(self) -> None:
-        context = multiprocessing.get_context("spawn")
-        self.requests: Any = context.Queue()
-        answers: Any = context.Queue()
-        self.process = ChildProcess(
-            target=_serve,
-            args=(self.settings, self.options, self.requests, answers, log_level()),
+        self.process = Helper(
+            "k8s_executor.launching:serve",
+            {"settings": self.settings, "options": self.options},
             name="k8s-executor-launcher",
-            daemon=True,
+            on_message=self._receive,
         )
-        self.process.start()
-        self.receiver = threading.Thread(
-            target=self._receive, args=(self.process, answers), name="k8s-launch-results", daemon=True
-        )
-        self.receiver.start()
 
-    def _receive(self, process: multiprocessing.process.BaseProcess, answers: Any) -> None:
-        while True:
-            try:
-                result = answers.get(timeout=1.0)
-            except queue.Empty:
-                if not process.is_alive():
-                    return
-                continue
-            if result is None:
-                return
-            if isinstance(result, logging.LogRecord):
-                log_in_parent(result)
-                continue
-            if isinstance(result, LaunchResult):
-                with self.lock:
-                    self.unanswered.pop((result.namespace, result.name), None)
-            self.results.put(result)
+    def _receive(self, result: Any) -> None:
+        if isinstance(result, logging.LogRecord):
+            log_in_parent(result)
+            return
+        if isinstance(result, LaunchResult):
+            with self.lock:
+                self.unanswered.pop((result.namespace, result.name), None)
+        self.results.put(result)
 
     def _send(self, verb: str, *args: Any) -> None:
         if self.closed:
             log.info("launcher closed: %s%s left to the next scheduler", verb, args[:2])
             return
-        self.requests.put((verb, args))
+        self.process.send((verb, args))
 
     def create(self, pod: dict[str, Any], deadline: float) -> None:
         with self.lock:
@@ -372,39 +353,29 @@ class LauncherProcess:
         if self.closed:
             return
         self.closed = True
-        self.requests.put(("shutdown", (wait,)))
+        self.process.send(("shutdown", (wait,)))
         self.process.join(timeout=60 if wait else 5)
         if self.process.is_alive():
             self.process.kill()
+            # The last results have been handed on once the child's end of the pipe is read.
             self.process.join(timeout=5)
-        # The last results are on their way to `results` until the receiver has read the end.
-        self.receiver.join(timeout=5)
 
 
-def _serve(
-    settings: ExecutorSettings, options: dict[str, Any], requests: Any, answers: Any, level: int
-) -> None:
-    """The launcher process: requests in, results (and log records) out, until told to shut down."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    # Ctrl-C reaches the whole process group; the scheduler decides when the launcher stops.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    send_logs_to(answers, level)
+def serve(channel: Channel, settings: ExecutorSettings, options: dict[str, Any]) -> None:
+    """The launcher process (see processes.py): requests in, results out, until told to shut down."""
     launcher = Launcher(client.CoreV1Api(connect_in_helper(settings)), **options)
 
     def forward() -> None:
         while (result := launcher.results.get()) is not None:
-            answers.put(result)
-        answers.put(None)
+            channel.put(result)
 
     forwarder = threading.Thread(target=forward, name="k8s-launch-forward")
     forwarder.start()
     while True:
-        verb, args = requests.get()
+        verb, args = channel.get()
         if verb == "shutdown":
             launcher.shutdown(wait=args[0])
             break
         getattr(launcher, verb)(*args)
     launcher.results.put(None)  # type: ignore[arg-type]
     forwarder.join()
-    answers.close()
-    answers.join_thread()

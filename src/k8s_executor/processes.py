@@ -1,46 +1,147 @@
-"""The scheduler's helper processes (the launcher, the watchers): spawned, and light.
+"""The scheduler's helper processes (the launcher, the watchers): separate, light, and tied to it.
 
-Spawned, never forked: the scheduler process holds threads, database connections and a
-SIGTERM handler that a forked child would inherit (and then ignore terminate()).
+Separate: each is a new interpreter, `python -m k8s_executor.helper`, never a fork. The
+scheduler process holds threads, database connections and a SIGTERM handler that a forked
+child would inherit.
 
-Light: a spawned child first runs its parent's main module again. Under `airflow scheduler`
-that is Airflow's command line, 1.7 s of imports on this project's machine, paid by every
-helper a scheduler starts, again by each one that is restarted, and by a new scheduler before
-it can adopt its predecessor's pods (bench/RESULTS.md, item 13). The children here skip it and
-import neither Airflow nor the scheduler's modules: only the kubernetes client and the
-executor's core. Their log records travel to the scheduler with their other messages, and are
-logged there, where Airflow's logging settings apply.
+Light: the child imports neither Airflow nor the scheduler's main module, only the kubernetes
+client and the executor's core. (multiprocessing's spawn would first run the parent's main
+module again: under `airflow scheduler` that is Airflow's command line, 1.7 s of imports paid
+by every helper started or restarted, bench/RESULTS.md items 13 and 17.)
+
+Tied: the two talk over a pair of pipes carrying pickled messages. When the scheduler dies,
+even by SIGKILL, the child reads the end of its pipe and exits, so no helper of a dead
+scheduler goes on creating or watching pods. The child's log records travel up the same pipe
+and are logged in the scheduler, where Airflow's logging settings apply.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import multiprocessing.context
+import os
+import pickle
+import queue
+import subprocess
 import sys
-import types
+import threading
+from collections.abc import Callable
 from logging.handlers import QueueHandler
-from multiprocessing import popen_spawn_posix
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
+
+# Where `k8s_executor` is imported from, so `python -m k8s_executor.helper` finds the same copy.
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
 
 
-class _PopenWithoutMain(popen_spawn_posix.Popen):
-    def _launch(self, process_obj: Any) -> None:
-        # What the child must prepare is read from sys.modules["__main__"] during the launch: a
-        # bare module in its place, for the moment of the spawn, means nothing to run again.
-        main = sys.modules["__main__"]
-        sys.modules["__main__"] = types.ModuleType("__main__")
+class Helper:
+    """A helper process running `target(channel, **options)` ("module:function") in a new interpreter.
+
+    `send` never blocks the caller (messages are pickled and written by a thread of their own);
+    every message the child sends is given to `on_message`, in a thread of this object's.
+    """
+
+    def __init__(
+        self, target: str, options: dict[str, Any], name: str, on_message: Callable[[Any], None]
+    ) -> None:
+        self.name = name
+        down_r, down_w = os.pipe()
+        up_r, up_w = os.pipe()
+        environ = dict(os.environ)
+        environ["PYTHONPATH"] = os.pathsep.join(
+            [_PACKAGE_ROOT, *filter(None, environ.get("PYTHONPATH", "").split(os.pathsep))]
+        )
         try:
-            super()._launch(process_obj)  # type: ignore[misc]
+            self.popen = subprocess.Popen(
+                [sys.executable, "-m", "k8s_executor.helper", str(down_r), str(up_w), name],
+                pass_fds=(down_r, up_w),
+                stdin=subprocess.DEVNULL,
+                env=environ,
+            )
         finally:
-            sys.modules["__main__"] = main
+            os.close(down_r)
+            os.close(up_w)
+        self._down: BinaryIO = os.fdopen(down_w, "wb")
+        self._outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._outbox.put((target, options, sys.path, log_level()))
+        threading.Thread(target=self._write, name=f"{name}-send", daemon=True).start()
+        self._reader = threading.Thread(
+            target=self._read, args=(os.fdopen(up_r, "rb"), on_message), name=f"{name}-receive", daemon=True
+        )
+        self._reader.start()
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def exitcode(self) -> int | None:
+        return self.popen.poll()
+
+    def send(self, message: Any) -> None:
+        self._outbox.put(message)
+
+    def _write(self) -> None:
+        with self._down:
+            while (message := self._outbox.get()) is not _CLOSE:
+                try:
+                    pickle.dump(message, self._down, protocol=pickle.HIGHEST_PROTOCOL)
+                    self._down.flush()
+                except (BrokenPipeError, ValueError):
+                    return  # the child is gone: whoever owns this helper sees it dead and decides
+
+    def _read(self, up: BinaryIO, on_message: Callable[[Any], None]) -> None:
+        with up:
+            while True:
+                try:
+                    message = pickle.load(up)
+                except (EOFError, OSError, pickle.UnpicklingError):
+                    return
+                on_message(message)
+
+    def is_alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the child to exit; then, for everything it sent to have been handed on."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout)
+        if not self.is_alive():
+            self._reader.join(timeout=5)
+            self._outbox.put(_CLOSE)
+
+    def terminate(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.popen.terminate()
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.popen.kill()
 
 
-class ChildProcess(multiprocessing.context.SpawnProcess):
-    """A spawned process that does not run its parent's main module again."""
+_CLOSE = object()
 
-    @staticmethod
-    def _Popen(process_obj: Any) -> Any:
-        return _PopenWithoutMain(process_obj)
+
+class Channel:
+    """In a helper: its pipes to the scheduler. `put` sends up (thread-safe), `get` reads down."""
+
+    def __init__(self, up: BinaryIO) -> None:
+        self._up = up
+        self._lock = threading.Lock()
+        self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def put(self, message: Any) -> None:
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        with self._lock:
+            self._up.write(data)
+            self._up.flush()
+
+    # What logging's QueueHandler calls.
+    put_nowait = put
+
+    def get(self) -> Any:
+        """The next message from the scheduler."""
+        return self.inbox.get()
 
 
 def send_logs_to(messages: Any, level: int) -> None:

@@ -21,19 +21,23 @@ from k8s_executor import adoption, identity, metrics, processes
 from k8s_executor.adoption import Orphan
 from k8s_executor.launching import DeleteResult, LauncherProcess
 from k8s_executor.ledger import DEFAULT_START_TIMEOUT_S, Action, DisposalRule, PodLedger, TaskResult
+from k8s_executor.processes import Helper
 from k8s_executor.resource_version import ResourceVersion
 from k8s_executor.settings import ExecutorSettings
-from k8s_executor.watching import Bookmark, PodEvent, PodWatch, Resync, watch_in_child
+from k8s_executor.watching import Bookmark, PodEvent, PodWatch, Resync
 
 
 class KubernetesJobWatcher(multiprocessing.Process, LoggingMixin):
-    """The process watching one namespace's pods (or all namespaces') for the scheduler.
+    """The specification's watcher process: `watching.PodWatch` run in a `multiprocessing.Process`.
 
-    What runs in the process is `watching.PodWatch`; the process is started light (see
-    processes.py), so it imports neither Airflow nor this module. `kube_config` keeps the
-    specification's name but holds the settings: the process builds its own client and keeps
-    its credential fresh (credentials.py), since a loaded `Configuration`'s credential refresh
-    cannot cross a process boundary.
+    A compatibility entry point: the scheduler shell below starts its watchers as light helper
+    processes instead (processes.py), which neither inherit nor re-import the scheduler. Started
+    by a caller, this process runs with multiprocessing's start method and sends `PodEvent`,
+    `Resync` and `Bookmark` messages to `watcher_queue`. `kube_config` keeps the specification's
+    name but holds the settings: the process builds its own client and keeps its credential
+    fresh (credentials.py), since a loaded `Configuration`'s refresh cannot cross a process.
+    `multi_namespace_mode` is implied by `namespace=None` (all namespaces), and kept for the
+    signature.
     """
 
     def __init__(
@@ -44,8 +48,6 @@ class KubernetesJobWatcher(multiprocessing.Process, LoggingMixin):
         resource_version: str | None,
         worker_uuid: str,
         kube_config: ExecutorSettings,
-        fatal_waiting_reasons: frozenset[str] = frozenset(),
-        unschedulable_timeout_s: float = 300.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -60,37 +62,18 @@ class KubernetesJobWatcher(multiprocessing.Process, LoggingMixin):
                 "builds its own client from them"
             )
         self.kube_config = kube_config
-        self.fatal_waiting_reasons = fatal_waiting_reasons
-        self.unschedulable_timeout_s = unschedulable_timeout_s
-
-    def _watch_options(self) -> dict[str, Any]:
-        return {
-            "namespace": self.namespace,
-            "watcher_queue": self.watcher_queue,
-            "resource_version": self.resource_version,
-            "settings": self.kube_config,
-            "fatal_waiting_reasons": self.fatal_waiting_reasons,
-            "unschedulable_timeout_s": self.unschedulable_timeout_s,
-        }
-
-    @staticmethod
-    def _Popen(process_obj: Any) -> Any:
-        child = processes.ChildProcess(
-            target=watch_in_child,
-            args=(processes.log_level(),),
-            kwargs=process_obj._watch_options(),
-            name=process_obj.name,
-            daemon=process_obj.daemon,
-        )
-        return child._Popen(child)
 
     def run(self) -> None:
-        # A started watcher runs `watching.watch_in_child`; this is the same loop, in this
-        # process, for a caller that runs a watcher itself.
-        self._run()
-
-    def _run(self) -> None:
-        PodWatch(**self._watch_options()).run()
+        PodWatch(
+            namespace=self.namespace,
+            watcher_queue=self.watcher_queue,
+            resource_version=self.resource_version,
+            settings=self.kube_config,
+            fatal_waiting_reasons=frozenset(
+                self.kube_config.worker_pod_pending_fatal_container_state_reasons
+            ),
+            unschedulable_timeout_s=self.kube_config.unschedulable_pod_timeout,
+        ).run()
 
 
 class AirflowKubernetesScheduler(LoggingMixin):
@@ -134,9 +117,9 @@ class AirflowKubernetesScheduler(LoggingMixin):
             request_args=self.settings.kube_client_request_args,
             delete_options=self.settings.delete_option_kwargs,
         )
-        self._mp = multiprocessing.get_context("spawn")
-        self.watcher_queue: Any = self._mp.Queue()
-        self.watchers: dict[str | None, KubernetesJobWatcher] = {}
+        # Watcher messages, put here by the threads that read the watcher processes' pipes.
+        self.watcher_queue: queue.Queue[Any] = queue.Queue()
+        self.watchers: dict[str | None, Helper] = {}
         self.watcher_restarts = 0
         self.listed: set[str | None] = set()
 
@@ -146,19 +129,18 @@ class AirflowKubernetesScheduler(LoggingMixin):
             self._start_watcher(namespace)
 
     def _start_watcher(self, namespace: str | None) -> None:
-        watcher = KubernetesJobWatcher(
-            namespace=namespace,
-            multi_namespace_mode=self.settings.multi_namespace_mode,
-            watcher_queue=self.watcher_queue,
-            resource_version=ResourceVersion().get_resource_version(namespace),
-            worker_uuid=self.worker_uuid,
-            kube_config=self.settings,
-            fatal_waiting_reasons=self.fatal_waiting_reasons,
-            unschedulable_timeout_s=self.settings.unschedulable_pod_timeout,
-            daemon=True,
+        self.watchers[namespace] = Helper(
+            "k8s_executor.watching:serve",
+            {
+                "namespace": namespace,
+                "resource_version": ResourceVersion().get_resource_version(namespace),
+                "settings": self.settings,
+                "fatal_waiting_reasons": self.fatal_waiting_reasons,
+                "unschedulable_timeout_s": self.settings.unschedulable_pod_timeout,
+            },
+            name=f"k8s-executor-watcher-{namespace or 'all'}",
+            on_message=self.watcher_queue.put,
         )
-        watcher.start()
-        self.watchers[namespace] = watcher
 
     def check_watchers(self) -> None:
         """Restart a dead watcher from the last resourceVersion seen, not from the beginning."""

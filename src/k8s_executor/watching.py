@@ -1,7 +1,7 @@
 """Watching the executor's pods: list, then watch from the list's resourceVersion.
 
-One watcher process per namespace (or one for all namespaces; started by
-`KubernetesJobWatcher` in scheduler.py, and free of Airflow, see processes.py)
+One watcher process per namespace (or one for all namespaces; started by the
+scheduler shell, scheduler.py, and free of Airflow, see processes.py)
 keeps a small cache of the pods it has seen, as client-go's informer does:
 - the stream is read as raw JSON lines (model objects would cost 30x the CPU);
 - bookmarks are requested, so a quiet stream still moves its resourceVersion;
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import datetime
 import logging
-import signal
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +28,7 @@ from urllib3.exceptions import HTTPError
 
 from k8s_executor import identity
 from k8s_executor.kube_client import connect_in_helper, json_lines, list_pods, pod_events, read_json
-from k8s_executor.processes import send_logs_to
+from k8s_executor.processes import Channel
 from k8s_executor.settings import ExecutorSettings
 from k8s_executor.state_mapping import PodState, observe, with_events
 
@@ -245,10 +244,6 @@ class PodWatch:
         )
 
 
-def watch_in_child(log_level: int, **options: Any) -> None:
-    """A watcher process's life: its messages and its log records go to the scheduler."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    # Ctrl-C reaches the whole process group; the scheduler decides when its watchers stop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    send_logs_to(options["watcher_queue"], log_level)
-    PodWatch(**options).run()
+def serve(channel: Channel, **options: Any) -> None:
+    """A watcher process (see processes.py): its messages go up the channel to the scheduler."""
+    PodWatch(watcher_queue=channel, **options).run()

@@ -3,9 +3,11 @@ deleted once, and nothing lost when the watcher dies or the watch history is gon
 
 from __future__ import annotations
 
+import multiprocessing
 import queue
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from devcluster import control_plane
@@ -14,9 +16,9 @@ from kubernetes import client
 from k8s_executor.identity import TaskRef
 from k8s_executor.kube_client import json_lines
 from k8s_executor.pod_building import PodDefaults, PodRequest, build_pod
-from k8s_executor.scheduler import AirflowKubernetesScheduler, TaskResult
-from k8s_executor.watching import PodEvent
-from tests.conftest import CLUSTER_DIR
+from k8s_executor.scheduler import AirflowKubernetesScheduler, KubernetesJobWatcher, TaskResult
+from k8s_executor.watching import PodEvent, Resync
+from tests.conftest import CLUSTER_DIR, admin_settings
 from tests.helpers import audit_entries, wait_for, wait_for_pod_phase
 
 pytestmark = pytest.mark.cluster
@@ -84,7 +86,10 @@ def test_a_pod_that_ends_is_reported_once_and_deleted_once(
 
 
 def test_a_watcher_that_dies_is_restarted_where_it_stopped(
-    core: client.CoreV1Api, namespace: str, scheduler: AirflowKubernetesScheduler
+    cluster: control_plane.ClusterState,
+    core: client.CoreV1Api,
+    namespace: str,
+    scheduler: AirflowKubernetesScheduler,
 ) -> None:
     scheduler.start_watchers()
     name = launch(scheduler, namespace, "slow", "sleep 4")
@@ -97,9 +102,49 @@ def test_a_watcher_that_dies_is_restarted_where_it_stopped(
     [result] = results(scheduler, 1)
     assert result.state.verdict == "success"
     assert scheduler.watcher_restarts == 1
-    # Resumed from the last resourceVersion it had passed on, not from a fresh list.
-    assert scheduler.watchers[namespace].resource_version is not None
     assert settle(scheduler, 2) == []
+    # Resumed from the last resourceVersion it had passed on, not from a fresh list.
+    lists = [
+        e
+        for e in audit_entries(core, control_plane.audit_log(cluster), namespace)
+        if e["verb"] == "list" and e.get("stage") == "ResponseComplete" and "labelSelector" in e["requestURI"]
+    ]
+    assert len(lists) == 1, [e["requestURI"] for e in lists]
+
+
+def test_the_specifications_watcher_process_sends_its_namespaces_pods(
+    cluster: control_plane.ClusterState, core: client.CoreV1Api, namespace: str
+) -> None:
+    # Started as a caller would, with multiprocessing's default start method.
+    messages: Any = multiprocessing.Queue()
+    watcher = KubernetesJobWatcher(
+        namespace=namespace,
+        multi_namespace_mode=False,
+        watcher_queue=messages,
+        resource_version=None,
+        worker_uuid="t1",
+        kube_config=admin_settings(cluster, namespace=namespace),
+        daemon=True,
+    )
+    watcher.start()
+    try:
+        resync = messages.get(timeout=60)
+        assert isinstance(resync, Resync) and resync.namespace == namespace and resync.names == frozenset()
+        ref = TaskRef("spec", "watched", "run")
+        request = PodRequest(ref=ref, command=["true"], scheduler_id="t1", airflow_version="3.3.2")
+        core.create_namespaced_pod(
+            namespace, build_pod(request, PodDefaults(namespace, None, None, "busybox"))
+        )
+
+        def pod_event() -> PodEvent | None:
+            message = messages.get(timeout=30)
+            return message if isinstance(message, PodEvent) else None
+
+        event = wait_for(pod_event, "a pod event")
+        assert (event.ref, event.scheduler_id) == (ref, "t1")
+    finally:
+        watcher.kill()
+        watcher.join(10)
 
 
 def test_a_pod_gone_while_the_watch_history_was_lost_fails_its_task(

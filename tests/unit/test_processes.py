@@ -1,67 +1,122 @@
-"""The scheduler's helper processes start without Airflow, and their log lines reach the scheduler."""
+"""The scheduler's helper processes start without Airflow, their log lines reach the scheduler,
+and they do not outlive it."""
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from k8s_executor.processes import log_in_parent, send_logs_to
+from k8s_executor.processes import log_in_parent
 
 REPO = Path(__file__).parents[2]
 
 
-def report_imports(messages: Any) -> None:
-    """Run in the child: say whether Airflow was imported there."""
-    send_logs_to(messages, logging.INFO)
+def report_imports(channel: Any) -> None:
+    """Run in the helper: say whether Airflow was imported there, and echo one message back."""
     logging.getLogger("k8s_executor.watching").debug("below the level: not sent")
     logging.getLogger("k8s_executor.watching").info("airflow imported: %s", "airflow" in sys.modules)
+    channel.put(("echo", channel.get()))
 
 
-def test_a_child_of_a_main_module_that_imports_airflow_does_not_import_it(tmp_path: Path) -> None:
-    # As under `airflow scheduler`, whose main module is Airflow's command line: a plain spawned
-    # child would run that module again before its target.
+def wait_forever(channel: Any) -> None:
+    channel.put(os.getpid())
+    while True:
+        time.sleep(60)
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie left for whoever inherited it to reap."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def run_main(tmp_path: Path, body: str) -> subprocess.Popen[str]:
     main = tmp_path / "scheduler_main.py"
-    main.write_text(
-        textwrap.dedent(
-            """
-            import multiprocessing
-
-            import airflow  # noqa: F401
-
-            from k8s_executor.processes import ChildProcess
-            from tests.unit.test_processes import report_imports
-
-            if __name__ == "__main__":
-                messages = multiprocessing.get_context("spawn").Queue()
-                child = ChildProcess(target=report_imports, args=(messages,))
-                child.start()
-                child.join(60)
-                record = messages.get(timeout=10)
-                print(record.name, record.levelname, record.getMessage())
-                print("exit code", child.exitcode, "more records:", not messages.empty())
-            """
-        )
-    )
-    run = subprocess.run(
+    main.write_text(textwrap.dedent(body))
+    return subprocess.Popen(
         [sys.executable, str(main)],
         env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=120,
-        check=False,
+        cwd=tmp_path,
     )
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.splitlines()[-2:] == [
+
+
+def test_a_helper_of_a_main_module_that_imports_airflow_does_not_import_it(tmp_path: Path) -> None:
+    # As under `airflow scheduler`, whose main module is Airflow's command line: a spawned
+    # multiprocessing child would run that module again before its target.
+    run = run_main(
+        tmp_path,
+        """
+        import logging
+        import queue
+
+        import airflow  # noqa: F401
+
+        from k8s_executor.processes import Helper
+
+        if __name__ == "__main__":
+            logging.getLogger("k8s_executor").setLevel(logging.INFO)
+            received = queue.Queue()
+            helper = Helper("tests.unit.test_processes:report_imports", {}, "probe", received.put)
+            helper.send({"a": [1, 2]})
+            record = received.get(timeout=60)
+            print(record.name, record.levelname, record.getMessage())
+            print(received.get(timeout=10))
+            helper.join(30)
+            print("exit code", helper.exitcode, "more messages:", not received.empty())
+        """,
+    )
+    out, err = run.communicate(timeout=120)
+    assert run.returncode == 0, err
+    assert out.splitlines()[-3:] == [
         "k8s_executor.watching INFO airflow imported: False",
-        "exit code 0 more records: False",
+        "('echo', {'a': [1, 2]})",
+        "exit code 0 more messages: False",
     ]
+
+
+def test_a_helper_exits_when_its_scheduler_is_killed(tmp_path: Path) -> None:
+    run = run_main(
+        tmp_path,
+        """
+        import queue
+        import time
+
+        from k8s_executor.processes import Helper
+
+        if __name__ == "__main__":
+            received = queue.Queue()
+            Helper("tests.unit.test_processes:wait_forever", {}, "probe", received.put)
+            print(received.get(timeout=60), flush=True)
+            time.sleep(600)
+        """,
+    )
+    assert run.stdout is not None
+    helper_pid = int(run.stdout.readline())
+    assert alive(helper_pid)
+    run.send_signal(signal.SIGKILL)
+    run.wait(10)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if not alive(helper_pid):
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(helper_pid, signal.SIGKILL)
+        pytest.fail("the helper outlived its scheduler")
 
 
 def test_a_childs_record_is_logged_in_the_parent_under_its_own_name(caplog: pytest.LogCaptureFixture) -> None:

@@ -1,0 +1,48 @@
+"""The entry module of a helper process: `python -m k8s_executor.helper DOWN UP NAME`.
+
+DOWN and UP are the pipes from and to the scheduler (processes.py). The first message down
+names the function to run, its options, the scheduler's import path and log level; the
+function gets the channel and runs until it returns, or until the scheduler is gone.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pickle
+import signal
+import sys
+import threading
+from typing import BinaryIO
+
+from k8s_executor.processes import Channel, send_logs_to
+
+
+def _read_down(down: BinaryIO, channel: Channel) -> None:
+    while True:
+        try:
+            channel.inbox.put(pickle.load(down))
+        except (EOFError, OSError, pickle.UnpicklingError):
+            # The scheduler is gone (exited, or killed): nothing this process does has a
+            # reader any more, and a launcher left running would create pods nobody watches.
+            os._exit(0)
+
+
+def main(argv: list[str]) -> None:
+    # Ctrl-C reaches the whole process group; the scheduler decides when its helpers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    down = os.fdopen(int(argv[1]), "rb")
+    channel = Channel(os.fdopen(int(argv[2]), "wb"))
+    try:
+        target, options, path, level = pickle.load(down)
+    except EOFError:
+        return
+    sys.path[:] = [p for p in path if p not in sys.path] + sys.path
+    send_logs_to(channel, level)
+    threading.Thread(target=_read_down, args=(down, channel), name=f"{argv[3]}-receive", daemon=True).start()
+    module, _, function = target.partition(":")
+    getattr(importlib.import_module(module), function)(channel, **options)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -19,7 +19,7 @@ from typing import Any
 from devcluster import process_tree
 from kubernetes import client
 
-from k8s_executor.identity import WORKER_LABEL
+from k8s_executor.identity import scheduler_of
 from k8s_executor.kube_client import json_lines, read_body
 
 BENCH_USER_AGENT = "k8s-executor-bench"
@@ -81,7 +81,7 @@ class PodClock:
             times.terminal = now
         if kind == "DELETED" and times.deleted is None:
             times.deleted = now
-        label = (meta.get("labels") or {}).get(WORKER_LABEL, "")
+        label = scheduler_of(meta.get("labels"))
         if times.worker_label and label != times.worker_label:
             times.relabelled = now
         times.worker_label = label

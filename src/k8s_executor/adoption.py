@@ -3,11 +3,17 @@
 Airflow hands a new scheduler the task instances queued by a dead one. Their
 pods are found by the task try their annotations name, whichever scheduler's
 label they carry: a pod keeps the label of the scheduler that launched it
-through any number of adoptions, since the watcher sees every executor pod and
-nothing needs the label to change. So adoption writes nothing. It is served
-from what the watchers have already listed and watched (`Sighting`s), so a
-new scheduler lists its pods once, not once for the watcher and once more for
-adoption; `list_sightings` is the direct list for when no watcher has listed.
+through any number of adoptions, since the watchers see every pod of their
+executor and nothing needs the label to change. So adoption of this executor's
+pods writes nothing. It is served from what the watchers have already listed and
+watched (`Sighting`s), so a new scheduler lists its pods once, not once for the
+watcher and once more for adoption; `list_sightings` is the direct list for when
+no watcher has listed.
+
+Pods launched before pods had an owner label (by this executor, or by the
+official provider's) are outside the watchers' selector: the tries Airflow
+hands over that are not found among the sightings are looked for among them
+(`legacy_orphans`), and adopting one gives it this executor's labels.
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ class Orphan:
     state: PodState
     # False for a pod of a dead scheduler whose task already ended: taken only to be disposed of.
     ours: bool
+    # Launched before pods had an owner label: adopting it relabels it, so the watchers see it.
+    legacy: bool = False
 
 
 def select_orphans(
@@ -62,13 +70,14 @@ def select_orphans(
 def list_sightings(
     api: client.CoreV1Api,
     namespaces: Iterable[str | None],
+    selector: str,
     fatal_waiting_reasons: frozenset[str] = frozenset(),
     unschedulable_timeout_s: float = 300.0,
 ) -> list[Sighting]:
-    """Every executor pod awaiting a verdict in `namespaces`, judged as listed."""
+    """Every pod under `selector` in `namespaces`, judged as listed."""
     sightings = []
     for namespace in namespaces:
-        response = list_pods(api, namespace, label_selector=identity.selector(), _preload_content=False)
+        response = list_pods(api, namespace, label_selector=selector, _preload_content=False)
         for pod in read_json(response)["items"]:
             seen = observe(
                 pod,
@@ -78,3 +87,13 @@ def list_sightings(
             if seen.ref is not None:
                 sightings.append(Sighting(seen.ref, seen.namespace, seen.name, seen.scheduler_id, seen.state))
     return sightings
+
+
+def legacy_orphans(sightings: Iterable[Sighting], tries: Iterable[identity.TaskRef]) -> list[Orphan]:
+    """The legacy pods (identity.LEGACY_SELECTOR) that run one of `tries`: handed over, so ours."""
+    wanted = set(tries)
+    return [
+        Orphan(seen.ref, seen.namespace, seen.name, seen.state, ours=True, legacy=True)
+        for seen in sightings
+        if seen.ref in wanted
+    ]

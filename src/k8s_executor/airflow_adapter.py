@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import importlib.util
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from kubernetes.client import ApiClient
 from packaging.version import Version
 
 from k8s_executor import executor_config as executor_config_module
+from k8s_executor import identity
 from k8s_executor.identity import TaskRef
 from k8s_executor.pod_building import PodBuildError, PodDefaults, PodRequest, build_pod
 from k8s_executor.settings import SECTION, ExecutorSettings
@@ -30,22 +32,106 @@ AIRFLOW_V3 = Version(Version(AIRFLOW_VERSION).base_version) >= Version("3.0.0")
 _serializer = ApiClient()
 
 
-def read_settings(section: str = SECTION) -> dict[str, Any]:
+def read_settings(section: str = SECTION, team: str | None = None) -> dict[str, Any]:
     """The option values the operator set (airflow.cfg, AIRFLOW__SECTION__KEY, _cmd, _secret).
 
     Defaults are left to our settings model: with the official provider installed too, Airflow
     answers an unset option with that provider's default (`worker_pods_creation_batch_size`
     = 1), which would silently replace ours.
+
+    For a team, its own values (`AIRFLOW__<TEAM>___<SECTION>__<KEY>`, or a `[<team>=<section>]`
+    section of airflow.cfg, as Airflow's `ExecutorConf` reads them) override the installation's.
     """
     # With display_source, every value is a (value, source) pair.
     values: dict[str, tuple[str, str]] = conf.as_dict(display_source=True, display_sensitive=True).get(
         section, {}
     )  # type: ignore[assignment]
-    return {
+    out = {
         name: value
         for name, (value, source) in values.items()
         if name in ExecutorSettings.model_fields and "default" not in source
     }
+    if team:
+        out.update(_team_values(section, team))
+    return out
+
+
+def _team_values(section: str, team: str) -> dict[str, Any]:
+    names = set()
+    team_section = f"{team}={section}"
+    if conf.has_section(team_section):
+        names.update(conf.options(team_section))
+    prefix = f"AIRFLOW__{team.upper()}___{section.upper()}__"
+    for variable in os.environ:
+        if variable.startswith(prefix):
+            names.add(variable[len(prefix) :].lower().removesuffix("_cmd").removesuffix("_secret"))
+    return {
+        name: conf.get(section, name, team_name=team)
+        for name in sorted(names)
+        if name in ExecutorSettings.model_fields
+    }
+
+
+def executor_identity(executor: Any) -> str:
+    """The owner label value of a configured executor (identity.executor_identity): its alias, or
+    its class name, and its team. Airflow 2 has neither aliases nor teams."""
+    name = getattr(executor, "name", None)
+    alias = getattr(name, "alias", None)
+    return identity.executor_identity(alias or type(executor).__name__, getattr(executor, "team_name", None))
+
+
+def scheduler_health_check_threshold_s() -> float:
+    return conf.getfloat("scheduler", "scheduler_health_check_threshold", fallback=30.0)
+
+
+def scheduler_jobs() -> list[tuple[object, str | None, datetime.datetime | None]]:
+    """Every scheduler job Airflow knows as running: (id, state, latest heartbeat)."""
+    from airflow.jobs.job import Job
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        rows = session.execute(
+            select(Job.id, Job.state, Job.latest_heartbeat).where(
+                Job.job_type == "SchedulerJob", Job.state == "running"
+            )
+        ).all()
+    return [(job_id, getattr(state, "value", state), heartbeat) for job_id, state, heartbeat in rows]
+
+
+def task_instance_rows(
+    refs: Sequence[TaskRef], chunk: int = 500
+) -> dict[tuple[str, str, str, int], tuple[int, str | None, object]]:
+    """(try_number, state, queued_by_job_id) of the task instances of `refs`, by (dag, task, run,
+    map index): one query per `chunk` tries."""
+    from airflow.models.taskinstance import TaskInstance as TI
+    from airflow.utils.session import create_session
+    from sqlalchemy import select, tuple_
+
+    out: dict[tuple[str, str, str, int], tuple[int, str | None, object]] = {}
+    keys = sorted({(r.dag_id, r.task_id, r.run_id, r.map_index) for r in refs})
+    with create_session() as session:
+        for start in range(0, len(keys), chunk):
+            rows = session.execute(
+                select(
+                    TI.dag_id,
+                    TI.task_id,
+                    TI.run_id,
+                    TI.map_index,
+                    TI.try_number,
+                    TI.state,
+                    TI.queued_by_job_id,
+                ).where(
+                    tuple_(TI.dag_id, TI.task_id, TI.run_id, TI.map_index).in_(keys[start : start + chunk])
+                )
+            ).all()
+            for dag_id, task_id, run_id, map_index, try_number, state, queued_by in rows:
+                out[(dag_id, task_id, run_id, map_index)] = (
+                    try_number,
+                    str(state.value if hasattr(state, "value") else state) if state is not None else None,
+                    queued_by,
+                )
+    return out
 
 
 def pod_defaults(settings: ExecutorSettings) -> PodDefaults:

@@ -76,7 +76,7 @@ def cleanup_reason(
     than `min_pending`. Running pods and pods of unknown fate are never touched.
     """
     meta = pod.get("metadata") or {}
-    if (meta.get("labels") or {}).get(identity.EXECUTOR_LABEL) != "True":
+    if not identity.launched_by_an_executor(meta.get("labels")):
         return None
     if meta.get("deletionTimestamp"):
         return None
@@ -97,17 +97,26 @@ def cleanup_reason(
 
 
 def _executor_pods(core: client.CoreV1Api, namespace: str | None) -> Iterator[dict[str, Any]]:
-    selector = f"{identity.EXECUTOR_LABEL}=True"
-    token: str | None = None
-    while True:
-        kwargs: dict[str, Any] = {"label_selector": selector, "limit": LIST_PAGE, "_preload_content": False}
-        if token:
-            kwargs["_continue"] = token
-        page = read_json(list_pods(core, namespace, **kwargs))
-        yield from page["items"]
-        token = page["metadata"].get("continue")
-        if not token:
-            return
+    """Every executor's pods: ours under any alias or team, and legacy ones (identity.py)."""
+    seen: set[str] = set()
+    for selector in (identity.OWNER_LABEL, f"{identity.LEGACY_EXECUTOR_LABEL}=True"):
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {
+                "label_selector": selector,
+                "limit": LIST_PAGE,
+                "_preload_content": False,
+            }
+            if token:
+                kwargs["_continue"] = token
+            page = read_json(list_pods(core, namespace, **kwargs))
+            for pod in page["items"]:
+                if pod["metadata"]["uid"] not in seen:  # a pod can carry both kinds of label
+                    seen.add(pod["metadata"]["uid"])
+                    yield pod
+            token = page["metadata"].get("continue")
+            if not token:
+                break
 
 
 def _settings() -> ExecutorSettings:

@@ -8,6 +8,8 @@ buffer. Bad input fails only its own task, with a message naming the field.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import functools
 import queue
 import time
@@ -23,14 +25,26 @@ from kubernetes import client
 from k8s_executor import airflow_adapter, identity, metrics
 from k8s_executor.executor_config import ExecutorConfigError
 from k8s_executor.kube_client import core_api, error_message, list_pods, pod_events, read_body
+from k8s_executor.ledger import create_obsolete, live_schedulers
 from k8s_executor.pod_building import PodBuildError, PodRequest
 from k8s_executor.scheduler import AirflowKubernetesScheduler, TaskResult
 from k8s_executor.settings import ExecutorSettings
 from k8s_executor.state_mapping import describe_events, observe
 
+# How often the executor asks Airflow which schedulers live, and whether creates still on their
+# way are still wanted (one query each, whatever the number of pods).
+LIVENESS_INTERVAL_S = 10.0
+OBSOLETE_CHECK_INTERVAL_S = 2.0
+# A create answered within this long was sent for a try Airflow had just queued: not checked.
+OBSOLETE_AFTER_S = 1.0
+
 
 class KubernetesExecutor(BaseExecutor):
     supports_ad_hoc_ti_run: bool = True
+    # One instance per team in one scheduler: settings through the team's configuration, and no
+    # state shared between instances (each has its own watchers, launcher, rate limit and
+    # resourceVersions, and selects only its own pods).
+    supports_multi_team: bool = True
     supports_pickling: bool = False
     is_local: bool = False
     serve_logs: bool = False
@@ -43,6 +57,10 @@ class KubernetesExecutor(BaseExecutor):
         self.kube_scheduler: AirflowKubernetesScheduler | None = None
         self.result_queue: queue.Queue[TaskResult] = queue.Queue()
         self.scheduler_id = ""
+        # The owner label of this executor's pods; set by a LocalKubernetesExecutor to its own.
+        self.owner: str | None = None
+        self._next_liveness = 0.0
+        self._next_obsolete_check = 0.0
         self._worker_env: dict[str, str] = {}
         # Airflow requeues a task stuck in queued with the same try number; its next pod gets a
         # new name, so the revoked pod's deletion cannot be taken for the new pod's fate.
@@ -51,8 +69,10 @@ class KubernetesExecutor(BaseExecutor):
     # --- lifecycle -------------------------------------------------------
     def start(self) -> None:
         # Validate everything before anything starts: no half-configured scheduler.
-        self.settings = ExecutorSettings.parse(airflow_adapter.read_settings())
+        team = getattr(self, "team_name", None)
+        self.settings = ExecutorSettings.parse(airflow_adapter.read_settings(team=team))
         self.scheduler_id = str(self.job_id) if self.job_id is not None else uuid.uuid4().hex[:12]
+        self.owner = self.owner or airflow_adapter.executor_identity(self)
         # The credential is fetched now: one that cannot be had stops the scheduler here, with a
         # message naming the file or command.
         self.kube_client = core_api(self.settings)
@@ -66,11 +86,14 @@ class KubernetesExecutor(BaseExecutor):
             self.scheduler_id,
             # As long as Airflow waits before it hands a dead scheduler's tasks to a successor.
             unclaimed_grace_s=airflow_adapter.orphan_check_interval_s(),
+            executor_id=self.owner,
         )
         self.kube_scheduler.start_watchers()
         self.log.info(
-            "KubernetesExecutor started: scheduler id %s, namespaces %s",
+            "KubernetesExecutor started: scheduler id %s, pods labelled %s=%s, namespaces %s",
             self.scheduler_id,
+            identity.OWNER_LABEL,
+            self.owner,
             self.settings.watched_namespaces,
         )
 
@@ -78,6 +101,7 @@ class KubernetesExecutor(BaseExecutor):
         if self.kube_scheduler is None:
             return
         self.kube_scheduler.check_watchers()
+        self._ask_airflow()
         self.kube_scheduler.sync()
         while True:
             try:
@@ -85,6 +109,59 @@ class KubernetesExecutor(BaseExecutor):
             except queue.Empty:
                 break
             self._apply(result)
+
+    def _ask_airflow(self) -> None:
+        """What only Airflow's database knows: which schedulers live, and which creates still on
+        their way are for tries no longer this scheduler's (reset, retried, or queued by another
+        scheduler since: upstream #69760). Such a create is dropped, or its pod deleted."""
+        assert self.kube_scheduler is not None
+        now = time.monotonic()
+        if now >= self._next_liveness and self.job_id is not None:
+            self._next_liveness = now + LIVENESS_INTERVAL_S
+            try:
+                jobs = airflow_adapter.scheduler_jobs()
+            except Exception:
+                self.log.exception("could not read which schedulers are alive; asking again later")
+            else:
+                threshold = airflow_adapter.scheduler_health_check_threshold_s()
+                self.kube_scheduler.set_live_schedulers(
+                    live_schedulers(jobs, datetime.datetime.now(datetime.timezone.utc), threshold)
+                )
+        if now < self._next_obsolete_check or self.job_id is None:
+            return
+        self._next_obsolete_check = now + OBSOLETE_CHECK_INTERVAL_S
+        waiting = self.kube_scheduler.waiting_for_create(OBSOLETE_AFTER_S)
+        if not waiting:
+            return
+        try:
+            rows = airflow_adapter.task_instance_rows(list(waiting))
+        except Exception:
+            self.log.exception(
+                "could not check %d creates still on their way; checking again later", len(waiting)
+            )
+            return
+        for ref in waiting:
+            row = rows.get((ref.dag_id, ref.task_id, ref.run_id, ref.map_index))
+            if create_obsolete(ref, row, self.scheduler_id):
+                self.log.warning(
+                    "task %s.%s (run %s, try %d) is no longer this scheduler's (now %s); its pod is not launched",
+                    ref.dag_id,
+                    ref.task_id,
+                    ref.run_id,
+                    ref.try_number,
+                    "gone" if row is None else f"try {row[0]}, {row[1]}, queued by {row[2]}",
+                )
+                self._give_up(ref)
+
+    def _give_up(self, ref: identity.TaskRef) -> None:
+        """The try is not this scheduler's any more: nothing is reported for it, its pod goes, and
+        if it comes back to this scheduler its next pod has a new name."""
+        assert self.kube_scheduler is not None
+        key = airflow_adapter.to_airflow_key(ref)
+        self.queued_tasks.pop(key, None)
+        self.running.discard(key)
+        self._revoked[ref] += 1
+        self.kube_scheduler.revoke(ref)
 
     def _apply(self, result: TaskResult) -> None:
         key = airflow_adapter.to_airflow_key(result.ref)
@@ -153,7 +230,7 @@ class KubernetesExecutor(BaseExecutor):
         """Build the task's pod and hand it to the launcher; bad input fails this task only."""
         assert self.kube_scheduler is not None
         try:
-            request = make_request()
+            request = dataclasses.replace(make_request(), executor_id=self.owner or identity.DEFAULT_EXECUTOR)
             pod = airflow_adapter.pod_for(request, self._defaults)
             self._check_watched(pod["metadata"]["namespace"])
         except (ExecutorConfigError, PodBuildError) as exc:
@@ -243,21 +320,19 @@ class KubernetesExecutor(BaseExecutor):
         return not self.try_adopt_task_instances([ti])
 
     def revoke_task(self, *, ti: Any) -> None:
-        key = ti.key
-        self.queued_tasks.pop(key, None)
-        self.running.discard(key)
         if self.kube_scheduler is None:
+            self.queued_tasks.pop(ti.key, None)
+            self.running.discard(ti.key)
             return
-        ref = airflow_adapter.ref_of(key)
-        self._revoked[ref] += 1
-        self.kube_scheduler.revoke(ref)
+        self._give_up(airflow_adapter.ref_of(ti.key))
 
     def get_task_log(self, ti: Any, try_number: int) -> tuple[list[str], list[str]]:
         messages: list[str] = []
         logs: list[str] = []
         if self.settings is None:
             # The UI's log reader holds an executor it never started: it only needs a client.
-            self.settings = ExecutorSettings.parse(airflow_adapter.read_settings())
+            team = getattr(self, "team_name", None)
+            self.settings = ExecutorSettings.parse(airflow_adapter.read_settings(team=team))
             self.kube_client = core_api(self.settings)
         ref = airflow_adapter.ref_of(ti.key)._replace(try_number=try_number)
         selector = identity.try_selector(ref)

@@ -16,9 +16,28 @@ LABEL_MAX = 63
 _LABEL_OK = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _NAME_CHARS = re.compile(r"[^a-z0-9-]+")
 
-EXECUTOR_LABEL = "kubernetes_executor"
-WORKER_LABEL = "airflow-worker"
+# Which configured executor launched a pod (alias or class, and team), and which scheduler job.
+# Watchers select on the first, so another executor's pods (ours under another alias or team, or
+# the official provider's) are never seen, claimed, reported or deleted.
+OWNER_LABEL = "airflow-k8s-executor/executor"
+SCHEDULER_LABEL = "airflow-k8s-executor/scheduler"
+# The official provider's labels, which this executor's pods carried before they had an owner.
+# New pods do not carry them: the official provider's watcher selects `airflow-worker=<job id>`,
+# which in a scheduler running both executors is the same id, and its completed-pod sweep takes
+# every `kubernetes_executor=True` pod of another scheduler.
+LEGACY_EXECUTOR_LABEL = "kubernetes_executor"
+LEGACY_SCHEDULER_LABEL = "airflow-worker"
 DONE_LABEL = "airflow_executor_done"
+DEFAULT_EXECUTOR = "KubernetesExecutor"
+
+
+def executor_identity(name: str, team: str | None = None) -> str:
+    """The owner label value of one configured executor: its alias or class name, and its team.
+
+    Stable across restarts (the same configuration gives the same value) and distinct between
+    the executors and teams of one installation.
+    """
+    return safe_label_value(f"{team}.{name}" if team else name)
 
 
 class TaskRef(NamedTuple):
@@ -62,14 +81,20 @@ def pod_name(ref: TaskRef, launch_attempt: int = 0) -> str:
     return slug + suffix
 
 
-def labels(ref: TaskRef, scheduler_id: str, airflow_version: str, ti_id: str | None = None) -> dict[str, str]:
+def labels(
+    ref: TaskRef,
+    scheduler_id: str,
+    airflow_version: str,
+    ti_id: str | None = None,
+    executor_id: str = DEFAULT_EXECUTOR,
+) -> dict[str, str]:
     out = {
         "dag_id": safe_label_value(ref.dag_id),
         "task_id": safe_label_value(ref.task_id),
         "run_id": safe_label_value(ref.run_id),
         "try_number": str(ref.try_number),
-        EXECUTOR_LABEL: "True",
-        WORKER_LABEL: safe_label_value(scheduler_id),
+        OWNER_LABEL: executor_id,
+        SCHEDULER_LABEL: safe_label_value(scheduler_id),
         "airflow_version": safe_label_value(airflow_version.replace("+", "-")),
     }
     if ref.map_index >= 0:
@@ -77,6 +102,28 @@ def labels(ref: TaskRef, scheduler_id: str, airflow_version: str, ti_id: str | N
     if ti_id:
         out["ti_id"] = safe_label_value(ti_id)
     return out
+
+
+def launched_by_an_executor(pod_labels: dict[str, str] | None) -> bool:
+    """Whether a pod is an executor's: one of ours (any alias or team), or a legacy one."""
+    found = pod_labels or {}
+    return OWNER_LABEL in found or found.get(LEGACY_EXECUTOR_LABEL) == "True"
+
+
+def scheduler_of(pod_labels: dict[str, str] | None) -> str:
+    """The label of the scheduler that launched a pod, new or legacy."""
+    found = pod_labels or {}
+    return found.get(SCHEDULER_LABEL) or found.get(LEGACY_SCHEDULER_LABEL, "")
+
+
+def adopted_labels(executor_id: str, scheduler_id: str) -> dict[str, str | None]:
+    """The label patch that makes a legacy pod this executor's: owned, and out of the old selectors."""
+    return {
+        OWNER_LABEL: executor_id,
+        SCHEDULER_LABEL: safe_label_value(scheduler_id),
+        LEGACY_EXECUTOR_LABEL: None,
+        LEGACY_SCHEDULER_LABEL: None,
+    }
 
 
 def annotations_for(ref: TaskRef, ti_id: str | None = None) -> dict[str, str]:
@@ -108,9 +155,9 @@ def ref_from_annotations(annotations_: dict[str, Any] | None) -> TaskRef | None:
 
 
 def try_selector(ref: TaskRef) -> str:
-    """The label selector of a task try's pods (label values are lossy: confirm by annotations)."""
+    """The label selector of a task try's pods, whoever launched them (label values are lossy:
+    confirm by annotations)."""
     parts = [
-        f"{EXECUTOR_LABEL}=True",
         f"dag_id={safe_label_value(ref.dag_id)}",
         f"task_id={safe_label_value(ref.task_id)}",
         f"run_id={safe_label_value(ref.run_id)}",
@@ -120,9 +167,11 @@ def try_selector(ref: TaskRef) -> str:
     return ",".join(parts)
 
 
-def selector(scheduler_id: str | None = None) -> str:
-    """Pods of this executor (of one scheduler, if given) that still await a verdict."""
-    parts = [f"{EXECUTOR_LABEL}=True", f"{DONE_LABEL}!=True"]
-    if scheduler_id is not None:
-        parts.append(f"{WORKER_LABEL}={safe_label_value(scheduler_id)}")
-    return ",".join(parts)
+def selector(executor_id: str) -> str:
+    """The pods of one configured executor (every scheduler's) that still await a verdict."""
+    return f"{OWNER_LABEL}={executor_id},{DONE_LABEL}!=True"
+
+
+# Pods launched before pods had an owner, by this executor or the official provider's: found only
+# for the tries Airflow hands over, then given an owner (`adopted_labels`).
+LEGACY_SELECTOR = f"{LEGACY_EXECUTOR_LABEL}=True,{DONE_LABEL}!=True"

@@ -108,6 +108,10 @@ def transient(exc: Exception) -> float | None:
     return None
 
 
+class CreateDropped(Exception):
+    """A create not sent (or not sent again): the scheduler dropped it."""
+
+
 @dataclass(frozen=True)
 class LaunchResult:
     namespace: str
@@ -128,7 +132,14 @@ class DeleteResult:
     status: int
 
 
-Result = LaunchResult | DeleteResult
+@dataclass(frozen=True)
+class PatchResult:
+    namespace: str
+    name: str
+    status: int
+
+
+Result = LaunchResult | DeleteResult | PatchResult
 
 
 class Launcher:
@@ -154,10 +165,16 @@ class Launcher:
         self.delete_options = delete_options or {}
         self.results: queue.SimpleQueue[Result] = queue.SimpleQueue()
         self.stopping = threading.Event()
+        # Creates whose try is no longer wanted: not sent, or not sent again.
+        self.dropped: set[tuple[str, str]] = set()
 
-    def _with_retries(self, call: Callable[[], Any], deadline: float) -> tuple[Any, Exception | None, int]:
+    def _with_retries(
+        self, call: Callable[[], Any], deadline: float, dropped: Callable[[], bool] = lambda: False
+    ) -> tuple[Any, Exception | None, int]:
         attempt = refusals = 0
         while True:
+            if dropped():
+                return None, CreateDropped("its try is no longer wanted"), attempt
             attempt += 1
             self.bucket.take()
             try:
@@ -202,6 +219,7 @@ class Launcher:
                     )
                 ),
                 deadline,
+                dropped=lambda: (namespace, name) in self.dropped,
             )
         except Exception as bug:
             # A bug, not the API server's answer: its traceback goes to the scheduler's log once,
@@ -219,6 +237,8 @@ class Launcher:
                 )
             )
             return
+        finally:
+            self.dropped.discard((namespace, name))
         ok = exc is None or (isinstance(exc, client.ApiException) and exc.status == 409)
         error = "" if ok else error_message(exc) if isinstance(exc, client.ApiException) else repr(exc)
         self.results.put(
@@ -233,6 +253,10 @@ class Launcher:
                 duration_s=time.monotonic() - started,
             )
         )
+
+    def drop(self, namespace: str, name: str) -> None:
+        """Send the create of this pod no more (if it has not landed, it never will from here)."""
+        self.dropped.add((namespace, name))
 
     def delete(self, namespace: str, name: str) -> None:
         self._submit(self.disposal_pool, self._delete, namespace, name)
@@ -254,10 +278,11 @@ class Launcher:
         if exc is not None and not (isinstance(exc, client.ApiException) and exc.status == 404):
             raise exc
 
-    def patch_labels(self, namespace: str, name: str, labels: dict[str, str]) -> None:
+    def patch_labels(self, namespace: str, name: str, labels: dict[str, str | None]) -> None:
+        """Set (None: remove) labels of a pod; its PatchResult arrives on `results`."""
         self._submit(self.disposal_pool, self._patch_labels, namespace, name, labels)
 
-    def _patch_labels(self, namespace: str, name: str, labels: dict[str, str]) -> None:
+    def _patch_labels(self, namespace: str, name: str, labels: dict[str, str | None]) -> None:
         _, exc, _ = self._with_retries(
             lambda: read_body(
                 merge_patch(
@@ -269,6 +294,7 @@ class Launcher:
             ),
             time.monotonic() + 120,
         )
+        self.results.put(PatchResult(namespace, name, status_of(exc, 200)))
         if exc is not None and not (isinstance(exc, client.ApiException) and exc.status == 404):
             raise exc
 
@@ -333,8 +359,13 @@ class LauncherProcess:
     def delete(self, namespace: str, name: str) -> None:
         self._send("delete", namespace, name)
 
-    def patch_labels(self, namespace: str, name: str, labels: dict[str, str]) -> None:
+    def patch_labels(self, namespace: str, name: str, labels: dict[str, str | None]) -> None:
         self._send("patch_labels", namespace, name, labels)
+
+    def drop(self, namespace: str, name: str) -> None:
+        with self.lock:
+            self.unanswered.pop((namespace, name), None)
+        self._send("drop", namespace, name)
 
     def check(self) -> None:
         """Restart a launcher process that died, and send its unanswered creates again."""

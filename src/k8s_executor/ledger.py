@@ -15,14 +15,18 @@ The rules, each in one place:
 - a pod that shows up after its try was settled is deleted;
 - a pod that vanished while the watch was interrupted fails its try;
 - a try whose pod has not started by its deadline fails, its pod deleted;
-- another scheduler's finished pod is disposed of only after `unclaimed_grace_s`
-  without anyone claiming it, and never reported.
+- another scheduler's finished pod is disposed of only once that scheduler is dead (as
+  Airflow holds it: `live_schedulers`) and `unclaimed_grace_s` have passed without anyone
+  claiming it, and it is never reported;
+- a try Airflow no longer wants from this scheduler (revoked, or found obsolete before its
+  create was answered: `create_obsolete`) gets no result, and its create is dropped.
 One clock, injected: monotonic seconds, shared by every process of the machine
 (the watchers stamp their relists with it).
 """
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
@@ -62,7 +66,50 @@ class Dispose:
     why: Literal["finished", "late", "revoked", "unclaimed"] = "finished"
 
 
-Action = TaskResult | Dispose
+@dataclass(frozen=True)
+class Drop:
+    """Do not send (or send again) the create of this pod: its try is no longer wanted."""
+
+    namespace: str
+    name: str
+
+
+Action = TaskResult | Dispose | Drop
+
+
+def live_schedulers(
+    jobs: Iterable[tuple[object, str | None, datetime.datetime | None]],
+    now: datetime.datetime,
+    threshold_s: float,
+) -> set[str]:
+    """The scheduler labels of the jobs Airflow holds alive: running, with a heartbeat younger
+    than `[scheduler] scheduler_health_check_threshold` (Airflow's own test before it hands a
+    scheduler's tasks to another)."""
+    return {
+        identity.safe_label_value(str(job_id))
+        for job_id, state, heartbeat in jobs
+        if state == "running" and heartbeat is not None and (now - heartbeat).total_seconds() < threshold_s
+    }
+
+
+# The task instance states in which a queued try's create is still wanted: queued (the worker has
+# not started), or already on its way or over (the pod ran: its events are still awaited).
+_WANTED_STATES = frozenset({"queued", "running", "success", "failed", "up_for_retry", "restarting"})
+
+
+def create_obsolete(
+    ref: identity.TaskRef, row: tuple[int, str | None, object] | None, scheduler_id: str
+) -> bool:
+    """Whether a try whose create is not yet answered is no longer this scheduler's to launch.
+
+    `row` is its task instance's (try_number, state, queued_by_job_id), None if it is gone. A
+    try reset (to scheduled, or cleared), retried under a new number, or queued by another
+    scheduler since is obsolete: its pod would run a task nobody waits for.
+    """
+    if row is None:
+        return True
+    try_number, state, queued_by = row
+    return try_number != ref.try_number or str(queued_by) != scheduler_id or state not in _WANTED_STATES
 
 
 @dataclass(frozen=True)
@@ -86,6 +133,7 @@ class Entry:
     namespace: str
     name: str
     deadline: float
+    launched_at: float = 0.0
     created: bool = False
     created_at: float = 0.0
     last_state: PodState | None = None
@@ -93,6 +141,9 @@ class Entry:
     settled: bool = False
     # False for pods taken over only to be disposed of: their task is no longer Airflow's concern.
     report: bool = True
+    # False for a legacy pod adopted and being relabelled: until the watch has shown it, a relist
+    # that misses it says nothing of its fate.
+    visible: bool = True
 
     @property
     def where(self) -> str:
@@ -118,11 +169,16 @@ class PodLedger:
         self.unclaimed: dict[PodKey, float] = {}
         # Settled pods that are gone, with when: their events are old news.
         self.gone: dict[PodKey, float] = {}
+        # The schedulers Airflow holds alive (None: not yet known, so every other one counts as
+        # alive), and since when each other scheduler seen has been known dead.
+        self.alive: set[str] | None = None
+        self.dead_since: dict[str, float] = {}
 
     # --- inputs ----------------------------------------------------------------------------
     def launching(self, ref: identity.TaskRef, namespace: str, name: str, timeout_s: float) -> None:
         """A create is on its way; the try fails if its pod has not started within `timeout_s`."""
-        self.pods[(namespace, name)] = Entry(ref, namespace, name, self.clock() + timeout_s)
+        now = self.clock()
+        self.pods[(namespace, name)] = Entry(ref, namespace, name, now + timeout_s, launched_at=now)
 
     def launched(self, namespace: str, name: str, ok: bool, error: str = "") -> list[Action]:
         """The launcher's answer to a create (409 counts as ok: the pod is there)."""
@@ -155,7 +211,7 @@ class PodLedger:
                 self._forget(key)
                 return []
             return [] if entry.created else self._remove_late(entry)
-        entry.created = True
+        entry.created, entry.visible = True, True
         entry.last_state = event.state
         return self._settle(entry, event.state) if event.state.terminal else []
 
@@ -169,6 +225,8 @@ class PodLedger:
         for key, entry in list(self.pods.items()):
             if not (resync.namespace is None or entry.namespace == resync.namespace) or key in resync.names:
                 continue
+            if not entry.visible:
+                continue
             if not entry.settled and entry.created and entry.created_at < resync.listed_at:
                 actions += self._settle(
                     entry, PodState("failed", "pod disappeared while the watch was interrupted")
@@ -178,7 +236,8 @@ class PodLedger:
         return actions
 
     def adopt(self, orphan: Orphan, timeout_s: float) -> list[Action]:
-        """Take responsibility for a pod that already exists, judged as last seen."""
+        """Take responsibility for a pod that already exists, judged as last seen (a legacy one is
+        out of the watch until the shell has relabelled it: `relabelled`)."""
         key = (orphan.namespace, orphan.name)
         self.others.pop(key, None)
         self.unclaimed.pop(key, None)
@@ -189,19 +248,38 @@ class PodLedger:
             created=True,
             created_at=self.clock(),
             report=orphan.ours,
+            visible=not orphan.legacy,
         )
         entry.last_state = orphan.state
         return self._settle(entry, orphan.state) if orphan.state.terminal else []
 
+    def relabelled(self, namespace: str, name: str, found: bool) -> list[Action]:
+        """The answer to an adopted legacy pod's relabelling; not found: it went before it was ours."""
+        entry = self.pods.get((namespace, name))
+        if entry is None or found or entry.visible:
+            return []
+        entry.visible = True
+        return self._settle(entry, PodState("failed", "pod disappeared before its adoption was complete"))
+
     def revoke(self, ref: identity.TaskRef) -> list[Action]:
-        """Airflow took the try back: its pod goes, and nothing more is reported for it."""
+        """The try is no longer this scheduler's (Airflow took it back, or it is obsolete): its pod
+        goes, a create not yet answered is dropped, and nothing more is reported for it."""
         actions: list[Action] = []
         for entry in self.pods.values():
             if entry.ref == ref and not entry.settled:
                 entry.settled, entry.report = True, False
                 if entry.created:
                     actions.append(Dispose(entry.namespace, entry.name, delete=True, why="revoked"))
+                else:
+                    # If the create lands anyway, its pod is deleted as late (`launched`).
+                    actions.append(Drop(entry.namespace, entry.name))
         return actions
+
+    def schedulers_alive(self, labels: set[str]) -> None:
+        """Which schedulers Airflow holds alive now (`live_schedulers`)."""
+        self.alive = labels
+        for label in labels:
+            self.dead_since.pop(label, None)
 
     def tick(self) -> list[Action]:
         """What the passing of time decides: tries that did not start in time, unclaimed pods."""
@@ -223,7 +301,11 @@ class PodLedger:
                 break  # in the order they went
             del self.gone[key]
         for key, since in list(self.unclaimed.items()):
-            if now - since >= self.unclaimed_grace_s:
+            owner = self.others[key].scheduler_id
+            if self.alive is None or owner in self.alive:
+                continue  # its scheduler lives (or may): the pod is its own to report and dispose of
+            dead_since = self.dead_since.setdefault(owner, now)
+            if now - max(since, dead_since) >= self.unclaimed_grace_s:
                 del self.unclaimed[key]
                 seen = self.others.pop(key)
                 delete = self.disposal.delete(seen.state, never_started=False)
@@ -239,6 +321,11 @@ class PodLedger:
     def in_flight(self) -> set[identity.TaskRef]:
         """Tries whose pods this scheduler launched or adopted and still awaits."""
         return {e.ref for e in self.pods.values() if not e.settled}
+
+    def waiting_for_create(self, older_than_s: float) -> set[identity.TaskRef]:
+        """Tries whose create has been on its way (queued in the launcher, or retried) that long."""
+        cutoff = self.clock() - older_than_s
+        return {e.ref for e in self.pods.values() if not (e.created or e.settled) and e.launched_at <= cutoff}
 
     def sightings(self) -> Iterable[Sighting]:
         return self.others.values()

@@ -15,6 +15,7 @@ from typing import Any
 from airflow.configuration import conf
 from airflow.executors.base_executor import BaseExecutor
 
+from k8s_executor import airflow_adapter
 from k8s_executor.executor import KubernetesExecutor
 from k8s_executor.settings import LOCAL_SECTION, LocalKubernetesSettings
 
@@ -83,6 +84,8 @@ class LocalKubernetesExecutor(BaseExecutor):
 
     # --- lifecycle -------------------------------------------------------
     def start(self) -> None:
+        # Its pods are this executor's (alias or class, and team), not a plain KubernetesExecutor's.
+        self.kubernetes_executor.owner = airflow_adapter.executor_identity(self)  # type: ignore[attr-defined]
         for executor in self.executors:
             executor.start()
 

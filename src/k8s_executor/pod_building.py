@@ -109,6 +109,8 @@ class PodRequest:
     scheduler_id: str
     airflow_version: str
     ti_id: str | None = None
+    # The owner label: which configured executor launches the pod (identity.executor_identity).
+    executor_id: str = identity.DEFAULT_EXECUTOR
     executor_config: ParsedExecutorConfig = field(default_factory=ParsedExecutorConfig)
     env: dict[str, str] = field(default_factory=dict)
     launch_attempt: int = 0
@@ -154,7 +156,7 @@ def build_pod(request: PodRequest, defaults: PodDefaults) -> dict[str, Any]:
             "name": identity.pod_name(request.ref, request.launch_attempt),
             "namespace": pod.get("metadata", {}).get("namespace") or defaults.namespace,
             "labels": identity.labels(
-                request.ref, request.scheduler_id, request.airflow_version, request.ti_id
+                request.ref, request.scheduler_id, request.airflow_version, request.ti_id, request.executor_id
             ),
             "annotations": identity.annotations_for(request.ref, request.ti_id),
         },

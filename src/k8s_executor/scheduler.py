@@ -19,10 +19,9 @@ from kubernetes import client
 
 from k8s_executor import adoption, identity, metrics, processes
 from k8s_executor.adoption import Orphan
-from k8s_executor.launching import DeleteResult, LauncherProcess
-from k8s_executor.ledger import DEFAULT_START_TIMEOUT_S, Action, DisposalRule, PodLedger, TaskResult
+from k8s_executor.launching import DeleteResult, LauncherProcess, PatchResult
+from k8s_executor.ledger import DEFAULT_START_TIMEOUT_S, Action, DisposalRule, Drop, PodLedger, TaskResult
 from k8s_executor.processes import Helper
-from k8s_executor.resource_version import ResourceVersion
 from k8s_executor.settings import ExecutorSettings
 from k8s_executor.watching import Bookmark, PodEvent, PodWatch, Resync
 
@@ -92,6 +91,7 @@ class AirflowKubernetesScheduler(LoggingMixin):
         kube_client: client.CoreV1Api,
         worker_uuid: str,
         unclaimed_grace_s: float = 300.0,
+        executor_id: str = identity.DEFAULT_EXECUTOR,
         **kwargs: Any,
     ) -> None:
         super().__init__()
@@ -99,7 +99,10 @@ class AirflowKubernetesScheduler(LoggingMixin):
         self.result_queue = result_queue
         self.kube_client = kube_client
         self.worker_uuid = worker_uuid
+        self.executor_id = executor_id
         self.settings = kube_config
+        # This instance's own: two executors (teams) in one process must not share them.
+        self.resource_versions: dict[str | None, str] = {}
         self.ledger = PodLedger(
             worker_uuid,
             DisposalRule(self.settings.delete_worker_pods, self.settings.delete_worker_pods_on_failure),
@@ -133,7 +136,8 @@ class AirflowKubernetesScheduler(LoggingMixin):
             "k8s_executor.watching:serve",
             {
                 "namespace": namespace,
-                "resource_version": ResourceVersion().get_resource_version(namespace),
+                "resource_version": self.resource_versions.get(namespace),
+                "executor_id": self.executor_id,
                 "settings": self.settings,
                 "fatal_waiting_reasons": self.fatal_waiting_reasons,
                 "unschedulable_timeout_s": self.settings.unschedulable_pod_timeout,
@@ -183,22 +187,49 @@ class AirflowKubernetesScheduler(LoggingMixin):
                 self.log.warning(
                     "the watchers have not listed their pods in %.0f s; adoption lists them itself", wait_s
                 )
-                sightings = adoption.list_sightings(
-                    self.kube_client,
-                    self.settings.watched_namespaces,
-                    self.fatal_waiting_reasons,
-                    self.settings.unschedulable_pod_timeout,
-                )
-                return adoption.select_orphans(sightings, tries, dead_scheduler_ids)
+                sightings = self._list(identity.selector(self.executor_id))
+                return self._with_legacy(adoption.select_orphans(sightings, tries, dead_scheduler_ids), tries)
             time.sleep(0.05)
             self._drain_watchers()
         # What the watchers saw up to this moment, not what they saw when the queue was last read.
         self._drain_watchers()
-        return adoption.select_orphans(self.ledger.sightings(), tries, dead_scheduler_ids)
+        orphans = adoption.select_orphans(self.ledger.sightings(), tries, dead_scheduler_ids)
+        return self._with_legacy(orphans, tries)
+
+    def _with_legacy(self, orphans: list[Orphan], tries: list[identity.TaskRef]) -> list[Orphan]:
+        """`orphans`, and the legacy pods of the tries not found among them (adoption.py)."""
+        missing = set(tries) - {o.ref for o in orphans if o.ours}
+        if not missing:
+            return orphans
+        return orphans + adoption.legacy_orphans(self._list(identity.LEGACY_SELECTOR), missing)
+
+    def _list(self, selector: str) -> list[adoption.Sighting]:
+        return adoption.list_sightings(
+            self.kube_client,
+            self.settings.watched_namespaces,
+            selector,
+            self.fatal_waiting_reasons,
+            self.settings.unschedulable_pod_timeout,
+        )
 
     def adopt(self, orphan: Orphan, start_timeout_s: float) -> None:
         """Take responsibility for a pod that already exists, judged as last seen."""
         self._carry_out(self.ledger.adopt(orphan, start_timeout_s))
+        if orphan.legacy:
+            self.log.info(
+                "adopting legacy pod %s/%s: giving it this executor's labels", orphan.namespace, orphan.name
+            )
+            self.launcher.patch_labels(
+                orphan.namespace, orphan.name, identity.adopted_labels(self.executor_id, self.worker_uuid)
+            )
+
+    def set_live_schedulers(self, labels: set[str]) -> None:
+        """The schedulers Airflow holds alive: another's finished pods are never disposed of here
+        while it lives (ledger.live_schedulers)."""
+        self.ledger.schedulers_alive(labels)
+
+    def waiting_for_create(self, older_than_s: float) -> set[identity.TaskRef]:
+        return self.ledger.waiting_for_create(older_than_s)
 
     def revoke(self, ref: identity.TaskRef) -> None:
         """Airflow took the task back: its pod goes, and nothing more is reported for it."""
@@ -229,6 +260,14 @@ class AirflowKubernetesScheduler(LoggingMixin):
             if isinstance(action, TaskResult):
                 self.result_queue.put(action)
                 continue
+            if isinstance(action, Drop):
+                self.log.info(
+                    "dropping the create of pod %s/%s: its try is no longer wanted",
+                    action.namespace,
+                    action.name,
+                )
+                self.launcher.drop(action.namespace, action.name)
+                continue
             where = (action.namespace, action.name)
             if action.why == "late":
                 self.log.warning("pod %s/%s appeared after its task was settled; deleting it", *where)
@@ -251,6 +290,9 @@ class AirflowKubernetesScheduler(LoggingMixin):
             if isinstance(result, DeleteResult):
                 metrics.http_outcome("pod_delete", result.status)
                 continue
+            if isinstance(result, PatchResult):
+                self._carry_out(self.ledger.relabelled(result.namespace, result.name, result.status != 404))
+                continue
             metrics.timing("pod_create.duration", result.duration_s)
             metrics.http_outcome("pod_create", result.status)
             self._carry_out(self.ledger.launched(result.namespace, result.name, result.ok, result.error))
@@ -262,18 +304,16 @@ class AirflowKubernetesScheduler(LoggingMixin):
             except queue.Empty:
                 return
             if isinstance(message, PodEvent):
-                ResourceVersion().set_resource_version(
-                    message.resource_version, self._watch_key(message.namespace)
-                )
+                self.resource_versions[self._watch_key(message.namespace)] = message.resource_version
                 self._carry_out(self.ledger.observed(message))
             elif isinstance(message, Resync):
                 if message.namespace in self.listed:
                     metrics.incr("watcher.relists")
                 self.listed.add(message.namespace)
-                ResourceVersion().set_resource_version(message.resource_version, message.namespace)
+                self.resource_versions[message.namespace] = message.resource_version
                 self._carry_out(self.ledger.resynced(message))
             elif isinstance(message, Bookmark):
-                ResourceVersion().set_resource_version(message.resource_version, message.namespace)
+                self.resource_versions[message.namespace] = message.resource_version
             elif isinstance(message, logging.LogRecord):
                 processes.log_in_parent(message)
 

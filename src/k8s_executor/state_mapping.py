@@ -165,7 +165,7 @@ def observe(
         ref=identity.ref_from_annotations(meta.get("annotations")),
         namespace=meta["namespace"],
         name=meta["name"],
-        scheduler_id=(meta.get("labels") or {}).get(identity.WORKER_LABEL, ""),
+        scheduler_id=identity.scheduler_of(meta.get("labels")),
         state=pod_state(
             pod,
             fatal_waiting_reasons=fatal_waiting_reasons,

@@ -84,8 +84,11 @@ class PodWatch:
         settings: ExecutorSettings,
         fatal_waiting_reasons: frozenset[str] = frozenset(),
         unschedulable_timeout_s: float = 300.0,
+        executor_id: str = identity.DEFAULT_EXECUTOR,
     ) -> None:
         self.namespace = namespace
+        # Only this executor's pods, selected by the API server: never another executor's or team's.
+        self.selector = identity.selector(executor_id)
         self.watcher_queue = watcher_queue
         self.resource_version = resource_version
         self.fatal_waiting_reasons = fatal_waiting_reasons
@@ -122,10 +125,10 @@ class PodWatch:
         return self.namespace or "all namespaces"
 
     def _call(self, **kwargs: Any) -> Any:
-        # Every executor pod, whichever scheduler launched it: an adopted pod keeps the label of
-        # the scheduler that launched it, and must not fall out of sight.
+        # This executor's pods, whichever of its schedulers launched them: an adopted pod keeps the
+        # label of the scheduler that launched it, and must not fall out of sight.
         return list_pods(
-            self.api, self.namespace, label_selector=identity.selector(), _preload_content=False, **kwargs
+            self.api, self.namespace, label_selector=self.selector, _preload_content=False, **kwargs
         )
 
     def _list(self) -> str:

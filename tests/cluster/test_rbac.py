@@ -135,7 +135,8 @@ def test_the_executor_does_its_work_as_the_bound_user(
         name = pod["metadata"]["name"]
         wait_for_pod_phase(core, namespace, name, ("Succeeded",))
         # Adoption's list, as a new scheduler makes it, then the patch that marks a kept pod done.
-        [orphan] = adoption.select_orphans(adoption.list_sightings(api, [namespace]), [ref], ["old"])
+        sightings = adoption.list_sightings(api, [namespace], identity.selector(identity.DEFAULT_EXECUTOR))
+        [orphan] = adoption.select_orphans(sightings, [ref], ["old"])
         assert orphan.name == name
         launcher.patch_labels(namespace, name, {identity.DONE_LABEL: "True"})
         wait_for(

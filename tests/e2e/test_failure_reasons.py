@@ -77,7 +77,7 @@ def test_each_way_a_pod_fails_is_explained_in_the_task_log_and_failure_reason(
         {
             "metadata": {
                 "name": "victim-copy",
-                "labels": {k: v for k, v in pod.metadata.labels.items() if k != identity.WORKER_LABEL},
+                "labels": {k: v for k, v in pod.metadata.labels.items() if k != identity.SCHEDULER_LABEL},
                 "annotations": pod.metadata.annotations,
             },
             "spec": {"containers": [{"name": "base", "image": "any", "command": ["sleep", "600"]}]},

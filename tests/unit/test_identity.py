@@ -82,7 +82,7 @@ def test_labels_and_annotations_round_trip_the_key() -> None:
 
 def test_try_selector_names_one_try_and_leaves_out_mapped_instances_of_an_unmapped_task() -> None:
     assert identity.try_selector(identity.TaskRef("d", "t", "manual__2024-01-01T00:00:00+00:00", 2)) == (
-        "kubernetes_executor=True,dag_id=d,task_id=t,run_id=manual__2024-01-01T00_00_00_00_00-"
+        "dag_id=d,task_id=t,run_id=manual__2024-01-01T00_00_00_00_00-"
         + identity.safe_label_value("manual__2024-01-01T00:00:00+00:00").rsplit("-", 1)[1]
         + ",try_number=2,!map_index"
     )
@@ -96,3 +96,45 @@ def test_the_specifications_make_safe_pod_id_names_the_pod_of_a_try() -> None:
     made = AirflowKubernetesScheduler._make_safe_pod_id(None, "my_dag", "my_task", "manual__2024-01-01")  # type: ignore[arg-type]
     assert made == identity.pod_name(identity.TaskRef("my_dag", "my_task", "manual__2024-01-01"))
     assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", made) and len(made) <= 63
+
+
+def test_each_configured_executor_and_team_has_its_own_owner_label_value() -> None:
+    owners = {
+        identity.executor_identity("KubernetesExecutor"),
+        identity.executor_identity("k8s"),
+        identity.executor_identity("KubernetesExecutor", team="team_a"),
+        identity.executor_identity("KubernetesExecutor", team="team_b"),
+        identity.executor_identity("LocalKubernetesExecutor"),
+    }
+    assert len(owners) == 5
+    assert identity.executor_identity("KubernetesExecutor", team="team_a") == "team_a.KubernetesExecutor"
+    # Any team name gives a valid label value, the same each time.
+    odd = identity.executor_identity("k8s", team="Team A/β" * 10)
+    assert identity.safe_label_value(odd) == odd and odd == identity.executor_identity(
+        "k8s", team="Team A/β" * 10
+    )
+
+
+def test_the_watch_selects_one_executors_pods_and_nothing_of_the_official_providers() -> None:
+    ref = TaskRef("d", "t", "r")
+    ours = labels(ref, "42", "3.3.2", executor_id="team_a.k8s")
+    assert ours[identity.OWNER_LABEL] == "team_a.k8s" and ours[identity.SCHEDULER_LABEL] == "42"
+    # Neither label the official provider's watcher (airflow-worker=<job id>) or its completed-pod
+    # sweep (kubernetes_executor=True) selects on.
+    assert identity.LEGACY_SCHEDULER_LABEL not in ours and identity.LEGACY_EXECUTOR_LABEL not in ours
+    assert (
+        identity.selector("team_a.k8s")
+        == "airflow-k8s-executor/executor=team_a.k8s,airflow_executor_done!=True"
+    )
+    assert identity.scheduler_of(ours) == "42"
+    assert identity.scheduler_of({"kubernetes_executor": "True", "airflow-worker": "7"}) == "7"
+    assert identity.launched_by_an_executor(ours)
+    assert identity.launched_by_an_executor({"kubernetes_executor": "True"})
+    assert not identity.launched_by_an_executor({"app": "web"})
+    # A legacy pod adopted gets an owner and leaves the official provider's selectors.
+    assert identity.adopted_labels("k8s", "43") == {
+        identity.OWNER_LABEL: "k8s",
+        identity.SCHEDULER_LABEL: "43",
+        "kubernetes_executor": None,
+        "airflow-worker": None,
+    }

@@ -3,7 +3,8 @@
 Each seed draws a history: creates answered late, twice (409) or refused; watch events
 duplicated, interleaved across pods, lost to a 410 and made up by a relist; pods that
 succeed, fail, never start, or are deleted by hand; revocations; scheduler restarts with
-adoption by a successor. The invariants are checked as it goes and at the end:
+adoption by a successor; a neighbour scheduler, alive throughout, whose pods share the watch
+(Airflow's HA mode). The invariants are checked as it goes and at the end:
 - every try accepted is reported exactly once, with the verdict its pod earned, unless Airflow
   revoked it or (after a restart) took it back because no pod of it was ever made;
 - no pod is disposed of twice, and none of a scheduler that still lives, but by itself;
@@ -22,7 +23,7 @@ import pytest
 
 from k8s_executor import identity
 from k8s_executor.adoption import select_orphans
-from k8s_executor.ledger import DisposalRule, Dispose, PodLedger, TaskResult
+from k8s_executor.ledger import Action, DisposalRule, Dispose, Drop, PodLedger, TaskResult
 from k8s_executor.state_mapping import PodState
 from k8s_executor.watching import PodEvent, Resync
 
@@ -30,6 +31,7 @@ NAMESPACE = "ns"
 START_TIMEOUT_S = 60.0
 UNCLAIMED_GRACE_S = 120.0
 ADOPTION_DELAY_S = 20.0
+NEIGHBOUR = "n1"
 FATES = ("success", "failure", "unstartable", "refused", "deleted")
 PENDING = PodState("pending", "")
 RUNNING = PodState("running", "")
@@ -89,6 +91,12 @@ class World:
         self.generation = 0
         self.adopt_at: float | None = None
         self.scheduler = self._new_scheduler()
+        # The neighbour's pods: they run their course, and are its own to report and dispose of.
+        for i in range(self.rng.randint(0, 3)):
+            pod = self.pods[f"neighbour-{i}"] = Pod(
+                f"neighbour-{i}", identity.TaskRef("dag", f"n{i}", "run", 1), NEIGHBOUR
+            )
+            self._send(pod, PENDING)
 
     # --- the scheduler ------------------------------------------------------------------------
     def _new_scheduler(self) -> Scheduler:
@@ -96,13 +104,19 @@ class World:
         ledger = self.ledger_class(
             f"s{self.generation}", self.rules, clock=lambda: self.now, unclaimed_grace_s=UNCLAIMED_GRACE_S
         )
+        # Airflow holds alive the scheduler that runs and the neighbour, and no other.
+        ledger.schedulers_alive({f"s{self.generation}", NEIGHBOUR})
         return Scheduler(f"s{self.generation}", ledger)
 
-    def carry_out(self, actions: list[TaskResult | Dispose]) -> None:
+    def carry_out(self, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, TaskResult):
                 self.note(f"  -> report {action.ref.task_id} {action.state.verdict}")
                 self.results.setdefault(action.ref, []).append(action.state)
+                continue
+            if isinstance(action, Drop):
+                # The create may have landed already (here it always has): its pod is then late.
+                self.note(f"  -> drop the create of {action.name}")
                 continue
             self.note(f"  -> dispose {action.name} delete={action.delete} ({action.why})")
             self.disposed[action.name] += 1
@@ -165,6 +179,11 @@ class World:
         if not moving:
             return
         pod = self.rng.choice(moving)
+        if pod.scheduler == NEIGHBOUR:
+            pod.state = RUNNING if pod.state.verdict == "pending" else FINAL["success"]
+            self.note(f"{pod.name} {pod.state.verdict}")
+            self._send(pod, pod.state)
+            return
         t = self._try(pod.name)
         if t.fate == "unstartable":
             return
@@ -202,6 +221,8 @@ class World:
             # Over half a minute every pod that can start does, and the watch and the launcher
             # are heard: a try fails for not starting only when its pod truly cannot.
             for pod in list(self.pods.values()):
+                if pod.scheduler == NEIGHBOUR:
+                    continue
                 if pod.state.verdict == "pending" and self._try(pod.name).fate != "unstartable":
                     pod.state = RUNNING
                     self.note(f"{pod.name} running")
@@ -355,3 +376,16 @@ def test_the_simulation_catches_a_broken_rule() -> None:
     with pytest.raises(Violation, match="its end is lost"):
         for seed in range(SEEDS):
             simulate(seed, ledger_class=DisposesWithoutGrace)
+
+
+class IgnoresWhoLives(PodLedger):
+    """A broken rule: another scheduler's finished pod disposed of after the grace, alive or not."""
+
+    def schedulers_alive(self, labels: set[str]) -> None:
+        super().schedulers_alive(set())
+
+
+def test_the_simulation_catches_disposal_of_a_live_neighbours_pod() -> None:
+    with pytest.raises(Violation, match=f"of live scheduler {NEIGHBOUR} disposed of by another"):
+        for seed in range(SEEDS):
+            simulate(seed, ledger_class=IgnoresWhoLives)

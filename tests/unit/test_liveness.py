@@ -1,0 +1,69 @@
+"""Which schedulers count as alive, and which creates on their way are no longer wanted."""
+
+from __future__ import annotations
+
+import datetime
+
+from k8s_executor.identity import TaskRef
+from k8s_executor.ledger import DisposalRule, PodLedger, create_obsolete, live_schedulers
+from k8s_executor.state_mapping import PodState
+from k8s_executor.watching import PodEvent
+
+NOW = datetime.datetime(2026, 11, 30, 12, 0, tzinfo=datetime.timezone.utc)
+
+
+def ago(seconds: float) -> datetime.datetime:
+    return NOW - datetime.timedelta(seconds=seconds)
+
+
+def test_a_scheduler_lives_while_it_runs_and_its_heartbeat_is_younger_than_the_threshold() -> None:
+    jobs = [(1, "running", ago(5)), (2, "running", ago(31)), (3, "failed", ago(1)), (4, "running", None)]
+    assert live_schedulers(jobs, NOW, threshold_s=30) == {"1"}
+    assert live_schedulers(jobs, NOW, threshold_s=60) == {"1", "2"}
+
+
+def finished_pod_of(scheduler: str) -> PodEvent:
+    return PodEvent("ns", f"pod-of-{scheduler}", TaskRef("d", "t", "r"), scheduler, PodState("success"), "1")
+
+
+def test_another_schedulers_finished_pod_is_disposed_of_only_once_it_is_dead_and_the_grace_is_over() -> None:
+    now = [0.0]
+    ledger = PodLedger("1", DisposalRule(), clock=lambda: now[0], unclaimed_grace_s=300)
+    assert ledger.observed(finished_pod_of("2")) == []
+    # Not yet known who lives: nobody else's pod is touched, however long it waits.
+    now[0] = 1000.0
+    assert ledger.tick() == []
+    ledger.schedulers_alive({"1", "2"})
+    now[0] = 5000.0
+    assert ledger.tick() == []
+    # Its scheduler dies: the grace counts from then.
+    ledger.schedulers_alive({"1"})
+    assert ledger.tick() == []
+    now[0] = 5299.0
+    assert ledger.tick() == []
+    now[0] = 5300.0
+    [dispose] = ledger.tick()
+    assert (dispose.name, dispose.why) == ("pod-of-2", "unclaimed")
+
+
+def test_a_scheduler_that_comes_back_keeps_its_pods() -> None:
+    now = [0.0]
+    ledger = PodLedger("1", DisposalRule(), clock=lambda: now[0], unclaimed_grace_s=300)
+    ledger.observed(finished_pod_of("2"))
+    ledger.schedulers_alive({"1"})
+    now[0] = 200.0
+    assert ledger.tick() == []
+    ledger.schedulers_alive({"1", "2"})  # its heartbeat was late, not its last
+    now[0] = 10_000.0
+    assert ledger.tick() == []
+
+
+def test_a_create_is_obsolete_once_its_try_is_not_this_schedulers_queued_or_started_try() -> None:
+    ref = TaskRef("d", "t", "r", try_number=2)
+    assert not create_obsolete(ref, (2, "queued", 7), "7")
+    assert not create_obsolete(ref, (2, "running", 7), "7")  # the pod landed and the task started
+    assert create_obsolete(ref, None, "7")  # the task instance is gone
+    assert create_obsolete(ref, (2, "scheduled", None), "7")  # reset by Airflow
+    assert create_obsolete(ref, (2, None, None), "7")  # cleared
+    assert create_obsolete(ref, (3, "queued", 7), "7")  # a later try
+    assert create_obsolete(ref, (2, "queued", 8), "7")  # queued again by another scheduler

@@ -37,7 +37,7 @@ from typing import Any
 
 from devcluster import build, control_plane
 from devcluster.airflow_stack import AirflowStack
-from devcluster.node_agent import FINISH_FILE_ANNOTATION, RUNTIME_LABEL, SIMULATED_TAINT
+from devcluster.node_agent import FINISH_FILE_ANNOTATION, simulated_pod_template
 from kubernetes import client, config
 
 from bench.bare_client import bare_burst, executor_shaped
@@ -124,23 +124,9 @@ with DAG("bench", start_date=datetime.datetime(2024, 1, 1), schedule=None, catch
 
 
 def simulated_template(path: Path, finish_file: Path) -> Path:
-    path.write_text(
-        json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                # Pods run until the harness creates `finish_file`: launching is measured with no
-                # completion in the way, then every pod ends at one moment (the completion burst).
-                "metadata": {"annotations": {FINISH_FILE_ANNOTATION: str(finish_file)}},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "nodeSelector": {RUNTIME_LABEL: "simulated"},
-                    "tolerations": [{"key": SIMULATED_TAINT, "operator": "Exists", "effect": "NoSchedule"}],
-                    "containers": [{"name": "base", "image": "simulated"}],
-                },
-            }
-        )
-    )
+    # Pods run until the harness creates `finish_file`: launching is measured with no completion
+    # in the way, then every pod ends at one moment (the completion burst).
+    path.write_text(json.dumps(simulated_pod_template(finish_file)))
     return path
 
 

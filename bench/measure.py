@@ -25,7 +25,8 @@ from k8s_executor.kube_client import json_lines, read_body
 BENCH_USER_AGENT = "k8s-executor-bench"
 # Both executors use the official client's default user agent; every other client (the node
 # agent, this harness, kube-scheduler, the controllers) has a name of its own.
-EXECUTOR_USER_AGENT_PREFIX = "OpenAPI-Generator/"
+# The official provider's requests carry the client's default user agent; this executor's its own.
+EXECUTOR_USER_AGENT_PREFIXES = ("OpenAPI-Generator/", "airflow-k8s-executor/")
 
 
 @dataclass
@@ -160,7 +161,7 @@ def executor_requests(audit_log: Path, namespace: str, since: float, until: floa
                 ref = entry.get("objectRef") or {}
                 if entry.get("stage") != "ResponseComplete" or ref.get("namespace") != namespace:
                     continue
-                if not str(entry.get("userAgent", "")).startswith(EXECUTOR_USER_AGENT_PREFIX):
+                if not str(entry.get("userAgent", "")).startswith(EXECUTOR_USER_AGENT_PREFIXES):
                     continue
                 received = _audit_time(entry["requestReceivedTimestamp"])
                 if since <= received <= until:

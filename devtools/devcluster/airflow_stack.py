@@ -221,12 +221,16 @@ class AirflowStack:
         if "api-server" in self.procs:
             self.wait_for_api()
 
-    def start_component(self, component: str) -> None:
+    def start_component(
+        self, component: str, name: str | None = None, env: dict[str, str] | None = None
+    ) -> None:
+        """Start `component` (as `name`, with `env` over the stack's: a second scheduler, say)."""
+        name = name or component
         args = {"api-server": ["api-server", "--port", str(self.api_port)]}.get(component, [component])
-        log = open(self.home / f"{component}.log", "ab")  # noqa: SIM115 - the process owns it
-        self.procs[component] = subprocess.Popen(
+        log = open(self.home / f"{name}.log", "ab")  # noqa: SIM115 - the process owns it
+        self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", "airflow", *args],
-            env=self._process_env(),
+            env={**self._process_env(), **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -58,6 +58,24 @@ SIMULATED_TAINT = "devcluster.k8s-executor.dev/simulated"
 RUNTIME_LABEL = "devcluster.k8s-executor.dev/runtime"
 DEFAULT_FAIL_IMAGES = r"(^|/)(does-not-exist|unpullable)[^/]*$|^invalid\.registry/"
 BACKOFF_S = 2.0
+
+
+def simulated_pod_template(finish_file: Path) -> dict[str, Any]:
+    """A pod template for the simulated node: its pods run nothing, and end (Succeeded) together
+    when `finish_file` exists, without a single extra API request."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"annotations": {FINISH_FILE_ANNOTATION: str(finish_file)}},
+        "spec": {
+            "restartPolicy": "Never",
+            "nodeSelector": {RUNTIME_LABEL: "simulated"},
+            "tolerations": [{"key": SIMULATED_TAINT, "operator": "Exists", "effect": "NoSchedule"}],
+            "containers": [{"name": "base", "image": "simulated"}],
+        },
+    }
+
+
 # How often a running pod's volumes are set up again (kubelet's pod sync, every minute or so;
 # shorter here so that a test sees a changed config map or a renewed token soon).
 VOLUME_SYNC_S = 10.0

@@ -116,8 +116,11 @@ def scheduler_of(pod_labels: dict[str, str] | None) -> str:
     return found.get(SCHEDULER_LABEL) or found.get(LEGACY_SCHEDULER_LABEL, "")
 
 
-def adopted_labels(executor_id: str, scheduler_id: str) -> dict[str, str | None]:
-    """The label patch that makes a legacy pod this executor's: owned, and out of the old selectors."""
+def adopted_labels(executor_id: str, scheduler_id: str, legacy: bool) -> dict[str, str | None]:
+    """The label patch of an adopted pod: its adopter's label, so every other scheduler sees that
+    it is claimed by a live one; a legacy pod also gets its owner and leaves the old selectors."""
+    if not legacy:
+        return {SCHEDULER_LABEL: safe_label_value(scheduler_id)}
     return {
         OWNER_LABEL: executor_id,
         SCHEDULER_LABEL: safe_label_value(scheduler_id),

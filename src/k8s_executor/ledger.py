@@ -17,7 +17,8 @@ The rules, each in one place:
 - a try whose pod has not started by its deadline fails, its pod deleted;
 - another scheduler's finished pod is disposed of only once that scheduler is dead (as
   Airflow holds it: `live_schedulers`) and `unclaimed_grace_s` have passed without anyone
-  claiming it, and it is never reported;
+  claiming it (an adopter relabels what it adopts), by one live scheduler only (`disposer`),
+  and it is never reported;
 - a try Airflow no longer wants from this scheduler (revoked, or found obsolete before its
   create was answered: `create_obsolete`) gets no result, and its create is dropped.
 One clock, injected: monotonic seconds, shared by every process of the machine
@@ -90,6 +91,15 @@ def live_schedulers(
         for job_id, state, heartbeat in jobs
         if state == "running" and heartbeat is not None and (now - heartbeat).total_seconds() < threshold_s
     }
+
+
+def disposer(alive: set[str]) -> str | None:
+    """The one live scheduler that disposes of dead schedulers' unclaimed pods: the oldest job."""
+    return min(
+        alive,
+        key=lambda label: (not label.isdigit(), int(label) if label.isdigit() else 0, label),
+        default=None,
+    )
 
 
 # The task instance states in which a queued try's create is still wanted: queued (the worker has
@@ -304,6 +314,8 @@ class PodLedger:
             owner = self.others[key].scheduler_id
             if self.alive is None or owner in self.alive:
                 continue  # its scheduler lives (or may): the pod is its own to report and dispose of
+            if disposer(self.alive) not in (None, self.scheduler_label):
+                continue  # another live scheduler disposes of it: one delete per pod
             dead_since = self.dead_since.setdefault(owner, now)
             if now - max(since, dead_since) >= self.unclaimed_grace_s:
                 del self.unclaimed[key]

@@ -219,8 +219,12 @@ class AirflowKubernetesScheduler(LoggingMixin):
             self.log.info(
                 "adopting legacy pod %s/%s: giving it this executor's labels", orphan.namespace, orphan.name
             )
+        if (orphan.ours and not orphan.state.terminal) or orphan.legacy:
+            # Claimed in the open: the other live schedulers see its new label, and leave it alone.
             self.launcher.patch_labels(
-                orphan.namespace, orphan.name, identity.adopted_labels(self.executor_id, self.worker_uuid)
+                orphan.namespace,
+                orphan.name,
+                identity.adopted_labels(self.executor_id, self.worker_uuid, orphan.legacy),
             )
 
     def set_live_schedulers(self, labels: set[str]) -> None:

@@ -66,7 +66,7 @@ def executor_deletes(core: client.CoreV1Api, log: Path, namespace: str, name: st
         if e["verb"] == "delete"
         and e.get("stage") == "ResponseComplete"
         and (e.get("objectRef") or {}).get("name") == name
-        and e.get("userAgent", "").startswith("OpenAPI-Generator/")
+        and e.get("userAgent", "").startswith("airflow-k8s-executor/")
     )
 
 

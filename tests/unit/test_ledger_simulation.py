@@ -31,7 +31,9 @@ NAMESPACE = "ns"
 START_TIMEOUT_S = 60.0
 UNCLAIMED_GRACE_S = 120.0
 ADOPTION_DELAY_S = 20.0
-NEIGHBOUR = "n1"
+# Its label sorts after every successor's ("s<n>"), so the successor is the one that disposes of
+# dead schedulers' unclaimed pods (ledger.disposer).
+NEIGHBOUR = "z1"
 FATES = ("success", "failure", "unstartable", "refused", "deleted")
 PENDING = PodState("pending", "")
 RUNNING = PodState("running", "")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 
 from k8s_executor.identity import TaskRef
-from k8s_executor.ledger import DisposalRule, PodLedger, create_obsolete, live_schedulers
+from k8s_executor.ledger import DisposalRule, PodLedger, create_obsolete, disposer, live_schedulers
 from k8s_executor.state_mapping import PodState
 from k8s_executor.watching import PodEvent
 
@@ -67,3 +67,19 @@ def test_a_create_is_obsolete_once_its_try_is_not_this_schedulers_queued_or_star
     assert create_obsolete(ref, (2, None, None), "7")  # cleared
     assert create_obsolete(ref, (3, "queued", 7), "7")  # a later try
     assert create_obsolete(ref, (2, "queued", 8), "7")  # queued again by another scheduler
+
+
+def test_one_live_scheduler_disposes_of_the_dead_ones_pods_the_oldest() -> None:
+    assert disposer({"12", "9", "100"}) == "9"
+    assert disposer(set()) is None
+    now = [0.0]
+    younger = PodLedger("12", DisposalRule(), clock=lambda: now[0], unclaimed_grace_s=300)
+    older = PodLedger("9", DisposalRule(), clock=lambda: now[0], unclaimed_grace_s=300)
+    for ledger in (younger, older):
+        ledger.observed(finished_pod_of("2"))
+        ledger.schedulers_alive({"9", "12"})
+        assert ledger.tick() == []
+    now[0] = 400.0
+    assert younger.tick() == []
+    [dispose] = older.tick()
+    assert dispose.name == "pod-of-2"

@@ -45,9 +45,11 @@ def airflow_stack(
     core: client.CoreV1Api,
     extra_namespaces: tuple[str, ...] = (),
     kubeconfig_for: Callable[[str], Path] | None = None,
+    before_start: Callable[[AirflowStack], None] | None = None,
     **env: str,
 ) -> Iterator[AirflowStack]:
-    """A stack in a new namespace; `kubeconfig_for(namespace)` gives the executor's kubeconfig."""
+    """A stack in a new namespace; `kubeconfig_for(namespace)` gives the executor's kubeconfig,
+    `before_start(stack)` runs between the database's migration and Airflow's start."""
     namespace = f"e2e-{uuid.uuid4().hex[:8]}"
     core.create_namespace({"metadata": {"name": namespace}})
     # Airflow runs as the operator would run it: bound to deploy/rbac/rbac.yaml's Role in each namespace it
@@ -79,6 +81,8 @@ def airflow_stack(
         airflow.prepare()
         for dag in DAGS.glob("*.py"):
             shutil.copy(dag, airflow.dags_folder)
+        if before_start:
+            before_start(airflow)
         airflow.start()
         yield airflow
     finally:

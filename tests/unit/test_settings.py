@@ -77,6 +77,25 @@ def test_only_values_the_operator_set_are_read_not_another_providers_defaults(mo
     assert ExecutorSettings.parse(raw).worker_pods_creation_batch_size == 1024
 
 
+def test_a_teams_own_values_override_the_installations_and_the_rest_is_shared(monkeypatch) -> None:
+    from k8s_executor.airflow_adapter import read_settings
+
+    monkeypatch.setenv("AIRFLOW__KUBERNETES_EXECUTOR__NAMESPACE", "shared")
+    monkeypatch.setenv("AIRFLOW__KUBERNETES_EXECUTOR__DELETE_WORKER_PODS", "False")
+    monkeypatch.setenv("AIRFLOW__TEAM_A___KUBERNETES_EXECUTOR__NAMESPACE", "ns-a")
+    monkeypatch.setenv("AIRFLOW__TEAM_A___KUBERNETES_EXECUTOR__POD_TEMPLATE_FILE", "/templates/a.yaml")
+    team_a = ExecutorSettings.parse(read_settings(team="team_a"))
+    team_b = ExecutorSettings.parse(read_settings(team="team_b"))
+    installation = ExecutorSettings.parse(read_settings())
+    assert (team_a.namespace, team_a.pod_template_file, team_a.delete_worker_pods) == (
+        "ns-a",
+        "/templates/a.yaml",
+        False,
+    )
+    assert (team_b.namespace, team_b.pod_template_file, team_b.delete_worker_pods) == ("shared", "", False)
+    assert (installation.namespace, installation.pod_template_file) == ("shared", "")
+
+
 def test_every_option_is_registered_with_airflow() -> None:
     """Airflow learns the sections and defaults from the provider entry point (`airflow config list`)."""
     from airflow.configuration import retrieve_configuration_description

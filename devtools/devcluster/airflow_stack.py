@@ -153,6 +153,19 @@ class AirflowStack:
             raise RuntimeError(f"airflow {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
         return done
 
+    def python(self, script: str, timeout: float = 120) -> str:
+        """Run `script` in a Python of this stack's Airflow (its settings, its database); its output."""
+        done = subprocess.run(
+            [sys.executable, "-c", script],
+            env=self._process_env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"the script failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        return done.stdout
+
     # --- PostgreSQL --------------------------------------------------------
     def start_postgres(self) -> None:
         data = self.pg_data

@@ -185,7 +185,9 @@ class KubernetesExecutor(BaseExecutor):
         self.kube_scheduler.launcher.shutdown(wait=True)
         self.sync()
         self.log.info(
-            "stopping with %d pods in flight, left for adoption", len(self.kube_scheduler.in_flight())
+            "stopping with %d pods in flight, left for adoption; the watchers read %d watch events",
+            len(self.kube_scheduler.in_flight()),
+            self.kube_scheduler.watch_events_read,
         )
         self.terminate()
 

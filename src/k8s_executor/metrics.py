@@ -21,6 +21,7 @@ NAMES = {
     "pod_delete.status.<code>": "counter: delete outcomes by HTTP status",
     "watcher.restarts": "counter: watcher processes that died and were restarted",
     "watcher.relists": "counter: full relists after a 410 Gone (history compacted)",
+    "watcher.events": "counter: watch events and listed pods the watchers read (every scheduler of an executor reads its pods' events)",
     "adoption.pods": "counter: pods taken over from schedulers that died",
     "adoption.duration": "timer: one adoption pass",
     "unclaimed_pods.disposed": "counter: finished pods of a scheduler that is gone, deleted or marked done",

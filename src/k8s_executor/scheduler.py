@@ -23,7 +23,7 @@ from k8s_executor.launching import DeleteResult, LauncherProcess, PatchResult
 from k8s_executor.ledger import DEFAULT_START_TIMEOUT_S, Action, DisposalRule, Drop, PodLedger, TaskResult
 from k8s_executor.processes import Helper
 from k8s_executor.settings import ExecutorSettings
-from k8s_executor.watching import Bookmark, PodEvent, PodWatch, Resync
+from k8s_executor.watching import Bookmark, PodEvent, PodWatch, Read, Resync
 
 
 class KubernetesJobWatcher(multiprocessing.Process, LoggingMixin):
@@ -124,6 +124,7 @@ class AirflowKubernetesScheduler(LoggingMixin):
         self.watcher_queue: queue.Queue[Any] = queue.Queue()
         self.watchers: dict[str | None, Helper] = {}
         self.watcher_restarts = 0
+        self.watch_events_read = 0
         self.listed: set[str | None] = set()
 
     # --- watchers --------------------------------------------------------
@@ -318,6 +319,9 @@ class AirflowKubernetesScheduler(LoggingMixin):
                 self._carry_out(self.ledger.resynced(message))
             elif isinstance(message, Bookmark):
                 self.resource_versions[message.namespace] = message.resource_version
+            elif isinstance(message, Read):
+                self.watch_events_read += message.events
+                metrics.incr("watcher.events", message.events)
             elif isinstance(message, logging.LogRecord):
                 processes.log_in_parent(message)
 

@@ -35,6 +35,7 @@ from k8s_executor.state_mapping import PodState, observe, with_events
 log = logging.getLogger(__name__)
 
 WATCH_TIMEOUT_S = 300
+READ_REPORT_INTERVAL_S = 2.0
 REJUDGE_INTERVAL_S = 5.0
 EVENTS_TIMEOUT_S = 5.0
 MAX_EXPLAINED = 4096
@@ -69,6 +70,14 @@ class Bookmark:
     resource_version: str
 
 
+@dataclass(frozen=True)
+class Read:
+    """How many watch events (and listed pods) the watcher read since it last said so."""
+
+    namespace: str | None
+    events: int
+
+
 class Gone(Exception):
     """The resourceVersion we hold is older than the server's history."""
 
@@ -100,6 +109,8 @@ class PodWatch:
         # way to Running changes three or four times while its verdict stays "pending": only news
         # is sent, since the scheduler loop that reads it shares its core with Airflow's.
         self.told: dict[str, tuple[PodState, str]] = {}
+        self.unreported_reads = 0
+        self.reads_reported_at = time.monotonic()
 
     def run(self) -> None:
         rv = self.resource_version
@@ -138,6 +149,7 @@ class PodWatch:
         rv = body["metadata"]["resourceVersion"]
         self.cache, self.told = {}, {}
         names = set()
+        self.unreported_reads += len(body["items"])
         for pod in body["items"]:
             names.add((pod["metadata"]["namespace"], pod["metadata"]["name"]))
             self._judge(pod, rv=pod["metadata"]["resourceVersion"])
@@ -170,16 +182,25 @@ class PodWatch:
                 if kind == "BOOKMARK":
                     self.watcher_queue.put(Bookmark(self.namespace, rv))
                 else:
+                    self.unreported_reads += 1
                     self._judge(obj, rv=rv, deleted=kind == "DELETED")
                 if time.monotonic() - last_rejudge > REJUDGE_INTERVAL_S:
                     self._rejudge(rv)
                     last_rejudge = time.monotonic()
+                    self._report_reads()
         except HTTPError as exc:
             # A read timeout on a quiet stream is the moment to re-judge pending pods.
             if "timed out" not in str(exc).lower():
                 raise
         self._rejudge(rv)
+        self._report_reads()
         return rv
+
+    def _report_reads(self) -> None:
+        """What the watch costs this scheduler (in HA mode it reads every scheduler's pods)."""
+        if self.unreported_reads and time.monotonic() - self.reads_reported_at >= READ_REPORT_INTERVAL_S:
+            self.watcher_queue.put(Read(self.namespace, self.unreported_reads))
+            self.unreported_reads, self.reads_reported_at = 0, time.monotonic()
 
     def _explained(self, meta: dict[str, Any], state: PodState, forget: bool) -> PodState:
         """The failed verdict with the pod's events, read once per pod however often it is judged."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import socket
 import tempfile
@@ -33,6 +34,12 @@ collect_ignore = (
         # test is the same on both lines and has no Airflow branch.
         "test_credentials.py",
         "test_in_cluster.py",
+        # Airflow 3's HA, multi-executor and multi-team installations; the ownership and disposal
+        # rules they exercise have no Airflow branch, and the adapter's queries they rely on are
+        # run on this line too (assert_adapter_queries_answer).
+        "test_ha_schedulers.py",
+        "test_several_executors.py",
+        "test_teams.py",
         "dags",
     ]
 )
@@ -137,3 +144,46 @@ def assert_metrics_received(statsd: Statsd, *names: str) -> None:
     ours = sorted(n for n in received if "k8s_executor" in n)
     for name in names:
         assert f"airflow.k8s_executor.{name}" in received, f"{name} not received; got {ours}"
+
+
+ADAPTER_QUERIES = """
+import json, sys
+from k8s_executor import airflow_adapter
+from k8s_executor.identity import TaskRef
+from k8s_executor.ledger import live_schedulers
+import datetime
+refs = [TaskRef(*json.loads(sys.argv[-1])), TaskRef("no-such-dag", "t", "r")]
+jobs = airflow_adapter.scheduler_jobs()
+now = datetime.datetime.now(datetime.timezone.utc)
+rows = airflow_adapter.task_instance_rows(refs)
+print(json.dumps({
+    "alive": sorted(live_schedulers(jobs, now, airflow_adapter.scheduler_health_check_threshold_s())),
+    "rows": [[list(k), list(v)] for k, v in rows.items()],
+}))
+"""
+
+
+def assert_adapter_queries_answer(stack: AirflowStack, dag_id: str, run_id: str) -> None:
+    """The adapter's queries of Airflow's database (which schedulers live; a try's task instance),
+    run against this line's real schema: the running scheduler, and a try as the database has it."""
+    [(task_id, map_index, try_number, queued_by)] = stack.sql(
+        "SELECT task_id, map_index, try_number, queued_by_job_id FROM task_instance "
+        "WHERE dag_id = %s AND run_id = %s ORDER BY task_id, map_index LIMIT 1",
+        dag_id,
+        run_id,
+    )
+    ref = [dag_id, task_id, run_id, try_number, map_index]
+    script = ADAPTER_QUERIES.replace("sys.argv[-1]", repr(json.dumps(ref)))
+    answer = json.loads(stack.python(script).strip().splitlines()[-1])
+    [(job_id,)] = stack.sql(
+        "SELECT id FROM job WHERE job_type = 'SchedulerJob' AND state = 'running' ORDER BY id DESC LIMIT 1"
+    )
+    assert str(job_id) in answer["alive"], answer
+    state = stack.sql(
+        "SELECT state FROM task_instance WHERE dag_id = %s AND run_id = %s AND task_id = %s AND map_index = %s",
+        dag_id,
+        run_id,
+        task_id,
+        map_index,
+    )[0][0]
+    assert answer["rows"] == [[[dag_id, task_id, run_id, map_index], [try_number, state, queued_by]]], answer

@@ -9,7 +9,7 @@ from devcluster import control_plane
 from devcluster.airflow_stack import AirflowStack
 from kubernetes import client
 
-from tests.e2e.conftest import airflow_stack
+from tests.e2e.conftest import airflow_stack, assert_adapter_queries_answer
 from tests.e2e.test_local_kubernetes_executor import POD_TASKS, check_restart_mid_run, pod_tasks
 from tests.helpers import wait_for
 
@@ -97,6 +97,7 @@ def test_specification_examples_run_as_pods_with_every_field(
         for pod in core.list_namespaced_pod(ns, label_selector="run_id=spec-1").items:
             pods[pod.metadata.annotations["task_id"]] = pod
     assert set(pods) == {"kubernetes_task", "local_task", "k8s_task", "gpu_task"}
+    assert_adapter_queries_answer(spec_stack, "kubernetes_executor_example", "spec-1")
 
     k8s_pod = pods["kubernetes_task"]
     base = next(c for c in k8s_pod.spec.containers if c.name == "base")

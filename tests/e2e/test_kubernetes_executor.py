@@ -15,7 +15,13 @@ from kubernetes import client
 
 from k8s_executor import identity
 from tests.conftest import CLUSTER_DIR
-from tests.e2e.conftest import Statsd, airflow_stack, assert_metrics_received, statsd_env
+from tests.e2e.conftest import (
+    Statsd,
+    airflow_stack,
+    assert_adapter_queries_answer,
+    assert_metrics_received,
+    statsd_env,
+)
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -120,6 +126,7 @@ def test_every_task_runs_in_its_own_pod_with_its_settings(
     overridden = pods[("pod_override", -1, 1)]
     assert overridden.metadata.labels["override"] == "yes"
     assert overridden.spec.automount_service_account_token is False
+    assert_adapter_queries_answer(stack, "e2e_main", "main-1")
 
 
 def test_pod_deleted_by_hand_fails_its_task_with_the_reason(

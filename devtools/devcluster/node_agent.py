@@ -57,6 +57,9 @@ EXIT_CODE_ANNOTATION = "devcluster.k8s-executor.dev/exit-code"
 SIMULATED_TAINT = "devcluster.k8s-executor.dev/simulated"
 RUNTIME_LABEL = "devcluster.k8s-executor.dev/runtime"
 DEFAULT_FAIL_IMAGES = r"(^|/)(does-not-exist|unpullable)[^/]*$|^invalid\.registry/"
+# Pull failures set while the agent runs (a registry outage that ends, say): a file in the state
+# directory, one rule a line, "<pod name regex> <image regex>", read at every pull attempt.
+PULL_FAILURES_FILE = "pull-failures"
 BACKOFF_S = 2.0
 
 
@@ -597,9 +600,22 @@ class ProcessPod(PodWorker):
                     self._restart(state)
         self._run_main(spec.get("containers", []))
 
+    def _unpullable(self, containers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        rules = [self.agent.fail_images.search]
+        with contextlib.suppress(FileNotFoundError):
+            for line in (self.agent.state_dir / PULL_FAILURES_FILE).read_text().splitlines():
+                if line.strip():
+                    pod_rule, image_rule = line.split(maxsplit=1)
+                    if re.search(pod_rule, self.name):
+                        rules.append(re.compile(image_rule.strip()).search)
+        return [c for c in containers if any(rule(c.get("image", "")) for rule in rules)]
+
     def _pull_images(self, spec: dict[str, Any]) -> bool:
+        # Kubelet's image pull with back-off: a pull that failed is tried again, and once the
+        # image can be had the container starts (pkg/kubelet/images: ErrImagePull, then
+        # ImagePullBackOff between attempts).
         containers = spec.get("initContainers", []) + spec.get("containers", [])
-        bad = [c for c in containers if self.agent.fail_images.search(c.get("image", ""))]
+        bad = self._unpullable(containers)
         reason = "ErrImagePull"
         while bad and not self.deleting.is_set():
             for c in bad:
@@ -617,6 +633,11 @@ class ProcessPod(PodWorker):
             self.publish()
             reason = "ImagePullBackOff" if reason == "ErrImagePull" else "ErrImagePull"
             self.deleting.wait(BACKOFF_S)
+            bad = self._unpullable(containers)
+        for c in containers:
+            state = self.container(c["name"])
+            if state is not None and state.waiting_reason in ("ErrImagePull", "ImagePullBackOff"):
+                state.waiting_reason, state.waiting_message = "ContainerCreating", ""
         return not bad
 
     def _mount_volumes(self) -> bool:

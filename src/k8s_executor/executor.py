@@ -25,7 +25,7 @@ from kubernetes import client
 from k8s_executor import airflow_adapter, identity, metrics
 from k8s_executor.executor_config import ExecutorConfigError
 from k8s_executor.kube_client import core_api, error_message, list_pods, pod_events, read_body
-from k8s_executor.ledger import create_obsolete, live_schedulers
+from k8s_executor.ledger import create_obsolete, live_schedulers, relaunch
 from k8s_executor.pod_building import PodBuildError, PodRequest
 from k8s_executor.scheduler import AirflowKubernetesScheduler, TaskResult
 from k8s_executor.settings import ExecutorSettings
@@ -62,9 +62,14 @@ class KubernetesExecutor(BaseExecutor):
         self._next_liveness = 0.0
         self._next_obsolete_check = 0.0
         self._worker_env: dict[str, str] = {}
-        # Airflow requeues a task stuck in queued with the same try number; its next pod gets a
-        # new name, so the revoked pod's deletion cannot be taken for the new pod's fate.
-        self._revoked: Counter[identity.TaskRef] = Counter()
+        # How often each try's pod was launched again: after Airflow revoked it (a task stuck in
+        # queued is queued again with the same try number), after it was found obsolete, or after
+        # it failed before its task started. Each new pod gets a new name (identity.pod_name), so
+        # an earlier pod's end cannot be taken for the new one's.
+        self._relaunches: Counter[identity.TaskRef] = Counter()
+        # What each try's pod is built from, kept until its result, for a launch that failed.
+        self._requests: dict[identity.TaskRef, Callable[[], PodRequest]] = {}
+        self._launch_failures: Counter[identity.TaskRef] = Counter()
 
     # --- lifecycle -------------------------------------------------------
     def start(self) -> None:
@@ -103,12 +108,56 @@ class KubernetesExecutor(BaseExecutor):
         self.kube_scheduler.check_watchers()
         self._ask_airflow()
         self.kube_scheduler.sync()
+        results: list[TaskResult] = []
         while True:
             try:
-                result = self.result_queue.get_nowait()
+                results.append(self.result_queue.get_nowait())
             except queue.Empty:
                 break
-            self._apply(result)
+        relaunched = self._relaunch_failed_launches(results)
+        for result in results:
+            if result.ref not in relaunched:
+                self._apply(result)
+
+    def _relaunch_failed_launches(self, results: list[TaskResult]) -> set[identity.TaskRef]:
+        """Give a new pod to each try whose pod failed before its task started, while the try has
+        launches left (pod_launch_failure_retries): one query for the batch."""
+        assert self.settings is not None
+        allowed = self.settings.pod_launch_failure_retries
+        candidates = [
+            r
+            for r in results
+            if r.state.verdict == "failed"
+            and r.ref in self._requests
+            and (allowed < 0 or self._launch_failures[r.ref] < allowed)
+        ]
+        if not candidates:
+            return set()
+        try:
+            rows = airflow_adapter.task_instance_rows([r.ref for r in candidates])
+        except Exception:
+            self.log.exception("could not read whether %d failed pods' tasks had started", len(candidates))
+            return set()
+        excluded = frozenset(self.settings.pod_launch_failure_excluded_container_reasons)
+        relaunched = set()
+        for result in candidates:
+            ref = result.ref
+            row = rows.get((ref.dag_id, ref.task_id, ref.run_id, ref.map_index))
+            if row is None or row[0] != ref.try_number or not relaunch(result.state, row[1], excluded):
+                continue
+            self._launch_failures[ref] += 1
+            note = (
+                f"Kubernetes pod {result.pod} failed before its task started: {result.state.reason}. "
+                f"Launching a new pod (failed launch {self._launch_failures[ref]} of at most "
+                f"{allowed if allowed >= 0 else 'unlimited'}); the task's own retries are untouched."
+            )
+            self.log.warning("task %s: %s", ref, note)
+            self._note_in_task_log(ref, note)
+            metrics.incr("pods.relaunched")
+            self._relaunches[ref] += 1
+            self._launch(airflow_adapter.to_airflow_key(ref), self._requests[ref])
+            relaunched.add(ref)
+        return relaunched
 
     def _ask_airflow(self) -> None:
         """What only Airflow's database knows: which schedulers live, and which creates still on
@@ -160,10 +209,16 @@ class KubernetesExecutor(BaseExecutor):
         key = airflow_adapter.to_airflow_key(ref)
         self.queued_tasks.pop(key, None)
         self.running.discard(key)
-        self._revoked[ref] += 1
+        self._relaunches[ref] += 1
+        self._forget(ref)
         self.kube_scheduler.revoke(ref)
 
+    def _forget(self, ref: identity.TaskRef) -> None:
+        self._requests.pop(ref, None)
+        self._launch_failures.pop(ref, None)
+
     def _apply(self, result: TaskResult) -> None:
+        self._forget(result.ref)
         key = airflow_adapter.to_airflow_key(result.ref)
         if result.state.verdict == "success":
             self.change_state(key, TaskInstanceState.SUCCESS, result.pod)
@@ -208,7 +263,7 @@ class KubernetesExecutor(BaseExecutor):
             self._launch(key, functools.partial(self._request_from_workload, workload))
 
     def _request_from_workload(self, workload: Any) -> PodRequest:
-        attempt = self._revoked[airflow_adapter.ref_of(workload.ti.key)]
+        attempt = self._relaunches[airflow_adapter.ref_of(workload.ti.key)]
         return airflow_adapter.request_from_workload(workload, self.scheduler_id, self._worker_env, attempt)
 
     def execute_async(
@@ -223,7 +278,7 @@ class KubernetesExecutor(BaseExecutor):
         self._launch(key, functools.partial(self._request_from_command, key, command, executor_config))
 
     def _request_from_command(self, key: Any, command: Any, executor_config: Any) -> PodRequest:
-        attempt = self._revoked[airflow_adapter.ref_of(key)]
+        attempt = self._relaunches[airflow_adapter.ref_of(key)]
         return airflow_adapter.request_from_command(
             key, command, executor_config, self.scheduler_id, self._worker_env, attempt
         )
@@ -244,6 +299,7 @@ class KubernetesExecutor(BaseExecutor):
             self.log.exception("building the pod of %s failed", key)
             self._refuse(key, PodBuildError(f"its pod could not be built: {type(exc).__name__}: {exc}"))
             return
+        self._requests[request.ref] = make_request
         self.kube_scheduler.run_pod_async(
             pod, ref=request.ref, start_timeout_s=airflow_adapter.task_queued_timeout_s()
         )

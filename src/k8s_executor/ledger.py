@@ -107,6 +107,26 @@ def disposer(alive: set[str]) -> str | None:
 _WANTED_STATES = frozenset({"queued", "running", "success", "failed", "up_for_retry", "restarting"})
 
 
+# Failures after which a new pod cannot help, whatever the task instance's state: the try's time
+# to start is over (its workload token expires with it).
+_NOT_RELAUNCHED = frozenset({"StartTimeout"})
+
+
+def relaunch(state: PodState, ti_state: str | None, excluded_causes: frozenset[str]) -> bool:
+    """Whether a try whose pod failed gets a new pod instead of a failure (pod_launch_failure_retries).
+
+    Only when its task never started: the task instance is still `queued` (a task that starts
+    says `running` first), so no task code ran and no task retry is spent. Causes the operator
+    excludes (by default `Error`: the container ran, and Airflow's own start failed) fail the try.
+    """
+    return (
+        state.verdict == "failed"
+        and ti_state == "queued"
+        and state.cause not in excluded_causes
+        and state.cause not in _NOT_RELAUNCHED
+    )
+
+
 def create_obsolete(
     ref: identity.TaskRef, row: tuple[int, str | None, object] | None, scheduler_id: str
 ) -> bool:
@@ -200,7 +220,9 @@ class PodLedger:
         if ok:
             entry.created, entry.created_at = True, self.clock()
             return []
-        return self._settle(entry, PodState("failed", f"pod {name} could not be created: {error}"))
+        return self._settle(
+            entry, PodState("failed", f"pod {name} could not be created: {error}", "CreateRefused")
+        )
 
     def observed(self, event: PodEvent) -> list[Action]:
         key = (event.namespace, event.name)
@@ -239,7 +261,7 @@ class PodLedger:
                 continue
             if not entry.settled and entry.created and entry.created_at < resync.listed_at:
                 actions += self._settle(
-                    entry, PodState("failed", "pod disappeared while the watch was interrupted")
+                    entry, PodState("failed", "pod disappeared while the watch was interrupted", "Vanished")
                 )
             if entry.settled:
                 self._forget(key)
@@ -269,7 +291,9 @@ class PodLedger:
         if entry is None or found or entry.visible:
             return []
         entry.visible = True
-        return self._settle(entry, PodState("failed", "pod disappeared before its adoption was complete"))
+        return self._settle(
+            entry, PodState("failed", "pod disappeared before its adoption was complete", "Vanished")
+        )
 
     def revoke(self, ref: identity.TaskRef) -> list[Action]:
         """The try is no longer this scheduler's (Airflow took it back, or it is obsolete): its pod
@@ -304,6 +328,7 @@ class PodLedger:
                     "failed",
                     "pod did not start within [scheduler] task_queued_timeout, after which its "
                     f"workload token is no longer valid{why}",
+                    "StartTimeout",
                 )
                 actions += self._settle(entry, failed, never_started=True)
         for key, since in list(self.gone.items()):

@@ -22,6 +22,7 @@ NAMES = {
     "watcher.restarts": "counter: watcher processes that died and were restarted",
     "watcher.relists": "counter: full relists after a 410 Gone (history compacted)",
     "watcher.events": "counter: watch events and listed pods the watchers read (every scheduler of an executor reads its pods' events)",
+    "pods.relaunched": "counter: new pods for tries whose pod failed before their task started (pod_launch_failure_retries)",
     "adoption.pods": "counter: pods taken over from schedulers that died",
     "adoption.duration": "timer: one adoption pass",
     "unclaimed_pods.disposed": "counter: finished pods of a scheduler that is gone, deleted or marked done",

@@ -120,13 +120,18 @@ class ExecutorSettings(BaseModel):
     )
     pod_launch_failure_retries: int = Field(
         1,
-        ge=0,
-        description="Accepted for compatibility; not used yet: a pod that fails before its task starts "
-        "fails the task with the pod's reason, and Airflow's retries apply.",
+        ge=-1,
+        description="New pods for a try whose pod failed before its task started (the task instance "
+        "still queued: an image that could not be pulled, a create the API server refused, a pod "
+        "evicted, deleted or unschedulable before it ran), without spending one of the task's "
+        "retries; each failed launch's reason goes to the task's log. 0: fail the try at once; -1: "
+        "no limit. Not after the try's task_queued_timeout.",
     )
     pod_launch_failure_excluded_container_reasons: list[str] = Field(
         default_factory=lambda: ["Error"],
-        description="Accepted for compatibility with pod_launch_failure_retries; not used yet.",
+        description="Failure causes (a container's termination or waiting reason, or Evicted, "
+        "Unschedulable, Deleted, CreateRefused) that fail the try instead of launching a new pod. "
+        "The default, Error, is a container that ran and exited non-zero before its task started.",
     )
     logs_task_metadata: bool = Field(False, description="Accepted for compatibility; not used.")
     termination_grace_period_seconds: int | None = Field(

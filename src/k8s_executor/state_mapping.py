@@ -20,6 +20,11 @@ Verdict = Literal["pending", "running", "success", "failed"]
 class PodState:
     verdict: Verdict
     reason: str = ""
+    # For a failure, its cause in Kubernetes' words: the failing container's reason (ErrImagePull,
+    # Error, OOMKilled...), or the pod's (Evicted, Unschedulable, Deleted), or the executor's
+    # (CreateRefused, StartTimeout, Vanished). What pod_launch_failure_excluded_container_reasons
+    # is matched against.
+    cause: str = ""
 
     @property
     def terminal(self) -> bool:
@@ -32,7 +37,8 @@ def _parse_time(value: str | None) -> datetime.datetime | None:
     return datetime.datetime.strptime(value.replace("Z", "+0000"), "%Y-%m-%dT%H:%M:%S%z")
 
 
-def _container_failure(statuses: list[dict[str, Any]]) -> str | None:
+def _container_failure(statuses: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """The first failed container's story, and its reason."""
     for status in statuses:
         terminated = (status.get("state") or {}).get("terminated")
         if terminated and terminated.get("exitCode", 0) != 0:
@@ -46,7 +52,7 @@ def _container_failure(statuses: list[dict[str, Any]]) -> str | None:
                 )
             if terminated.get("message"):
                 text += f": {terminated['message'].strip()}"
-            return text
+            return text, reason
     return None
 
 
@@ -68,15 +74,17 @@ def pod_state(
     if phase == "Failed":
         reason = status.get("reason")
         if reason == "Evicted":
-            return PodState("failed", f"pod was evicted: {status.get('message', '').strip()}")
-        detail = _container_failure(init_statuses) or _container_failure(statuses)
-        if detail:
-            return PodState("failed", detail)
+            return PodState("failed", f"pod was evicted: {status.get('message', '').strip()}", "Evicted")
+        failure = _container_failure(init_statuses) or _container_failure(statuses)
+        if failure:
+            return PodState("failed", *failure)
         message = status.get("message") or reason or "no container reported an exit code"
-        return PodState("failed", f"pod failed: {message}")
+        return PodState("failed", f"pod failed: {message}", reason or "Failed")
     meta = pod.get("metadata") or {}
     if deleted or meta.get("deletionTimestamp"):
-        return PodState("failed", f"pod was deleted while {phase.lower()}, before its task finished")
+        return PodState(
+            "failed", f"pod was deleted while {phase.lower()}, before its task finished", "Deleted"
+        )
     for container in init_statuses + statuses:
         waiting = (container.get("state") or {}).get("waiting") or {}
         reason = waiting.get("reason")
@@ -86,6 +94,7 @@ def pod_state(
                 "failed",
                 f"pod could not start: container {container.get('name')!r} is {reason}"
                 + (f": {message}" if message else ""),
+                reason,
             )
     if phase == "Running":
         return PodState("running")
@@ -104,6 +113,7 @@ def pod_state(
                 return PodState(
                     "failed",
                     f"pod was unschedulable for {waited:.0f}s: {condition.get('message', '').strip()}",
+                    "Unschedulable",
                 )
             return PodState("pending", f"unschedulable: {condition.get('message', '').strip()}")
     return PodState("pending")
@@ -136,7 +146,7 @@ def with_events(state: PodState, events: list[dict[str, Any]]) -> PodState:
     )
     if state.verdict != "failed" or not described:
         return state
-    return PodState("failed", f"{state.reason} [events: {described}]")
+    return PodState("failed", f"{state.reason} [events: {described}]", state.cause)
 
 
 @dataclass(frozen=True)

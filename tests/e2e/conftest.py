@@ -40,6 +40,7 @@ collect_ignore = (
         "test_ha_schedulers.py",
         "test_several_executors.py",
         "test_teams.py",
+        "test_launch_failures.py",
         "dags",
     ]
 )

@@ -115,6 +115,10 @@ def test_each_way_a_pod_fails_is_explained_in_the_task_log_and_failure_reason(
             assert word in log, f"{task_id}: {word!r} not in the task log:\n{log}"
             assert word in reason, f"{task_id}: {word!r} not in the failure reason:\n{reason}"
     assert "no pod was launched for task e2e_failures.malformed" in stack.task_log(DAG, RUN, "malformed")
+    # An image that cannot be pulled fails before the task starts: one new pod first
+    # (pod_launch_failure_retries, default 1), whose failure is the try's.
+    unpullable = stack.task_log(DAG, RUN, "unpullable")
+    assert unpullable.count("failed before its task started") == 1, unpullable
 
 
 def test_the_executor_reports_its_metrics_through_airflow_stats(stack: AirflowStack, statsd: Statsd) -> None:

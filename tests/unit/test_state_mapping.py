@@ -111,3 +111,17 @@ def test_events_that_repeat_the_reason_are_left_out() -> None:
     said = PodState("failed", "pod was unschedulable for 300s: 0/3 nodes are available")
     events = [event("Warning", "FailedScheduling", "0/3 nodes are available", "2026-01-01T12:00:00Z")]
     assert with_events(said, events) == said
+
+
+def test_each_failure_names_its_cause_in_kubernetes_words() -> None:
+    waiting = {"name": "base", "state": {"waiting": {"reason": "ErrImagePull"}}}
+    assert pod_state(pod("Pending", [waiting]), fatal_waiting_reasons=FATAL).cause == "ErrImagePull"
+    assert pod_state(pod("Failed", [terminated(1, "Error")])).cause == "Error"
+    assert pod_state(pod("Failed", [terminated(137, "OOMKilled")])).cause == "OOMKilled"
+    assert pod_state(pod("Failed", reason="Evicted")).cause == "Evicted"
+    assert pod_state(pod("Pending"), deleted=True).cause == "Deleted"
+    # Events appended to a failure keep its cause.
+    failed = PodState("failed", "x", "ErrImagePull")
+    assert (
+        with_events(failed, [{"type": "Warning", "reason": "Failed", "message": "y"}]).cause == "ErrImagePull"
+    )

@@ -60,6 +60,9 @@ DEFAULT_FAIL_IMAGES = r"(^|/)(does-not-exist|unpullable)[^/]*$|^invalid\.registr
 # Pull failures set while the agent runs (a registry outage that ends, say): a file in the state
 # directory, one rule a line, "<pod name regex> <image regex>", read at every pull attempt.
 PULL_FAILURES_FILE = "pull-failures"
+# kubecontainer.MaxContainerTerminationMessageLogLines / ...LogLength (pkg/kubelet/container).
+TERMINATION_MESSAGE_LINES = 80
+TERMINATION_MESSAGE_BYTES = 2048
 BACKOFF_S = 2.0
 
 
@@ -695,6 +698,23 @@ class ProcessPod(PodWorker):
         self.publish()
         self.deleting.wait(min(BACKOFF_S * state.restart_count, 10))
 
+    def _message_from_logs(self, container: dict[str, Any], state: ContainerState) -> str | None:
+        """Kubelet's terminationMessagePolicy FallbackToLogsOnError (kuberuntime_container.go,
+        readLastStringFromContainerLogs): a container that failed without a termination message
+        gets the end of its log, its last 80 lines and at most 2048 bytes of them."""
+        if container.get("terminationMessagePolicy") != "FallbackToLogsOnError" or state.exit_code == 0:
+            return None
+        if state.reason == "ContainerCannotRun":
+            return None
+        try:
+            data = self.log_path(state.name).read_bytes()
+        except FileNotFoundError:
+            return None
+        tail = b"".join(data.splitlines(keepends=True)[-TERMINATION_MESSAGE_LINES:])[
+            -TERMINATION_MESSAGE_BYTES:
+        ]
+        return tail.decode(errors="replace") or None
+
     def _run_container(self, container: dict[str, Any], state: ContainerState) -> bool:
         """Run (or re-attach to) one container until it ends; False if the pod is going away."""
         exit_file = self.dir / f"{state.name}.exit"
@@ -751,7 +771,7 @@ class ProcessPod(PodWorker):
         if exit_file.exists():
             result = json.loads(exit_file.read_text())
             state.exit_code, state.reason = result["exitCode"], result["reason"]
-            state.message = result.get("message")
+            state.message = result.get("message") or self._message_from_logs(container, state)
             state.finished_at = now_iso(result.get("finishedAt"))
         else:
             # The shim was killed (SIGKILL after the grace period, or its process vanished).

@@ -32,7 +32,7 @@ from k8s_executor.state_mapping import PodState, observe
 class Sighting:
     """What is known of an executor pod this scheduler does not track."""
 
-    ref: identity.TaskRef
+    ref: identity.WorkloadRef
     namespace: str
     name: str
     scheduler_id: str
@@ -41,7 +41,7 @@ class Sighting:
 
 @dataclass(frozen=True)
 class Orphan:
-    ref: identity.TaskRef
+    ref: identity.WorkloadRef
     namespace: str
     name: str
     state: PodState
@@ -53,7 +53,7 @@ class Orphan:
 
 def select_orphans(
     sightings: Iterable[Sighting],
-    tries: Iterable[identity.TaskRef],
+    tries: Iterable[identity.WorkloadRef],
     dead_scheduler_ids: Iterable[str],
 ) -> list[Orphan]:
     """The pods that run one of `tries`, or were launched by a dead scheduler."""
@@ -89,7 +89,7 @@ def list_sightings(
     return sightings
 
 
-def legacy_orphans(sightings: Iterable[Sighting], tries: Iterable[identity.TaskRef]) -> list[Orphan]:
+def legacy_orphans(sightings: Iterable[Sighting], tries: Iterable[identity.WorkloadRef]) -> list[Orphan]:
     """The legacy pods (identity.LEGACY_SELECTOR) that run one of `tries`: handed over, so ours."""
     wanted = set(tries)
     return [

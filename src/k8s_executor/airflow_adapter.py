@@ -23,7 +23,7 @@ from packaging.version import Version
 
 from k8s_executor import executor_config as executor_config_module
 from k8s_executor import identity
-from k8s_executor.identity import TaskRef
+from k8s_executor.identity import CallbackRef, TaskRef, WorkloadRef
 from k8s_executor.pod_building import PodBuildError, PodDefaults, PodRequest, build_pod
 from k8s_executor.settings import SECTION, ExecutorSettings
 
@@ -198,10 +198,26 @@ def _has_official_provider() -> bool:
         return False
 
 
-def to_airflow_key(ref: TaskRef) -> Any:
+def to_airflow_key(ref: WorkloadRef) -> Any:
+    """Airflow's key of what a pod ran: a TaskInstanceKey, or (Airflow 3) a CallbackKey."""
+    if isinstance(ref, CallbackRef):
+        from airflow.models.callback import CallbackKey
+
+        return CallbackKey(id=ref.callback_id)
     from airflow.models.taskinstancekey import TaskInstanceKey
 
     return TaskInstanceKey(*ref)
+
+
+def end_states(ref: WorkloadRef) -> tuple[Any, Any]:
+    """The states Airflow takes for a workload's success and failure."""
+    if isinstance(ref, CallbackRef):
+        from airflow.utils.state import CallbackState
+
+        return CallbackState.SUCCESS, CallbackState.FAILED
+    from airflow.utils.state import TaskInstanceState
+
+    return TaskInstanceState.SUCCESS, TaskInstanceState.FAILED
 
 
 def ref_of(key: Any) -> TaskRef:
@@ -264,6 +280,28 @@ def request_from_workload(
         airflow_version=AIRFLOW_VERSION,
         ti_id=str(ti.id),
         executor_config=executor_config_module.parse(ti.executor_config),
+        env=env,
+        launch_attempt=launch_attempt,
+    )
+
+
+def is_callback(workload: Any) -> bool:
+    return type(workload).__name__ == "ExecuteCallback"
+
+
+def request_from_callback(
+    workload: Any, scheduler_id: str, env: dict[str, str], launch_attempt: int = 0
+) -> PodRequest:
+    """Airflow 3: an executor callback (a deadline alert's) runs in a pod as a task does: the
+    same template and settings, the workload's JSON as its command."""
+    # Its log path is executor_callbacks/<dag_id>/<run_id>/<callback id>: the run it is for.
+    parts = str(workload.log_path or "").split("/")
+    dag_id, run_id = (parts[1], parts[2]) if len(parts) == 4 else ("", "")
+    return PodRequest(
+        ref=CallbackRef(str(workload.callback.id), dag_id, run_id),
+        command=workload_command(workload),
+        scheduler_id=scheduler_id,
+        airflow_version=AIRFLOW_VERSION,
         env=env,
         launch_attempt=launch_attempt,
     )

@@ -41,6 +41,9 @@ OBSOLETE_AFTER_S = 1.0
 
 class KubernetesExecutor(BaseExecutor):
     supports_ad_hoc_ti_run: bool = True
+    # Airflow 3: executor callbacks (deadline alerts' SyncCallbacks) run in pods of their own, as
+    # tasks do; their outcome is reported with the callback's states.
+    supports_callbacks: bool = True
     # One instance per team in one scheduler: settings through the team's configuration, and no
     # state shared between instances (each has its own watchers, launcher, rate limit and
     # resourceVersions, and selects only its own pods).
@@ -66,10 +69,10 @@ class KubernetesExecutor(BaseExecutor):
         # queued is queued again with the same try number), after it was found obsolete, or after
         # it failed before its task started. Each new pod gets a new name (identity.pod_name), so
         # an earlier pod's end cannot be taken for the new one's.
-        self._relaunches: Counter[identity.TaskRef] = Counter()
+        self._relaunches: Counter[identity.WorkloadRef] = Counter()
         # What each try's pod is built from, kept until its result, for a launch that failed.
-        self._requests: dict[identity.TaskRef, Callable[[], PodRequest]] = {}
-        self._launch_failures: Counter[identity.TaskRef] = Counter()
+        self._requests: dict[identity.WorkloadRef, Callable[[], PodRequest]] = {}
+        self._launch_failures: Counter[identity.WorkloadRef] = Counter()
 
     # --- lifecycle -------------------------------------------------------
     def start(self) -> None:
@@ -119,29 +122,30 @@ class KubernetesExecutor(BaseExecutor):
             if result.ref not in relaunched:
                 self._apply(result)
 
-    def _relaunch_failed_launches(self, results: list[TaskResult]) -> set[identity.TaskRef]:
+    def _relaunch_failed_launches(self, results: list[TaskResult]) -> set[identity.WorkloadRef]:
         """Give a new pod to each try whose pod failed before its task started, while the try has
         launches left (pod_launch_failure_retries): one query for the batch."""
         assert self.settings is not None
         allowed = self.settings.pod_launch_failure_retries
+        # Tries only: a callback has no task instance that could tell whether it started.
         candidates = [
-            r
+            (r, r.ref)
             for r in results
-            if r.state.verdict == "failed"
+            if isinstance(r.ref, identity.TaskRef)
+            and r.state.verdict == "failed"
             and r.ref in self._requests
             and (allowed < 0 or self._launch_failures[r.ref] < allowed)
         ]
         if not candidates:
             return set()
         try:
-            rows = airflow_adapter.task_instance_rows([r.ref for r in candidates])
+            rows = airflow_adapter.task_instance_rows([ref for _, ref in candidates])
         except Exception:
             self.log.exception("could not read whether %d failed pods' tasks had started", len(candidates))
             return set()
         excluded = frozenset(self.settings.pod_launch_failure_excluded_container_reasons)
-        relaunched = set()
-        for result in candidates:
-            ref = result.ref
+        relaunched: set[identity.WorkloadRef] = set()
+        for result, ref in candidates:
             row = rows.get((ref.dag_id, ref.task_id, ref.run_id, ref.map_index))
             if row is None or row[0] != ref.try_number or not relaunch(result.state, row[1], excluded):
                 continue
@@ -213,20 +217,21 @@ class KubernetesExecutor(BaseExecutor):
         self._forget(ref)
         self.kube_scheduler.revoke(ref)
 
-    def _forget(self, ref: identity.TaskRef) -> None:
+    def _forget(self, ref: identity.WorkloadRef) -> None:
         self._requests.pop(ref, None)
         self._launch_failures.pop(ref, None)
 
     def _apply(self, result: TaskResult) -> None:
         self._forget(result.ref)
         key = airflow_adapter.to_airflow_key(result.ref)
+        success, failure = airflow_adapter.end_states(result.ref)
         if result.state.verdict == "success":
-            self.change_state(key, TaskInstanceState.SUCCESS, result.pod)
+            self.change_state(key, success, result.pod)
         else:
             reason = f"{result.pod}: {result.state.reason}"
-            self.log.warning("task %s failed in Kubernetes: %s", key, reason)
+            self.log.warning("%s failed in Kubernetes: %s", key, reason)
             self._note_in_task_log(result.ref, f"Kubernetes pod {reason}")
-            self.change_state(key, TaskInstanceState.FAILED, reason)
+            self.change_state(key, failure, reason)
 
     def end(self) -> None:
         """Report what has ended, let creates in flight land, and stop.
@@ -257,6 +262,11 @@ class KubernetesExecutor(BaseExecutor):
 
     def _process_workloads(self, workloads: Sequence[Any]) -> None:
         for workload in workloads:
+            if airflow_adapter.is_callback(workload):
+                self.queued_callbacks.pop(workload.key, None)
+                self.running.add(workload.key)
+                self._launch(workload.key, functools.partial(self._request_from_callback, workload))
+                continue
             key = workload.ti.key
             self.queued_tasks.pop(key, None)
             self.running.add(key)
@@ -265,6 +275,9 @@ class KubernetesExecutor(BaseExecutor):
     def _request_from_workload(self, workload: Any) -> PodRequest:
         attempt = self._relaunches[airflow_adapter.ref_of(workload.ti.key)]
         return airflow_adapter.request_from_workload(workload, self.scheduler_id, self._worker_env, attempt)
+
+    def _request_from_callback(self, workload: Any) -> PodRequest:
+        return airflow_adapter.request_from_callback(workload, self.scheduler_id, self._worker_env)
 
     def execute_async(
         self,
@@ -316,12 +329,19 @@ class KubernetesExecutor(BaseExecutor):
             )
 
     def _refuse(self, key: Any, exc: Exception) -> None:
+        if not hasattr(key, "dag_id"):  # a callback's key
+            message = f"callback {key.id}: {exc}"
+            self.log.error("not launching %s", message)
+            self.change_state(key, airflow_adapter.end_states(identity.CallbackRef(key.id))[1], message)
+            return
         message = f"task {key.dag_id}.{key.task_id} (run {key.run_id}, try {key.try_number}): {exc}"
         self.log.error("not launching %s", message)
         self._note_in_task_log(airflow_adapter.ref_of(key), f"no pod was launched for {message}")
         self.change_state(key, TaskInstanceState.FAILED, message)
 
-    def _note_in_task_log(self, ref: identity.TaskRef, text: str) -> None:
+    def _note_in_task_log(self, ref: identity.WorkloadRef, text: str) -> None:
+        if not isinstance(ref, identity.TaskRef):
+            return  # a callback's failure reason is the callback's output in Airflow
         try:
             airflow_adapter.note_in_task_log(ref, text)
         except Exception:
@@ -341,7 +361,7 @@ class KubernetesExecutor(BaseExecutor):
         assert self.kube_scheduler is not None and self.settings is not None
         started = time.monotonic()
         airflow_adapter.load_unloaded_columns(tis)
-        by_ref = {airflow_adapter.ref_of(ti.key): ti for ti in tis}
+        by_ref: dict[identity.WorkloadRef, Any] = {airflow_adapter.ref_of(ti.key): ti for ti in tis}
         # A scheduler whose loop stalled past its health check is declared dead by itself and
         # handed its own tasks: those still queued here, in flight (created or not yet) or
         # reported but not yet taken in are ours already. (Found at 5,000 tasks: thousands of

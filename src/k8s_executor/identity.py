@@ -50,6 +50,20 @@ class TaskRef(NamedTuple):
     map_index: int = -1
 
 
+class CallbackRef(NamedTuple):
+    """An executor callback (a deadline alert's, say): Airflow's callback id, and the DAG run it is
+    for (from its log path: names and labels only, never identity)."""
+
+    callback_id: str
+    dag_id: str = ""
+    run_id: str = ""
+
+
+# What a pod runs: a task try, or a callback.
+WorkloadRef = TaskRef | CallbackRef
+CALLBACK_ANNOTATION = "callback_id"
+
+
 def _digest(*parts: object, length: int) -> str:
     return hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()[:length]
 
@@ -67,27 +81,44 @@ def safe_label_value(value: object) -> str:
     )
 
 
-def pod_name(ref: TaskRef, launch_attempt: int = 0) -> str:
-    """A DNS-1123 name of at most 63 characters, the same for every create of one try.
+def pod_name(ref: WorkloadRef, launch_attempt: int = 0) -> str:
+    """A DNS-1123 name of at most 63 characters, the same for every create of one try (or callback).
 
-    A try Airflow takes back (stuck in queued) and queues again keeps its try number; its
-    n-th relaunch gets `r<n>` after it, so the revoked pod's end is never taken for the new one's.
+    A try launched again on the same try number (taken back by Airflow and queued again, found
+    obsolete, or its pod failed before its task started) gets `r<n>` after it for its n-th new
+    pod, so an earlier pod's end is never taken for the new one's.
     """
-    suffix = f"-{_digest(ref.dag_id, ref.task_id, ref.run_id, ref.map_index, length=10)}-t{ref.try_number}"
+    if isinstance(ref, CallbackRef):
+        suffix = f"-cb-{_digest(ref.callback_id, length=12)}"
+        words = f"{ref.dag_id}-callback"
+    else:
+        suffix = (
+            f"-{_digest(ref.dag_id, ref.task_id, ref.run_id, ref.map_index, length=10)}-t{ref.try_number}"
+        )
+        words = f"{ref.dag_id}-{ref.task_id}"
     if launch_attempt:
         suffix += f"r{launch_attempt}"
-    slug = _NAME_CHARS.sub("-", f"{ref.dag_id}-{ref.task_id}".lower()).strip("-")
+    slug = _NAME_CHARS.sub("-", words.lower()).strip("-")
     slug = slug[: LABEL_MAX - len(suffix)].rstrip("-") or "task"
     return slug + suffix
 
 
 def labels(
-    ref: TaskRef,
+    ref: WorkloadRef,
     scheduler_id: str,
     airflow_version: str,
     ti_id: str | None = None,
     executor_id: str = DEFAULT_EXECUTOR,
 ) -> dict[str, str]:
+    if isinstance(ref, CallbackRef):
+        return {
+            "dag_id": safe_label_value(ref.dag_id),
+            "run_id": safe_label_value(ref.run_id),
+            CALLBACK_ANNOTATION: safe_label_value(ref.callback_id),
+            OWNER_LABEL: executor_id,
+            SCHEDULER_LABEL: safe_label_value(scheduler_id),
+            "airflow_version": safe_label_value(airflow_version.replace("+", "-")),
+        }
     out = {
         "dag_id": safe_label_value(ref.dag_id),
         "task_id": safe_label_value(ref.task_id),
@@ -129,7 +160,9 @@ def adopted_labels(executor_id: str, scheduler_id: str, legacy: bool) -> dict[st
     }
 
 
-def annotations_for(ref: TaskRef, ti_id: str | None = None) -> dict[str, str]:
+def annotations_for(ref: WorkloadRef, ti_id: str | None = None) -> dict[str, str]:
+    if isinstance(ref, CallbackRef):
+        return {CALLBACK_ANNOTATION: ref.callback_id, "dag_id": ref.dag_id, "run_id": ref.run_id}
     out = {
         "dag_id": ref.dag_id,
         "task_id": ref.task_id,
@@ -142,9 +175,11 @@ def annotations_for(ref: TaskRef, ti_id: str | None = None) -> dict[str, str]:
     return out
 
 
-def ref_from_annotations(annotations_: dict[str, Any] | None) -> TaskRef | None:
-    """The task try a pod runs, or None for a pod that is not ours."""
+def ref_from_annotations(annotations_: dict[str, Any] | None) -> WorkloadRef | None:
+    """The task try (or callback) a pod runs, or None for a pod that is not ours."""
     a = annotations_ or {}
+    if CALLBACK_ANNOTATION in a:
+        return CallbackRef(a[CALLBACK_ANNOTATION], a.get("dag_id", ""), a.get("run_id", ""))
     try:
         return TaskRef(
             dag_id=a["dag_id"],

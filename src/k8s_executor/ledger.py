@@ -51,7 +51,7 @@ PodKey = tuple[str, str]
 class TaskResult:
     """A try's outcome, for Airflow."""
 
-    ref: identity.TaskRef
+    ref: identity.WorkloadRef
     state: PodState
     pod: str
 
@@ -159,7 +159,7 @@ class DisposalRule:
 class Entry:
     """One pod this scheduler is responsible for."""
 
-    ref: identity.TaskRef
+    ref: identity.WorkloadRef
     namespace: str
     name: str
     deadline: float
@@ -205,7 +205,7 @@ class PodLedger:
         self.dead_since: dict[str, float] = {}
 
     # --- inputs ----------------------------------------------------------------------------
-    def launching(self, ref: identity.TaskRef, namespace: str, name: str, timeout_s: float) -> None:
+    def launching(self, ref: identity.WorkloadRef, namespace: str, name: str, timeout_s: float) -> None:
         """A create is on its way; the try fails if its pod has not started within `timeout_s`."""
         now = self.clock()
         self.pods[(namespace, name)] = Entry(ref, namespace, name, now + timeout_s, launched_at=now)
@@ -295,7 +295,7 @@ class PodLedger:
             entry, PodState("failed", "pod disappeared before its adoption was complete", "Vanished")
         )
 
-    def revoke(self, ref: identity.TaskRef) -> list[Action]:
+    def revoke(self, ref: identity.WorkloadRef) -> list[Action]:
         """The try is no longer this scheduler's (Airflow took it back, or it is obsolete): its pod
         goes, a create not yet answered is dropped, and nothing more is reported for it."""
         actions: list[Action] = []
@@ -350,19 +350,25 @@ class PodLedger:
         return actions
 
     # --- what is known ---------------------------------------------------------------------
-    def claimed(self) -> set[identity.TaskRef]:
+    def claimed(self) -> set[identity.WorkloadRef]:
         """Tries whose outcome is this scheduler's to report: awaited, or reported and perhaps not
         yet taken in by Airflow (a pod is kept until it is gone)."""
         return {e.ref for e in self.pods.values() if e.report}
 
-    def in_flight(self) -> set[identity.TaskRef]:
+    def in_flight(self) -> set[identity.WorkloadRef]:
         """Tries whose pods this scheduler launched or adopted and still awaits."""
         return {e.ref for e in self.pods.values() if not e.settled}
 
     def waiting_for_create(self, older_than_s: float) -> set[identity.TaskRef]:
         """Tries whose create has been on its way (queued in the launcher, or retried) that long."""
         cutoff = self.clock() - older_than_s
-        return {e.ref for e in self.pods.values() if not (e.created or e.settled) and e.launched_at <= cutoff}
+        return {
+            e.ref
+            for e in self.pods.values()
+            if isinstance(e.ref, identity.TaskRef)
+            and not (e.created or e.settled)
+            and e.launched_at <= cutoff
+        }
 
     def sightings(self) -> Iterable[Sighting]:
         return self.others.values()

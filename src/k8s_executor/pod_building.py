@@ -104,7 +104,7 @@ def default_pod(image: str) -> dict[str, Any]:
 class PodRequest:
     """Everything that decides one task's pod."""
 
-    ref: identity.TaskRef
+    ref: identity.WorkloadRef
     command: list[str]
     scheduler_id: str
     airflow_version: str
@@ -167,6 +167,14 @@ def build_pod(request: PodRequest, defaults: PodDefaults) -> dict[str, Any]:
                     "args": request.command,
                     **({"env": env} if env else {}),
                     **({"image": defaults.worker_image} if defaults.worker_image else {}),
+                    # A worker that dies before it can report (an import error, a callback that
+                    # raises) leaves the end of its log in its status, and so in the failure
+                    # reason, unless the template chose otherwise.
+                    **(
+                        {}
+                        if "terminationMessagePolicy" in base
+                        else {"terminationMessagePolicy": "FallbackToLogsOnError"}
+                    ),
                 }
             ]
         },

@@ -12,6 +12,7 @@ import logging
 import multiprocessing
 import queue
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from airflow.utils.log.logging_mixin import LoggingMixin
@@ -157,7 +158,9 @@ class AirflowKubernetesScheduler(LoggingMixin):
                 self._start_watcher(namespace)
 
     # --- launching -------------------------------------------------------
-    def run_pod_async(self, pod: dict[str, Any], ref: identity.TaskRef | None = None, **kwargs: Any) -> None:
+    def run_pod_async(
+        self, pod: dict[str, Any], ref: identity.WorkloadRef | None = None, **kwargs: Any
+    ) -> None:
         """Create `pod` in the background; its outcome comes back through `sync`.
 
         `start_timeout_s`: how long its pod may take to start before its try fails.
@@ -173,7 +176,7 @@ class AirflowKubernetesScheduler(LoggingMixin):
         self.launcher.create(pod, time.monotonic() + timeout_s)
 
     def find_orphans(
-        self, tries: list[identity.TaskRef], dead_scheduler_ids: set[str], wait_s: float = 120.0
+        self, tries: Sequence[identity.WorkloadRef], dead_scheduler_ids: set[str], wait_s: float = 120.0
     ) -> list[Orphan]:
         """The pods of `tries` and of the dead schedulers, as the watchers know them.
 
@@ -197,7 +200,7 @@ class AirflowKubernetesScheduler(LoggingMixin):
         orphans = adoption.select_orphans(self.ledger.sightings(), tries, dead_scheduler_ids)
         return self._with_legacy(orphans, tries)
 
-    def _with_legacy(self, orphans: list[Orphan], tries: list[identity.TaskRef]) -> list[Orphan]:
+    def _with_legacy(self, orphans: list[Orphan], tries: Sequence[identity.WorkloadRef]) -> list[Orphan]:
         """`orphans`, and the legacy pods of the tries not found among them (adoption.py)."""
         missing = set(tries) - {o.ref for o in orphans if o.ours}
         if not missing:
@@ -236,7 +239,7 @@ class AirflowKubernetesScheduler(LoggingMixin):
     def waiting_for_create(self, older_than_s: float) -> set[identity.TaskRef]:
         return self.ledger.waiting_for_create(older_than_s)
 
-    def revoke(self, ref: identity.TaskRef) -> None:
+    def revoke(self, ref: identity.WorkloadRef) -> None:
         """Airflow took the task back: its pod goes, and nothing more is reported for it."""
         self._carry_out(self.ledger.revoke(ref))
 
@@ -328,10 +331,10 @@ class AirflowKubernetesScheduler(LoggingMixin):
     def _watch_key(self, namespace: str) -> str | None:
         return namespace if namespace in self.watchers else None
 
-    def claimed(self) -> set[identity.TaskRef]:
+    def claimed(self) -> set[identity.WorkloadRef]:
         return self.ledger.claimed()
 
-    def in_flight(self) -> set[identity.TaskRef]:
+    def in_flight(self) -> set[identity.WorkloadRef]:
         return self.ledger.in_flight()
 
     def terminate(self) -> None:

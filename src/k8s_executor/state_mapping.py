@@ -154,7 +154,7 @@ class Observation:
     """What the executor knows of a pod: the try it runs (None if not ours), the scheduler that
     launched it, and its verdict."""
 
-    ref: identity.TaskRef | None
+    ref: identity.WorkloadRef | None
     namespace: str
     name: str
     scheduler_id: str

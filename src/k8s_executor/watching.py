@@ -47,7 +47,7 @@ class PodEvent:
 
     namespace: str
     name: str
-    ref: identity.TaskRef | None
+    ref: identity.WorkloadRef | None
     scheduler_id: str
     state: PodState
     resource_version: str

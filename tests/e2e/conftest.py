@@ -41,6 +41,7 @@ collect_ignore = (
         "test_several_executors.py",
         "test_teams.py",
         "test_launch_failures.py",
+        "test_callbacks.py",
         "dags",
     ]
 )

@@ -200,3 +200,15 @@ def test_termination_grace_setting_yields_to_the_template_and_executor_config(tm
     assert from_template["spec"]["terminationGracePeriodSeconds"] == 5
     config = {"KubernetesExecutor": {"termination_grace_period_seconds": 0}}
     assert build_pod(request(config), defaults)["spec"]["terminationGracePeriodSeconds"] == 0
+
+
+def test_a_worker_that_dies_early_leaves_its_log_tail_unless_the_template_says_otherwise(
+    tmp_path: Path,
+) -> None:
+    assert base(build_pod(request(), DEFAULTS))["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    template = tmp_path / "t.yaml"
+    template.write_text(
+        "apiVersion: v1\nkind: Pod\nspec:\n  containers:\n  - name: base\n    terminationMessagePolicy: File\n"
+    )
+    chosen = build_pod(request(), dataclasses.replace(DEFAULTS, pod_template_file=str(template)))
+    assert base(chosen)["terminationMessagePolicy"] == "File"

@@ -311,18 +311,32 @@ class AirflowStack:
         )
         return {(task_id, map_index): (state, tries) for task_id, map_index, state, tries in rows}
 
+    def rest(
+        self, path: str, body: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+    ) -> Any:
+        """Airflow 3's REST API, as the UI calls it (every user is an admin in this stack)."""
+        base = f"http://127.0.0.1:{self.api_port}"
+        token = json.loads(urllib.request.urlopen(f"{base}/auth/token", timeout=10).read())["access_token"]
+        request = urllib.request.Request(
+            f"{base}{path}",
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Accept": "application/json",
+                "Content-Type": "application/json",
+                **(headers or {}),
+            },
+        )
+        return json.loads(urllib.request.urlopen(request, timeout=30).read())
+
     def task_log(
         self, dag_id: str, run_id: str, task_id: str, try_number: int = 1, map_index: int = -1
     ) -> str:
         """The try's log as the UI shows it (Airflow 3's REST API), one line per log record."""
-        base = f"http://127.0.0.1:{self.api_port}"
-        token = json.loads(urllib.request.urlopen(f"{base}/auth/token", timeout=10).read())["access_token"]
-        request = urllib.request.Request(
-            f"{base}/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}"
-            f"?full_content=true&map_index={map_index}",
-            headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+        body = self.rest(
+            f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}"
+            f"?full_content=true&map_index={map_index}"
         )
-        body = json.loads(urllib.request.urlopen(request, timeout=30).read())
         content = body.get("content") or []
         if isinstance(content, str):
             return content

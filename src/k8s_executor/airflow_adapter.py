@@ -23,7 +23,7 @@ from packaging.version import Version
 
 from k8s_executor import executor_config as executor_config_module
 from k8s_executor import identity
-from k8s_executor.identity import CallbackRef, TaskRef, WorkloadRef
+from k8s_executor.identity import CallbackRef, ConnectionTestRef, TaskRef, WorkloadRef
 from k8s_executor.pod_building import PodBuildError, PodDefaults, PodRequest, build_pod
 from k8s_executor.settings import SECTION, ExecutorSettings
 
@@ -204,9 +204,20 @@ def to_airflow_key(ref: WorkloadRef) -> Any:
         from airflow.models.callback import CallbackKey
 
         return CallbackKey(id=ref.callback_id)
+    if isinstance(ref, ConnectionTestRef):
+        from airflow.models.connection_test import ConnectionTestKey
+
+        return ConnectionTestKey(id=ref.test_id)
     from airflow.models.taskinstancekey import TaskInstanceKey
 
     return TaskInstanceKey(*ref)
+
+
+def failure_state_of(key: Any) -> Any:
+    """The failure state of a callback's or connection test's key."""
+    if type(key).__name__ == "ConnectionTestKey":
+        return end_states(ConnectionTestRef(key.id))[1]
+    return end_states(CallbackRef(key.id))[1]
 
 
 def end_states(ref: WorkloadRef) -> tuple[Any, Any]:
@@ -215,6 +226,10 @@ def end_states(ref: WorkloadRef) -> tuple[Any, Any]:
         from airflow.utils.state import CallbackState
 
         return CallbackState.SUCCESS, CallbackState.FAILED
+    if isinstance(ref, ConnectionTestRef):
+        from airflow.models.connection_test import ConnectionTestState
+
+        return ConnectionTestState.SUCCESS, ConnectionTestState.FAILED
     from airflow.utils.state import TaskInstanceState
 
     return TaskInstanceState.SUCCESS, TaskInstanceState.FAILED
@@ -304,6 +319,22 @@ def request_from_callback(
         airflow_version=AIRFLOW_VERSION,
         env=env,
         launch_attempt=launch_attempt,
+    )
+
+
+def is_connection_test(workload: Any) -> bool:
+    return type(workload).__name__ == "TestConnection"
+
+
+def request_from_connection_test(workload: Any, scheduler_id: str, env: dict[str, str]) -> PodRequest:
+    """Airflow 3.3: a connection test runs in a pod as a task does, from inside the cluster with
+    the workers' network and secrets; the worker reports its result to the API server itself."""
+    return PodRequest(
+        ref=ConnectionTestRef(str(workload.connection_test_id), workload.connection_id),
+        command=workload_command(workload),
+        scheduler_id=scheduler_id,
+        airflow_version=AIRFLOW_VERSION,
+        env=env,
     )
 
 

@@ -44,6 +44,8 @@ class KubernetesExecutor(BaseExecutor):
     # Airflow 3: executor callbacks (deadline alerts' SyncCallbacks) run in pods of their own, as
     # tasks do; their outcome is reported with the callback's states.
     supports_callbacks: bool = True
+    # Airflow 3.3: connection tests run in short-lived pods, where tasks run.
+    supports_connection_test: bool = True
     # One instance per team in one scheduler: settings through the team's configuration, and no
     # state shared between instances (each has its own watchers, launcher, rate limit and
     # resourceVersions, and selects only its own pods).
@@ -267,6 +269,21 @@ class KubernetesExecutor(BaseExecutor):
                 self.running.add(workload.key)
                 self._launch(workload.key, functools.partial(self._request_from_callback, workload))
                 continue
+            if airflow_adapter.is_connection_test(workload):
+                self.queued_connection_tests.pop(workload.key, None)
+                self.running.add(workload.key)
+                make = functools.partial(
+                    airflow_adapter.request_from_connection_test,
+                    workload,
+                    self.scheduler_id,
+                    self._worker_env,
+                )
+                # Airflow's reaper fails a test that has not ended by its timeout and a grace of
+                # at least 30 s: a pod not started by then is of no use.
+                self._launch(
+                    workload.key, make, start_timeout_s=workload.timeout + max(30, workload.timeout // 2)
+                )
+                continue
             key = workload.ti.key
             self.queued_tasks.pop(key, None)
             self.running.add(key)
@@ -296,7 +313,9 @@ class KubernetesExecutor(BaseExecutor):
             key, command, executor_config, self.scheduler_id, self._worker_env, attempt
         )
 
-    def _launch(self, key: Any, make_request: Callable[[], PodRequest]) -> None:
+    def _launch(
+        self, key: Any, make_request: Callable[[], PodRequest], start_timeout_s: float | None = None
+    ) -> None:
         """Build the task's pod and hand it to the launcher; bad input fails this task only."""
         assert self.kube_scheduler is not None
         try:
@@ -314,7 +333,7 @@ class KubernetesExecutor(BaseExecutor):
             return
         self._requests[request.ref] = make_request
         self.kube_scheduler.run_pod_async(
-            pod, ref=request.ref, start_timeout_s=airflow_adapter.task_queued_timeout_s()
+            pod, ref=request.ref, start_timeout_s=start_timeout_s or airflow_adapter.task_queued_timeout_s()
         )
 
     def _check_watched(self, namespace: str) -> None:
@@ -329,10 +348,10 @@ class KubernetesExecutor(BaseExecutor):
             )
 
     def _refuse(self, key: Any, exc: Exception) -> None:
-        if not hasattr(key, "dag_id"):  # a callback's key
-            message = f"callback {key.id}: {exc}"
+        if not hasattr(key, "dag_id"):  # a callback's or a connection test's key
+            message = f"{type(key).__name__} {key.id}: {exc}"
             self.log.error("not launching %s", message)
-            self.change_state(key, airflow_adapter.end_states(identity.CallbackRef(key.id))[1], message)
+            self.change_state(key, airflow_adapter.failure_state_of(key), message)
             return
         message = f"task {key.dag_id}.{key.task_id} (run {key.run_id}, try {key.try_number}): {exc}"
         self.log.error("not launching %s", message)

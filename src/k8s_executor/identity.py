@@ -59,9 +59,17 @@ class CallbackRef(NamedTuple):
     run_id: str = ""
 
 
-# What a pod runs: a task try, or a callback.
-WorkloadRef = TaskRef | CallbackRef
+class ConnectionTestRef(NamedTuple):
+    """A connection test run on a worker: Airflow's connection test id, and the connection's id."""
+
+    test_id: str
+    connection_id: str = ""
+
+
+# What a pod runs: a task try, a callback, or a connection test.
+WorkloadRef = TaskRef | CallbackRef | ConnectionTestRef
 CALLBACK_ANNOTATION = "callback_id"
+CONNECTION_TEST_ANNOTATION = "connection_test_id"
 
 
 def _digest(*parts: object, length: int) -> str:
@@ -91,6 +99,9 @@ def pod_name(ref: WorkloadRef, launch_attempt: int = 0) -> str:
     if isinstance(ref, CallbackRef):
         suffix = f"-cb-{_digest(ref.callback_id, length=12)}"
         words = f"{ref.dag_id}-callback"
+    elif isinstance(ref, ConnectionTestRef):
+        suffix = f"-ct-{_digest(ref.test_id, length=12)}"
+        words = f"connection-test-{ref.connection_id}"
     else:
         suffix = (
             f"-{_digest(ref.dag_id, ref.task_id, ref.run_id, ref.map_index, length=10)}-t{ref.try_number}"
@@ -115,6 +126,14 @@ def labels(
             "dag_id": safe_label_value(ref.dag_id),
             "run_id": safe_label_value(ref.run_id),
             CALLBACK_ANNOTATION: safe_label_value(ref.callback_id),
+            OWNER_LABEL: executor_id,
+            SCHEDULER_LABEL: safe_label_value(scheduler_id),
+            "airflow_version": safe_label_value(airflow_version.replace("+", "-")),
+        }
+    if isinstance(ref, ConnectionTestRef):
+        return {
+            CONNECTION_TEST_ANNOTATION: safe_label_value(ref.test_id),
+            "connection_id": safe_label_value(ref.connection_id),
             OWNER_LABEL: executor_id,
             SCHEDULER_LABEL: safe_label_value(scheduler_id),
             "airflow_version": safe_label_value(airflow_version.replace("+", "-")),
@@ -163,6 +182,8 @@ def adopted_labels(executor_id: str, scheduler_id: str, legacy: bool) -> dict[st
 def annotations_for(ref: WorkloadRef, ti_id: str | None = None) -> dict[str, str]:
     if isinstance(ref, CallbackRef):
         return {CALLBACK_ANNOTATION: ref.callback_id, "dag_id": ref.dag_id, "run_id": ref.run_id}
+    if isinstance(ref, ConnectionTestRef):
+        return {CONNECTION_TEST_ANNOTATION: ref.test_id, "connection_id": ref.connection_id}
     out = {
         "dag_id": ref.dag_id,
         "task_id": ref.task_id,
@@ -180,6 +201,8 @@ def ref_from_annotations(annotations_: dict[str, Any] | None) -> WorkloadRef | N
     a = annotations_ or {}
     if CALLBACK_ANNOTATION in a:
         return CallbackRef(a[CALLBACK_ANNOTATION], a.get("dag_id", ""), a.get("run_id", ""))
+    if CONNECTION_TEST_ANNOTATION in a:
+        return ConnectionTestRef(a[CONNECTION_TEST_ANNOTATION], a.get("connection_id", ""))
     try:
         return TaskRef(
             dag_id=a["dag_id"],

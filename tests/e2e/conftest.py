@@ -42,6 +42,7 @@ collect_ignore = (
         "test_teams.py",
         "test_launch_failures.py",
         "test_callbacks.py",
+        "test_connection_tests.py",
         "dags",
     ]
 )

@@ -1,19 +1,15 @@
 """Taking over the pods of a scheduler that died.
 
 Airflow hands a new scheduler the task instances queued by a dead one. Their
-pods are found by the task try their annotations name, whichever scheduler's
-label they carry: a pod keeps the label of the scheduler that launched it
-through any number of adoptions, since the watchers see every pod of their
-executor and nothing needs the label to change. So adoption of this executor's
-pods writes nothing. It is served from what the watchers have already listed and
-watched (`Sighting`s), so a new scheduler lists its pods once, not once for the
-watcher and once more for adoption; `list_sightings` is the direct list for when
-no watcher has listed.
+pods are found by the task try their annotations name, in one list of this
+executor's pods (every scheduler's: the watchers see only their own). Each pod
+adopted is relabelled with its adopter (scheduler.py), which brings it into the
+adopter's watch and shows the other schedulers that it is claimed.
 
 Pods launched before pods had an owner label (by this executor, or by the
-official provider's) are outside the watchers' selector: the tries Airflow
-hands over that are not found among the sightings are looked for among them
-(`legacy_orphans`), and adopting one gives it this executor's labels.
+official provider's) are outside that list: the tries Airflow hands over that
+are not found are looked for among them (`legacy_orphans`), and adopting one
+gives it this executor's labels.
 """
 
 from __future__ import annotations

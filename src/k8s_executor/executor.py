@@ -25,6 +25,7 @@ from kubernetes import client
 from k8s_executor import airflow_adapter, identity, metrics
 from k8s_executor.executor_config import ExecutorConfigError
 from k8s_executor.kube_client import core_api, error_message, list_pods, pod_events, read_body
+from k8s_executor.launching import REQUEST_ERRORS
 from k8s_executor.ledger import create_obsolete, live_schedulers, relaunch
 from k8s_executor.pod_building import PodBuildError, PodRequest
 from k8s_executor.scheduler import AirflowKubernetesScheduler, TaskResult
@@ -182,6 +183,10 @@ class KubernetesExecutor(BaseExecutor):
                 self.kube_scheduler.set_live_schedulers(
                     live_schedulers(jobs, datetime.datetime.now(datetime.timezone.utc), threshold)
                 )
+                try:
+                    self.kube_scheduler.sweep()
+                except REQUEST_ERRORS as exc:
+                    self.log.warning("could not list the pods dead schedulers left (%s); trying again", exc)
         if now < self._next_obsolete_check or self.job_id is None:
             return
         self._next_obsolete_check = now + OBSOLETE_CHECK_INTERVAL_S

@@ -228,9 +228,19 @@ def try_selector(ref: TaskRef) -> str:
     return ",".join(parts)
 
 
-def selector(executor_id: str) -> str:
-    """The pods of one configured executor (every scheduler's) that still await a verdict."""
-    return f"{OWNER_LABEL}={executor_id},{DONE_LABEL}!=True"
+def selector(executor_id: str, scheduler_id: str | None = None) -> str:
+    """The pods of one configured executor that still await a verdict: one scheduler's (what its
+    watchers see), or every scheduler's (what adoption looks through)."""
+    parts = [f"{OWNER_LABEL}={executor_id}", f"{DONE_LABEL}!=True"]
+    if scheduler_id is not None:
+        parts.append(f"{SCHEDULER_LABEL}={safe_label_value(scheduler_id)}")
+    return ",".join(parts)
+
+
+def unclaimed_selector(executor_id: str, alive: set[str]) -> str:
+    """The pods of one configured executor whose scheduler is none of the live ones (`alive` holds
+    scheduler label values): the sweep for dead schedulers' finished pods."""
+    return f"{selector(executor_id)},{SCHEDULER_LABEL} notin ({','.join(sorted(alive))})"
 
 
 # Pods launched before pods had an owner, by this executor or the official provider's: found only

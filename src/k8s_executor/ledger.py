@@ -171,8 +171,8 @@ class Entry:
     settled: bool = False
     # False for pods taken over only to be disposed of: their task is no longer Airflow's concern.
     report: bool = True
-    # False for a legacy pod adopted and being relabelled: until the watch has shown it, a relist
-    # that misses it says nothing of its fate.
+    # False for a pod adopted and being relabelled into this scheduler's watch: until the watch
+    # has shown it, a relist that misses it says nothing of its fate.
     visible: bool = True
 
     @property
@@ -280,17 +280,23 @@ class PodLedger:
             created=True,
             created_at=self.clock(),
             report=orphan.ours,
-            visible=not orphan.legacy,
+            # Until its relabelling shows it in this scheduler's watch, a relist that misses it says
+            # nothing of its fate (a finished pod is settled here and now).
+            visible=orphan.state.terminal,
         )
         entry.last_state = orphan.state
         return self._settle(entry, orphan.state) if orphan.state.terminal else []
 
     def relabelled(self, namespace: str, name: str, found: bool) -> list[Action]:
-        """The answer to an adopted legacy pod's relabelling; not found: it went before it was ours."""
+        """The answer to an adopted pod's relabelling; not found: it went before it was ours."""
         entry = self.pods.get((namespace, name))
-        if entry is None or found or entry.visible:
+        if entry is None or entry.visible:
             return []
         entry.visible = True
+        if found:
+            # In this scheduler's watch from now: a relist from now on that misses it, misses it.
+            entry.created_at = self.clock()
+            return []
         return self._settle(
             entry, PodState("failed", "pod disappeared before its adoption was complete", "Vanished")
         )
@@ -370,8 +376,23 @@ class PodLedger:
             and e.launched_at <= cutoff
         }
 
-    def sightings(self) -> Iterable[Sighting]:
-        return self.others.values()
+    def swept(self, sightings: Iterable[Sighting]) -> list[Action]:
+        """What the sweep found of other schedulers' pods (none of them alive): they replace what
+        was known, and those that finished wait out their grace in `tick`."""
+        found = {(s.namespace, s.name): s for s in sightings if s.scheduler_id != self.scheduler_label}
+        for key in list(self.others):
+            if key not in found:
+                del self.others[key]
+                self.unclaimed.pop(key, None)
+        for key, seen in found.items():
+            if key in self.pods:
+                continue  # adopted here meanwhile
+            self.others[key] = seen
+            if seen.state.terminal:
+                self.unclaimed.setdefault(key, self.clock())
+            else:
+                self.unclaimed.pop(key, None)
+        return []
 
     def verdicts(self) -> list[str]:
         """The verdicts of the pods awaited, for the pending/running gauges."""

@@ -21,7 +21,15 @@ from kubernetes import client
 from k8s_executor import adoption, identity, metrics, processes
 from k8s_executor.adoption import Orphan
 from k8s_executor.launching import DeleteResult, LauncherProcess, PatchResult
-from k8s_executor.ledger import DEFAULT_START_TIMEOUT_S, Action, DisposalRule, Drop, PodLedger, TaskResult
+from k8s_executor.ledger import (
+    DEFAULT_START_TIMEOUT_S,
+    Action,
+    DisposalRule,
+    Drop,
+    PodLedger,
+    TaskResult,
+    disposer,
+)
 from k8s_executor.processes import Helper
 from k8s_executor.settings import ExecutorSettings
 from k8s_executor.watching import Bookmark, PodEvent, PodWatch, Read, Resync
@@ -140,6 +148,7 @@ class AirflowKubernetesScheduler(LoggingMixin):
                 "namespace": namespace,
                 "resource_version": self.resource_versions.get(namespace),
                 "executor_id": self.executor_id,
+                "scheduler_id": self.worker_uuid,
                 "settings": self.settings,
                 "fatal_waiting_reasons": self.fatal_waiting_reasons,
                 "unschedulable_timeout_s": self.settings.unschedulable_pod_timeout,
@@ -176,29 +185,12 @@ class AirflowKubernetesScheduler(LoggingMixin):
         self.launcher.create(pod, time.monotonic() + timeout_s)
 
     def find_orphans(
-        self, tries: Sequence[identity.WorkloadRef], dead_scheduler_ids: set[str], wait_s: float = 120.0
+        self, tries: Sequence[identity.WorkloadRef], dead_scheduler_ids: set[str]
     ) -> list[Orphan]:
-        """The pods of `tries` and of the dead schedulers, as the watchers know them.
-
-        A new scheduler is handed its orphans right after it starts: its watchers' first lists
-        are waited for, rather than listing the same pods a second time at the same moment.
-        Watchers that have not listed within `wait_s` (an API server refusing lists, say) are
-        not waited for longer: the pods are listed directly.
-        """
-        deadline = time.monotonic() + wait_s
-        while not (self.watchers and self.watchers.keys() <= self.listed):
-            if time.monotonic() >= deadline:
-                self.log.warning(
-                    "the watchers have not listed their pods in %.0f s; adoption lists them itself", wait_s
-                )
-                sightings = self._list(identity.selector(self.executor_id))
-                return self._with_legacy(adoption.select_orphans(sightings, tries, dead_scheduler_ids), tries)
-            time.sleep(0.05)
-            self._drain_watchers()
-        # What the watchers saw up to this moment, not what they saw when the queue was last read.
-        self._drain_watchers()
-        orphans = adoption.select_orphans(self.ledger.sightings(), tries, dead_scheduler_ids)
-        return self._with_legacy(orphans, tries)
+        """The pods of `tries` and of the dead schedulers: one list of this executor's pods (the
+        watchers see only this scheduler's), and one of legacy pods when tries are still missing."""
+        sightings = self._list(identity.selector(self.executor_id))
+        return self._with_legacy(adoption.select_orphans(sightings, tries, dead_scheduler_ids), tries)
 
     def _with_legacy(self, orphans: list[Orphan], tries: Sequence[identity.WorkloadRef]) -> list[Orphan]:
         """`orphans`, and the legacy pods of the tries not found among them (adoption.py)."""
@@ -223,8 +215,9 @@ class AirflowKubernetesScheduler(LoggingMixin):
             self.log.info(
                 "adopting legacy pod %s/%s: giving it this executor's labels", orphan.namespace, orphan.name
             )
-        if (orphan.ours and not orphan.state.terminal) or orphan.legacy:
-            # Claimed in the open: the other live schedulers see its new label, and leave it alone.
+        if not orphan.state.terminal:
+            # Claimed in the open, and so in this scheduler's watch from now on; the other live
+            # schedulers see the new label and leave the pod alone.
             self.launcher.patch_labels(
                 orphan.namespace,
                 orphan.name,
@@ -235,6 +228,16 @@ class AirflowKubernetesScheduler(LoggingMixin):
         """The schedulers Airflow holds alive: another's finished pods are never disposed of here
         while it lives (ledger.live_schedulers)."""
         self.ledger.schedulers_alive(labels)
+
+    def sweep(self) -> None:
+        """The disposer (ledger.disposer) lists the pods no live scheduler claims, for the ledger to
+        dispose of those that finished once their grace is over. Pods of live schedulers are left
+        out by the API server, so the list holds only what a dead scheduler left."""
+        alive = self.ledger.alive
+        if not alive or disposer(alive) != self.ledger.scheduler_label:
+            return
+        sightings = self._list(identity.unclaimed_selector(self.executor_id, alive))
+        self._carry_out(self.ledger.swept(sightings))
 
     def waiting_for_create(self, older_than_s: float) -> set[identity.TaskRef]:
         return self.ledger.waiting_for_create(older_than_s)

@@ -94,10 +94,13 @@ class PodWatch:
         fatal_waiting_reasons: frozenset[str] = frozenset(),
         unschedulable_timeout_s: float = 300.0,
         executor_id: str = identity.DEFAULT_EXECUTOR,
+        scheduler_id: str | None = None,
     ) -> None:
         self.namespace = namespace
-        # Only this executor's pods, selected by the API server: never another executor's or team's.
-        self.selector = identity.selector(executor_id)
+        # Only this executor's pods, and only this scheduler's (launched or adopted by it), selected
+        # by the API server: never another executor's or team's, and in HA mode a watch traffic
+        # proportional to the scheduler's own pods.
+        self.selector = identity.selector(executor_id, scheduler_id)
         self.watcher_queue = watcher_queue
         self.resource_version = resource_version
         self.fatal_waiting_reasons = fatal_waiting_reasons
@@ -136,8 +139,6 @@ class PodWatch:
         return self.namespace or "all namespaces"
 
     def _call(self, **kwargs: Any) -> Any:
-        # This executor's pods, whichever of its schedulers launched them: an adopted pod keeps the
-        # label of the scheduler that launched it, and must not fall out of sight.
         return list_pods(
             self.api, self.namespace, label_selector=self.selector, _preload_content=False, **kwargs
         )

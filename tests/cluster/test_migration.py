@@ -45,8 +45,8 @@ def test_a_pod_built_by_the_official_provider_is_adopted(
     wait_for(lambda: (scheduler.sync(), scheduler.listed == {namespace})[1], "the watcher's first list")
     # Outside the watcher's selector (it has no owner label): found among the legacy pods, for a
     # try Airflow hands over.
-    assert scheduler.find_orphans([], {"41"}, wait_s=0) == []
-    [orphan] = scheduler.find_orphans([ref], {"41"}, wait_s=0)
+    assert scheduler.find_orphans([], {"41"}) == []
+    [orphan] = scheduler.find_orphans([ref], {"41"})
     assert (orphan.ref, orphan.name, orphan.ours, orphan.legacy, orphan.state.verdict) == (
         ref,
         "etl-load-abcdefgh",

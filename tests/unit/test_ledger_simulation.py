@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from k8s_executor import identity
-from k8s_executor.adoption import select_orphans
+from k8s_executor.adoption import Sighting, select_orphans
 from k8s_executor.ledger import Action, DisposalRule, Dispose, Drop, PodLedger, TaskResult
 from k8s_executor.state_mapping import PodState
 from k8s_executor.watching import PodEvent, Resync
@@ -272,11 +272,23 @@ class World:
         while self.stream:
             self._deliver()
         handed = [t for t in self._unreported() if t.launched_by in self.dead]
-        orphans = select_orphans(self.scheduler.ledger.sightings(), [t.ref for t in handed], self.dead)
+        # The successor lists the executor's pods, every scheduler's.
+        listed = [Sighting(p.ref, NAMESPACE, p.name, p.scheduler, p.state) for p in self.pods.values()]
+        orphans = select_orphans(listed, [t.ref for t in handed], self.dead)
         found = {o.ref for o in orphans if o.ours}
         self.note(f"adopt {sorted(o.name for o in orphans)}")
         for orphan in orphans:
             self.carry_out(self.scheduler.ledger.adopt(orphan, START_TIMEOUT_S))
+            if orphan.state.terminal:
+                continue
+            # Relabelled into the successor's watch: it appears there, or is found gone.
+            pod = self.pods.get(orphan.name)
+            if pod is None:
+                self.carry_out(self.scheduler.ledger.relabelled(NAMESPACE, orphan.name, found=False))
+            else:
+                pod.scheduler = self.scheduler.id
+                self._send(pod, pod.state)
+                self.carry_out(self.scheduler.ledger.relabelled(NAMESPACE, orphan.name, found=True))
         for t in handed:
             if t.ref not in found:
                 # Airflow takes a try back whose pod is not found: reset and scheduled again.

@@ -29,8 +29,11 @@ def _read_down(down: BinaryIO, channel: Channel) -> None:
 
 
 def main(argv: list[str]) -> None:
-    # Ctrl-C reaches the whole process group; the scheduler decides when its helpers stop.
+    # Ctrl-C, and a SIGTERM sent to the whole process group (dumb-init, `kill -- -PGID`), reach the
+    # helpers too; the scheduler decides when they stop. Its graceful end still needs the launcher
+    # (creates in flight land), and a helper whose scheduler is gone exits by itself (below).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     down = os.fdopen(int(argv[1]), "rb")
     channel = Channel(os.fdopen(int(argv[2]), "wb"))
     try:

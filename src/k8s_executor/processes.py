@@ -111,8 +111,8 @@ class Helper:
             self._outbox.put(_CLOSE)
 
     def terminate(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            self.popen.terminate()
+        """Stop the helper now (it ignores SIGTERM, which a process group's shutdown sends it)."""
+        self.kill()
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):

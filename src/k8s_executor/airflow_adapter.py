@@ -288,6 +288,7 @@ def request_from_workload(
     workload: Any, scheduler_id: str, env: dict[str, str], launch_attempt: int = 0
 ) -> PodRequest:
     ti = workload.ti
+    template, image = coordinator_choice(getattr(ti, "queue", None))
     return PodRequest(
         ref=TaskRef(ti.dag_id, ti.task_id, ti.run_id, int(ti.try_number), int(ti.map_index)),
         command=workload_command(workload),
@@ -297,7 +298,39 @@ def request_from_workload(
         executor_config=executor_config_module.parse(ti.executor_config),
         env=env,
         launch_attempt=launch_attempt,
+        coordinator_template=template,
+        coordinator_image=image,
     )
+
+
+def coordinator_choice(queue: str | None) -> tuple[str | None, str | None]:
+    """Airflow 3.3: the pod template and base image that `[sdk] coordinators` declares (in its
+    `extra`: `pod_template_file`, and `worker_container_repository` with `worker_container_tag`) for
+    the coordinator `[sdk] queue_to_coordinator` routes `queue` to; (None, None) for a queue of
+    Python tasks, or an Airflow without coordinators. Read as the official provider reads them."""
+    if not queue:
+        return None, None
+    try:
+        from airflow.sdk.execution_time.coordinator import get_coordinator_manager
+    except ImportError:
+        return None, None
+    try:
+        extra = get_coordinator_manager().extra_for_queue(queue) or {}
+    except Exception as exc:
+        # The installation's setting, but it decides the pods of the queues it routes: those
+        # tasks fail, saying why; the other queues' tasks are not its concern.
+        routes = conf.get("sdk", "queue_to_coordinator", fallback="") or ""
+        try:
+            routed = queue in json.loads(routes)
+        except (ValueError, TypeError):
+            routed = queue in routes
+        if not routed:
+            return None, None
+        raise PodBuildError(
+            f"queue {queue!r}: [sdk] coordinators / queue_to_coordinator cannot be read: {exc}"
+        ) from exc
+    repository, tag = extra.get("worker_container_repository"), extra.get("worker_container_tag")
+    return extra.get("pod_template_file"), f"{repository}:{tag}" if repository and tag else None
 
 
 def is_callback(workload: Any) -> bool:

@@ -164,6 +164,7 @@ def cleanup_pods(args: argparse.Namespace) -> None:
 
 # --- rendering a task's pod -----------------------------------------------------
 def _request(task: Any, run_id: str, config: dict[str, Any] | None) -> PodRequest:
+    template, image = airflow_adapter.coordinator_choice(getattr(task, "queue", None))
     return PodRequest(
         ref=identity.TaskRef(task.dag_id, task.task_id, run_id),
         command=PLACEHOLDER_COMMAND,
@@ -171,6 +172,8 @@ def _request(task: Any, run_id: str, config: dict[str, Any] | None) -> PodReques
         airflow_version=airflow_adapter.AIRFLOW_VERSION,
         executor_config=executor_config_module.parse(config),
         env=airflow_adapter.worker_env(),
+        coordinator_template=template,
+        coordinator_image=image,
     )
 
 

@@ -112,6 +112,10 @@ class PodRequest:
     # The owner label: which configured executor launches the pod (identity.executor_identity).
     executor_id: str = identity.DEFAULT_EXECUTOR
     executor_config: ParsedExecutorConfig = field(default_factory=ParsedExecutorConfig)
+    # Airflow 3.3's non-Python task coordinators: the template and base image its queue's
+    # coordinator declares in `[sdk] coordinators` (its `extra`), if any.
+    coordinator_template: str | None = None
+    coordinator_image: str | None = None
     env: dict[str, str] = field(default_factory=dict)
     launch_attempt: int = 0
 
@@ -128,8 +132,13 @@ class PodDefaults:
 
 
 def template_path(request: PodRequest, defaults: PodDefaults) -> str | None:
-    """The template a task's pod starts from: its own, else the executor's, else none."""
-    return request.executor_config.pod_template_file or defaults.pod_template_file
+    """The template a task's pod starts from: its queue's coordinator's (as the official provider
+    lets it win), else its own, else the executor's, else none."""
+    return (
+        request.coordinator_template
+        or request.executor_config.pod_template_file
+        or defaults.pod_template_file
+    )
 
 
 def base_pod(request: PodRequest, defaults: PodDefaults) -> dict[str, Any]:
@@ -166,7 +175,11 @@ def build_pod(request: PodRequest, defaults: PodDefaults) -> dict[str, Any]:
                     "name": BASE_CONTAINER,
                     "args": request.command,
                     **({"env": env} if env else {}),
-                    **({"image": defaults.worker_image} if defaults.worker_image else {}),
+                    **(
+                        {"image": image}
+                        if (image := request.coordinator_image or defaults.worker_image)
+                        else {}
+                    ),
                     # A worker that dies before it can report (an import error, a callback that
                     # raises) leaves the end of its log in its status, and so in the failure
                     # reason, unless the template chose otherwise.
@@ -179,7 +192,7 @@ def build_pod(request: PodRequest, defaults: PodDefaults) -> dict[str, Any]:
             ]
         },
     }
-    if not base.get("image") and not defaults.worker_image:
+    if not base.get("image") and not (request.coordinator_image or defaults.worker_image):
         executor_layer["spec"]["containers"][0]["image"] = defaults.fallback_image
     grace = defaults.termination_grace_period_seconds
     if grace is not None and "terminationGracePeriodSeconds" not in pod["spec"]:

@@ -43,6 +43,7 @@ collect_ignore = (
         "test_launch_failures.py",
         "test_callbacks.py",
         "test_connection_tests.py",
+        "test_coordinator_queues.py",
         "dags",
     ]
 )

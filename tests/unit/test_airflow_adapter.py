@@ -67,3 +67,35 @@ def test_task_instances_outside_a_session_are_left_as_they_are() -> None:
     load_unloaded_columns([])
     load_unloaded_columns([object()])
     assert detached.try_number == 1
+
+
+def test_a_queue_routed_to_a_coordinator_gets_the_template_and_image_its_extra_declares(monkeypatch) -> None:
+    coordinator = pytest.importorskip("airflow.sdk.execution_time.coordinator")
+    import json
+
+    from k8s_executor.airflow_adapter import coordinator_choice
+
+    monkeypatch.setenv(
+        "AIRFLOW__SDK__COORDINATORS",
+        json.dumps(
+            {
+                "go-sdk": {
+                    "classpath": "airflow.sdk.coordinators.executable.ExecutableCoordinator",
+                    "kwargs": {"executables_root": ["/opt/airflow/executable-bundles"]},
+                    "extra": {
+                        "pod_template_file": "/templates/go.yaml",
+                        "worker_container_repository": "registry.example/go-worker",
+                        "worker_container_tag": "1.4",
+                    },
+                }
+            }
+        ),
+    )
+    monkeypatch.setenv("AIRFLOW__SDK__QUEUE_TO_COORDINATOR", json.dumps({"go-queue": "go-sdk"}))
+    coordinator.reset_coordinator_manager()
+    try:
+        assert coordinator_choice("go-queue") == ("/templates/go.yaml", "registry.example/go-worker:1.4")
+        assert coordinator_choice("default") == (None, None)
+        assert coordinator_choice(None) == (None, None)
+    finally:
+        coordinator.reset_coordinator_manager()

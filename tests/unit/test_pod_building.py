@@ -212,3 +212,25 @@ def test_a_worker_that_dies_early_leaves_its_log_tail_unless_the_template_says_o
     )
     chosen = build_pod(request(), dataclasses.replace(DEFAULTS, pod_template_file=str(template)))
     assert base(chosen)["terminationMessagePolicy"] == "File"
+
+
+def test_a_coordinator_queues_template_and_image_win_over_the_tasks_and_the_executors(tmp_path: Path) -> None:
+    java = tmp_path / "java.yaml"
+    java.write_text(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  labels:\n    runtime: jvm\n"
+        "spec:\n  containers:\n  - name: base\n    image: from-template\n"
+    )
+    own = tmp_path / "own.yaml"
+    own.write_text("apiVersion: v1\nkind: Pod\nspec:\n  containers:\n  - name: base\n    image: own\n")
+    pod = build_pod(
+        request({"pod_template_file": str(own)}, coordinator_template=str(java), coordinator_image="jre:17"),
+        dataclasses.replace(DEFAULTS, worker_image="python-worker:1"),
+    )
+    assert pod["metadata"]["labels"]["runtime"] == "jvm"
+    assert base(pod)["image"] == "jre:17"
+    # Without a coordinator: the task's template, the executor's image.
+    plain = build_pod(
+        request({"pod_template_file": str(own)}),
+        dataclasses.replace(DEFAULTS, worker_image="python-worker:1"),
+    )
+    assert "runtime" not in plain["metadata"].get("labels", {}) and base(plain)["image"] == "python-worker:1"

@@ -61,6 +61,10 @@ def test_two_schedulers_share_a_run_one_is_killed_a_third_starts_and_nothing_is_
         AIRFLOW__CORE__DEFAULT_POOL_TASK_SLOT_COUNT="1000",
         AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT="900",
     ) as stack:
+        [(job_a,)] = wait_for(
+            lambda: stack.sql("SELECT id FROM job WHERE job_type = 'SchedulerJob' AND state = 'running'"),
+            "scheduler a's job",
+        )
         stack.start_component(
             "scheduler",
             name="scheduler-b",
@@ -82,16 +86,20 @@ def test_two_schedulers_share_a_run_one_is_killed_a_third_starts_and_nothing_is_
         )
 
         def every_try_has_its_pod() -> bool:
-            rows = stack.sql("SELECT map_index, try_number, state FROM task_instance WHERE run_id = %s", RUN)
-            if len(rows) < TASKS or any(state != "queued" for _, _, state in rows):
+            rows = stack.sql(
+                "SELECT map_index, try_number, state, queued_by_job_id FROM task_instance WHERE run_id = %s",
+                RUN,
+            )
+            if len(rows) < TASKS or any(state != "queued" or by == job_a for _, _, state, by in rows):
                 return False
             tries = {
                 (int(a["map_index"]), int(a["try_number"])) for p in pods() if (a := p.metadata.annotations)
             }
-            return all((index, number) in tries for index, number, _ in rows)
+            return all((index, number) in tries for index, number, _, _ in rows)
 
-        # Airflow hands the killed scheduler's tries to the live ones: adopted where their pod
-        # exists, reset and launched again where its create never went out.
+        # Airflow hands the killed scheduler's tries to the live ones (none is queued by it any
+        # more): adopted where their pod exists, reset and launched again where its create never
+        # went out.
         wait_for(every_try_has_its_pod, "every try queued with its pod", timeout=600, interval=2)
         # The workers' report (see the module's docstring), then every pod ends.
         stack.sql("UPDATE task_instance SET state = 'success', end_date = now() WHERE run_id = %s", RUN)

@@ -52,13 +52,17 @@ def select_orphans(
     tries: Iterable[identity.WorkloadRef],
     dead_scheduler_ids: Iterable[str],
 ) -> list[Orphan]:
-    """The pods that run one of `tries`, or were launched by a dead scheduler."""
+    """The pods that run one of `tries`, and the finished pods of the dead schedulers.
+
+    A dead scheduler's pod that still runs a try not handed to this scheduler is left alone: its
+    try was handed to another live scheduler, which adopts it, or its end is the disposer's.
+    """
     wanted = set(tries)
     dead = {identity.safe_label_value(i) for i in dead_scheduler_ids}
     orphans = []
     for seen in sightings:
         ours = seen.ref in wanted
-        if ours or seen.scheduler_id in dead:
+        if ours or (seen.scheduler_id in dead and seen.state.terminal):
             orphans.append(Orphan(seen.ref, seen.namespace, seen.name, seen.state, ours))
     return orphans
 

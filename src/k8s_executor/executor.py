@@ -26,7 +26,7 @@ from k8s_executor import airflow_adapter, identity, metrics
 from k8s_executor.executor_config import ExecutorConfigError
 from k8s_executor.kube_client import core_api, error_message, list_pods, pod_events, read_body
 from k8s_executor.launching import REQUEST_ERRORS
-from k8s_executor.ledger import create_obsolete, live_schedulers, relaunch
+from k8s_executor.ledger import HandedOver, create_obsolete, live_schedulers, relaunch
 from k8s_executor.pod_building import PodBuildError, PodRequest
 from k8s_executor.scheduler import AirflowKubernetesScheduler, TaskResult
 from k8s_executor.settings import ExecutorSettings
@@ -38,6 +38,10 @@ LIVENESS_INTERVAL_S = 10.0
 OBSOLETE_CHECK_INTERVAL_S = 2.0
 # A create answered within this long was sent for a try Airflow had just queued: not checked.
 OBSOLETE_AFTER_S = 1.0
+# A pod that failed before its task started is launched again after 1, 2, 4 ... at most 60 s, and
+# not when less than this is left of its try's time to start.
+RELAUNCH_MAX_DELAY_S = 60.0
+RELAUNCH_MIN_TIME_LEFT_S = 10.0
 
 
 class KubernetesExecutor(BaseExecutor):
@@ -61,7 +65,7 @@ class KubernetesExecutor(BaseExecutor):
         super().__init__(*args, **kwargs)
         self.settings: ExecutorSettings | None = None
         self.kube_scheduler: AirflowKubernetesScheduler | None = None
-        self.result_queue: queue.Queue[TaskResult] = queue.Queue()
+        self.result_queue: queue.Queue[TaskResult | HandedOver] = queue.Queue()
         self.scheduler_id = ""
         # The owner label of this executor's pods; set by a LocalKubernetesExecutor to its own.
         self.owner: str | None = None
@@ -76,6 +80,9 @@ class KubernetesExecutor(BaseExecutor):
         # What each try's pod is built from, kept until its result, for a launch that failed.
         self._requests: dict[identity.WorkloadRef, Callable[[], PodRequest]] = {}
         self._launch_failures: Counter[identity.WorkloadRef] = Counter()
+        # When each try's time to start ends (from its first launch), and when a relaunch is due.
+        self._start_deadline: dict[identity.WorkloadRef, float] = {}
+        self._relaunch_due: dict[identity.WorkloadRef, float] = {}
 
     # --- lifecycle -------------------------------------------------------
     def start(self) -> None:
@@ -117,10 +124,17 @@ class KubernetesExecutor(BaseExecutor):
         results: list[TaskResult] = []
         while True:
             try:
-                results.append(self.result_queue.get_nowait())
+                result = self.result_queue.get_nowait()
             except queue.Empty:
                 break
+            if isinstance(result, HandedOver):
+                # Adopted by another scheduler (this one stalled past its health check, say).
+                self._forget(result.ref)
+                self.running.discard(airflow_adapter.to_airflow_key(result.ref))
+                continue
+            results.append(result)
         relaunched = self._relaunch_failed_launches(results)
+        self._relaunch_due_pods()
         for result in results:
             if result.ref not in relaunched:
                 self._apply(result)
@@ -148,23 +162,51 @@ class KubernetesExecutor(BaseExecutor):
             return set()
         excluded = frozenset(self.settings.pod_launch_failure_excluded_container_reasons)
         relaunched: set[identity.WorkloadRef] = set()
+        now = time.monotonic()
         for result, ref in candidates:
             row = rows.get((ref.dag_id, ref.task_id, ref.run_id, ref.map_index))
-            if row is None or row[0] != ref.try_number or not relaunch(result.state, row[1], excluded):
+            if (
+                row is None
+                or row[0] != ref.try_number
+                # Handed to another scheduler since: its pod is that scheduler's concern.
+                or str(row[2]) != self.scheduler_id
+                or not relaunch(result.state, row[1], excluded)
+            ):
+                continue
+            # The try's time to start counts from its first launch: its workload token expires then.
+            left_s = self._start_deadline[ref] - now
+            if left_s <= RELAUNCH_MIN_TIME_LEFT_S:
                 continue
             self._launch_failures[ref] += 1
+            failures = self._launch_failures[ref]
+            # A cause that lasts (a webhook refusing every create) is not hammered: 1, 2, 4 ... 60 s.
+            delay_s = min(RELAUNCH_MAX_DELAY_S, 2.0 ** (failures - 1))
             note = (
                 f"Kubernetes pod {result.pod} failed before its task started: {result.state.reason}. "
-                f"Launching a new pod (failed launch {self._launch_failures[ref]} of at most "
+                f"Launching a new pod in {delay_s:.0f} s (failed launch {failures} of at most "
                 f"{allowed if allowed >= 0 else 'unlimited'}); the task's own retries are untouched."
             )
             self.log.warning("task %s: %s", ref, note)
             self._note_in_task_log(ref, note)
             metrics.incr("pods.relaunched")
-            self._relaunches[ref] += 1
-            self._launch(airflow_adapter.to_airflow_key(ref), self._requests[ref])
+            self._relaunch_due[ref] = now + delay_s
             relaunched.add(ref)
         return relaunched
+
+    def _relaunch_due_pods(self) -> None:
+        now = time.monotonic()
+        for ref, due in list(self._relaunch_due.items()):
+            if due > now:
+                continue
+            del self._relaunch_due[ref]
+            if ref not in self._requests:
+                continue  # given up meanwhile
+            self._relaunches[ref] += 1
+            self._launch(
+                airflow_adapter.to_airflow_key(ref),
+                self._requests[ref],
+                start_timeout_s=max(self._start_deadline[ref] - now, RELAUNCH_MIN_TIME_LEFT_S),
+            )
 
     def _ask_airflow(self) -> None:
         """What only Airflow's database knows: which schedulers live, and which creates still on
@@ -185,8 +227,10 @@ class KubernetesExecutor(BaseExecutor):
                 )
                 try:
                     self.kube_scheduler.sweep()
-                except REQUEST_ERRORS as exc:
-                    self.log.warning("could not list the pods dead schedulers left (%s); trying again", exc)
+                except Exception:
+                    self.log.exception(
+                        "could not sweep for the pods dead schedulers left; trying again later"
+                    )
         if now < self._next_obsolete_check or self.job_id is None:
             return
         self._next_obsolete_check = now + OBSOLETE_CHECK_INTERVAL_S
@@ -227,6 +271,8 @@ class KubernetesExecutor(BaseExecutor):
     def _forget(self, ref: identity.WorkloadRef) -> None:
         self._requests.pop(ref, None)
         self._launch_failures.pop(ref, None)
+        self._relaunch_due.pop(ref, None)
+        self._start_deadline.pop(ref, None)
 
     def _apply(self, result: TaskResult) -> None:
         self._forget(result.ref)
@@ -337,9 +383,9 @@ class KubernetesExecutor(BaseExecutor):
             self._refuse(key, PodBuildError(f"its pod could not be built: {type(exc).__name__}: {exc}"))
             return
         self._requests[request.ref] = make_request
-        self.kube_scheduler.run_pod_async(
-            pod, ref=request.ref, start_timeout_s=start_timeout_s or airflow_adapter.task_queued_timeout_s()
-        )
+        timeout_s = start_timeout_s or airflow_adapter.task_queued_timeout_s()
+        self._start_deadline.setdefault(request.ref, time.monotonic() + timeout_s)
+        self.kube_scheduler.run_pod_async(pod, ref=request.ref, start_timeout_s=timeout_s)
 
     def _check_watched(self, namespace: str) -> None:
         """A pod in a namespace no watcher sees would never report back: refuse it up front."""
@@ -395,7 +441,15 @@ class KubernetesExecutor(BaseExecutor):
         dead = {str(ti.queued_by_job_id) for ti in tis if ti.queued_by_job_id is not None}
         dead.discard(self.scheduler_id)
         wanted = [ref for ref in by_ref if ref not in held]
-        orphans = self.kube_scheduler.find_orphans(wanted, dead)
+        try:
+            orphans = self.kube_scheduler.find_orphans(wanted, dead)
+        except REQUEST_ERRORS:
+            # Their pods cannot be found now: Airflow resets these tries and schedules them again
+            # (their old pods, once finished, are the disposer's), and the scheduler goes on.
+            self.log.exception(
+                "could not list pods to adopt %d task instances; Airflow resets them", len(wanted)
+            )
+            return [ti for ref, ti in by_ref.items() if ref not in held]
         found = time.monotonic() - started
         start_timeout_s = airflow_adapter.task_queued_timeout_s()
         for orphan in orphans:

@@ -13,6 +13,7 @@ import pickle
 import signal
 import sys
 import threading
+import time
 from typing import BinaryIO
 
 from k8s_executor.processes import Channel, send_logs_to
@@ -26,6 +27,18 @@ def _read_down(down: BinaryIO, channel: Channel) -> None:
             # The scheduler is gone (exited, or killed): nothing this process does has a
             # reader any more, and a launcher left running would create pods nobody watches.
             os._exit(0)
+
+
+def _watch_parent(parent: int) -> None:
+    # The scheduler's own forks (LocalExecutor's workers, say) inherit its end of the pipe, which
+    # then stays open after the scheduler dies: its death is seen here too, as a new parent.
+    while True:
+        time.sleep(PARENT_CHECK_S)
+        if os.getppid() != parent:
+            os._exit(0)
+
+
+PARENT_CHECK_S = 1.0
 
 
 def main(argv: list[str]) -> None:
@@ -43,6 +56,9 @@ def main(argv: list[str]) -> None:
     sys.path[:] = [p for p in path if p not in sys.path] + sys.path
     send_logs_to(channel, level)
     threading.Thread(target=_read_down, args=(down, channel), name=f"{argv[3]}-receive", daemon=True).start()
+    threading.Thread(
+        target=_watch_parent, args=(os.getppid(),), name=f"{argv[3]}-parent", daemon=True
+    ).start()
     module, _, function = target.partition(":")
     getattr(importlib.import_module(module), function)(channel, **options)
 

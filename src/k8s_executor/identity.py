@@ -166,11 +166,10 @@ def scheduler_of(pod_labels: dict[str, str] | None) -> str:
     return found.get(SCHEDULER_LABEL) or found.get(LEGACY_SCHEDULER_LABEL, "")
 
 
-def adopted_labels(executor_id: str, scheduler_id: str, legacy: bool) -> dict[str, str | None]:
-    """The label patch of an adopted pod: its adopter's label, so every other scheduler sees that
-    it is claimed by a live one; a legacy pod also gets its owner and leaves the old selectors."""
-    if not legacy:
-        return {SCHEDULER_LABEL: safe_label_value(scheduler_id)}
+def adopted_labels(executor_id: str, scheduler_id: str) -> dict[str, str | None]:
+    """The label patch of an adopted pod: its adopter's label, which brings it into the adopter's
+    watch and shows every other scheduler that a live one holds it; a legacy pod also gets its
+    owner and leaves the official provider's selectors."""
     return {
         OWNER_LABEL: executor_id,
         SCHEDULER_LABEL: safe_label_value(scheduler_id),

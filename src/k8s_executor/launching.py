@@ -372,6 +372,7 @@ class LauncherProcess:
         if self.closed or self.process.is_alive():
             return
         log.error("launcher process died (exit code %s); restarting", self.process.exitcode)
+        self.process.join(timeout=1)  # its pipes and threads go with it
         self.restarts += 1
         self._start()
         with self.lock:

@@ -75,7 +75,14 @@ class Drop:
     name: str
 
 
-Action = TaskResult | Dispose | Drop
+@dataclass(frozen=True)
+class HandedOver:
+    """The try went to another scheduler: the executor forgets it, reporting nothing."""
+
+    ref: identity.WorkloadRef
+
+
+Action = TaskResult | Dispose | Drop | HandedOver
 
 
 def live_schedulers(
@@ -148,10 +155,12 @@ class DisposalRule:
     delete_worker_pods_on_failure: bool = False
 
     def delete(self, state: PodState, never_started: bool) -> bool:
-        """Whether a finished pod goes: a pod that never started holds a node's resources for
-        nothing, so with `delete_worker_pods` it goes whatever `..._on_failure` says."""
-        return self.delete_worker_pods and (
-            state.verdict == "success" or self.delete_worker_pods_on_failure or never_started
+        """Whether a finished pod goes. A pod whose containers never ran goes whatever the settings
+        say: kept, it would hold a node's resources for nothing, and kubelet would go on trying to
+        start it (a pull that succeeds later would run the task beside its relaunched pod)."""
+        never_ran = never_started or not state.ran
+        return never_ran or (
+            self.delete_worker_pods and (state.verdict == "success" or self.delete_worker_pods_on_failure)
         )
 
 
@@ -249,11 +258,9 @@ class PodLedger:
 
     def resynced(self, resync: Resync) -> list[Action]:
         """A relist's full set of pods: what is missing from it vanished while the watch was out."""
+        # Other schedulers' pods are outside a watcher's list (it selects this scheduler's): what
+        # is known of them comes from the sweep (`swept`), and a relist says nothing of them.
         actions: list[Action] = []
-        for key in list(self.others):
-            if (resync.namespace is None or key[0] == resync.namespace) and key not in resync.names:
-                del self.others[key]
-                self.unclaimed.pop(key, None)
         for key, entry in list(self.pods.items()):
             if not (resync.namespace is None or entry.namespace == resync.namespace) or key in resync.names:
                 continue
@@ -286,6 +293,20 @@ class PodLedger:
         )
         entry.last_state = orphan.state
         return self._settle(entry, orphan.state) if orphan.state.terminal else []
+
+    def released(self, namespace: str, name: str) -> list[Action]:
+        """Another scheduler adopted this pod: its try is that scheduler's to report and its pod to
+        dispose of. Nothing is reported or disposed of here; Airflow is told the try left."""
+        entry = self.pods.pop((namespace, name), None)
+        if entry is None or entry.settled:
+            return []
+        self.gone[(namespace, name)] = self.clock()
+        return [HandedOver(entry.ref)]
+
+    def relabelling(self, namespace: str, name: str) -> bool:
+        """Whether this pod was adopted and its relabelling has not landed yet."""
+        entry = self.pods.get((namespace, name))
+        return entry is not None and not entry.visible
 
     def relabelled(self, namespace: str, name: str, found: bool) -> list[Action]:
         """The answer to an adopted pod's relabelling; not found: it went before it was ours."""

@@ -30,6 +30,8 @@ from logging.handlers import QueueHandler
 from pathlib import Path
 from typing import Any, BinaryIO
 
+log = logging.getLogger(__name__)
+
 # Where `k8s_executor` is imported from, so `python -m k8s_executor.helper` finds the same copy.
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
 
@@ -85,7 +87,14 @@ class Helper:
         with self._down:
             while (message := self._outbox.get()) is not _CLOSE:
                 try:
-                    pickle.dump(message, self._down, protocol=pickle.HIGHEST_PROTOCOL)
+                    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+                except Exception:
+                    # A bug (something unpicklable handed over): said once, and this message only
+                    # is lost; the helper goes on hearing the rest.
+                    log.exception("%s: a message could not be sent to the helper", self.name)
+                    continue
+                try:
+                    self._down.write(data)
                     self._down.flush()
                 except (BrokenPipeError, ValueError):
                     return  # the child is gone: whoever owns this helper sees it dead and decides

@@ -20,19 +20,23 @@ from kubernetes import client
 
 from k8s_executor import adoption, identity, metrics, processes
 from k8s_executor.adoption import Orphan
-from k8s_executor.launching import DeleteResult, LauncherProcess, PatchResult
+from k8s_executor.launching import REQUEST_ERRORS, DeleteResult, LauncherProcess, PatchResult
 from k8s_executor.ledger import (
     DEFAULT_START_TIMEOUT_S,
     Action,
     DisposalRule,
     Drop,
+    HandedOver,
     PodLedger,
     TaskResult,
     disposer,
 )
 from k8s_executor.processes import Helper
 from k8s_executor.settings import ExecutorSettings
-from k8s_executor.watching import Bookmark, PodEvent, PodWatch, Read, Resync
+from k8s_executor.watching import Bookmark, PodEvent, PodWatch, Read, Released, Resync
+
+# Adoption and the sweep list pods directly: a failed list is tried again after these waits.
+LIST_RETRY_WAITS_S = (1.0, 2.0, 4.0)
 
 
 class KubernetesJobWatcher(multiprocessing.Process, LoggingMixin):
@@ -96,7 +100,7 @@ class AirflowKubernetesScheduler(LoggingMixin):
         self,
         kube_config: ExecutorSettings,
         task_queue: queue.Queue[Any] | None,
-        result_queue: queue.Queue[TaskResult],
+        result_queue: queue.Queue[TaskResult | HandedOver],
         kube_client: client.CoreV1Api,
         worker_uuid: str,
         unclaimed_grace_s: float = 300.0,
@@ -162,6 +166,7 @@ class AirflowKubernetesScheduler(LoggingMixin):
         for namespace, watcher in list(self.watchers.items()):
             if not watcher.is_alive():
                 self.log.error("watcher of %s died (exit code %s); restarting", namespace, watcher.exitcode)
+                watcher.join(timeout=1)  # its pipes and threads go with it
                 self.watcher_restarts += 1
                 metrics.incr("watcher.restarts")
                 self._start_watcher(namespace)
@@ -200,6 +205,21 @@ class AirflowKubernetesScheduler(LoggingMixin):
         return orphans + adoption.legacy_orphans(self._list(identity.LEGACY_SELECTOR), missing)
 
     def _list(self, selector: str) -> list[adoption.Sighting]:
+        """Pods under `selector`, listed now; a refused or broken list is tried again a few times."""
+        for wait_s in LIST_RETRY_WAITS_S:
+            try:
+                return adoption.list_sightings(
+                    self.kube_client,
+                    self.settings.watched_namespaces,
+                    selector,
+                    self.fatal_waiting_reasons,
+                    self.settings.unschedulable_pod_timeout,
+                )
+            except REQUEST_ERRORS as exc:
+                self.log.warning(
+                    "listing pods (%s) failed: %s; trying again in %.0f s", selector, exc, wait_s
+                )
+                time.sleep(wait_s)
         return adoption.list_sightings(
             self.kube_client,
             self.settings.watched_namespaces,
@@ -218,11 +238,12 @@ class AirflowKubernetesScheduler(LoggingMixin):
         if not orphan.state.terminal:
             # Claimed in the open, and so in this scheduler's watch from now on; the other live
             # schedulers see the new label and leave the pod alone.
-            self.launcher.patch_labels(
-                orphan.namespace,
-                orphan.name,
-                identity.adopted_labels(self.executor_id, self.worker_uuid, orphan.legacy),
-            )
+            self._relabel(orphan.namespace, orphan.name)
+
+    def _relabel(self, namespace: str, name: str) -> None:
+        self.launcher.patch_labels(
+            namespace, name, identity.adopted_labels(self.executor_id, self.worker_uuid)
+        )
 
     def set_live_schedulers(self, labels: set[str]) -> None:
         """The schedulers Airflow holds alive: another's finished pods are never disposed of here
@@ -268,7 +289,7 @@ class AirflowKubernetesScheduler(LoggingMixin):
 
     def _carry_out(self, actions: list[Action]) -> None:
         for action in actions:
-            if isinstance(action, TaskResult):
+            if isinstance(action, (TaskResult, HandedOver)):
                 self.result_queue.put(action)
                 continue
             if isinstance(action, Drop):
@@ -302,7 +323,19 @@ class AirflowKubernetesScheduler(LoggingMixin):
                 metrics.http_outcome("pod_delete", result.status)
                 continue
             if isinstance(result, PatchResult):
-                self._carry_out(self.ledger.relabelled(result.namespace, result.name, result.status != 404))
+                if result.status in (200, 404):
+                    self._carry_out(
+                        self.ledger.relabelled(result.namespace, result.name, result.status == 200)
+                    )
+                elif self.ledger.relabelling(result.namespace, result.name):
+                    # Refused or unanswered past its retries: until it lands, the pod is in no watch.
+                    self.log.warning(
+                        "relabelling adopted pod %s/%s failed (HTTP %s); trying again",
+                        result.namespace,
+                        result.name,
+                        result.status,
+                    )
+                    self._relabel(result.namespace, result.name)
                 continue
             metrics.timing("pod_create.duration", result.duration_s)
             metrics.http_outcome("pod_create", result.status)
@@ -325,6 +358,14 @@ class AirflowKubernetesScheduler(LoggingMixin):
                 self._carry_out(self.ledger.resynced(message))
             elif isinstance(message, Bookmark):
                 self.resource_versions[message.namespace] = message.resource_version
+            elif isinstance(message, Released):
+                self.log.warning(
+                    "pod %s/%s was adopted by scheduler %s; its try is that scheduler's now",
+                    message.namespace,
+                    message.name,
+                    message.scheduler_id,
+                )
+                self._carry_out(self.ledger.released(message.namespace, message.name))
             elif isinstance(message, Read):
                 self.watch_events_read += message.events
                 metrics.incr("watcher.events", message.events)

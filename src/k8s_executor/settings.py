@@ -50,7 +50,10 @@ class ExecutorSettings(BaseModel):
     worker_container_tag: str = Field("", description="Image tag of the worker container.")
     delete_worker_pods: bool = Field(True, description="Delete a worker pod once its task finished.")
     delete_worker_pods_on_failure: bool = Field(
-        False, description="Also delete pods of failed tasks (only when delete_worker_pods is True)."
+        False,
+        description="Also delete pods of failed tasks (only when delete_worker_pods is True). A pod "
+        "whose containers never ran (an image never pulled, a pod never scheduled, or not started in "
+        "time) is deleted whatever these two say: kubelet would go on trying to start it.",
     )
     worker_pod_pending_fatal_container_state_reasons: list[str] = Field(
         default_factory=lambda: [

@@ -25,6 +25,9 @@ class PodState:
     # (CreateRefused, StartTimeout, Vanished). What pod_launch_failure_excluded_container_reasons
     # is matched against.
     cause: str = ""
+    # False for a failure before any container ran (an image never pulled, a pod never scheduled):
+    # such a pod is deleted, never kept, since kubelet would go on trying to start it.
+    ran: bool = True
 
     @property
     def terminal(self) -> bool:
@@ -95,6 +98,7 @@ def pod_state(
                 f"pod could not start: container {container.get('name')!r} is {reason}"
                 + (f": {message}" if message else ""),
                 reason,
+                ran=False,
             )
     if phase == "Running":
         return PodState("running")
@@ -114,6 +118,7 @@ def pod_state(
                     "failed",
                     f"pod was unschedulable for {waited:.0f}s: {condition.get('message', '').strip()}",
                     "Unschedulable",
+                    ran=False,
                 )
             return PodState("pending", f"unschedulable: {condition.get('message', '').strip()}")
     return PodState("pending")
@@ -146,7 +151,7 @@ def with_events(state: PodState, events: list[dict[str, Any]]) -> PodState:
     )
     if state.verdict != "failed" or not described:
         return state
-    return PodState("failed", f"{state.reason} [events: {described}]", state.cause)
+    return PodState("failed", f"{state.reason} [events: {described}]", state.cause, state.ran)
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,16 @@ class Bookmark:
 
 
 @dataclass(frozen=True)
+class Released:
+    """A pod of this scheduler's left its watch because another scheduler adopted it (relabelled
+    it): its try is that scheduler's now, to report and dispose of."""
+
+    namespace: str
+    name: str
+    scheduler_id: str
+
+
+@dataclass(frozen=True)
 class Read:
     """How many watch events (and listed pods) the watcher read since it last said so."""
 
@@ -101,6 +111,7 @@ class PodWatch:
         # by the API server: never another executor's or team's, and in HA mode a watch traffic
         # proportional to the scheduler's own pods.
         self.selector = identity.selector(executor_id, scheduler_id)
+        self.scheduler_label = identity.safe_label_value(scheduler_id) if scheduler_id is not None else None
         self.watcher_queue = watcher_queue
         self.resource_version = resource_version
         self.fatal_waiting_reasons = fatal_waiting_reasons
@@ -184,6 +195,15 @@ class PodWatch:
                     self.watcher_queue.put(Bookmark(self.namespace, rv))
                 else:
                     self.unreported_reads += 1
+                    if (
+                        kind == "DELETED"
+                        and not obj["metadata"].get("deletionTimestamp")
+                        # A finished pod's end is known: marked done, it needs no second look.
+                        and (obj.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+                    ):
+                        obj = self._left_watch(obj)
+                        if obj is None:
+                            continue
                     self._judge(obj, rv=rv, deleted=kind == "DELETED")
                 if time.monotonic() - last_rejudge > REJUDGE_INTERVAL_S:
                     self._rejudge(rv)
@@ -215,6 +235,30 @@ class PodWatch:
             while len(self.explained) > MAX_EXPLAINED:
                 del self.explained[next(iter(self.explained))]
         return state
+
+    def _left_watch(self, last: dict[str, Any]) -> dict[str, Any] | None:
+        """A DELETED event for a pod that was not being deleted: it may only have left this watch's
+        selector (the API server then sends the pod as it was before). Read as it is now: gone (its
+        last state stands), marked done (its state now is its end), or relabelled by an adopter
+        (None: released, told to the scheduler)."""
+        meta = last["metadata"]
+        try:
+            now = read_json(
+                self.api.read_namespaced_pod(meta["name"], meta["namespace"], _preload_content=False)
+            )
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return last
+            raise
+        if now["metadata"].get("uid") != meta.get("uid"):
+            return last
+        adopter = identity.scheduler_of(now["metadata"].get("labels"))
+        if self.scheduler_label is not None and adopter and adopter != self.scheduler_label:
+            self.told.pop(meta["uid"], None)
+            self.cache.pop(meta["uid"], None)
+            self.watcher_queue.put(Released(meta["namespace"], meta["name"], adopter))
+            return None
+        return now
 
     def _events_of(self, meta: dict[str, Any]) -> list[dict[str, Any]]:
         """The pod's events; a failure to read them must not hold back the verdict."""

@@ -13,8 +13,10 @@ import pytest
 from devcluster import control_plane
 from kubernetes import client
 
+from k8s_executor import identity
 from k8s_executor.identity import TaskRef
 from k8s_executor.kube_client import json_lines
+from k8s_executor.ledger import HandedOver
 from k8s_executor.pod_building import PodDefaults, PodRequest, build_pod
 from k8s_executor.scheduler import AirflowKubernetesScheduler, KubernetesJobWatcher, TaskResult
 from k8s_executor.watching import PodEvent, Resync
@@ -200,3 +202,24 @@ def test_the_watcher_tells_each_verdict_once(
         if event["object"]["metadata"].get("name") == name
     ]
     assert len(sent) > len(told)
+
+
+def test_a_pod_another_scheduler_adopts_leaves_this_one_without_a_report_or_a_delete(
+    cluster: control_plane.ClusterState,
+    core: client.CoreV1Api,
+    namespace: str,
+    scheduler: AirflowKubernetesScheduler,
+) -> None:
+    scheduler.start_watchers()
+    name = launch(scheduler, namespace, "adopted", "sleep 30")
+    wait_for_pod_phase(core, namespace, name, ("Running",))
+    wait_for(
+        lambda: (scheduler.sync(), scheduler.ledger.pods[(namespace, name)].last_state)[1], "the pod's state"
+    )
+    # Another scheduler's adoption: its label on the pod, which leaves this scheduler's watch.
+    core.patch_namespaced_pod(name, namespace, {"metadata": {"labels": {identity.SCHEDULER_LABEL: "t2"}}})
+    wait_for(lambda: (scheduler.sync(), (namespace, name) not in scheduler.ledger.pods)[1], "the hand-over")
+    # The executor is told to forget the try, and nothing is reported for it.
+    assert settle(scheduler, 3) == [HandedOver(TaskRef("keeper", "adopted", "run"))]
+    assert core.read_namespaced_pod(name, namespace).status.phase == "Running"
+    assert executor_deletes(core, control_plane.audit_log(cluster), namespace, name) == 0

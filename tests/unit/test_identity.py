@@ -132,8 +132,7 @@ def test_the_watch_selects_one_executors_pods_and_nothing_of_the_official_provid
     assert identity.launched_by_an_executor({"kubernetes_executor": "True"})
     assert not identity.launched_by_an_executor({"app": "web"})
     # A legacy pod adopted gets an owner and leaves the official provider's selectors.
-    assert identity.adopted_labels("k8s", "43", legacy=False) == {identity.SCHEDULER_LABEL: "43"}
-    assert identity.adopted_labels("k8s", "43", legacy=True) == {
+    assert identity.adopted_labels("k8s", "43") == {
         identity.OWNER_LABEL: "k8s",
         identity.SCHEDULER_LABEL: "43",
         "kubernetes_executor": None,

@@ -5,7 +5,14 @@ from __future__ import annotations
 import datetime
 
 from k8s_executor.identity import TaskRef
-from k8s_executor.ledger import DisposalRule, PodLedger, create_obsolete, disposer, live_schedulers
+from k8s_executor.ledger import (
+    DisposalRule,
+    HandedOver,
+    PodLedger,
+    create_obsolete,
+    disposer,
+    live_schedulers,
+)
 from k8s_executor.state_mapping import PodState
 from k8s_executor.watching import PodEvent
 
@@ -83,3 +90,26 @@ def test_one_live_scheduler_disposes_of_the_dead_ones_pods_the_oldest() -> None:
     assert younger.tick() == []
     [dispose] = older.tick()
     assert dispose.name == "pod-of-2"
+
+
+def test_a_pod_whose_containers_never_ran_is_deleted_whatever_the_settings_say() -> None:
+    keep_everything = DisposalRule(delete_worker_pods=False, delete_worker_pods_on_failure=False)
+    unpulled = PodState("failed", "could not start: ErrImagePull", "ErrImagePull", ran=False)
+    assert keep_everything.delete(unpulled, never_started=False)
+    assert not keep_everything.delete(PodState("failed", "exited 1", "Error"), never_started=False)
+    assert not DisposalRule().delete(PodState("failed", "exited 1", "Error"), never_started=False)
+    assert DisposalRule().delete(PodState("success"), never_started=False)
+
+
+def test_a_pod_another_scheduler_adopted_is_handed_over_without_a_result_or_a_disposal() -> None:
+    now = [0.0]
+    ledger = PodLedger("1", DisposalRule(), clock=lambda: now[0])
+    ref = TaskRef("d", "t", "r")
+    ledger.launching(ref, "ns", "p", 600)
+    ledger.launched("ns", "p", ok=True)
+    assert ledger.released("ns", "p") == [HandedOver(ref)]
+    # Its later news (the watch saw it leave) is old news here.
+    gone = PodEvent("ns", "p", ref, "2", PodState("failed", "deleted", "Deleted"), "9", deleted=True)
+    assert ledger.observed(gone) == []
+    now[0] = 10_000.0
+    assert ledger.tick() == [] and ledger.claimed() == set()

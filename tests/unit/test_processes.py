@@ -88,10 +88,15 @@ def test_a_helper_of_a_main_module_that_imports_airflow_does_not_import_it(tmp_p
     ]
 
 
-def test_a_helper_exits_when_its_scheduler_is_killed(tmp_path: Path) -> None:
+def test_a_helper_exits_when_its_scheduler_is_killed_even_with_a_fork_holding_its_pipe(
+    tmp_path: Path,
+) -> None:
+    # The scheduler forks after its helpers started (LocalExecutor's workers): the fork holds the
+    # scheduler's end of the pipe, so the helper must see its scheduler's death another way.
     run = run_main(
         tmp_path,
         """
+        import os
         import queue
         import time
 
@@ -101,6 +106,9 @@ def test_a_helper_exits_when_its_scheduler_is_killed(tmp_path: Path) -> None:
             received = queue.Queue()
             Helper("tests.unit.test_processes:wait_forever", {}, "probe", received.put)
             print(received.get(timeout=60), flush=True)
+            if os.fork() == 0:
+                time.sleep(60)
+                os._exit(0)
             time.sleep(600)
         """,
     )

@@ -323,6 +323,8 @@ class LauncherProcess:
         self.options = options
         self.results: queue.SimpleQueue[Result] = queue.SimpleQueue()
         self.unanswered: dict[tuple[str, str], tuple[dict[str, Any], float]] = {}
+        # Label patches not yet answered (an adoption's relabelling among them), sent again too.
+        self.unanswered_patches: dict[tuple[str, str], dict[str, str | None]] = {}
         self.lock = threading.Lock()
         self.closed = False
         self.restarts = 0
@@ -343,6 +345,9 @@ class LauncherProcess:
         if isinstance(result, LaunchResult):
             with self.lock:
                 self.unanswered.pop((result.namespace, result.name), None)
+        if isinstance(result, PatchResult):
+            with self.lock:
+                self.unanswered_patches.pop((result.namespace, result.name), None)
         self.results.put(result)
 
     def _send(self, verb: str, *args: Any) -> None:
@@ -360,6 +365,8 @@ class LauncherProcess:
         self._send("delete", namespace, name)
 
     def patch_labels(self, namespace: str, name: str, labels: dict[str, str | None]) -> None:
+        with self.lock:
+            self.unanswered_patches[(namespace, name)] = labels
         self._send("patch_labels", namespace, name, labels)
 
     def drop(self, namespace: str, name: str) -> None:
@@ -368,7 +375,7 @@ class LauncherProcess:
         self._send("drop", namespace, name)
 
     def check(self) -> None:
-        """Restart a launcher process that died, and send its unanswered creates again."""
+        """Restart a launcher process that died, and send its unanswered creates and patches again."""
         if self.closed or self.process.is_alive():
             return
         log.error("launcher process died (exit code %s); restarting", self.process.exitcode)
@@ -377,8 +384,11 @@ class LauncherProcess:
         self._start()
         with self.lock:
             pending = list(self.unanswered.values())
+            patches = list(self.unanswered_patches.items())
         for pod, deadline in pending:
             self._send("create", pod, deadline)
+        for (namespace, name), labels in patches:
+            self._send("patch_labels", namespace, name, labels)
 
     def shutdown(self, wait: bool) -> None:
         """Stop retrying; with `wait`, requests already handed over are still sent, once each."""

@@ -26,7 +26,7 @@ from k8s_executor import airflow_adapter, identity, metrics
 from k8s_executor.executor_config import ExecutorConfigError
 from k8s_executor.kube_client import core_api, error_message, list_pods, pod_events, read_body
 from k8s_executor.launching import REQUEST_ERRORS
-from k8s_executor.ledger import HandedOver, create_obsolete, live_schedulers, relaunch
+from k8s_executor.ledger import HandedOver, NameTaken, create_obsolete, live_schedulers, relaunch
 from k8s_executor.pod_building import PodBuildError, PodRequest
 from k8s_executor.scheduler import AirflowKubernetesScheduler, TaskResult
 from k8s_executor.settings import ExecutorSettings
@@ -65,7 +65,7 @@ class KubernetesExecutor(BaseExecutor):
         super().__init__(*args, **kwargs)
         self.settings: ExecutorSettings | None = None
         self.kube_scheduler: AirflowKubernetesScheduler | None = None
-        self.result_queue: queue.Queue[TaskResult | HandedOver] = queue.Queue()
+        self.result_queue: queue.Queue[TaskResult | HandedOver | NameTaken] = queue.Queue()
         self.scheduler_id = ""
         # The owner label of this executor's pods; set by a LocalKubernetesExecutor to its own.
         self.owner: str | None = None
@@ -127,6 +127,9 @@ class KubernetesExecutor(BaseExecutor):
                 result = self.result_queue.get_nowait()
             except queue.Empty:
                 break
+            if isinstance(result, NameTaken):
+                self._launch_again(result.ref)
+                continue
             if isinstance(result, HandedOver):
                 # Adopted by another scheduler (this one stalled past its health check, say).
                 self._forget(result.ref)
@@ -192,6 +195,15 @@ class KubernetesExecutor(BaseExecutor):
             self._relaunch_due[ref] = now + delay_s
             relaunched.add(ref)
         return relaunched
+
+    def _launch_again(self, ref: identity.WorkloadRef) -> None:
+        """A new pod name for a try queued again on the same try number (a sensor rescheduled, a
+        deferred task resumed) whose earlier pod still has the name."""
+        if ref not in self._requests:
+            return
+        self._relaunches[ref] += 1
+        self._start_deadline.pop(ref, None)
+        self._launch(airflow_adapter.to_airflow_key(ref), self._requests[ref])
 
     def _relaunch_due_pods(self) -> None:
         now = time.monotonic()
@@ -370,7 +382,11 @@ class KubernetesExecutor(BaseExecutor):
         """Build the task's pod and hand it to the launcher; bad input fails this task only."""
         assert self.kube_scheduler is not None
         try:
-            request = dataclasses.replace(make_request(), executor_id=self.owner or identity.DEFAULT_EXECUTOR)
+            request = dataclasses.replace(
+                make_request(),
+                executor_id=self.owner or identity.DEFAULT_EXECUTOR,
+                launch_id=uuid.uuid4().hex,
+            )
             pod = airflow_adapter.pod_for(request, self._defaults)
             self._check_watched(pod["metadata"]["namespace"])
         except (ExecutorConfigError, PodBuildError) as exc:

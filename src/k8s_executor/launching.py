@@ -30,7 +30,8 @@ from typing import Any
 from kubernetes import client
 from urllib3.exceptions import HTTPError
 
-from k8s_executor.kube_client import connect_in_helper, error_message, merge_patch, read_body
+from k8s_executor import identity
+from k8s_executor.kube_client import connect_in_helper, error_message, merge_patch, read_body, read_json
 from k8s_executor.processes import Channel, Helper, log_in_parent
 from k8s_executor.settings import ExecutorSettings
 
@@ -119,6 +120,8 @@ class LaunchResult:
     ok: bool
     error: str = ""
     already_existed: bool = False
+    # 409 for a pod of an earlier launch of the same try (identity.LAUNCH_ANNOTATION): not ours.
+    name_taken: bool = False
     attempts: int = 1
     # For the scheduler's metrics: the HTTP status the create ended with, and how long it took.
     status: int = 201
@@ -241,6 +244,9 @@ class Launcher:
             self.dropped.discard((namespace, name))
         ok = exc is None or (isinstance(exc, client.ApiException) and exc.status == 409)
         error = "" if ok else error_message(exc) if isinstance(exc, client.ApiException) else repr(exc)
+        name_taken = exc is not None and ok and not self._is_own(pod, deadline)
+        if name_taken:
+            ok, error = False, "a pod of an earlier launch of this try has its name"
         self.results.put(
             LaunchResult(
                 namespace,
@@ -248,11 +254,29 @@ class Launcher:
                 ok,
                 error=error,
                 already_existed=exc is not None and ok,
+                name_taken=name_taken,
                 attempts=attempts,
                 status=status_of(exc, 201),
                 duration_s=time.monotonic() - started,
             )
         )
+
+    def _is_own(self, pod: dict[str, Any], deadline: float) -> bool:
+        """After a 409: whether the pod of that name is this launch's (an earlier attempt landed)."""
+        meta = pod["metadata"]
+        launch = (meta.get("annotations") or {}).get(identity.LAUNCH_ANNOTATION)
+        if not launch:
+            return True
+        found, _, _ = self._with_retries(
+            lambda: read_json(
+                self.api.read_namespaced_pod(meta["name"], meta["namespace"], _preload_content=False)
+            ),
+            deadline,
+        )
+        if found is None:
+            return False  # gone since, or unreadable: a new name is the safe way on
+        existing = (found["metadata"].get("annotations") or {}).get(identity.LAUNCH_ANNOTATION)
+        return bool(existing == launch)
 
     def drop(self, namespace: str, name: str) -> None:
         """Send the create of this pod no more (if it has not landed, it never will from here)."""

@@ -76,13 +76,20 @@ class Drop:
 
 
 @dataclass(frozen=True)
+class NameTaken:
+    """The try's pod name belongs to an earlier launch's pod: launch it again under a new name."""
+
+    ref: identity.WorkloadRef
+
+
+@dataclass(frozen=True)
 class HandedOver:
     """The try went to another scheduler: the executor forgets it, reporting nothing."""
 
     ref: identity.WorkloadRef
 
 
-Action = TaskResult | Dispose | Drop | HandedOver
+Action = TaskResult | Dispose | Drop | HandedOver | NameTaken
 
 
 def live_schedulers(
@@ -219,11 +226,17 @@ class PodLedger:
         now = self.clock()
         self.pods[(namespace, name)] = Entry(ref, namespace, name, now + timeout_s, launched_at=now)
 
-    def launched(self, namespace: str, name: str, ok: bool, error: str = "") -> list[Action]:
-        """The launcher's answer to a create (409 counts as ok: the pod is there)."""
+    def launched(
+        self, namespace: str, name: str, ok: bool, error: str = "", name_taken: bool = False
+    ) -> list[Action]:
+        """The launcher's answer to a create (409 for this launch's own pod counts as ok: the pod
+        is there; for an earlier launch's pod of the same name, the try needs a new name)."""
         entry = self.pods.get((namespace, name))
         if entry is None:
             return []
+        if name_taken and not entry.settled:
+            del self.pods[(namespace, name)]
+            return [NameTaken(entry.ref)]
         if ok and entry.settled and not entry.created:
             return self._remove_late(entry)
         if ok:

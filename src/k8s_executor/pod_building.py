@@ -116,6 +116,8 @@ class PodRequest:
     # coordinator declares in `[sdk] coordinators` (its `extra`), if any.
     coordinator_template: str | None = None
     coordinator_image: str | None = None
+    # identity.LAUNCH_ANNOTATION's value: new for each launch.
+    launch_id: str = ""
     env: dict[str, str] = field(default_factory=dict)
     launch_attempt: int = 0
 
@@ -167,7 +169,10 @@ def build_pod(request: PodRequest, defaults: PodDefaults) -> dict[str, Any]:
             "labels": identity.labels(
                 request.ref, request.scheduler_id, request.airflow_version, request.ti_id, request.executor_id
             ),
-            "annotations": identity.annotations_for(request.ref, request.ti_id),
+            "annotations": {
+                **identity.annotations_for(request.ref, request.ti_id),
+                **({identity.LAUNCH_ANNOTATION: request.launch_id} if request.launch_id else {}),
+            },
         },
         "spec": {
             "containers": [

@@ -27,6 +27,7 @@ from k8s_executor.ledger import (
     DisposalRule,
     Drop,
     HandedOver,
+    NameTaken,
     PodLedger,
     TaskResult,
     disposer,
@@ -100,7 +101,7 @@ class AirflowKubernetesScheduler(LoggingMixin):
         self,
         kube_config: ExecutorSettings,
         task_queue: queue.Queue[Any] | None,
-        result_queue: queue.Queue[TaskResult | HandedOver],
+        result_queue: queue.Queue[TaskResult | HandedOver | NameTaken],
         kube_client: client.CoreV1Api,
         worker_uuid: str,
         unclaimed_grace_s: float = 300.0,
@@ -289,7 +290,7 @@ class AirflowKubernetesScheduler(LoggingMixin):
 
     def _carry_out(self, actions: list[Action]) -> None:
         for action in actions:
-            if isinstance(action, (TaskResult, HandedOver)):
+            if isinstance(action, (TaskResult, HandedOver, NameTaken)):
                 self.result_queue.put(action)
                 continue
             if isinstance(action, Drop):
@@ -339,7 +340,11 @@ class AirflowKubernetesScheduler(LoggingMixin):
                 continue
             metrics.timing("pod_create.duration", result.duration_s)
             metrics.http_outcome("pod_create", result.status)
-            self._carry_out(self.ledger.launched(result.namespace, result.name, result.ok, result.error))
+            self._carry_out(
+                self.ledger.launched(
+                    result.namespace, result.name, result.ok, result.error, result.name_taken
+                )
+            )
 
     def _drain_watchers(self) -> None:
         while True:

@@ -137,3 +137,29 @@ def test_launcher_process_shut_down_with_wait_delivers_every_result(
     while not launcher.results.empty():
         delivered.append(launcher.results.get_nowait())
     assert len(delivered) == 20 and all(r.ok for r in delivered)
+
+
+def test_a_create_that_meets_an_earlier_launchs_pod_is_told_apart_from_its_own(
+    core: client.CoreV1Api, namespace: str
+) -> None:
+    # A rescheduled sensor is queued again on the same try number: its earlier pod, kept after its
+    # end, has the name. A create whose own first attempt landed meets its own pod instead.
+    def launch(launch_id: str) -> dict:
+        request = PodRequest(
+            ref=TaskRef("launch", "sensor", "run"),
+            command=["sh", "-c", "sleep 1"],
+            scheduler_id="t",
+            airflow_version="3.3.2",
+            launch_id=launch_id,
+        )
+        return build_pod(request, PodDefaults(namespace, None, None, "busybox"))
+
+    launcher = Launcher(core, concurrency=2, qps=50, burst=50, max_retries=0)
+    try:
+        launcher.create(launch("first"), time.monotonic() + 60)
+        launcher.create(launch("first"), time.monotonic() + 60)  # the same launch, sent again
+        launcher.create(launch("second"), time.monotonic() + 60)
+        outcomes = sorted((r.ok, r.already_existed, r.name_taken) for r in results(launcher, 3))
+        assert outcomes == [(False, False, True), (True, False, False), (True, True, False)], outcomes
+    finally:
+        launcher.shutdown(wait=False)

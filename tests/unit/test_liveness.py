@@ -8,6 +8,7 @@ from k8s_executor.identity import TaskRef
 from k8s_executor.ledger import (
     DisposalRule,
     HandedOver,
+    NameTaken,
     PodLedger,
     create_obsolete,
     disposer,
@@ -113,3 +114,11 @@ def test_a_pod_another_scheduler_adopted_is_handed_over_without_a_result_or_a_di
     assert ledger.observed(gone) == []
     now[0] = 10_000.0
     assert ledger.tick() == [] and ledger.claimed() == set()
+
+
+def test_a_create_that_met_an_earlier_launchs_pod_asks_for_a_new_name() -> None:
+    ledger = PodLedger("1", DisposalRule(), clock=lambda: 0.0)
+    ref = TaskRef("d", "sensor", "r")
+    ledger.launching(ref, "ns", "p", 600)
+    assert ledger.launched("ns", "p", ok=False, error="taken", name_taken=True) == [NameTaken(ref)]
+    assert ledger.claimed() == set()  # nothing awaited under the taken name

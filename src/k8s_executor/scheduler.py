@@ -207,7 +207,8 @@ class AirflowKubernetesScheduler(LoggingMixin):
 
     def _list(self, selector: str) -> list[adoption.Sighting]:
         """Pods under `selector`, listed now; a refused or broken list is tried again a few times."""
-        for wait_s in LIST_RETRY_WAITS_S:
+        waits = iter(LIST_RETRY_WAITS_S)
+        while True:
             try:
                 return adoption.list_sightings(
                     self.kube_client,
@@ -217,17 +218,13 @@ class AirflowKubernetesScheduler(LoggingMixin):
                     self.settings.unschedulable_pod_timeout,
                 )
             except REQUEST_ERRORS as exc:
+                wait_s = next(waits, None)
+                if wait_s is None:
+                    raise
                 self.log.warning(
                     "listing pods (%s) failed: %s; trying again in %.0f s", selector, exc, wait_s
                 )
                 time.sleep(wait_s)
-        return adoption.list_sightings(
-            self.kube_client,
-            self.settings.watched_namespaces,
-            selector,
-            self.fatal_waiting_reasons,
-            self.settings.unschedulable_pod_timeout,
-        )
 
     def adopt(self, orphan: Orphan, start_timeout_s: float) -> None:
         """Take responsibility for a pod that already exists, judged as last seen."""

@@ -54,10 +54,10 @@ def test_connection_tests_run_in_pods_and_their_results_reach_the_api(
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(8)
+    # Bound and never listening: connections are refused, and no other process can take the port.
     closed = socket.socket()
     closed.bind(("127.0.0.1", 0))
     closed_port = closed.getsockname()[1]
-    closed.close()
     try:
         with airflow_stack(
             cluster,
@@ -85,3 +85,4 @@ def test_connection_tests_run_in_pods_and_their_results_reach_the_api(
             ]
     finally:
         silent.close()
+        closed.close()

@@ -139,6 +139,13 @@ def test_pod_deleted_by_hand_fails_its_task_with_the_reason(
         return next((p for p in pods_of(core, stack, "long-1") if p.status.phase == "Running"), None)
 
     pod = wait_for(running_pod, "the long task's pod to run", timeout=180, interval=1)
+    # Its task has started (deleted before, the pod would be launched again: pod_launch_failure_retries).
+    wait_for(
+        lambda: stack.task_states("e2e_long", "long-1").get(("long_task", -1), (None, 0))[0] == "running",
+        "the long task to run",
+        timeout=120,
+        interval=1,
+    )
     core.delete_namespaced_pod(pod.metadata.name, stack.namespace, grace_period_seconds=1)
     assert stack.wait_for_run("e2e_long", "long-1", timeout=180) == "failed"
     assert stack.task_states("e2e_long", "long-1")[("long_task", -1)][0] == "failed"

@@ -36,8 +36,11 @@ from k8s_executor.state_mapping import describe_events, observe
 # way are still wanted (one query each, whatever the number of pods).
 LIVENESS_INTERVAL_S = 10.0
 OBSOLETE_CHECK_INTERVAL_S = 2.0
-# A create answered within this long was sent for a try Airflow had just queued: not checked.
-OBSOLETE_AFTER_S = 1.0
+# Only creates held back this long are checked: a try is reset or handed to another scheduler
+# after its scheduler missed its health check (30 s by default) or its queued timeout, never in
+# the seconds a burst keeps creates waiting for the rate limit, whose check would be a query of
+# up to a thousand tries every 2 s for nothing.
+OBSOLETE_AFTER_S = 15.0
 # A pod that failed before its task started is launched again after 1, 2, 4 ... at most 60 s, and
 # not when less than this is left of its try's time to start.
 RELAUNCH_MAX_DELAY_S = 60.0

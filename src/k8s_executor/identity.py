@@ -125,36 +125,23 @@ def labels(
     ti_id: str | None = None,
     executor_id: str = DEFAULT_EXECUTOR,
 ) -> dict[str, str]:
-    if isinstance(ref, CallbackRef):
-        return {
+    """The labels of a workload's pod: its workload, in label-safe values, and whose it is."""
+    if isinstance(ref, TaskRef):
+        out = {
             "dag_id": safe_label_value(ref.dag_id),
+            "task_id": safe_label_value(ref.task_id),
             "run_id": safe_label_value(ref.run_id),
-            CALLBACK_ANNOTATION: safe_label_value(ref.callback_id),
-            OWNER_LABEL: executor_id,
-            SCHEDULER_LABEL: safe_label_value(scheduler_id),
-            "airflow_version": safe_label_value(airflow_version.replace("+", "-")),
+            "try_number": str(ref.try_number),
         }
-    if isinstance(ref, ConnectionTestRef):
-        return {
-            CONNECTION_TEST_ANNOTATION: safe_label_value(ref.test_id),
-            "connection_id": safe_label_value(ref.connection_id),
-            OWNER_LABEL: executor_id,
-            SCHEDULER_LABEL: safe_label_value(scheduler_id),
-            "airflow_version": safe_label_value(airflow_version.replace("+", "-")),
-        }
-    out = {
-        "dag_id": safe_label_value(ref.dag_id),
-        "task_id": safe_label_value(ref.task_id),
-        "run_id": safe_label_value(ref.run_id),
-        "try_number": str(ref.try_number),
-        OWNER_LABEL: executor_id,
-        SCHEDULER_LABEL: safe_label_value(scheduler_id),
-        "airflow_version": safe_label_value(airflow_version.replace("+", "-")),
-    }
-    if ref.map_index >= 0:
-        out["map_index"] = str(ref.map_index)
-    if ti_id:
-        out["ti_id"] = safe_label_value(ti_id)
+        if ref.map_index >= 0:
+            out["map_index"] = str(ref.map_index)
+        if ti_id:
+            out["ti_id"] = safe_label_value(ti_id)
+    else:
+        out = {key: safe_label_value(value) for key, value in annotations_for(ref).items()}
+    out[OWNER_LABEL] = executor_id
+    out[SCHEDULER_LABEL] = safe_label_value(scheduler_id)
+    out["airflow_version"] = safe_label_value(airflow_version.replace("+", "-"))
     return out
 
 

@@ -1,0 +1,41 @@
+"""A seeded fault run: steady load, mixed faults, invariants checked at the end from outside.
+
+    python -m chaos --minutes 5 --seed 1717 --executor ours --json build/chaos-ours.json
+
+What it starts: a development cluster of its own (named "chaos", beside "tests" and "bench"),
+PostgreSQL and a real Airflow 3 (API server, DAG processor, and two schedulers for this
+executor, which supports several; one for the official provider's, which does not). Each
+scheduler authenticates as a user of its own, in one group that the API-overload fault limits.
+
+The load: a DAG run every `--run-every` seconds of mapped tasks written to succeed (in a second),
+to fail after their retries, to fail once and then succeed, and to run for a minute (chaos/load.py).
+
+The faults: drawn from `random.Random(seed)` (chaos/schedule.py; the same seed gives the same
+schedule, printed at the start), each kind once per round in a seeded order, one every 12-24 s
+after a 45 s warm-up: scheduler SIGKILL (restarted after a few seconds), SIGKILL of a helper
+process (our launcher or watcher; the official executor's watcher), API server restart, etcd
+compaction with the API server restarted (the watch meets 410), node agent restart, a running
+pod deleted (with its grace period) and force-deleted (grace 0), API overload (every request of
+the executors refused with 429 by an API Priority and Fairness level, for 10-30 s), a ResourceQuota
+that is full for 10-30 s, and a PostgreSQL crash and restart (chaos/faults.py).
+
+The invariants, checked once the load has stopped and the runs have ended (bounded wait):
+- lost: every task instance reached what its task was written to reach (success; failed after
+  its retries; up_for_retry then success); none stays queued, running or anything else;
+- duplicated: no task try had two pods that both ran (creates from the API server's audit log,
+  mapped to their try by the run's own pod watch); left_behind: no pod is left in the namespace;
+- wrong_reasons: every failed try's reason (its task log, and the executor's report Airflow
+  recorded as a "state mismatch") names its cause: the task's own message for tries written to
+  fail, "deleted" for the tries whose pod a fault deleted, and for any other failed try the words
+  of a fault going on then ("quota", "429"); a failed try with no such fault is a wrong reason;
+- scheduler_exits: no scheduler exited unless the run killed it (an exit is counted, and the
+  scheduler started again, as its Deployment would).
+
+Recovery, per fault: from the moment the fault is over (the kill sent, the component ready
+again, the limit lifted, the scheduler started again) to the first pod an executor created after
+it and the first try that ended after it, whichever is later. Its floor is the load's own rhythm:
+a new run every `--run-every` seconds.
+
+The exit status is non-zero when an invariant fails for this executor (the official provider's
+run always exits 0 once it completes: its figures are the result).
+"""

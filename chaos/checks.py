@@ -1,0 +1,235 @@
+"""The invariants, checked at the end from what the run saw (see chaos/__init__.py)."""
+
+from __future__ import annotations
+
+import datetime
+import statistics
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from devcluster.airflow_stack import AirflowStack
+
+from chaos import load
+from chaos.faults import FAULT_WORDS, Record, TryKey
+from chaos.observe import OUR_POD_TRY, PodWatch, audit_time, task_log_text
+
+TERMINAL = ("success", "failed")
+# A failed try's reason is looked for in what was written while it ran, and for this long after.
+REASON_WINDOW_S = 120.0
+
+
+@dataclass
+class Try:
+    key: TryKey
+    state: str | None
+    start: float | None
+    end: float | None
+
+
+@dataclass
+class Findings:
+    tasks: Counter[str] = field(default_factory=Counter)
+    lost: list[dict[str, Any]] = field(default_factory=list)
+    duplicated: list[dict[str, Any]] = field(default_factory=list)
+    extra_pods: list[dict[str, Any]] = field(default_factory=list)
+    left_behind: list[dict[str, Any]] = field(default_factory=list)
+    wrong_reasons: list[dict[str, Any]] = field(default_factory=list)
+    failed_tries: Counter[str] = field(default_factory=Counter)
+    recovery: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    refusals: dict[str, int] = field(default_factory=dict)
+
+
+def _epoch(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=datetime.timezone.utc)
+        return value.timestamp()
+    return float(value)
+
+
+def tries(stack: AirflowStack) -> tuple[list[Try], dict[tuple[str, str, int], tuple[str | None, int]]]:
+    """Every try of the load's tasks (earlier ones from task_instance_history), and each task
+    instance's current state and try number."""
+    current = stack.sql(
+        "SELECT run_id, task_id, map_index, state, try_number, start_date, end_date FROM task_instance "
+        "WHERE dag_id = %s",
+        load.DAG_ID,
+    )
+    history = stack.sql(
+        "SELECT run_id, task_id, map_index, state, try_number, start_date, end_date "
+        "FROM task_instance_history WHERE dag_id = %s",
+        load.DAG_ID,
+    )
+    found: dict[TryKey, Try] = {}
+    for run_id, task_id, map_index, state, number, start, end in [*history, *current]:
+        key: TryKey = (load.DAG_ID, task_id, run_id, int(map_index), int(number))
+        found[key] = Try(key, state, _epoch(start), _epoch(end))
+    instances = {
+        (run, task, int(index)): (state, int(number)) for run, task, index, state, number, _, _ in current
+    }
+    return list(found.values()), instances
+
+
+def failure_text(stack: AirflowStack, key: TryKey) -> str:
+    """Everything said about why a try failed: its log (the worker's traceback, our executor's note
+    of its pod's end) and what Airflow recorded of the executor's report ("state mismatch")."""
+    rows = stack.sql(
+        "SELECT extra FROM log WHERE event = 'state mismatch' AND dag_id = %s AND task_id = %s "
+        "AND run_id = %s AND map_index = %s AND try_number = %s",
+        *key,
+    )
+    return task_log_text(stack.home, key) + "\n" + "\n".join(str(extra) for (extra,) in rows)
+
+
+def check_tasks(
+    stack: AirflowStack, records: list[Record], victims: dict[TryKey, str], findings: Findings
+) -> list[Try]:
+    all_tries, instances = tries(stack)
+    for (run_id, task_id, map_index), (state, number) in sorted(instances.items()):
+        reached = load.outcome(task_id, state, number)
+        findings.tasks[reached] += 1
+        if reached != load.expected_outcome(task_id):
+            findings.lost.append(
+                {
+                    "task": f"{run_id} {task_id}[{map_index}]",
+                    "state": state,
+                    "try_number": number,
+                    "expected": load.expected_outcome(task_id),
+                }
+            )
+    windows = [
+        (r.fault.kind, r.started, (r.over or r.started) + REASON_WINDOW_S)
+        for r in records
+        if r.started is not None and not r.skipped
+    ]
+    for attempt in all_tries:
+        if attempt.state not in ("failed", "up_for_retry"):
+            continue
+        _, task_id, run_id, map_index, number = attempt.key
+        text = failure_text(stack, attempt.key).lower()
+        if attempt.key in victims:
+            cause = victims[attempt.key]
+            words = FAULT_WORDS[cause]
+        elif load.written_to_fail(task_id, number):
+            cause, words = "the task itself", (load.WRITTEN_TO_FAIL,)
+        else:
+            # Failed though written to succeed and not hit by name: the reason must name a fault
+            # that was going on then (a quota that refused its pod, a 429).
+            begin = attempt.start or attempt.end or 0.0
+            end = attempt.end or begin
+            active = [kind for kind, since, until in windows if since <= end and begin <= until]
+            cause = ", ".join(sorted(set(active))) or "no fault"
+            words = tuple(w for kind in active for w in FAULT_WORDS.get(kind, ()))
+        findings.failed_tries[cause] += 1
+        if not any(word in text for word in words):
+            findings.wrong_reasons.append(
+                {
+                    "try": f"{run_id} {task_id}[{map_index}] try {number}",
+                    "caused_by": cause,
+                    "expected_words": list(words),
+                    "reason": _last_lines(text),
+                }
+            )
+    return all_tries
+
+
+def _last_lines(text: str, count: int = 6) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return "\n".join(lines[-count:])[-1500:]
+
+
+def check_pods(
+    executor: str,
+    watch: PodWatch,
+    entries: list[dict[str, Any]],
+    users: set[str],
+    remaining: list[Any],
+    findings: Findings,
+) -> list[float]:
+    """Two pods that both ran one try (from the audit log's creates, mapped to tries by the
+    watch), pods still there at the end; returns when the executors created pods."""
+    created: dict[str, float] = {}
+    bound: set[str] = set()
+    for e in entries:
+        ref = e.get("objectRef") or {}
+        if e.get("stage") != "ResponseComplete" or ref.get("resource") != "pods" or e.get("verb") != "create":
+            continue
+        code = (e.get("responseStatus") or {}).get("code", 0)
+        if ref.get("subresource") == "binding" and code == 201:
+            bound.add(str(ref.get("name")))
+        # A create that timed out (5xx) may still have made its pod, as the HA test counts it.
+        elif not ref.get("subresource") and e["user"]["username"] in users and (code == 201 or code >= 500):
+            created.setdefault(ref["name"], audit_time(e["requestReceivedTimestamp"]))
+    by_try: dict[TryKey | str, list[str]] = defaultdict(list)
+    for name in sorted(created):
+        if name not in bound:
+            continue
+        seen = watch.pods.get(name)
+        key: TryKey | str | None = seen.key if seen else None
+        if key is None and executor == "ours" and (match := OUR_POD_TRY.match(name)):
+            key = match["base"]
+        by_try[key or f"unmapped:{name}"].append(name)
+    for key, names in by_try.items():
+        if len(names) < 2:
+            continue
+        ran = [n for n in names if (seen := watch.pods.get(n)) is None or seen.ran]
+        entry = {"try": " ".join(map(str, key)) if isinstance(key, tuple) else key, "pods": names, "ran": ran}
+        findings.extra_pods.append(entry)
+        # A pod that never started its task (a launch failure, relaunched under a new name by
+        # design) is no second run of the try; two that ran are.
+        if len(ran) > 1:
+            findings.duplicated.append(entry)
+    for pod in remaining:
+        findings.left_behind.append({"pod": pod.metadata.name, "phase": pod.status.phase})
+    return sorted(created.values())
+
+
+def count_refusals(
+    entries: list[dict[str, Any]], users: set[str], records: list[Record], findings: Findings
+) -> None:
+    """How many of the executors' requests each overload and quota fault refused (429, 403)."""
+    for record in records:
+        if record.fault.kind not in ("apiserver_overload", "resource_quota") or record.started is None:
+            continue
+        code = 429 if record.fault.kind == "apiserver_overload" else 403
+        until = (record.over or record.started) + 1
+        findings.refusals[f"{record.fault.kind}@{record.fault.at_s}"] = sum(
+            1
+            for e in entries
+            if e.get("stage") == "ResponseComplete"
+            and e["user"]["username"] in users
+            and (e.get("responseStatus") or {}).get("code") == code
+            and record.started <= audit_time(e["requestReceivedTimestamp"]) <= until
+        )
+
+
+def recovery(records: list[Record], creates: list[float], all_tries: list[Try], findings: Findings) -> None:
+    """From the moment a fault was over to the first pod the executors created after it and the
+    first try that ended after it, whichever came later."""
+    ends = sorted(t.end for t in all_tries if t.end is not None)
+    for record in records:
+        if record.over is None or record.skipped:
+            continue
+        over = record.over
+        first_create = next((c for c in creates if c >= over), None)
+        first_end = next((e for e in ends if e >= over), None)
+        if first_create is not None and first_end is not None:
+            findings.recovery[record.fault.kind].append(max(first_create, first_end) - over)
+
+
+def percentile(values: list[float], q: int) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return round(values[0], 1)
+    return round(statistics.quantiles(values, n=100, method="inclusive")[q - 1], 1)
+
+
+def summary(findings: Findings) -> dict[str, Any]:
+    return {
+        kind: {"n": len(values), "p50": percentile(values, 50), "p99": percentile(values, 99)}
+        for kind, values in sorted(findings.recovery.items())
+    }

@@ -1,0 +1,385 @@
+"""Each fault, injected into a running installation with the tools the tests already use.
+
+Components of the cluster are killed and started again by `devcluster.control_plane` (as the
+cluster and end-to-end tests do), pods are deleted through the API server, Airflow's processes
+are the stack's own. Every injection returns when the fault is over (the component is back,
+the limit lifted); `Record.over` marks that moment, from which recovery is timed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from devcluster import control_plane, process_tree
+from devcluster.airflow_stack import AirflowStack, _pg_bin
+from kubernetes import client
+
+from chaos import load
+from chaos.schedule import Fault
+
+# The group every executor identity of a run belongs to: the API Priority and Fairness limit
+# of the overload fault matches it (the admin's system:masters group is exempt from APF).
+EXECUTOR_GROUP = "chaos-executors"
+OVERLOAD_NAME = "chaos-overload"
+QUOTA_NAME = "chaos-quota"
+
+TryKey = tuple[str, str, str, int, int]  # dag_id, task_id, run_id, map_index, try_number
+
+
+@dataclass
+class Record:
+    """What became of one scheduled fault."""
+
+    fault: Fault
+    note: str = ""  # how it was mapped onto the executor, if it was
+    started: float | None = None
+    over: float | None = None
+    detail: str = ""
+    skipped: str = ""
+
+    def as_json(self, t0: float) -> dict[str, Any]:
+        return {
+            "kind": self.fault.kind,
+            "at_s": self.fault.at_s,
+            "params": self.fault.params,
+            "started_s": None if self.started is None else round(self.started - t0, 1),
+            "over_s": None if self.over is None else round(self.over - t0, 1),
+            "note": self.note,
+            "detail": self.detail,
+            "skipped": self.skipped,
+        }
+
+
+@dataclass
+class World:
+    """The installation under fault: the cluster, the Airflow stack, and its schedulers."""
+
+    cluster_dir: Path
+    core: client.CoreV1Api
+    stack: AirflowStack
+    executor: str  # "ours" or "official"
+    # Scheduler process name -> the environment it was started with (its own identity).
+    schedulers: dict[str, dict[str, str]]
+    # Taken around every start, kill and poll of a scheduler process, so the watch on exits
+    # never mistakes an injected kill for an exit of its own.
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    killing: set[str] = field(default_factory=set)
+    # The try each pod fault hit, and the fault: the reason its failure must give.
+    victims: dict[TryKey, str] = field(default_factory=dict)
+
+    def start_scheduler(self, name: str) -> None:
+        self.stack.start_component("scheduler", name=name, env=self.schedulers[name])
+
+    @property
+    def apiserver_port(self) -> int:
+        state = control_plane.ClusterState.load(self.cluster_dir)
+        assert state is not None
+        return state.apiserver_port
+
+
+def inject(world: World, record: Record) -> None:
+    fault = record.fault
+    record.started = time.time()
+    handler = _HANDLERS[fault.kind]
+    handler(world, record)
+    if record.over is None and not record.skipped:
+        record.over = time.time()
+
+
+# --- Airflow's processes -------------------------------------------------------------------------
+
+
+def _scheduler_name(world: World, fault: Fault) -> str:
+    names = list(world.schedulers)
+    return names[int(fault.params.get("scheduler", 0)) % len(names)]
+
+
+def scheduler_kill(world: World, record: Record) -> None:
+    """SIGKILL of the scheduler's own process, as an OOM kill does; what it leaves in its process
+    group is killed 2 s later, as a container's runtime does when the main process dies. It is
+    started again after `down_s`, as a Deployment would."""
+    name = _scheduler_name(world, record.fault)
+    with world.lock:
+        proc = world.stack.procs.get(name)
+        if proc is None or proc.poll() is not None:
+            record.skipped = f"{name} was not running"
+            return
+        world.killing.add(name)
+    try:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        record.detail = f"{name} (pid {proc.pid})"
+        time.sleep(2)
+        left = [pid for pid in _group(proc.pid) if pid != proc.pid]
+        if left:
+            record.detail += f"; {len(left)} process(es) of its group still there after 2 s"
+        with world.lock:
+            world.stack.kill_component(name, signal.SIGKILL)
+        time.sleep(float(record.fault.params.get("down_s", 5)))
+        with world.lock:
+            world.start_scheduler(name)
+    finally:
+        with world.lock:
+            world.killing.discard(name)
+
+
+def _group(pgid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, ValueError):
+                if os.getpgid(int(entry)) == pgid and process_tree.stat_fields(int(entry)):
+                    state = process_tree.stat_fields(int(entry))
+                    if state and state[0] not in ("Z", "X"):
+                        found.append(int(entry))
+    return found
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def _talks_to(pid: int, port: int) -> bool:
+    """True if `pid` holds a TCP connection to `port` on this machine (its watch, say)."""
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+                cols = line.split()
+                if len(cols) > 9 and int(cols[2].rsplit(":", 1)[1], 16) == port and cols[9] in inodes:
+                    return True
+    return False
+
+
+def helper_pids(world: World, name: str, helper: str) -> list[int]:
+    """The helper processes of scheduler `name`: ours run `python -m k8s_executor.helper ... NAME`;
+    the official executor's watcher is a forked child holding a connection to the API server
+    (its other children, multiprocessing managers and the log server, hold none)."""
+    proc = world.stack.procs.get(name)
+    if proc is None:
+        return []
+    children = [pid for pid in process_tree.tree(proc.pid) if pid != proc.pid]
+    if world.executor == "ours":
+        wanted = "k8s-executor-launcher" if helper == "launcher" else "k8s-executor-watcher"
+        return [
+            pid
+            for pid in children
+            if "k8s_executor.helper" in (args := _cmdline(pid)) and any(a.startswith(wanted) for a in args)
+        ]
+    port = world.apiserver_port
+    return [pid for pid in children if _talks_to(pid, port)]
+
+
+def helper_kill(world: World, record: Record) -> None:
+    name = _scheduler_name(world, record.fault)
+    helper = str(record.fault.params.get("helper", "watcher"))
+    with world.lock:
+        pids = helper_pids(world, name, helper)
+        if not pids:
+            record.skipped = f"no {helper} process of {name} found"
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    record.detail = f"{helper} of {name} (pid {', '.join(map(str, pids))})"
+
+
+# --- The cluster ------------------------------------------------------------------------------------
+
+
+def apiserver_restart(world: World, record: Record) -> None:
+    control_plane.restart_component(world.cluster_dir, "kube-apiserver")
+
+
+def etcd_compaction(world: World, record: Record) -> None:
+    """As tests/e2e/test_kubernetes_executor.py cuts the watch: the API server goes away, etcd moves
+    on (lease renewals), its history is compacted, and a restarted API server (with an empty watch
+    cache) answers a watch from the old resourceVersion with 410 Gone."""
+    control_plane.restart_component(world.cluster_dir, "kube-apiserver")
+    time.sleep(5)
+    revision = control_plane.compact_etcd(world.cluster_dir)
+    control_plane.restart_component(world.cluster_dir, "kube-apiserver")
+    record.detail = f"compacted at revision {revision}"
+
+
+def node_agent_restart(world: World, record: Record) -> None:
+    control_plane.restart_component(world.cluster_dir, "node-agent")
+
+
+def _running_long_pods(world: World) -> list[tuple[str, TryKey]]:
+    """Pods of long tasks that run, whose task runs on that try, with a retry left: a fault that
+    fails one leaves its task a way to its outcome, and a try not yet started would be launched
+    again without spending a retry (pod_launch_failure_retries), which is not what is hit here."""
+    found = []
+    for pod in world.core.list_namespaced_pod(world.stack.namespace).items:
+        a = pod.metadata.annotations or {}
+        if (
+            pod.status.phase != "Running"
+            or pod.metadata.deletion_timestamp
+            or a.get("dag_id") != load.DAG_ID
+            or a.get("task_id") != "long"
+        ):
+            continue
+        key: TryKey = (
+            a["dag_id"],
+            a["task_id"],
+            a["run_id"],
+            int(a.get("map_index", -1)),
+            int(a["try_number"]),
+        )
+        rows = world.stack.sql(
+            "SELECT state, try_number FROM task_instance WHERE dag_id = %s AND task_id = %s "
+            "AND run_id = %s AND map_index = %s",
+            *key[:4],
+        )
+        if rows and rows[0][0] == "running" and rows[0][1] == key[4] and key[4] <= load.RETRIES["long"]:
+            found.append((pod.metadata.name, key))
+    return sorted(found)
+
+
+def _pod_delete(world: World, record: Record, grace: int | None) -> None:
+    candidates = [(name, key) for name, key in _running_long_pods(world) if key not in world.victims]
+    if not candidates:
+        record.skipped = "no long task running to hit"
+        return
+    name, key = candidates[int(float(record.fault.params.get("pick", 0)) * len(candidates))]
+    world.victims[key] = record.fault.kind
+    world.core.delete_namespaced_pod(name, world.stack.namespace, grace_period_seconds=grace)
+    record.detail = f"{name} ({key[2]} {key[1]}[{key[3]}] try {key[4]})"
+
+
+def pod_delete(world: World, record: Record) -> None:
+    # As `kubectl delete pod` does: with the pod's own grace period (SIGTERM, then SIGKILL).
+    _pod_delete(world, record, None)
+
+
+def pod_force_delete(world: World, record: Record) -> None:
+    # `kubectl delete pod --grace-period=0 --force`: the object goes at once, the worker is
+    # killed without a chance to report.
+    _pod_delete(world, record, 0)
+
+
+def apiserver_overload(world: World, record: Record) -> None:
+    """Every request of the executors' group is refused with 429 for `hold_s`: an API Priority and
+    Fairness level with no seats that rejects rather than queues, matched by a FlowSchema ahead
+    of every default one but the exempt."""
+    flow = client.FlowcontrolApiserverV1Api(world.core.api_client)
+    level = {
+        "metadata": {"name": OVERLOAD_NAME},
+        "spec": {
+            "type": "Limited",
+            "limited": {
+                "nominalConcurrencyShares": 0,
+                "lendablePercent": 0,
+                "borrowingLimitPercent": 0,
+                "limitResponse": {"type": "Reject"},
+            },
+        },
+    }
+    schema = {
+        "metadata": {"name": OVERLOAD_NAME},
+        "spec": {
+            "priorityLevelConfiguration": {"name": OVERLOAD_NAME},
+            "matchingPrecedence": 200,
+            "distinguisherMethod": {"type": "ByUser"},
+            "rules": [
+                {
+                    "subjects": [{"kind": "Group", "group": {"name": EXECUTOR_GROUP}}],
+                    "resourceRules": [
+                        {
+                            "verbs": ["*"],
+                            "apiGroups": ["*"],
+                            "resources": ["*"],
+                            "namespaces": ["*"],
+                            "clusterScope": True,
+                        }
+                    ],
+                    "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}],
+                }
+            ],
+        },
+    }
+    flow.create_priority_level_configuration(level)
+    try:
+        flow.create_flow_schema(schema)
+        time.sleep(float(record.fault.params.get("hold_s", 15)))
+    finally:
+        with contextlib.suppress(client.ApiException):
+            flow.delete_flow_schema(OVERLOAD_NAME)
+        with contextlib.suppress(client.ApiException):
+            flow.delete_priority_level_configuration(OVERLOAD_NAME)
+
+
+def resource_quota(world: World, record: Record) -> None:
+    """A quota of exactly the pods that run now: full at once, so every create is refused (403)
+    until it is deleted `hold_s` later."""
+    namespace = world.stack.namespace
+    pods = [
+        p
+        for p in world.core.list_namespaced_pod(namespace).items
+        if p.status.phase not in ("Succeeded", "Failed")
+    ]
+    world.core.create_namespaced_resource_quota(
+        namespace, {"metadata": {"name": QUOTA_NAME}, "spec": {"hard": {"pods": str(len(pods))}}}
+    )
+    record.detail = f"pods: {len(pods)}"
+    try:
+        time.sleep(float(record.fault.params.get("hold_s", 15)))
+    finally:
+        world.core.delete_namespaced_resource_quota(QUOTA_NAME, namespace)
+
+
+def postgres_restart(world: World, record: Record) -> None:
+    """PostgreSQL stops at once (as a crash: `-m immediate`, every connection cut) and starts
+    again `down_s` later with the options it had (`pg_ctl restart` reads them back)."""
+    as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    data = str(world.stack.pg_data)
+    subprocess.run([*as_pg, _pg_bin("pg_ctl"), "-D", data, "-m", "immediate", "stop"], capture_output=True)
+    time.sleep(float(record.fault.params.get("down_s", 2)))
+    done = subprocess.run(
+        [*as_pg, _pg_bin("pg_ctl"), "-D", data, "-l", f"{data}/server.log", "-w", "restart"],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        record.detail = f"pg_ctl restart failed: {done.stderr.strip()[-300:]}"
+
+
+_HANDLERS = {
+    "scheduler_kill": scheduler_kill,
+    "helper_kill": helper_kill,
+    "apiserver_restart": apiserver_restart,
+    "etcd_compaction": etcd_compaction,
+    "node_agent_restart": node_agent_restart,
+    "pod_delete": pod_delete,
+    "pod_force_delete": pod_force_delete,
+    "apiserver_overload": apiserver_overload,
+    "resource_quota": resource_quota,
+    "postgres_restart": postgres_restart,
+}
+
+# What a failure caused by each fault must say (lower case, any of them). Only the faults that
+# are meant to fail a try have words: a try failed by any other fault is a wrong reason.
+FAULT_WORDS: dict[str, tuple[str, ...]] = {
+    "pod_delete": ("deleted",),
+    "pod_force_delete": ("deleted",),
+    "resource_quota": ("quota",),
+    "apiserver_overload": ("429", "too many requests", "toomanyrequests"),
+}

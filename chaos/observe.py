@@ -1,0 +1,155 @@
+"""What the run sees from outside the scheduler: the pods (a watch of its own), the API server's
+audit log, and Airflow's database and task log files."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+
+from k8s_executor.kube_client import json_lines, read_json
+
+TryKey = tuple[str, str, str, int, int]
+# Our executor's pod names end in `-t<try>`, then `r<n>` for a try launched again under a new name.
+OUR_POD_TRY = re.compile(r"^(?P<base>.+-t\d+)(r\d+)?$")
+
+
+@dataclass
+class PodSeen:
+    key: TryKey | None
+    first_seen: float
+    ran: bool = False  # a container of it was seen running or ended after starting
+    ended: float | None = None
+    deleted: float | None = None
+    phase: str = ""
+
+
+def _try_key(meta: dict[str, Any]) -> TryKey | None:
+    a = meta.get("annotations") or {}
+    if not {"dag_id", "task_id", "run_id", "try_number"} <= a.keys():
+        return None
+    return (a["dag_id"], a["task_id"], a["run_id"], int(a.get("map_index", -1)), int(a["try_number"]))
+
+
+def _started(status: dict[str, Any]) -> bool:
+    for container in status.get("containerStatuses") or []:
+        state = container.get("state") or {}
+        if state.get("running") or (state.get("terminated") or {}).get("startedAt"):
+            return True
+    return False
+
+
+class PodWatch:
+    """Every pod of the namespace and its try, whether it ran, when it ended and went. Relists
+    after any error (the API server restarts under it, its history is compacted)."""
+
+    def __init__(self, core: client.CoreV1Api, namespace: str) -> None:
+        self.core, self.namespace = core, namespace
+        self.pods: dict[str, PodSeen] = {}
+        self.gaps = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="chaos-pod-watch", daemon=True)
+        self.thread.start()
+
+    def _record(self, kind: str, pod: dict[str, Any]) -> None:
+        now = time.time()
+        meta = pod["metadata"]
+        seen = self.pods.setdefault(meta["name"], PodSeen(_try_key(meta), now))
+        status = pod.get("status") or {}
+        seen.phase = status.get("phase", "")
+        if seen.phase == "Running" or _started(status):
+            seen.ran = True
+        if seen.phase in ("Succeeded", "Failed") and seen.ended is None:
+            seen.ended = now
+        if kind == "DELETED" and seen.deleted is None:
+            seen.deleted = now
+
+    def _run(self) -> None:
+        rv: str | None = None
+        while not self.stop.is_set():
+            try:
+                if rv is None:
+                    listing = read_json(self.core.list_namespaced_pod(self.namespace, _preload_content=False))
+                    now = time.time()
+                    names = set()
+                    for item in listing["items"]:
+                        names.add(item["metadata"]["name"])
+                        self._record("LISTED", item)
+                    # Pods gone while the watch was down went at some moment in the gap.
+                    for name, seen in self.pods.items():
+                        if name not in names and seen.deleted is None:
+                            seen.deleted = now
+                    rv = listing["metadata"]["resourceVersion"]
+                response = self.core.list_namespaced_pod(
+                    self.namespace,
+                    watch=True,
+                    resource_version=rv,
+                    timeout_seconds=30,
+                    _preload_content=False,
+                )
+                for event in json_lines(response):
+                    if event["type"] == "ERROR":
+                        rv = None
+                        break
+                    if event["type"] == "BOOKMARK":
+                        continue
+                    rv = event["object"]["metadata"]["resourceVersion"]
+                    self._record(event["type"], event["object"])
+                    if self.stop.is_set():
+                        return
+            except Exception:
+                self.gaps += 1
+                rv = None
+                self.stop.wait(1.0)
+
+    def close(self) -> None:
+        self.stop.set()
+
+
+def audit_entries(
+    core: client.CoreV1Api, audit_log: Path, namespace: str, timeout: float = 120
+) -> list[dict]:
+    """The audit records of requests in `namespace` (the rotated file too), read once a marker
+    request made now is in them: the API server writes its audit log in batches."""
+    marker = f"chaos-marker-{time.monotonic_ns()}"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            core.read_namespaced_pod(marker, namespace)
+        except client.ApiException:
+            pass
+        except Exception:
+            # The API server may still be coming back from the last fault.
+            time.sleep(2)
+            continue
+        entries: list[dict[str, Any]] = []
+        for path in sorted(audit_log.parent.glob(f"{audit_log.stem}*{audit_log.suffix}")):
+            with path.open(errors="replace") as lines:
+                entries.extend(json.loads(line) for line in lines if namespace in line)
+        if (
+            any((e.get("objectRef") or {}).get("name") == marker for e in entries)
+            or time.monotonic() > deadline
+        ):
+            return entries
+        time.sleep(2)
+
+
+def audit_time(text: str) -> float:
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def task_log_text(home: Path, key: TryKey) -> str:
+    """The try's log as the worker (and our executor's notes) wrote it: the shared log folder."""
+    dag_id, task_id, run_id, map_index, try_number = key
+    folder = home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
+    if map_index >= 0:
+        folder = folder / f"map_index={map_index}"
+    path = folder / f"attempt={try_number}.log"
+    return path.read_text(errors="replace") if path.exists() else ""

@@ -1,0 +1,98 @@
+"""The fault schedule: which fault, when, with what parameters, drawn from one seed.
+
+Pure (no cluster, no clock): `draw(seed, minutes)` gives the same list for the same arguments,
+whichever executor runs it, so both executors meet the same schedule. What a fault means for an
+executor that lacks the part it hits is decided at injection (`for_executor`).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+# In the order of the issue's priority. Every kind appears once before any appears twice
+# (each round is a seeded shuffle of them all), so a short run still meets most kinds.
+KINDS: tuple[str, ...] = (
+    "scheduler_kill",
+    "helper_kill",
+    "apiserver_restart",
+    "etcd_compaction",
+    "node_agent_restart",
+    "pod_delete",
+    "pod_force_delete",
+    "apiserver_overload",
+    "resource_quota",
+    "postgres_restart",
+)
+
+# The load runs this long before the first fault, so that pods exist to be hit; and no fault
+# starts in the last seconds, so that the last one's effect is seen before the load stops.
+WARMUP_S = 45.0
+QUIET_END_S = 30.0
+GAP_S = (12.0, 24.0)
+
+
+@dataclass(frozen=True)
+class Fault:
+    at_s: float  # seconds after the load started
+    kind: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        detail = ", ".join(
+            f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in self.params.items()
+        )
+        return f"{self.at_s:7.1f}s  {self.kind}" + (f" ({detail})" if detail else "")
+
+
+def _params(kind: str, rng: random.Random) -> dict[str, Any]:
+    """Each kind's parameters. Drawn for every kind in the same way whatever the executor."""
+    if kind == "scheduler_kill":
+        return {"scheduler": rng.randrange(2), "down_s": round(rng.uniform(3, 15), 1)}
+    if kind == "helper_kill":
+        return {"scheduler": rng.randrange(2), "helper": rng.choice(("launcher", "watcher"))}
+    if kind in ("pod_delete", "pod_force_delete"):
+        # Which of the running pods, as a fraction of their sorted list: the pods themselves
+        # only exist at run time.
+        return {"pick": round(rng.random(), 4)}
+    if kind in ("apiserver_overload", "resource_quota"):
+        return {"hold_s": round(rng.uniform(10, 30), 1)}
+    if kind == "postgres_restart":
+        return {"down_s": round(rng.uniform(1, 5), 1)}
+    return {}
+
+
+def draw(seed: int, minutes: float, kinds: tuple[str, ...] = KINDS) -> list[Fault]:
+    """The faults of a run of `minutes` minutes of load, in order."""
+    rng = random.Random(seed)
+    total = minutes * 60.0
+    faults: list[Fault] = []
+    at = WARMUP_S
+    round_: list[str] = []
+    while at < total - QUIET_END_S:
+        if not round_:
+            round_ = list(kinds)
+            rng.shuffle(round_)
+        kind = round_.pop(0)
+        faults.append(Fault(round(at, 1), kind, _params(kind, rng)))
+        at += rng.uniform(*GAP_S)
+    return faults
+
+
+# The official provider has one scheduler (it does not support several) and creates its pods
+# in the scheduler's own loop; its one helper process is the watcher (a multiprocessing child).
+OFFICIAL_MAPPING = {
+    "scheduler_kill": "its only scheduler is killed (it supports no second one)",
+    "helper_kill": "its watcher process is killed (a launcher-kill too: it has no launcher process)",
+}
+
+
+def for_executor(fault: Fault, executor: str) -> tuple[Fault, str]:
+    """The fault as injected into `executor`'s installation, and a note when it was mapped."""
+    if executor != "official" or fault.kind not in OFFICIAL_MAPPING:
+        return fault, ""
+    params = dict(fault.params, scheduler=0)
+    if fault.kind == "helper_kill":
+        params["helper"] = "watcher"
+    return Fault(fault.at_s, fault.kind, params), OFFICIAL_MAPPING[fault.kind]

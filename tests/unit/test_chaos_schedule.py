@@ -1,0 +1,51 @@
+"""The chaos run's fault schedule is a function of its seed (chaos/schedule.py)."""
+
+from __future__ import annotations
+
+from chaos import load
+from chaos.schedule import KINDS, QUIET_END_S, WARMUP_S, draw, for_executor
+
+
+def test_the_same_seed_gives_the_same_schedule_and_another_seed_another() -> None:
+    assert draw(1717, 5) == draw(1717, 5)
+    assert draw(1717, 30) == draw(1717, 30)
+    assert draw(1717, 5) != draw(1718, 5)
+
+
+def test_a_schedule_stays_inside_the_load_and_meets_every_kind_before_any_twice() -> None:
+    schedule = draw(1717, 5)
+    times = [f.at_s for f in schedule]
+    assert times == sorted(times)
+    assert times[0] == WARMUP_S and times[-1] < 5 * 60 - QUIET_END_S
+    first_round = [f.kind for f in schedule[: len(KINDS)]]
+    assert len(schedule) >= len(KINDS) and sorted(first_round) == sorted(KINDS)
+
+
+def test_a_longer_run_begins_with_the_shorter_runs_schedule() -> None:
+    # The same draws in the same order: a 30-minute run replays the 5-minute one, then goes on.
+    short, long = draw(7, 5), draw(7, 30)
+    assert long[: len(short)] == short
+
+
+def test_kinds_can_be_left_out() -> None:
+    assert {f.kind for f in draw(3, 10, ("pod_delete", "scheduler_kill"))} == {"pod_delete", "scheduler_kill"}
+
+
+def test_the_official_executor_meets_the_same_faults_mapped_to_its_one_scheduler_and_watcher() -> None:
+    for fault in draw(1717, 30):
+        mapped, note = for_executor(fault, "official")
+        assert (mapped.kind, mapped.at_s) == (fault.kind, fault.at_s)
+        if fault.kind in ("scheduler_kill", "helper_kill"):
+            assert mapped.params["scheduler"] == 0 and note
+        if fault.kind == "helper_kill":
+            assert mapped.params["helper"] == "watcher"
+        assert for_executor(fault, "ours") == (fault, "")
+
+
+def test_outcomes_are_named_as_the_tasks_were_written() -> None:
+    assert load.outcome("ok", "success", 1) == load.expected_outcome("ok") == "success"
+    assert load.outcome("flaky", "success", 2) == load.expected_outcome("flaky")
+    assert load.outcome("fail", "failed", load.RETRIES["fail"] + 1) == load.expected_outcome("fail")
+    assert load.outcome("ok", "queued", 1) == "queued"
+    assert load.outcome("long", "failed", 3) == "failed"
+    assert load.written_to_fail("flaky", 1) and not load.written_to_fail("flaky", 2)

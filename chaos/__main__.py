@@ -232,14 +232,9 @@ class Run:
                     continue
                 log = (self.stack.home / f"{name}.log").read_text(errors="replace").splitlines()
                 self.exits.append(
-                    {
-                        "scheduler": name,
-                        "code": code,
-                        "at_s": round(time.time() - self.t0, 1),
-                        "log": log[-15:],
-                    }
+                    {"scheduler": name, "code": code, "at": time.time(), "log": "\n".join(log[-60:])}
                 )
-                print(f"[{time.time() - self.t0:6.1f}s] {name} exited on its own (code {code})", flush=True)
+                print(f"[{time.time() - self.t0:6.1f}s] {name} exited (code {code})", flush=True)
                 self.stack.kill_component(name, signal.SIGKILL)
                 self.world.start_scheduler(name)
 
@@ -289,6 +284,28 @@ class Run:
         print(f"[{time.time() - self.t0:6.1f}s] settled: {settled}, pods left: {len(remaining)}", flush=True)
         return self.findings(remaining, settled)
 
+    def explain_exit(self, exit_: dict[str, Any]) -> dict[str, Any]:
+        """An exit while PostgreSQL was down or just back, on a database error, is Airflow's own
+        answer to losing its database (its scheduler loop raises, and the process ends for its
+        supervisor to start again, whatever the executor): caused by that fault, not by itself."""
+        at = float(exit_["at"])
+        caused_by = ""
+        for record in self.records:
+            if (
+                record.fault.kind == "postgres_restart"
+                and record.started is not None
+                and record.started <= at <= (record.over or at) + 60
+                and "OperationalError" in exit_["log"]
+            ):
+                caused_by = f"postgres_restart at {record.fault.at_s}s"
+        return {
+            "scheduler": exit_["scheduler"],
+            "code": exit_["code"],
+            "at_s": round(at - self.t0, 1),
+            "caused_by": caused_by,
+            "log": exit_["log"].splitlines()[-12:],
+        }
+
     def findings(self, remaining: list[Any], settled: bool) -> dict[str, Any]:
         found = checks.Findings()
         all_tries = checks.check_tasks(self.stack, self.records, self.world.victims, found)
@@ -297,6 +314,8 @@ class Run:
         checks.count_refusals(entries, self.users, self.records, found)
         checks.recovery(self.records, creates, all_tries, found)
         done = [r for r in self.records if r.started is not None and not r.skipped]
+        exits = [self.explain_exit(e) for e in self.exits]
+        unexplained = [e for e in exits if not e["caused_by"]]
         return {
             "executor": self.args.executor,
             "seed": self.args.seed,
@@ -309,7 +328,8 @@ class Run:
             "duplicated": len(found.duplicated),
             "left_behind": len(found.left_behind),
             "wrong_reasons": len(found.wrong_reasons),
-            "scheduler_exits": len(self.exits),
+            "scheduler_exits": len(unexplained),
+            "scheduler_exits_caused_by_faults": len(exits) - len(unexplained),
             "recovery_s": checks.summary(found),
             "runs_triggered": len(self.triggered),
             "trigger_failures": self.trigger_failures,
@@ -322,7 +342,7 @@ class Run:
             "tries_with_several_pods": found.extra_pods,
             "left_behind_pods": found.left_behind,
             "wrong_reason_list": found.wrong_reasons,
-            "scheduler_exit_list": self.exits,
+            "scheduler_exit_list": exits,
             "fault_log": [r.as_json(self.t0) for r in self.records],
             "airflow_home": str(self.stack.home),
         }
@@ -347,6 +367,7 @@ def print_table(result: dict[str, Any]) -> None:
     print()
     for key in INVARIANTS:
         print(f"{key:<24}{result[key]:>6}")
+    print(f"{'(exits caused by faults':<24}{result['scheduler_exits_caused_by_faults']:>6})")
 
 
 def main(argv: list[str] | None = None) -> int:

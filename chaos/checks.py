@@ -163,19 +163,25 @@ def check_pods(
         # A create that timed out (5xx) may still have made its pod, as the HA test counts it.
         elif not ref.get("subresource") and e["user"]["username"] in users and (code == 201 or code >= 500):
             created.setdefault(ref["name"], audit_time(e["requestReceivedTimestamp"]))
+    # A pod the watch never saw (created and gone while it was cut) is mapped by its name, which
+    # for our executor names the try: to the try of a pod of that name the watch did see.
+    base_key: dict[str, TryKey] = {}
+    for name, watched in watch.pods.items():
+        if watched.key is not None and (match := OUR_POD_TRY.match(name)):
+            base_key[match["base"]] = watched.key
     by_try: dict[TryKey | str, list[str]] = defaultdict(list)
     for name in sorted(created):
         if name not in bound:
             continue
-        seen = watch.pods.get(name)
-        key: TryKey | str | None = seen.key if seen else None
+        pod = watch.pods.get(name)
+        key: TryKey | str | None = pod.key if pod else None
         if key is None and executor == "ours" and (match := OUR_POD_TRY.match(name)):
-            key = match["base"]
+            key = base_key.get(match["base"], match["base"])
         by_try[key or f"unmapped:{name}"].append(name)
     for key, names in by_try.items():
         if len(names) < 2:
             continue
-        ran = [n for n in names if (seen := watch.pods.get(n)) is None or seen.ran]
+        ran = [n for n in names if (p := watch.pods.get(n)) is None or p.ran]
         entry = {"try": " ".join(map(str, key)) if isinstance(key, tuple) else key, "pods": names, "ran": ran}
         findings.extra_pods.append(entry)
         # A pod that never started its task (a launch failure, relaunched under a new name by

@@ -49,3 +49,40 @@ def test_outcomes_are_named_as_the_tasks_were_written() -> None:
     assert load.outcome("ok", "queued", 1) == "queued"
     assert load.outcome("long", "failed", 3) == "failed"
     assert load.written_to_fail("flaky", 1) and not load.written_to_fail("flaky", 2)
+
+
+def _create(
+    name: str, user: str = "chaos-ours-a", code: int = 201, at: str = "2026-01-01T00:00:00Z"
+) -> list[dict]:
+    done = {"stage": "ResponseComplete", "requestReceivedTimestamp": at}
+    return [
+        {**done, "verb": "create", "user": {"username": user}, "responseStatus": {"code": code},
+         "objectRef": {"resource": "pods", "name": name}},
+        {**done, "verb": "create", "user": {"username": "system:kube-scheduler"}, "responseStatus": {"code": 201},
+         "objectRef": {"resource": "pods", "name": name, "subresource": "binding"}},
+    ]  # fmt: skip
+
+
+def test_a_try_counts_as_duplicated_only_when_two_of_its_pods_ran() -> None:
+    from types import SimpleNamespace
+
+    from chaos.checks import Findings, check_pods
+    from chaos.observe import PodSeen
+
+    key = ("chaos", "long", "chaos-0001", 0, 1)
+    watch = SimpleNamespace(
+        pods={
+            "long-abc-t1": PodSeen(key, 0.0, ran=False),  # failed before its task started
+            "long-abc-t1r1": PodSeen(key, 1.0, ran=True),
+            "ok-def-t1": PodSeen(("chaos", "ok", "chaos-0001", 0, 1), 0.0, ran=True),
+        }
+    )
+    entries = [*_create("long-abc-t1"), *_create("long-abc-t1r1"), *_create("ok-def-t1")]
+    # A pod the run's watch never saw (created and gone in a gap) is mapped by its name.
+    entries += _create("ok-def-t1r1", at="2026-01-01T00:00:05Z")
+    found = Findings()
+    creates = check_pods("ours", watch, entries, {"chaos-ours-a"}, [], found)  # type: ignore[arg-type]
+    assert len(creates) == 4
+    assert [d["try"] for d in found.extra_pods] == ["chaos long chaos-0001 0 1", "chaos ok chaos-0001 0 1"]
+    # Not seen, so not known not to have run: counted.
+    assert [d["pods"] for d in found.duplicated] == [["ok-def-t1", "ok-def-t1r1"]]

@@ -1,0 +1,58 @@
+"""The seeded fault run (python -m chaos) for five minutes: nothing lost, doubled, left or misexplained.
+
+It starts its own cluster ("chaos") and Airflow, so it needs neither of this suite's fixtures;
+`.ci/run` runs it on its own, after the suite, so that two clusters do not share the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from devcluster.airflow_stack import AIRFLOW_MAJOR
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(
+        AIRFLOW_MAJOR < 3, reason="the chaos run drives Airflow 3 (its REST API, two schedulers)"
+    ),
+    # Five minutes of load, the settling of the last runs, and the stacks' start and stop.
+    pytest.mark.timeout(1800),
+]
+
+ROOT = Path(__file__).resolve().parents[2]
+SEED = 1717  # its five minutes meet every kind of fault (tests/unit/test_chaos_schedule.py)
+
+
+def test_five_minutes_of_mixed_faults_lose_double_leave_and_misexplain_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "chaos.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "chaos",
+            "--minutes",
+            "5",
+            "--seed",
+            str(SEED),
+            "--executor",
+            "ours",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1700,
+    )
+    assert out.exists(), done.stdout[-5000:] + done.stderr[-5000:]
+    result = json.loads(out.read_text())
+    detail = json.dumps({k: v for k, v in result.items() if k != "fault_log"}, indent=1)[-6000:]
+    assert result["runs_triggered"] > 0 and result["runs_settled"], detail
+    assert sum(result["faults"].values()) > 0, detail
+    for invariant in ("lost", "duplicated", "left_behind", "wrong_reasons", "scheduler_exits"):
+        assert result[invariant] == 0, f"{invariant}: {detail}"
+    assert done.returncode == 0, done.stdout[-3000:]

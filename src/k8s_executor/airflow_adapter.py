@@ -431,12 +431,17 @@ def _policy_hooks() -> list[Any]:
     return list(manager().hook.pod_mutation_hook.get_hookimpls()) if manager else []
 
 
-def note_in_task_log(ref: TaskRef, text: str) -> None:
-    """Append `text` to the try's log file, where the UI shows it.
+def note_in_task_log(ref: TaskRef, text: str, ends_try: bool) -> None:
+    """Append `text` to the try's log, where the UI shows it.
 
     A pod that never ran its worker leaves no log at all; this note is then the one place an
-    operator looks that says why. Written where the worker would have written (the local log
-    folder, shared with the API server or shipped by remote logging as the worker's own is).
+    operator looks that says why. It is written where the worker would have written: the local
+    log folder, which the API server reads when the folder is shared. When remote logging is
+    configured, the note that ends a try is uploaded as the worker's supervisor uploads its own
+    log at a task's end: the API server reads a finished try from the remote store, and asks the
+    executor's `get_task_log` only while a try runs, so without the upload a try whose pod never
+    started shows nothing in the usual installation (the Helm chart shares no log folder between
+    the scheduler and the API server).
     """
     from airflow.models.taskinstance import TaskInstance
     from airflow.utils.log.file_task_handler import FileTaskHandler
@@ -466,6 +471,23 @@ def note_in_task_log(ref: TaskRef, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as log_file:
         log_file.write(line + "\n")
+    remote = _remote_task_log() if ends_try else None
+    if remote is not None:
+        remote.upload(path, ti)
+
+
+def _remote_task_log() -> Any | None:
+    """Airflow 3's remote log store (`RemoteLogIO`), or None when none is configured.
+
+    Airflow 2 ships task logs through its log handlers' `close()` only, for the process that ran
+    the task; there the note stays in the local folder.
+    """
+    if not AIRFLOW_V3:
+        return None
+    import airflow.logging_config as logging_config
+
+    getter = getattr(logging_config, "get_remote_task_log", None)  # Airflow 3.2 and later
+    return getter() if getter else getattr(logging_config, "REMOTE_TASK_LOG", None)
 
 
 def stats() -> Any:

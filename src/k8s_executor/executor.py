@@ -16,6 +16,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from airflow.executors.base_executor import BaseExecutor
@@ -86,6 +87,9 @@ class KubernetesExecutor(BaseExecutor):
         # When each try's time to start ends (from its first launch), and when a relaunch is due.
         self._start_deadline: dict[identity.WorkloadRef, float] = {}
         self._relaunch_due: dict[identity.WorkloadRef, float] = {}
+        # Notes in task logs are written (and uploaded to a remote log store) off the scheduler's
+        # loop: a burst of failed launches must not hold it for a database read and an upload each.
+        self._notes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="task-log-notes")
 
     # --- lifecycle -------------------------------------------------------
     def start(self) -> None:
@@ -193,7 +197,7 @@ class KubernetesExecutor(BaseExecutor):
                 f"{allowed if allowed >= 0 else 'unlimited'}); the task's own retries are untouched."
             )
             self.log.warning("task %s: %s", ref, note)
-            self._note_in_task_log(ref, note)
+            self._note_in_task_log(ref, note, ends_try=False)
             metrics.incr("pods.relaunched")
             self._relaunch_due[ref] = now + delay_s
             relaunched.add(ref)
@@ -298,7 +302,7 @@ class KubernetesExecutor(BaseExecutor):
         else:
             reason = f"{result.pod}: {result.state.reason}"
             self.log.warning("%s failed in Kubernetes: %s", key, reason)
-            self._note_in_task_log(result.ref, f"Kubernetes pod {reason}")
+            self._note_in_task_log(result.ref, f"Kubernetes pod {reason}", ends_try=True)
             self.change_state(key, failure, reason)
 
     def end(self) -> None:
@@ -312,6 +316,7 @@ class KubernetesExecutor(BaseExecutor):
         self.sync()
         self.kube_scheduler.launcher.shutdown(wait=True)
         self.sync()
+        self._notes.shutdown(wait=True)
         self.log.info(
             "stopping with %d pods in flight, left for adoption; the watchers read %d watch events",
             len(self.kube_scheduler.in_flight()),
@@ -425,17 +430,22 @@ class KubernetesExecutor(BaseExecutor):
             return
         message = f"task {key.dag_id}.{key.task_id} (run {key.run_id}, try {key.try_number}): {exc}"
         self.log.error("not launching %s", message)
-        self._note_in_task_log(airflow_adapter.ref_of(key), f"no pod was launched for {message}")
+        self._note_in_task_log(
+            airflow_adapter.ref_of(key), f"no pod was launched for {message}", ends_try=True
+        )
         self.change_state(key, TaskInstanceState.FAILED, message)
 
-    def _note_in_task_log(self, ref: identity.WorkloadRef, text: str) -> None:
+    def _note_in_task_log(self, ref: identity.WorkloadRef, text: str, ends_try: bool) -> None:
         if not isinstance(ref, identity.TaskRef):
             return  # a callback's failure reason is the callback's output in Airflow
+        self._notes.submit(self._write_note, ref, text, ends_try)
+
+    def _write_note(self, ref: identity.TaskRef, text: str, ends_try: bool) -> None:
         try:
-            airflow_adapter.note_in_task_log(ref, text)
+            airflow_adapter.note_in_task_log(ref, text, ends_try)
         except Exception:
-            # The reason still reaches Airflow with the state; a log folder we cannot write to
-            # must not stop the scheduler.
+            # The reason still reaches Airflow with the state; a log folder we cannot write to, or
+            # a remote store that refuses the upload, must not stop the scheduler.
             self.log.exception("could not write the failure reason to the log of %s", ref)
 
     @staticmethod

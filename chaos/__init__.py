@@ -15,9 +15,10 @@ schedule, printed at the start), each kind once per round in a seeded order, one
 after a 45 s warm-up: scheduler SIGKILL (restarted after a few seconds), SIGKILL of a helper
 process (our launcher or watcher; the official executor's watcher), API server restart, etcd
 compaction with the API server restarted (the watch meets 410), node agent restart, a running
-pod deleted (with its grace period) and force-deleted (grace 0), API overload (every request of
-the executors refused with 429 by an API Priority and Fairness level, for 10-30 s), a ResourceQuota
-that is full for 10-30 s, and a PostgreSQL crash and restart (chaos/faults.py).
+pod deleted (with its grace period) and force-deleted (grace 0), API overload (the executors'
+requests beyond one in flight refused with 429 by an API Priority and Fairness level, for 10-30 s),
+a ResourceQuota that is full for 10-30 s (these two start a DAG run as they begin, so that creates
+meet them), and a PostgreSQL crash and restart (chaos/faults.py).
 
 The invariants, checked once the load has stopped and the runs have ended (bounded wait):
 - lost: every task instance reached what its task was written to reach (success; failed after

@@ -125,6 +125,8 @@ class Run:
         self.exits: list[dict[str, Any]] = []
         self.triggered: list[str] = []
         self.trigger_failures = 0
+        # The load and the faults that start a run of their own both trigger.
+        self.trigger_lock = threading.Lock()
         self.t0 = 0.0
 
     # --- set-up ------------------------------------------------------------------------------------
@@ -169,6 +171,7 @@ class Run:
                 name: {"AIRFLOW__KUBERNETES_EXECUTOR__CONFIG_FILE": str(kubeconfig)}
                 for name, kubeconfig in zip(names, self.kubeconfigs.values(), strict=True)
             },
+            trigger=self.trigger,
         )
         with self.world.lock:
             for name in names:
@@ -207,6 +210,10 @@ class Run:
                 print(f"          skipped: {record.skipped}", flush=True)
 
     def trigger(self) -> None:
+        with self.trigger_lock:
+            self._trigger()
+
+    def _trigger(self) -> None:
         run_id = f"chaos-{len(self.triggered) + 1:04d}"
         try:
             self.stack.rest(

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,8 @@ class World:
     killing: set[str] = field(default_factory=set)
     # The try each pod fault hit, and the fault: the reason its failure must give.
     victims: dict[TryKey, str] = field(default_factory=dict)
+    # Triggers a DAG run now: the faults that refuse creates start one, so that creates meet them.
+    trigger: Callable[[], None] = lambda: None
 
     def start_scheduler(self, name: str) -> None:
         self.stack.start_component("scheduler", name=name, env=self.schedulers[name])
@@ -277,9 +280,10 @@ def pod_force_delete(world: World, record: Record) -> None:
 
 
 def apiserver_overload(world: World, record: Record) -> None:
-    """Every request of the executors' group is refused with 429 for `hold_s`: an API Priority and
-    Fairness level with no seats that rejects rather than queues, matched by a FlowSchema ahead
-    of every default one but the exempt."""
+    """The executors' requests are refused with 429 for `hold_s` (every one beyond the first in
+    flight: a level of no nominal seats still runs one): an API Priority and Fairness level that
+    rejects rather than queues, matched by a FlowSchema ahead of every default one but the exempt.
+    A DAG run is started with it, so that creates meet it."""
     flow = client.FlowcontrolApiserverV1Api(world.core.api_client)
     level = {
         "metadata": {"name": OVERLOAD_NAME},
@@ -319,6 +323,9 @@ def apiserver_overload(world: World, record: Record) -> None:
     flow.create_priority_level_configuration(level)
     try:
         flow.create_flow_schema(schema)
+        # APF's configuration reaches the request filter within a second or so.
+        time.sleep(2)
+        world.trigger()
         time.sleep(float(record.fault.params.get("hold_s", 15)))
     finally:
         with contextlib.suppress(client.ApiException):
@@ -329,7 +336,7 @@ def apiserver_overload(world: World, record: Record) -> None:
 
 def resource_quota(world: World, record: Record) -> None:
     """A quota of exactly the pods that run now: full at once, so every create is refused (403)
-    until it is deleted `hold_s` later."""
+    until it is deleted `hold_s` later. A DAG run is started with it, so that creates meet it."""
     namespace = world.stack.namespace
     pods = [
         p
@@ -341,6 +348,7 @@ def resource_quota(world: World, record: Record) -> None:
     )
     record.detail = f"pods: {len(pods)}"
     try:
+        world.trigger()
         time.sleep(float(record.fault.params.get("hold_s", 15)))
     finally:
         world.core.delete_namespaced_resource_quota(QUOTA_NAME, namespace)

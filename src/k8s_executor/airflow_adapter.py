@@ -24,7 +24,7 @@ from packaging.version import Version
 from k8s_executor import executor_config as executor_config_module
 from k8s_executor import identity
 from k8s_executor.identity import CallbackRef, ConnectionTestRef, TaskRef, WorkloadRef
-from k8s_executor.pod_building import PodBuildError, PodDefaults, PodRequest, build_pod
+from k8s_executor.pod_building import PodBuildError, PodDefaults, PodRequest, build_pod, validate
 from k8s_executor.settings import SECTION, ExecutorSettings
 
 AIRFLOW_V3 = Version(Version(AIRFLOW_VERSION).base_version) >= Version("3.0.0")
@@ -411,10 +411,23 @@ def apply_mutation_hook(pod: dict[str, Any]) -> dict[str, Any]:
 
     model: V1Pod = _serializer._ApiClient__deserialize(pod, "V1Pod")
     try:
-        hook(model)
+        returned = hook(model)
     except Exception as exc:
         raise PodBuildError(f"pod_mutation_hook raised {type(exc).__name__}: {exc}") from exc
+    # Airflow's dispatcher answers with each hook's return value. A hook that returns a new pod
+    # meant it to be launched, but only the pod it was given is: its changes would be lost unseen.
+    for value in returned if isinstance(returned, list) else [returned]:
+        if isinstance(value, V1Pod | dict) and value is not model:
+            raise PodBuildError(
+                f"pod_mutation_hook returned a new {type(value).__name__} instead of changing the pod it "
+                "was given; its return value is not used"
+            )
     mutated: dict[str, Any] = _serializer.sanitize_for_serialization(model)
+    try:
+        # What the hook left is checked as a template is: it may have set any field to anything.
+        validate(mutated, shape=True)
+    except PodBuildError as exc:
+        raise PodBuildError(f"after pod_mutation_hook: {exc}") from None
     return mutated
 
 

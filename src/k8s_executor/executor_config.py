@@ -15,6 +15,8 @@ from typing import Any, Literal
 from kubernetes.client import ApiClient
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from k8s_executor import pod_shape
+
 DICT_FORM_KEY = "KubernetesExecutor"
 TOP_LEVEL_KEYS = ("pod_override", "pod_template_file", DICT_FORM_KEY)
 BASE_CONTAINER = "base"
@@ -38,9 +40,23 @@ class SecretSpec(_Strict):
     items: list[dict[str, Any]] | None = None
 
 
+def _quantity(value: Any) -> Any:
+    if value is not None and (problem := pod_shape.quantity_problem(value)) is not None:
+        raise ValueError(problem)
+    return value
+
+
 class ResourcesSpec(_Strict):
     requests: dict[str, str | int | float] = Field(default_factory=dict)
     limits: dict[str, str | int | float] = Field(default_factory=dict)
+
+    @field_validator("requests", "limits")
+    @classmethod
+    def _quantities(cls, values: dict[str, str | int | float]) -> dict[str, str | int | float]:
+        for name, value in values.items():
+            if (problem := pod_shape.quantity_problem(value)) is not None:
+                raise ValueError(f"{name}: {problem}")
+        return values
 
 
 class KubernetesExecutorConfig(_Strict):
@@ -73,6 +89,18 @@ class KubernetesExecutorConfig(_Strict):
     scheduler_name: str | None = None
     termination_grace_period_seconds: int | None = None
     host_network: bool | None = None
+
+    # A size that does not parse is named here, by the key the task wrote, not by the API server's
+    # decoder ("quantities must match the regular expression ...", without saying which).
+    _quantities = field_validator(
+        "request_memory",
+        "request_cpu",
+        "request_ephemeral_storage",
+        "limit_memory",
+        "limit_cpu",
+        "limit_ephemeral_storage",
+        "limit_gpu",
+    )(_quantity)
 
     @field_validator("volumes", "volume_mounts")
     @classmethod
@@ -138,7 +166,8 @@ class KubernetesExecutorConfig(_Strict):
             else:
                 if not secret.deploy_target:
                     raise ExecutorConfigError(
-                        f"secrets: a volume secret needs deploy_target (the mount path) for {secret.secret!r}"
+                        f"executor_config[{DICT_FORM_KEY!r}]: secrets: a volume secret needs deploy_target "
+                        f"(the mount path) for {secret.secret!r}"
                     )
                 volume_name = f"secretvol-{secret.secret}"[:63]
                 source: dict[str, Any] = {"secretName": secret.secret}
@@ -199,39 +228,46 @@ def parse(executor_config: dict[str, Any] | None) -> ParsedExecutorConfig:
         return ParsedExecutorConfig()
     if not isinstance(executor_config, dict):
         raise ExecutorConfigError(f"executor_config must be a dict, got {type(executor_config).__name__}")
-    unknown = sorted(set(executor_config) - set(TOP_LEVEL_KEYS))
+    unknown = sorted(set(executor_config) - set(TOP_LEVEL_KEYS), key=str)
     if unknown:
         raise ExecutorConfigError(
             f"executor_config: unknown key(s) {', '.join(map(repr, unknown))}; "
             f"expected {', '.join(TOP_LEVEL_KEYS)}"
         )
-    overrides = []
+    overrides: list[tuple[str, dict[str, Any]]] = []
     dict_form = executor_config.get(DICT_FORM_KEY)
     if dict_form is not None:
         if not isinstance(dict_form, dict):
-            raise ExecutorConfigError(f"executor_config[{DICT_FORM_KEY!r}] must be a dict")
+            raise ExecutorConfigError(
+                f"executor_config[{DICT_FORM_KEY!r}] must be a dict, got {type(dict_form).__name__}"
+            )
         try:
-            overrides.append(KubernetesExecutorConfig(**dict_form).to_pod())
+            overrides.append((DICT_FORM_KEY, KubernetesExecutorConfig(**dict_form).to_pod()))
         except ValidationError as exc:
             problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+                # Our own validators' words, without pydantic's "Value error, " before them.
+                f"{'.'.join(str(p) for p in err['loc'])}: {err['msg'].removeprefix('Value error, ')}"
+                for err in exc.errors()
             )
             raise ExecutorConfigError(f"executor_config[{DICT_FORM_KEY!r}]: {problems}") from None
     pod_override = executor_config.get("pod_override")
     if pod_override is not None:
         if isinstance(pod_override, dict):
-            for part in ("metadata", "spec"):
-                if not isinstance(pod_override.get(part, {}), dict):
-                    raise ExecutorConfigError(f"executor_config['pod_override'].{part} must be an object")
-            overrides.append(pod_override)
+            overrides.append(("pod_override", pod_override))
         elif type(pod_override).__name__ == "V1Pod":
-            overrides.append(_serializer.sanitize_for_serialization(pod_override))
+            overrides.append(("pod_override", _serializer.sanitize_for_serialization(pod_override)))
         else:
             raise ExecutorConfigError(
                 f"executor_config['pod_override'] must be a kubernetes.client.V1Pod, "
                 f"got {type(pod_override).__name__}"
             )
+    for key, override in overrides:
+        # Checked layer by layer, so the message says which key holds the value of the wrong type.
+        if found := pod_shape.problems(override):
+            raise ExecutorConfigError(f"executor_config[{key!r}]: {pod_shape.describe(found)}")
     template = executor_config.get("pod_template_file")
     if template is not None and not isinstance(template, str):
-        raise ExecutorConfigError("executor_config['pod_template_file'] must be a path string")
-    return ParsedExecutorConfig(pod_template_file=template or None, overrides=overrides)
+        raise ExecutorConfigError(
+            f"executor_config['pod_template_file'] must be a path string, got {type(template).__name__}"
+        )
+    return ParsedExecutorConfig(pod_template_file=template or None, overrides=[o for _, o in overrides])

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 import yaml
 
-from k8s_executor import identity
+from k8s_executor import identity, pod_shape
 from k8s_executor.executor_config import BASE_CONTAINER, ParsedExecutorConfig
 
 MAX_NAME = 253
@@ -67,18 +68,33 @@ def _named(items: list[Any]) -> bool:
 @lru_cache(maxsize=64)
 def _load_template_cached(path: str, mtime_ns: int) -> dict[str, Any]:
     try:
-        with open(path) as f:
+        # Bytes: YAML finds the encoding itself (UTF-8 or UTF-16), whatever the scheduler's locale.
+        with open(path, "rb") as f:
             documents = [d for d in yaml.safe_load_all(f) if d is not None]
     except yaml.YAMLError as exc:
         raise PodBuildError(f"pod_template_file {path!r} is not valid YAML: {exc}") from None
-    if len(documents) != 1 or not isinstance(documents[0], dict):
-        raise PodBuildError(f"pod_template_file {path!r} must hold exactly one pod object")
+    except OSError as exc:
+        # A directory, a file without read permission: the task's input, so its task fails (the
+        # official provider's scheduler died of IsADirectoryError).
+        raise PodBuildError(f"pod_template_file {path!r} cannot be read: {exc.strerror}") from None
+    if len(documents) != 1:
+        raise PodBuildError(
+            f"pod_template_file {path!r} holds {len(documents)} YAML documents; it must hold exactly one Pod"
+        )
     pod = documents[0]
+    if not isinstance(pod, dict):
+        raise PodBuildError(f"pod_template_file {path!r} holds a {type(pod).__name__}, not a Pod object")
     if pod.get("kind", "Pod") != "Pod":
         raise PodBuildError(f"pod_template_file {path!r} holds a {pod.get('kind')}, not a Pod")
-    containers = (pod.get("spec") or {}).get("containers")
+    containers = (pod.get("spec") or {}).get("containers") if isinstance(pod.get("spec"), dict) else None
     if not isinstance(containers, list) or not containers:
         raise PodBuildError(f"pod_template_file {path!r}: spec.containers must list at least one container")
+    found = pod_shape.problems(pod)
+    if not any(isinstance(c, dict) and c.get("name") == BASE_CONTAINER for c in containers):
+        # The first container runs the task whatever its name, so it may have none (base_pod).
+        found = [problem for problem in found if problem != "spec.containers[0] has no name"]
+    if found:
+        raise PodBuildError(f"pod_template_file {path!r}: {pod_shape.describe(found)}")
     return pod
 
 
@@ -215,9 +231,14 @@ def build_pod(request: PodRequest, defaults: PodDefaults) -> dict[str, Any]:
     return pod
 
 
-def validate(pod: dict[str, Any]) -> None:
-    """Catch what the API server would refuse with a message a person can act on."""
-    meta = pod["metadata"]
+def validate(pod: dict[str, Any], shape: bool = False) -> None:
+    """Catch what the API server would refuse, or a kubelet never run, with a message a person can
+    act on. `shape`: check every field's type too (for a pod no layer check has seen)."""
+    if shape and (found := pod_shape.problems(pod)):
+        raise PodBuildError(pod_shape.describe(found))
+    meta = pod.get("metadata")
+    if not isinstance(meta, dict) or not meta.get("name"):
+        raise PodBuildError("metadata.name is missing")
     if not meta.get("namespace"):
         raise PodBuildError("metadata.namespace is empty: set [kubernetes_executor] namespace")
     if len(meta["name"]) > MAX_NAME:
@@ -228,9 +249,49 @@ def validate(pod: dict[str, Any]) -> None:
                 f"metadata.labels[{key!r}]: {value!r} is not a valid label value "
                 f"(at most 63 characters of letters, digits, '-', '_', '.')"
             )
-    for container in pod["spec"].get("containers", []):
-        if not container.get("image"):
-            raise PodBuildError(f"spec.containers[{container.get('name')!r}].image is empty")
+    spec = pod.get("spec")
+    if not isinstance(spec, dict) or not spec.get("containers"):
+        raise PodBuildError("spec.containers is empty")
+    for field_name in ("initContainers", "containers"):
+        for container in spec.get(field_name) or []:
+            image = container.get("image")
+            where = f"spec.{field_name}[{container.get('name')!r}].image"
+            if not image:
+                if field_name == "containers":
+                    raise PodBuildError(f"{where} is empty")
+                continue
+            # The API server takes any text; the kubelet would then fail the pod with
+            # InvalidImageName after it was scheduled, or never, on a node that pulls nothing.
+            if not is_image_reference(image):
+                raise PodBuildError(
+                    f"{where}: {image!r} is not an image reference (like "
+                    f"registry.example.com/team/app:1.2, app:1.2 or app@sha256:<digest>)"
+                )
+
+
+# The grammar of an image reference (github.com/distribution/reference, which the kubelet parses):
+# [host[:port]/]path[:tag][@digest], the path in lower case.
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_HOST = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?"
+_IMAGE_REFERENCE = re.compile(
+    rf"^(?:{_HOST}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
+    r"(?::[\w][\w.-]{0,127})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$",
+    re.ASCII,
+)
+MAX_IMAGE_NAME = 255
+
+
+def is_image_reference(image: Any) -> bool:
+    """Whether `image` parses as an image reference, as the kubelet would parse it."""
+    if not isinstance(image, str) or not _IMAGE_REFERENCE.match(image):
+        return False
+    name = image.split("@", 1)[0]
+    last = name.rsplit("/", 1)[-1]
+    if ":" in last:
+        name = name[: len(name) - len(last) + last.index(":")]
+    return len(name) <= MAX_IMAGE_NAME
 
 
 def flatten(value: Any, path: str = "") -> dict[str, Any]:

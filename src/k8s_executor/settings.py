@@ -10,12 +10,14 @@ generates the configuration reference in the docs.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 SECTION = "kubernetes_executor"
 LOCAL_SECTION = "local_kubernetes_executor"
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 class SettingsError(ValueError):
@@ -33,7 +35,10 @@ def _json_dict(value: Any) -> dict[str, Any]:
         return {}
     if isinstance(value, dict):
         return value
-    parsed = json.loads(value)
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON ({exc})") from None
     if not isinstance(parsed, dict):
         raise ValueError("must be a JSON object")
     return parsed
@@ -158,6 +163,19 @@ class ExecutorSettings(BaseModel):
         "kube_client_request_args", "delete_option_kwargs", "api_client_retry_configuration", mode="before"
     )(_json_dict)
 
+    @field_validator("namespace", "multi_namespace_mode_namespace_list")
+    @classmethod
+    def _namespaces(cls, value: str | list[str]) -> str | list[str]:
+        # A name the API server would refuse for every pod and every watch stops the scheduler at
+        # start, not each task later.
+        for name in [value] if isinstance(value, str) else value:
+            if not _DNS_LABEL.match(name):
+                raise ValueError(
+                    f"{name!r} is not a namespace name (at most 63 lower-case letters, digits and '-', "
+                    "starting and ending with a letter or digit)"
+                )
+        return value
+
     @field_validator("cluster_context", "config_file", "termination_grace_period_seconds", mode="before")
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
@@ -189,7 +207,9 @@ class ExecutorSettings(BaseModel):
             return cls(**known)
         except ValidationError as exc:
             problems = "; ".join(
-                f"[{SECTION}] {'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err.get('input')!r})"
+                f"[{SECTION}] {'.'.join(str(p) for p in err['loc'])}: "
+                # Our validators' own words, without pydantic's "Value error, " before them.
+                f"{err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r})"
                 for err in exc.errors()
             )
             raise SettingsError(f"invalid executor settings: {problems}") from None

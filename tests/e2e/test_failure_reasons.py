@@ -105,7 +105,8 @@ def test_each_way_a_pod_fails_is_explained_in_the_task_log_and_failure_reason(
         "greedy": ["killed for exceeding its memory limit (OOMKilled)"],
         "stuck": ["pod did not start within [scheduler] task_queued_timeout"],
         "malformed": [
-            "task e2e_failures.malformed (run why-1, try 1): its pod could not be built: TypeError"
+            "task e2e_failures.malformed (run why-1, try 1): executor_config['pod_override']: "
+            "spec.containers must be a list, not an integer (7)"
         ],
         "victim": ["pod was deleted while running"],
     }

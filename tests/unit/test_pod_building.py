@@ -143,8 +143,8 @@ def test_pod_override_v1pod_can_set_false_and_keeps_identity() -> None:
         ({"KubernetesExcutor": {}}, "KubernetesExcutor"),
         ({"pod_override": {"spec": 1}, "pod_override2": 1}, "pod_override2"),
         ({"pod_override": "not a pod"}, "pod_override"),
-        ({"pod_override": {"spec": 1}}, r"pod_override'\]\.spec must be an object"),
-        ({"pod_override": {"metadata": []}}, r"pod_override'\]\.metadata must be an object"),
+        ({"pod_override": {"spec": 1}}, r"pod_override'\]: spec must be an object"),
+        ({"pod_override": {"metadata": []}}, r"pod_override'\]: metadata must be an object"),
         ("not a dict", "must be a dict"),
     ],
 )

@@ -41,7 +41,7 @@ with DAG("e2e_failures", max_active_tasks=8, **ARGS):
     def stuck() -> None:
         pass
 
-    # A shape no validation foresaw: it must fail this task, not the scheduler loop.
+    # A field of the wrong type: it must fail this task, with the field's path, not the scheduler loop.
     @task(executor_config={"pod_override": {"spec": {"containers": 7}}})
     def malformed() -> None:
         pass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import re
 import statistics
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -15,6 +16,12 @@ from chaos.faults import FAULT_WORDS, Record, TryKey
 from chaos.observe import OUR_POD_TRY, PodWatch, audit_time, task_log_text
 
 TERMINAL = ("success", "failed")
+# Airflow's own words when it takes back the tries of a scheduler that is gone, and no executor
+# adopts them (their pod was never made): each is recorded as a failed try, and queued again.
+_RESET = re.compile(
+    r"<TaskInstance: (?P<dag>[^.\s]+)\.(?P<task>\S+) (?P<run>\S+) map_index=(?P<index>-?\d+) \["
+)
+_RESET_HEADER = "Reset the following"
 # A failed try's reason is looked for in what was written while it ran, and for this long after.
 REASON_WINDOW_S = 120.0
 
@@ -84,10 +91,26 @@ def failure_text(stack: AirflowStack, key: TryKey) -> str:
     return task_log_text(stack.home, key) + "\n" + "\n".join(str(extra) for (extra,) in rows)
 
 
+def reset_by_airflow(stack: AirflowStack) -> set[tuple[str, str, int]]:
+    """The task instances (task, run, map index) some scheduler's log says Airflow reset."""
+    found = set()
+    for log in stack.home.glob("scheduler*.log"):
+        block = False
+        for line in log.read_text(errors="replace").splitlines():
+            if _RESET_HEADER in line:
+                block = True
+            elif block and not line.startswith("\t"):
+                block = False
+            if block and (match := _RESET.search(line)) and match["dag"] == load.DAG_ID:
+                found.add((match["task"], match["run"], int(match["index"])))
+    return found
+
+
 def check_tasks(
     stack: AirflowStack, records: list[Record], victims: dict[TryKey, str], findings: Findings
 ) -> list[Try]:
     all_tries, instances = tries(stack)
+    resets = reset_by_airflow(stack)
     for (run_id, task_id, map_index), (state, number) in sorted(instances.items()):
         reached = load.outcome(task_id, state, number)
         findings.tasks[reached] += 1
@@ -110,19 +133,25 @@ def check_tasks(
             continue
         _, task_id, run_id, map_index, number = attempt.key
         text = failure_text(stack, attempt.key).lower()
+        begin = attempt.start or attempt.end or 0.0
+        end = attempt.end or begin
+        active = [kind for kind, since, until in windows if since <= end and begin <= until]
+        # A fault going on then may have failed any try; its words are then the right reason.
+        fault_words = tuple(w for kind in active for w in FAULT_WORDS.get(kind, ()))
         if attempt.key in victims:
             cause = victims[attempt.key]
             words = FAULT_WORDS[cause]
+        elif not text.strip() and (task_id, run_id, map_index) in resets:
+            # Never ran, and Airflow says why: it reset the try of a scheduler that had gone.
+            findings.failed_tries["reset by Airflow (its scheduler gone)"] += 1
+            continue
         elif load.written_to_fail(task_id, number):
-            cause, words = "the task itself", (load.WRITTEN_TO_FAIL,)
+            cause, words = "the task itself", (load.WRITTEN_TO_FAIL, *fault_words)
         else:
             # Failed though written to succeed and not hit by name: the reason must name a fault
             # that was going on then (a quota that refused its pod, a 429).
-            begin = attempt.start or attempt.end or 0.0
-            end = attempt.end or begin
-            active = [kind for kind, since, until in windows if since <= end and begin <= until]
             cause = ", ".join(sorted(set(active))) or "no fault"
-            words = tuple(w for kind in active for w in FAULT_WORDS.get(kind, ()))
+            words = fault_words
         findings.failed_tries[cause] += 1
         if not any(word in text for word in words):
             findings.wrong_reasons.append(

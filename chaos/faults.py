@@ -193,14 +193,21 @@ def helper_pids(world: World, name: str, helper: str) -> list[int]:
 def helper_kill(world: World, record: Record) -> None:
     name = _scheduler_name(world, record.fault)
     helper = str(record.fault.params.get("helper", "watcher"))
-    with world.lock:
-        pids = helper_pids(world, name, helper)
-        if not pids:
+    # A scheduler started a moment ago (after a kill, or its exit on a database restart) has no
+    # helper yet: waited for, up to the time a start takes on a loaded machine.
+    deadline = time.monotonic() + 60
+    while True:
+        with world.lock:
+            pids = helper_pids(world, name, helper)
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        if pids:
+            break
+        if time.monotonic() > deadline:
             record.skipped = f"no {helper} process of {name} found"
             return
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        time.sleep(1)
     record.detail = f"{helper} of {name} (pid {', '.join(map(str, pids))})"
 
 

@@ -45,6 +45,9 @@ collect_ignore = (
         "test_callbacks.py",
         "test_connection_tests.py",
         "test_coordinator_queues.py",
+        # The corpus's DAG is an Airflow 3 DAG file; the corpus itself runs on this line in the unit
+        # suite, where every message is built by the same code.
+        "test_bad_input.py",
         "dags",
     ]
 )

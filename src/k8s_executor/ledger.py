@@ -270,7 +270,8 @@ class PodLedger:
         return self._settle(entry, event.state) if event.state.terminal else []
 
     def resynced(self, resync: Resync) -> list[Action]:
-        """A relist's full set of pods: what is missing from it vanished while the watch was out."""
+        """A relist's full set of pods: what is missing from it vanished while the watch was out,
+        but for what another scheduler adopted meanwhile (`elsewhere`): handed over."""
         # Other schedulers' pods are outside a watcher's list (it selects this scheduler's): what
         # is known of them comes from the sweep (`swept`), and a relist says nothing of them.
         actions: list[Action] = []
@@ -278,6 +279,11 @@ class PodLedger:
             if not (resync.namespace is None or entry.namespace == resync.namespace) or key in resync.names:
                 continue
             if not entry.visible:
+                continue
+            if not entry.settled and key in resync.elsewhere:
+                # Adopted by another scheduler while the watch was out: handed over, not vanished
+                # (its new holder reports it, and disposes of its pod).
+                actions += self.released(*key)
                 continue
             if not entry.settled and entry.created and entry.created_at < resync.listed_at:
                 actions += self._settle(

@@ -170,6 +170,29 @@ def test_a_pod_gone_while_the_watch_history_was_lost_fails_its_task(
     assert result.state.reason == "pod disappeared while the watch was interrupted"
 
 
+def test_a_pod_adopted_by_another_scheduler_while_the_watch_history_was_lost_is_handed_over(
+    core: client.CoreV1Api, namespace: str, scheduler: AirflowKubernetesScheduler
+) -> None:
+    """Found by `python -m chaos` (seed 1717): a peer adopted (relabelled) a live scheduler's pods
+    it took for dead, while that scheduler's watch met a 410; its relist no longer selected them,
+    and it failed their tries as vanished and deleted them under their new holder."""
+    scheduler.start_watchers()
+    name = launch(scheduler, namespace, "adopted", "sleep 300")
+    wait_for_pod_phase(core, namespace, name, ("Running",))
+    wait_for(
+        lambda: (scheduler.sync(), scheduler.ledger.pods[(namespace, name)].last_state)[1], "the pod's state"
+    )
+    scheduler.watchers[namespace].kill()
+    core.patch_namespaced_pod(name, namespace, {"metadata": {"labels": {identity.SCHEDULER_LABEL: "t2"}}})
+    control_plane.compact_etcd(CLUSTER_DIR)
+    control_plane.restart_component(CLUSTER_DIR, "kube-apiserver")
+    [result] = results(scheduler, 1, timeout=120)
+    assert isinstance(result, HandedOver) and result.ref.task_id == "adopted", result
+    # Its pod is its new holder's to dispose of.
+    assert not settle(scheduler, 3)
+    assert core.read_namespaced_pod(name, namespace).metadata.deletion_timestamp is None
+
+
 def test_the_watcher_tells_each_verdict_once(
     core: client.CoreV1Api, namespace: str, scheduler: AirflowKubernetesScheduler
 ) -> None:

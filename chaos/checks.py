@@ -22,6 +22,8 @@ _RESET = re.compile(
     r"<TaskInstance: (?P<dag>[^.\s]+)\.(?P<task>\S+) (?P<run>\S+) map_index=(?P<index>-?\d+) \["
 )
 _RESET_HEADER = "Reset the following"
+# A try reset by Airflow is recorded with its end at the reset (TaskInstanceHistory.record_ti).
+RESET_MATCH_S = 10.0
 # A failed try's reason is looked for in what was written while it ran, and for this long after.
 REASON_WINDOW_S = 120.0
 
@@ -91,18 +93,18 @@ def failure_text(stack: AirflowStack, key: TryKey) -> str:
     return task_log_text(stack.home, key) + "\n" + "\n".join(str(extra) for (extra,) in rows)
 
 
-def reset_by_airflow(stack: AirflowStack) -> set[tuple[str, str, int]]:
-    """The task instances (task, run, map index) some scheduler's log says Airflow reset."""
-    found = set()
+def reset_by_airflow(stack: AirflowStack) -> dict[tuple[str, str, int], list[float]]:
+    """When some scheduler's log says Airflow reset each task instance (task, run, map index)."""
+    found: dict[tuple[str, str, int], list[float]] = defaultdict(list)
     for log in stack.home.glob("scheduler*.log"):
-        block = False
+        at: float | None = None
         for line in log.read_text(errors="replace").splitlines():
             if _RESET_HEADER in line:
-                block = True
-            elif block and not line.startswith("\t"):
-                block = False
-            if block and (match := _RESET.search(line)) and match["dag"] == load.DAG_ID:
-                found.add((match["task"], match["run"], int(match["index"])))
+                at = datetime.datetime.fromisoformat(line.split()[0].replace("Z", "+00:00")).timestamp()
+            elif at is not None and not line.startswith("\t"):
+                at = None
+            if at is not None and (match := _RESET.search(line)) and match["dag"] == load.DAG_ID:
+                found[(match["task"], match["run"], int(match["index"]))].append(at)
     return found
 
 
@@ -141,9 +143,11 @@ def check_tasks(
         if attempt.key in victims:
             cause = victims[attempt.key]
             words = FAULT_WORDS[cause]
-        elif not text.strip() and (task_id, run_id, map_index) in resets:
-            # Never ran, and Airflow says why: it reset the try of a scheduler that had gone.
-            findings.failed_tries["reset by Airflow (its scheduler gone)"] += 1
+        elif any(abs(at - end) < RESET_MATCH_S for at in resets.get((task_id, run_id, map_index), [])):
+            # Airflow took the try back from a scheduler it held dead (recording it as failed, with
+            # its end then) and queued it again: Airflow's log line is the reason, whatever a pod
+            # still on its way for it said later.
+            findings.failed_tries["reset by Airflow (its scheduler held dead)"] += 1
             continue
         elif load.written_to_fail(task_id, number):
             cause, words = "the task itself", (load.WRITTEN_TO_FAIL, *fault_words)

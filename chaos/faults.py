@@ -33,6 +33,7 @@ OVERLOAD_NAME = "chaos-overload"
 QUOTA_NAME = "chaos-quota"
 
 TryKey = tuple[str, str, str, int, int]  # dag_id, task_id, run_id, map_index, try_number
+VICTIM_TIME_LEFT_S = 20
 
 
 @dataclass
@@ -255,11 +256,18 @@ def _running_long_pods(world: World) -> list[tuple[str, TryKey]]:
             int(a["try_number"]),
         )
         rows = world.stack.sql(
-            "SELECT state, try_number FROM task_instance WHERE dag_id = %s AND task_id = %s "
-            "AND run_id = %s AND map_index = %s",
+            "SELECT state, try_number, extract(epoch from now() - start_date) FROM task_instance "
+            "WHERE dag_id = %s AND task_id = %s AND run_id = %s AND map_index = %s",
             *key[:4],
         )
-        if rows and rows[0][0] == "running" and rows[0][1] == key[4] and key[4] <= load.RETRIES["long"]:
+        if (
+            rows
+            and rows[0][0] == "running"
+            and rows[0][1] == key[4]
+            and key[4] <= load.RETRIES["long"]
+            # With time left to run: a try that ends as its pod is deleted may well succeed.
+            and float(rows[0][2] or 0) < load.LONG_S - VICTIM_TIME_LEFT_S
+        ):
             found.append((pod.metadata.name, key))
     return sorted(found)
 

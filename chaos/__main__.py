@@ -51,6 +51,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--settle-s", type=float, default=480.0, help="the longest wait for the runs to end")
     parser.add_argument("--cluster", default="chaos", help="the development cluster's name")
     parser.add_argument("--keep-cluster", action="store_true", help="leave the cluster running at the end")
+    parser.add_argument(
+        "--reuse-cluster",
+        action="store_true",
+        help="run on the cluster of that name if one is running (left running at the end)",
+    )
     parser.add_argument("--schedule-only", action="store_true", help="print the schedule and exit")
     return parser.parse_args(argv)
 
@@ -389,6 +394,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.schedule_only:
         return 0
     directory = control_plane.default_cluster_dir(args.cluster)
+    # A running cluster of this name may be another run's, whose faults would be this run's too,
+    # and whose end would take this run's cluster down: used only when asked, and never stopped.
+    reused = bool(control_plane.status(directory).get("running"))
+    if reused and not args.reuse_cluster:
+        print(
+            f"a cluster named {args.cluster!r} is running ({directory}): another run's? "
+            f"Stop it (k8s-executor-dev cluster down --name {args.cluster}) or pass --reuse-cluster.",
+            file=sys.stderr,
+        )
+        return 2
     control_plane.up(directory)
     run = Run(args, schedule, directory)
     try:
@@ -398,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             run.stop()
     finally:
-        if not args.keep_cluster:
+        if not (args.keep_cluster or reused):
             control_plane.down(directory)
     result["schedule"] = [f.describe() for f in schedule]
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -22,8 +22,6 @@ _RESET = re.compile(
     r"<TaskInstance: (?P<dag>[^.\s]+)\.(?P<task>\S+) (?P<run>\S+) map_index=(?P<index>-?\d+) \["
 )
 _RESET_HEADER = "Reset the following"
-# A try reset by Airflow is recorded with its end at the reset (TaskInstanceHistory.record_ti).
-RESET_MATCH_S = 10.0
 # A failed try's reason is looked for in what was written while it ran, and for this long after.
 REASON_WINDOW_S = 120.0
 
@@ -34,6 +32,7 @@ class Try:
     state: str | None
     start: float | None
     end: float | None
+    queued: float | None = None
 
 
 @dataclass
@@ -62,23 +61,14 @@ def _epoch(value: Any) -> float | None:
 def tries(stack: AirflowStack) -> tuple[list[Try], dict[tuple[str, str, int], tuple[str | None, int]]]:
     """Every try of the load's tasks (earlier ones from task_instance_history), and each task
     instance's current state and try number."""
-    current = stack.sql(
-        "SELECT run_id, task_id, map_index, state, try_number, start_date, end_date FROM task_instance "
-        "WHERE dag_id = %s",
-        load.DAG_ID,
-    )
-    history = stack.sql(
-        "SELECT run_id, task_id, map_index, state, try_number, start_date, end_date "
-        "FROM task_instance_history WHERE dag_id = %s",
-        load.DAG_ID,
-    )
+    columns = "run_id, task_id, map_index, state, try_number, start_date, end_date, queued_dttm"
+    current = stack.sql(f"SELECT {columns} FROM task_instance WHERE dag_id = %s", load.DAG_ID)
+    history = stack.sql(f"SELECT {columns} FROM task_instance_history WHERE dag_id = %s", load.DAG_ID)
     found: dict[TryKey, Try] = {}
-    for run_id, task_id, map_index, state, number, start, end in [*history, *current]:
+    for run_id, task_id, map_index, state, number, start, end, queued in [*history, *current]:
         key: TryKey = (load.DAG_ID, task_id, run_id, int(map_index), int(number))
-        found[key] = Try(key, state, _epoch(start), _epoch(end))
-    instances = {
-        (run, task, int(index)): (state, int(number)) for run, task, index, state, number, _, _ in current
-    }
+        found[key] = Try(key, state, _epoch(start), _epoch(end), _epoch(queued))
+    instances = {(row[0], row[1], int(row[2])): (row[3], int(row[4])) for row in current}
     return list(found.values()), instances
 
 
@@ -130,6 +120,7 @@ def check_tasks(
         for r in records
         if r.started is not None and not r.skipped
     ]
+    queued_at = {t.key: t.queued for t in all_tries}
     for attempt in all_tries:
         if attempt.state not in ("failed", "up_for_retry"):
             continue
@@ -143,10 +134,13 @@ def check_tasks(
         if attempt.key in victims:
             cause = victims[attempt.key]
             words = FAULT_WORDS[cause]
-        elif any(abs(at - end) < RESET_MATCH_S for at in resets.get((task_id, run_id, map_index), [])):
-            # Airflow took the try back from a scheduler it held dead (recording it as failed, with
-            # its end then) and queued it again: Airflow's log line is the reason, whatever a pod
-            # still on its way for it said later.
+        elif any(
+            _between(at, attempt.queued, queued_at.get((*attempt.key[:4], number + 1)))
+            for at in resets.get((task_id, run_id, map_index), [])
+        ):
+            # Airflow took the try back from a scheduler it held dead (between its queueing and the
+            # next try's; it records it as failed) and queued it again: Airflow's log line is the
+            # reason, whatever a pod still on its way for it said later.
             findings.failed_tries["reset by Airflow (its scheduler held dead)"] += 1
             continue
         elif load.written_to_fail(task_id, number):
@@ -167,6 +161,10 @@ def check_tasks(
                 }
             )
     return all_tries
+
+
+def _between(at: float, since: float | None, until: float | None) -> bool:
+    return since is not None and since - 1 <= at and (until is None or at <= until + 1)
 
 
 def _last_lines(text: str, count: int = 6) -> str:

@@ -149,16 +149,24 @@ def test_the_specifications_watcher_process_sends_its_namespaces_pods(
         watcher.join(10)
 
 
-def test_a_pod_gone_while_the_watch_history_was_lost_fails_its_task(
-    core: client.CoreV1Api, namespace: str, scheduler: AirflowKubernetesScheduler
-) -> None:
+def running_pod_unwatched(
+    core: client.CoreV1Api, namespace: str, scheduler: AirflowKubernetesScheduler, task: str
+) -> str:
+    """A running pod of `task` the ledger knows, its watcher killed: what follows is unseen."""
     scheduler.start_watchers()
-    name = launch(scheduler, namespace, "lost", "sleep 300")
+    name = launch(scheduler, namespace, task, "sleep 300")
     wait_for_pod_phase(core, namespace, name, ("Running",))
     wait_for(
         lambda: (scheduler.sync(), scheduler.ledger.pods[(namespace, name)].last_state)[1], "the pod's state"
     )
     scheduler.watchers[namespace].kill()
+    return name
+
+
+def test_a_pod_gone_while_the_watch_history_was_lost_fails_its_task(
+    core: client.CoreV1Api, namespace: str, scheduler: AirflowKubernetesScheduler
+) -> None:
+    name = running_pod_unwatched(core, namespace, scheduler, "lost")
     core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
     wait_for(lambda: not core.list_namespaced_pod(namespace).items, "the pod to be gone")
     # The history that held its deletion is compacted away and the watch cache dropped with a
@@ -176,13 +184,7 @@ def test_a_pod_adopted_by_another_scheduler_while_the_watch_history_was_lost_is_
     """Found by `python -m chaos` (seed 1717): a peer adopted (relabelled) a live scheduler's pods
     it took for dead, while that scheduler's watch met a 410; its relist no longer selected them,
     and it failed their tries as vanished and deleted them under their new holder."""
-    scheduler.start_watchers()
-    name = launch(scheduler, namespace, "adopted", "sleep 300")
-    wait_for_pod_phase(core, namespace, name, ("Running",))
-    wait_for(
-        lambda: (scheduler.sync(), scheduler.ledger.pods[(namespace, name)].last_state)[1], "the pod's state"
-    )
-    scheduler.watchers[namespace].kill()
+    name = running_pod_unwatched(core, namespace, scheduler, "adopted")
     core.patch_namespaced_pod(name, namespace, {"metadata": {"labels": {identity.SCHEDULER_LABEL: "t2"}}})
     control_plane.compact_etcd(CLUSTER_DIR)
     control_plane.restart_component(CLUSTER_DIR, "kube-apiserver")

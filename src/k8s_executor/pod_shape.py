@@ -31,7 +31,8 @@ _NAMED = {"V1Container", "V1EphemeralContainer", "V1Volume", "V1VolumeMount", "V
 # decimal SI suffix or a decimal exponent.
 _QUANTITY = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?\d+)?$")
 _LIST = re.compile(r"^list\[(.+)\]$")
-_DICT = re.compile(r"^dict\[str, (.+)\]$")
+# Client 36 writes `dict[str, T]`; earlier clients (Airflow 2.11's pins) `dict(str, T)`.
+_DICT = re.compile(r"^dict[\[(]str, (.+)[\])]$")
 # What each scalar type of the client's models is written as. A date a YAML template left unquoted
 # is sent as its ISO text by the client, as a string would be.
 _SCALARS: dict[str, tuple[str, tuple[type, ...]]] = {

@@ -86,7 +86,8 @@ def _load_template_cached(path: str, mtime_ns: int) -> dict[str, Any]:
         raise PodBuildError(f"pod_template_file {path!r} holds a {type(pod).__name__}, not a Pod object")
     if pod.get("kind", "Pod") != "Pod":
         raise PodBuildError(f"pod_template_file {path!r} holds a {pod.get('kind')}, not a Pod")
-    containers = (pod.get("spec") or {}).get("containers") if isinstance(pod.get("spec"), dict) else None
+    spec = pod.get("spec")
+    containers = spec.get("containers") if isinstance(spec, dict) else None
     if not isinstance(containers, list) or not containers:
         raise PodBuildError(f"pod_template_file {path!r}: spec.containers must list at least one container")
     found = pod_shape.problems(pod)

@@ -33,6 +33,8 @@ class Sighting:
     name: str
     scheduler_id: str
     state: PodState
+    # As listed: a delete on this sighting's word applies to the pod only if it is unchanged since.
+    resource_version: str = ""
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,16 @@ def list_sightings(
                 unschedulable_timeout_s=unschedulable_timeout_s,
             )
             if seen.ref is not None:
-                sightings.append(Sighting(seen.ref, seen.namespace, seen.name, seen.scheduler_id, seen.state))
+                sightings.append(
+                    Sighting(
+                        seen.ref,
+                        seen.namespace,
+                        seen.name,
+                        seen.scheduler_id,
+                        seen.state,
+                        pod["metadata"].get("resourceVersion", ""),
+                    )
+                )
     return sightings
 
 

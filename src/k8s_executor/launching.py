@@ -282,16 +282,20 @@ class Launcher:
         """Send the create of this pod no more (if it has not landed, it never will from here)."""
         self.dropped.add((namespace, name))
 
-    def delete(self, namespace: str, name: str) -> None:
-        self._submit(self.disposal_pool, self._delete, namespace, name)
+    def delete(self, namespace: str, name: str, resource_version: str | None = None) -> None:
+        """Delete a pod; with `resource_version`, only if it is unchanged since (else 409)."""
+        self._submit(self.disposal_pool, self._delete, namespace, name, resource_version)
 
-    def _delete(self, namespace: str, name: str) -> None:
+    def _delete(self, namespace: str, name: str, resource_version: str | None = None) -> None:
+        body = dict(self.delete_options)
+        if resource_version:
+            body["preconditions"] = {"resourceVersion": resource_version}
         _, exc, _ = self._with_retries(
             lambda: read_body(
                 self.api.delete_namespaced_pod(
                     name,
                     namespace,
-                    body=dict(self.delete_options),
+                    body=body,
                     _preload_content=False,
                     **self.request_args,
                 )
@@ -299,7 +303,11 @@ class Launcher:
             time.monotonic() + 120,
         )
         self.results.put(DeleteResult(namespace, name, status_of(exc, 200)))
-        if exc is not None and not (isinstance(exc, client.ApiException) and exc.status == 404):
+        status = exc.status if isinstance(exc, client.ApiException) else None
+        if resource_version and status == 409:
+            log.info("pod %s/%s changed since it was seen; not deleted", namespace, name)
+            return
+        if exc is not None and status != 404:
             raise exc
 
     def patch_labels(self, namespace: str, name: str, labels: dict[str, str | None]) -> None:
@@ -385,8 +393,8 @@ class LauncherProcess:
             self.unanswered[(pod["metadata"]["namespace"], pod["metadata"]["name"])] = (pod, deadline)
         self._send("create", pod, deadline)
 
-    def delete(self, namespace: str, name: str) -> None:
-        self._send("delete", namespace, name)
+    def delete(self, namespace: str, name: str, resource_version: str | None = None) -> None:
+        self._send("delete", namespace, name, resource_version)
 
     def patch_labels(self, namespace: str, name: str, labels: dict[str, str | None]) -> None:
         with self.lock:

@@ -18,7 +18,8 @@ The rules, each in one place:
 - another scheduler's finished pod is disposed of only once that scheduler is dead (as
   Airflow holds it: `live_schedulers`) and `unclaimed_grace_s` have passed without anyone
   claiming it (an adopter relabels what it adopts), by one live scheduler only (`disposer`),
-  and it is never reported;
+  and it is never reported; an unfinished one is deleted after twice that grace (Airflow
+  has by then handed its try to an adopter or taken it back), and only as it was last seen;
 - a try Airflow no longer wants from this scheduler (revoked, or found obsolete before its
   create was answered: `create_obsolete`) gets no result, and its create is dropped.
 One clock, injected: monotonic seconds, shared by every process of the machine
@@ -65,6 +66,9 @@ class Dispose:
     delete: bool
     # Why, for the log and the metrics: finished | late | revoked | unclaimed
     why: Literal["finished", "late", "revoked", "unclaimed"] = "finished"
+    # Delete only the pod as it was at this resourceVersion: one changed since (relabelled by an
+    # adopter, say) is left for the next look.
+    resource_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -182,6 +186,8 @@ class Entry:
     launched_at: float = 0.0
     created: bool = False
     created_at: float = 0.0
+    # The launcher answered the create (made, or refused for good).
+    answered: bool = False
     last_state: PodState | None = None
     # The try's outcome is known (or no longer wanted): nothing more is reported for it.
     settled: bool = False
@@ -211,7 +217,7 @@ class PodLedger:
         self.pods: dict[PodKey, Entry] = {}
         # Pods of other schedulers as last seen: what adoption takes over.
         self.others: dict[PodKey, Sighting] = {}
-        # Those of them that have finished, with when they were first seen finished.
+        # When each of them was first seen (unclaimed by this scheduler).
         self.unclaimed: dict[PodKey, float] = {}
         # Settled pods that are gone, with when: their events are old news.
         self.gone: dict[PodKey, float] = {}
@@ -234,13 +240,15 @@ class PodLedger:
         entry = self.pods.get((namespace, name))
         if entry is None:
             return []
+        entry.answered = True
         if name_taken and not entry.settled:
             del self.pods[(namespace, name)]
             return [NameTaken(entry.ref)]
         if ok and entry.settled and not entry.created:
             return self._remove_late(entry)
         if ok:
-            entry.created, entry.created_at = True, self.clock()
+            if not entry.created:  # not already seen in the watch, which counts from then
+                entry.created, entry.created_at = True, self.clock()
             return []
         return self._settle(
             entry, PodState("failed", f"pod {name} could not be created: {error}", "CreateRefused")
@@ -265,7 +273,9 @@ class PodLedger:
                 self._forget(key)
                 return []
             return [] if entry.created else self._remove_late(entry)
-        entry.created, entry.visible = True, True
+        if not entry.created:
+            entry.created, entry.created_at = True, self.clock()
+        entry.visible = True
         entry.last_state = event.state
         return self._settle(entry, event.state) if event.state.terminal else []
 
@@ -280,16 +290,20 @@ class PodLedger:
                 continue
             if not entry.visible:
                 continue
-            if not entry.settled and key in resync.elsewhere:
-                # Adopted by another scheduler while the watch was out: handed over, not vanished
-                # (its new holder reports it, and disposes of its pod).
-                actions += self.released(*key)
-                continue
+            # Only a pod in this scheduler's watch before the list began can have left it: one
+            # created, or relabelled here by adoption, since then is simply not in it yet (an
+            # adoption's relabelling may even be answered before the list is read).
             if not entry.settled and entry.created and entry.created_at < resync.listed_at:
+                if key in resync.elsewhere:
+                    # Adopted by another scheduler while the watch was out: handed over, not
+                    # vanished (its new holder reports it, and disposes of its pod).
+                    actions += self.released(*key)
+                    continue
                 actions += self._settle(
                     entry, PodState("failed", "pod disappeared while the watch was interrupted", "Vanished")
                 )
-            if entry.settled:
+            # A dropped create still on its way is kept: if it lands, its pod goes (`launched`).
+            if entry.settled and (entry.created or entry.answered):
                 self._forget(key)
         return actions
 
@@ -388,11 +402,19 @@ class PodLedger:
             if disposer(self.alive) not in (None, self.scheduler_label):
                 continue  # another live scheduler disposes of it: one delete per pod
             dead_since = self.dead_since.setdefault(owner, now)
-            if now - max(since, dead_since) >= self.unclaimed_grace_s:
-                del self.unclaimed[key]
-                seen = self.others.pop(key)
-                delete = self.disposal.delete(seen.state, never_started=False)
-                actions.append(Dispose(*key, delete=delete, why="unclaimed"))
+            seen = self.others[key]
+            # An unfinished pod waits out a second grace: Airflow's orphan check has then run
+            # since the death, so no adopter is about to claim it; its try was taken back.
+            grace = self.unclaimed_grace_s * (1 if seen.state.terminal else 2)
+            if now - max(since, dead_since) >= grace:
+                del self.unclaimed[key], self.others[key]
+                if seen.state.terminal:
+                    delete = self.disposal.delete(seen.state, never_started=False)
+                    actions.append(Dispose(*key, delete=delete, why="unclaimed"))
+                else:
+                    actions.append(
+                        Dispose(*key, delete=True, why="unclaimed", resource_version=seen.resource_version)
+                    )
         return actions
 
     # --- what is known ---------------------------------------------------------------------
@@ -428,10 +450,7 @@ class PodLedger:
             if key in self.pods:
                 continue  # adopted here meanwhile
             self.others[key] = seen
-            if seen.state.terminal:
-                self.unclaimed.setdefault(key, self.clock())
-            else:
-                self.unclaimed.pop(key, None)
+            self.unclaimed.setdefault(key, self.clock())
         return []
 
     def verdicts(self) -> list[str]:
@@ -469,8 +488,7 @@ class PodLedger:
             self.others.pop(key, None)
             self.unclaimed.pop(key, None)
             return
-        self.others[key] = Sighting(event.ref, event.namespace, event.name, event.scheduler_id, event.state)
-        if event.state.terminal:
-            self.unclaimed.setdefault(key, self.clock())
-        else:
-            self.unclaimed.pop(key, None)
+        self.others[key] = Sighting(
+            event.ref, event.namespace, event.name, event.scheduler_id, event.state, event.resource_version
+        )
+        self.unclaimed.setdefault(key, self.clock())

@@ -302,10 +302,14 @@ class AirflowKubernetesScheduler(LoggingMixin):
             if action.why == "late":
                 self.log.warning("pod %s/%s appeared after its task was settled; deleting it", *where)
             elif action.why == "unclaimed":
-                self.log.info("pod %s/%s finished with no scheduler left to claim it; disposing", *where)
+                self.log.info(
+                    "pod %s/%s %s with no scheduler left to claim it; disposing",
+                    *where,
+                    "unfinished" if action.resource_version else "finished",
+                )
                 metrics.incr("unclaimed_pods.disposed")
             if action.delete:
-                self.delete_pod(action.name, action.namespace)
+                self.launcher.delete(action.namespace, action.name, action.resource_version)
             else:
                 # Kept for inspection, but out of every watch and adoption from now on.
                 self.patch_pod_executor_done(action.name, action.namespace)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from typing import TypeVar
 
 import pytest
 from devcluster import control_plane
@@ -12,7 +13,7 @@ from kubernetes import client
 
 from k8s_executor import adoption, identity
 from k8s_executor.kube_client import read_json
-from k8s_executor.launching import Launcher, LaunchResult
+from k8s_executor.launching import DeleteResult, Launcher, LaunchResult, Result
 from k8s_executor.pod_building import PodDefaults, PodRequest, build_pod
 from tests.conftest import api_client_for
 from tests.helpers import wait_for, wait_for_pod_phase
@@ -119,6 +120,17 @@ def test_the_api_server_allows_every_executor_call_and_nothing_else(
         assert allowed(api_client, user, verb, name, namespace, group, sub) is expected, (verb, resource)
 
 
+R = TypeVar("R", bound=Result)
+
+
+def next_result(launcher: Launcher, kind: type[R]) -> R:
+    """The launcher's next answer of `kind` (answers of other kinds before it are passed over)."""
+    while True:
+        result = launcher.results.get(timeout=30)
+        if isinstance(result, kind):
+            return result
+
+
 def test_the_executor_does_its_work_as_the_bound_user(
     executor_user: tuple[str, client.ApiClient], namespace: str, core: client.CoreV1Api
 ) -> None:
@@ -138,6 +150,8 @@ def test_the_executor_does_its_work_as_the_bound_user(
         sightings = adoption.list_sightings(api, [namespace], identity.selector(identity.DEFAULT_EXECUTOR))
         [orphan] = adoption.select_orphans(sightings, [ref], ["old"])
         assert orphan.name == name
+        [orphan_seen] = sightings
+        assert orphan_seen.resource_version
         launcher.patch_labels(namespace, name, {identity.DONE_LABEL: "True"})
         wait_for(
             lambda: (
@@ -151,6 +165,11 @@ def test_the_executor_does_its_work_as_the_bound_user(
             namespace, field_selector=f"involvedObject.name={name}", _preload_content=False
         )
         assert read_json(events)["items"]
+        # A delete on the word of a sighting older than the pod (relabelled since) is refused.
+        launcher.delete(namespace, name, orphan_seen.resource_version)
+        refused_delete = next_result(launcher, DeleteResult)
+        assert refused_delete.status == 409
+        assert core.read_namespaced_pod(name, namespace).metadata.name == name
         launcher.delete(namespace, name)
         wait_for(lambda: not core.list_namespaced_pod(namespace).items, "the pod to be deleted")
     finally:

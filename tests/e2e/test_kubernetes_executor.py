@@ -192,12 +192,9 @@ def test_watch_cut_and_410_while_pods_finish(stack: AirflowStack, core: client.C
     assert_reported_once(log, "gap-1", 20)
 
 
-def test_finished_pods_of_a_scheduler_that_is_gone_are_disposed_of(
-    stack: AirflowStack, core: client.CoreV1Api
-) -> None:
-    """Its tasks ended through the execution API before any successor adopted them, so no
-    adoption will ever take these pods: without the sweep they would stay in every watch."""
-    ref = identity.TaskRef("gone_dag", "gone_task", "gone-run", 1, -1)
+def gone_schedulers_pod(core: client.CoreV1Api, stack: AirflowStack, task_id: str, runtime: str) -> str:
+    """A pod of this executor labelled for a scheduler Airflow never knew alive."""
+    ref = identity.TaskRef("gone_dag", task_id, "gone-run", 1, -1)
     name = identity.pod_name(ref)
     core.create_namespaced_pod(
         stack.namespace,
@@ -209,12 +206,24 @@ def test_finished_pods_of_a_scheduler_that_is_gone_are_disposed_of(
             },
             "spec": {
                 "restartPolicy": "Never",
-                "nodeSelector": {RUNTIME_LABEL: "simulated"},
+                "nodeSelector": {RUNTIME_LABEL: runtime},
                 "tolerations": [{"key": SIMULATED_TAINT, "operator": "Exists", "effect": "NoSchedule"}],
                 "containers": [{"name": "base", "image": "simulated"}],
             },
         },
     )
+    return name
+
+
+def test_pods_of_a_scheduler_that_is_gone_are_disposed_of(
+    stack: AirflowStack, core: client.CoreV1Api
+) -> None:
+    """Their tries ended through the execution API, or were taken back by Airflow, before any
+    successor adopted them, so no adoption will ever take these pods: without the sweep they
+    would stay in every watch, and one that cannot start would stay Pending for ever."""
+    name = gone_schedulers_pod(core, stack, "gone_task", "simulated")
+    # No node has this runtime: the pod stays Pending until it is deleted.
+    stuck = gone_schedulers_pod(core, stack, "stuck_task", "nowhere")
     wait_for(
         lambda: core.read_namespaced_pod(name, stack.namespace).status.phase == "Succeeded",
         "the orphan pod to finish",
@@ -229,9 +238,18 @@ def test_finished_pods_of_a_scheduler_that_is_gone_are_disposed_of(
         timeout=UNCLAIMED_GRACE_S + 60,
         interval=1,
     )
+    # Unfinished: deleted after twice the grace (Airflow's orphan check has run since the death).
+    wait_for(
+        lambda: not core.list_namespaced_pod(stack.namespace, field_selector=f"metadata.name={stuck}").items,
+        "the unclaimed unfinished pod to be deleted",
+        timeout=2 * UNCLAIMED_GRACE_S + 60,
+        interval=1,
+    )
     log = (stack.home / "scheduler.log").read_text()
     assert f"pod {stack.namespace}/{name} finished with no scheduler left to claim it" in log
-    assert "gone_task" not in "".join(line for line in log.splitlines() if "Received executor event" in line)
+    assert f"pod {stack.namespace}/{stuck} unfinished with no scheduler left to claim it" in log
+    received = "".join(line for line in log.splitlines() if "Received executor event" in line)
+    assert "gone_task" not in received and "stuck_task" not in received
 
 
 def test_relists_adoption_and_disposal_reach_the_metrics(stack: AirflowStack, statsd: Statsd) -> None:

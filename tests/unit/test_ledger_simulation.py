@@ -23,7 +23,7 @@ import pytest
 
 from k8s_executor import identity
 from k8s_executor.adoption import Sighting, select_orphans
-from k8s_executor.ledger import Action, DisposalRule, Dispose, Drop, PodLedger, TaskResult
+from k8s_executor.ledger import Action, DisposalRule, Dispose, Drop, HandedOver, PodLedger, TaskResult
 from k8s_executor.state_mapping import PodState
 from k8s_executor.watching import PodEvent, Resync
 
@@ -86,7 +86,8 @@ class World:
             for i in range(self.rng.randint(1, 6))
         ]
         self.pods: dict[str, Pod] = {}  # what the API server holds and the watch selects
-        self.stream: list[PodEvent] = []  # events sent and not yet read
+        # What the watcher sent and the scheduler has not read: events, and a relist's set of names.
+        self.stream: list[PodEvent | Resync] = []
         self.results: dict[identity.TaskRef, list[PodState]] = {}
         self.disposed: Counter[str] = Counter()
         self.dead: set[str] = set()
@@ -116,6 +117,9 @@ class World:
                 self.note(f"  -> report {action.ref.task_id} {action.state.verdict}")
                 self.results.setdefault(action.ref, []).append(action.state)
                 continue
+            if isinstance(action, HandedOver):
+                # No other scheduler here adopts this scheduler's pods: nobody would report it.
+                raise Violation(f"{action.ref.task_id} handed over, yet no other scheduler adopted it")
             if isinstance(action, Drop):
                 # The create may have landed already (here it always has): its pod is then late.
                 self.note(f"  -> drop the create of {action.name}")
@@ -206,11 +210,21 @@ class World:
     def _deliver(self) -> None:
         if not self.stream:
             return
-        # Events of one pod keep their order (one watch stream); pods interleave.
+        # Events of one pod keep their order (one watch stream); pods interleave. A relist's
+        # names come after the pods it listed, before what the watch sent after it.
         first: dict[str, int] = {}
         for i, e in enumerate(self.stream):
+            if isinstance(e, Resync):
+                first.setdefault("", i)
+                break
             first.setdefault(e.name, i)
         event = self.stream.pop(self.rng.choice(list(first.values())))
+        if isinstance(event, Resync):
+            self.note(
+                f"relist of {self.now - event.listed_at:.3f} s ago: {sorted(n for _, n in event.names)}"
+            )
+            self.carry_out(self.scheduler.ledger.resynced(event))
+            return
         self.note(f"event {event.name} {event.state.verdict}{' deleted' if event.deleted else ''}")
         self.carry_out(self.scheduler.ledger.observed(event))
         if self.rng.random() < 0.1:
@@ -237,16 +251,18 @@ class World:
         self.carry_out(self.scheduler.ledger.tick())
 
     def _relist(self) -> None:
-        """A 410: what the stream still held is lost. The watcher lists: each pod's state as listed,
-        then the set of names, in that order on the one queue."""
+        """A 410: what the stream still held is lost. The watcher lists this scheduler's pods
+        (each pod's state as listed, then the set of names, in that order on the one queue), then
+        the pods other schedulers hold; the scheduler reads them when it comes to them, maybe
+        after the launcher's answers that came since (another queue)."""
         self.note(f"410: {len(self.stream)} events lost, relist")
         self.stream.clear()
         listed_at = self.now
         for pod in list(self.pods.values()):
             self._send(pod, pod.state)
-            self._deliver()
-        names = frozenset((NAMESPACE, name) for name in self.pods)
-        self.carry_out(self.scheduler.ledger.resynced(Resync(NAMESPACE, names, listed_at, "0")))
+        own = frozenset((NAMESPACE, p.name) for p in self.pods.values() if p.scheduler == self.scheduler.id)
+        elsewhere = frozenset((NAMESPACE, p.name) for p in self.pods.values()) - own
+        self.stream.append(Resync(NAMESPACE, own, listed_at, "0", elsewhere))
 
     def _revoke(self) -> None:
         stuck = [t for t in self._unreported() if t.launched_by == self.scheduler.id]
@@ -263,13 +279,15 @@ class World:
         self.scheduler = self._new_scheduler()
         self.stream.clear()
         self._relist()
-        self.adopt_at = self.now + ADOPTION_DELAY_S
+        # Airflow adopts once the dead scheduler's heartbeat is old enough: at once, if it already is.
+        self.adopt_at = self.now + self.rng.choice((0.0, ADOPTION_DELAY_S))
 
     def _adopt(self) -> None:
         """Airflow hands the dead schedulers' unfinished tries to the successor."""
         self.adopt_at = None
-        # The successor reads what its watchers have sent so far before it looks for orphans.
-        while self.stream:
+        # The successor may or may not have read what its watchers sent so far (Airflow adopts in
+        # its first loop, maybe before the first list is read).
+        while self.stream and self.rng.random() < 0.7:
             self._deliver()
         handed = [t for t in self._unreported() if t.launched_by in self.dead]
         # The successor lists the executor's pods, every scheduler's.
@@ -335,6 +353,9 @@ class World:
         for name, count in self.disposed.items():
             if count > 1:
                 raise Violation(f"{name} disposed of {count} times")
+        left = sorted(p.name for p in self.pods.values() if p.scheduler != NEIGHBOUR)
+        if final and left:
+            raise Violation(f"pods left behind, never disposed of: {left}")
         for t in self.tries:
             got = self.results.get(t.ref, [])
             if len(got) > 1:
@@ -403,3 +424,21 @@ def test_the_simulation_catches_disposal_of_a_live_neighbours_pod() -> None:
     with pytest.raises(Violation, match=f"of live scheduler {NEIGHBOUR} disposed of by another"):
         for seed in range(SEEDS):
             simulate(seed, ledger_class=IgnoresWhoLives)
+
+
+class ReleasesWhatItJustAdopted(PodLedger):
+    """A broken rule: a pod missing from a relist while another scheduler held it is handed over,
+    even one this scheduler adopted (relabelled) after the list was taken."""
+
+    def resynced(self, resync: Resync) -> list[Action]:
+        actions: list[Action] = []
+        for key, entry in list(self.pods.items()):
+            if entry.visible and not entry.settled and key in resync.elsewhere - resync.names:
+                actions += self.released(*key)
+        return actions + super().resynced(resync)
+
+
+def test_the_simulation_catches_a_handover_of_a_pod_adopted_after_the_relist() -> None:
+    with pytest.raises(Violation, match="handed over, yet no other scheduler adopted it"):
+        for seed in range(SEEDS):
+            simulate(seed, ledger_class=ReleasesWhatItJustAdopted)

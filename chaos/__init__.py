@@ -5,7 +5,8 @@
 What it starts: a development cluster of its own (named "chaos", beside "tests" and "bench"),
 PostgreSQL and a real Airflow 3 (API server, DAG processor, and two schedulers for this
 executor, which supports several; one for the official provider's, which does not). Each
-scheduler authenticates as a user of its own, in one group that the API-overload fault limits.
+scheduler runs as the Helm chart runs it, with `in_cluster = True`: a ServiceAccount of its own,
+its token in a file at the in-cluster path (chaos/identities.py).
 
 The load: a DAG run every `--run-every` seconds of mapped tasks written to succeed (in a second),
 to fail after their retries, to fail once and then succeed, and to run for a minute (chaos/load.py).
@@ -17,8 +18,9 @@ process (our launcher or watcher; the official executor's watcher), API server r
 compaction with the API server restarted (the watch meets 410), node agent restart, a running
 pod deleted (with its grace period) and force-deleted (grace 0), API overload (the executors'
 requests beyond one in flight refused with 429 by an API Priority and Fairness level, for 10-30 s),
-a ResourceQuota that is full for 10-30 s (these two start a DAG run as they begin, so that creates
-meet them), and a PostgreSQL crash and restart (chaos/faults.py).
+a ResourceQuota that is full for 10-30 s, a scheduler's credential invalidated (a fresh token is
+in its file; the one it holds is refused with 401 from then on) (these three start a DAG run as
+they begin, so that creates meet them), and a PostgreSQL crash and restart (chaos/faults.py).
 
 The invariants, checked once the load has stopped and the runs have ended (bounded wait):
 - lost: every task instance reached what its task was written to reach (success; failed after

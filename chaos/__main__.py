@@ -20,7 +20,7 @@ from devcluster import control_plane
 from devcluster.airflow_stack import AirflowStack
 from kubernetes import client, config
 
-from chaos import checks, faults, load
+from chaos import checks, faults, identities, load
 from chaos.observe import PodWatch, audit_entries
 from chaos.schedule import KINDS, Fault, draw, for_executor
 
@@ -79,35 +79,41 @@ def wait_until(check: Any, what: str, timeout: float, interval: float = 1.0) -> 
 
 
 def executor_identities(
-    directory: Path, core: client.CoreV1Api, executor: str, count: int
-) -> dict[str, Path]:
-    """A user per scheduler (the audit log tells them apart), all in the group the overload fault
-    limits, bound to cluster-admin: what the executors may do is not under test here."""
-    users = {f"chaos-{executor}-{'abcdefgh'[i]}": Path() for i in range(count)}
-    for user in users:
-        users[user] = control_plane.mint_identity(directory, user, groups=(faults.EXECUTOR_GROUP,))
+    directory: Path, core: client.CoreV1Api, namespace: str, executor: str, count: int
+) -> list[identities.Identity]:
+    """A ServiceAccount per scheduler (the audit log tells them apart), bound to cluster-admin:
+    what the executors may do is not under test here."""
+    made = [
+        identities.create(
+            core,
+            namespace,
+            f"chaos-{executor}-{'abcdefgh'[i]}",
+            directory / "chaos-identities" / namespace / f"scheduler-{i + 1}",
+            directory / "pki" / "ca.crt",
+        )
+        for i in range(count)
+    ]
     rbac = client.RbacAuthorizationV1Api(core.api_client)
-    binding = {
-        "metadata": {"name": faults.EXECUTOR_GROUP},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
-        "subjects": [
-            {"kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": faults.EXECUTOR_GROUP}
-        ],
-    }
-    try:
-        rbac.create_cluster_role_binding(binding)
-    except client.ApiException as exc:
-        if exc.status != 409:
-            raise
+    rbac.create_cluster_role_binding(
+        {
+            "metadata": {"name": namespace},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "cluster-admin",
+            },
+            "subjects": [{"kind": "ServiceAccount", "namespace": namespace, "name": i.name} for i in made],
+        }
+    )
     reviews = client.AuthorizationV1Api(core.api_client)
 
     def allowed() -> bool:
         review = reviews.create_subject_access_review(
             {
                 "spec": {
-                    "user": next(iter(users)),
-                    "groups": [faults.EXECUTOR_GROUP, "system:authenticated"],
-                    "resourceAttributes": {"verb": "create", "resource": "pods", "namespace": "default"},
+                    "user": made[0].username,
+                    "groups": ["system:serviceaccounts", f"system:serviceaccounts:{namespace}"],
+                    "resourceAttributes": {"verb": "create", "resource": "pods", "namespace": namespace},
                 }
             }
         )
@@ -115,7 +121,7 @@ def executor_identities(
 
     # The authorizer reads bindings from a cache: the schedulers' first list must not meet a 403.
     wait_until(allowed, "the executors' RBAC binding", 60)
-    return users
+    return made
 
 
 class Run:
@@ -144,11 +150,14 @@ class Run:
             180,
         )
         count = 2 if args.executor == "ours" else 1
-        self.kubeconfigs = executor_identities(self.directory, self.core, args.executor, count)
-        self.users = set(self.kubeconfigs)
-        first = next(iter(self.kubeconfigs.values()))
+        made = executor_identities(self.directory, self.core, self.namespace, args.executor, count)
+        self.users = {i.username for i in made}
         env = {
-            "AIRFLOW__KUBERNETES_EXECUTOR__CONFIG_FILE": str(first),
+            # In the cluster, as the Helm chart runs a scheduler: its ServiceAccount's token file
+            # (chaos/identities.py) and the API server's address from the environment.
+            "AIRFLOW__KUBERNETES_EXECUTOR__IN_CLUSTER": "True",
+            "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+            "KUBERNETES_SERVICE_PORT": str(self.state.apiserver_port),
             "AIRFLOW__KUBERNETES_EXECUTOR__DELETE_WORKER_PODS": "True",
             # Every pod goes once its task has ended, failed or not: one left is a pod left behind.
             "AIRFLOW__KUBERNETES_EXECUTOR__DELETE_WORKER_PODS_ON_FAILURE": "True",
@@ -172,10 +181,7 @@ class Run:
             core=self.core,
             stack=self.stack,
             executor=args.executor,
-            schedulers={
-                name: {"AIRFLOW__KUBERNETES_EXECUTOR__CONFIG_FILE": str(kubeconfig)}
-                for name, kubeconfig in zip(names, self.kubeconfigs.values(), strict=True)
-            },
+            schedulers=dict(zip(names, made, strict=True)),
             trigger=self.trigger,
         )
         with self.world.lock:
@@ -196,8 +202,9 @@ class Run:
             shutil.rmtree(self.stack.pg_data, ignore_errors=True)
         try:
             self.core.delete_namespace(self.namespace)
+            client.RbacAuthorizationV1Api(self.core.api_client).delete_cluster_role_binding(self.namespace)
         except Exception as exc:
-            print(f"namespace {self.namespace} not deleted: {exc}", file=sys.stderr)
+            print(f"namespace {self.namespace} not fully cleaned up: {exc}", file=sys.stderr)
 
     # --- the run -----------------------------------------------------------------------------------
     def inject_all(self, load_end: float, stop: threading.Event) -> None:

@@ -192,7 +192,7 @@ def check_pods(
         if ref.get("subresource") == "binding" and code == 201:
             bound.add(str(ref.get("name")))
         # A create that timed out (5xx) may still have made its pod, as the HA test counts it.
-        elif not ref.get("subresource") and e["user"]["username"] in users and (code == 201 or code >= 500):
+        elif not ref.get("subresource") and _user(e) in users and (code == 201 or code >= 500):
             created.setdefault(ref["name"], audit_time(e["requestReceivedTimestamp"]))
     # A pod the watch never saw (created and gone while it was cut) is mapped by its name, which
     # for our executor names the try: to the try of a pod of that name the watch did see.
@@ -224,22 +224,36 @@ def check_pods(
     return sorted(created.values())
 
 
+# A request whose credential is refused is logged with no user (authentication failed): it is
+# counted in the minute after the invalidation, when only the executors hold such a token.
+CREDENTIAL_REFUSALS_S = 60.0
+
+
+def _user(entry: dict[str, Any]) -> str | None:
+    return (entry.get("user") or {}).get("username")
+
+
 def count_refusals(
     entries: list[dict[str, Any]], users: set[str], records: list[Record], findings: Findings
 ) -> None:
-    """How many of the executors' requests each overload and quota fault refused (429, 403)."""
+    """How many of the executors' requests each overload, quota and credential fault refused
+    (429, 403, 401)."""
+    codes = {"apiserver_overload": 429, "resource_quota": 403, "credential_invalidated": 401}
     for record in records:
-        if record.fault.kind not in ("apiserver_overload", "resource_quota") or record.started is None:
+        if record.fault.kind not in codes or record.started is None:
             continue
-        code = 429 if record.fault.kind == "apiserver_overload" else 403
-        until = (record.over or record.started) + 1
+        code = codes[record.fault.kind]
+        end = record.started + CREDENTIAL_REFUSALS_S if code == 401 else (record.over or record.started) + 1
         findings.refusals[f"{record.fault.kind}@{record.fault.at_s}"] = sum(
             1
             for e in entries
-            if e.get("stage") == "ResponseComplete"
-            and e["user"]["username"] in users
+            # A refused credential's request ends at ResponseStarted, with no user.
+            if (
+                (e.get("stage") == "ResponseComplete" and _user(e) in users)
+                or (code == 401 and e.get("stage") == "ResponseStarted")
+            )
             and (e.get("responseStatus") or {}).get("code") == code
-            and record.started <= audit_time(e["requestReceivedTimestamp"]) <= until
+            and record.started <= audit_time(e["requestReceivedTimestamp"]) <= end
         )
 
 

@@ -23,12 +23,9 @@ from devcluster import control_plane, process_tree
 from devcluster.airflow_stack import AirflowStack, _pg_bin
 from kubernetes import client
 
-from chaos import load
+from chaos import identities, load
 from chaos.schedule import Fault
 
-# The group every executor identity of a run belongs to: the API Priority and Fairness limit
-# of the overload fault matches it (the admin's system:masters group is exempt from APF).
-EXECUTOR_GROUP = "chaos-executors"
 OVERLOAD_NAME = "chaos-overload"
 QUOTA_NAME = "chaos-quota"
 
@@ -68,8 +65,8 @@ class World:
     core: client.CoreV1Api
     stack: AirflowStack
     executor: str  # "ours" or "official"
-    # Scheduler process name -> the environment it was started with (its own identity).
-    schedulers: dict[str, dict[str, str]]
+    # Scheduler process name -> its identity (a ServiceAccount, its token in a file).
+    schedulers: dict[str, identities.Identity]
     # Taken around every start, kill and poll of a scheduler process, so the watch on exits
     # never mistakes an injected kill for an exit of its own.
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -80,7 +77,8 @@ class World:
     trigger: Callable[[], None] = lambda: None
 
     def start_scheduler(self, name: str) -> None:
-        self.stack.start_component("scheduler", name=name, env=self.schedulers[name])
+        identity = self.schedulers[name]
+        self.stack.start_component("scheduler", name=name, wrap=lambda cmd: identities.in_pod(identity, cmd))
 
     @property
     def apiserver_port(self) -> int:
@@ -320,7 +318,13 @@ def apiserver_overload(world: World, record: Record) -> None:
             "distinguisherMethod": {"type": "ByUser"},
             "rules": [
                 {
-                    "subjects": [{"kind": "Group", "group": {"name": EXECUTOR_GROUP}}],
+                    "subjects": [
+                        {
+                            "kind": "ServiceAccount",
+                            "serviceAccount": {"namespace": i.namespace, "name": i.name},
+                        }
+                        for i in world.schedulers.values()
+                    ],
                     "resourceRules": [
                         {
                             "verbs": ["*"],
@@ -369,6 +373,16 @@ def resource_quota(world: World, record: Record) -> None:
         world.core.delete_namespaced_resource_quota(QUOTA_NAME, namespace)
 
 
+def credential_invalidated(world: World, record: Record) -> None:
+    """The token a scheduler holds stops being accepted; a fresh one is already in its token file
+    (chaos/identities.py). A DAG run is started with it, so that creates meet it."""
+    name = _scheduler_name(world, record.fault)
+    identity = world.schedulers[name]
+    old = identities.invalidate(world.core, identity)
+    record.detail = f"{name}: the token bound to Secret {old} invalidated"
+    world.trigger()
+
+
 def postgres_restart(world: World, record: Record) -> None:
     """PostgreSQL stops at once (as a crash: `-m immediate`, every connection cut) and starts
     again `down_s` later with the options it had (`pg_ctl restart` reads them back)."""
@@ -396,6 +410,7 @@ _HANDLERS = {
     "apiserver_overload": apiserver_overload,
     "resource_quota": resource_quota,
     "postgres_restart": postgres_restart,
+    "credential_invalidated": credential_invalidated,
 }
 
 # What a failure caused by each fault must say (lower case, any of them). Only the faults that
@@ -405,4 +420,5 @@ FAULT_WORDS: dict[str, tuple[str, ...]] = {
     "pod_force_delete": ("deleted",),
     "resource_quota": ("quota",),
     "apiserver_overload": ("429", "too many requests", "toomanyrequests"),
+    "credential_invalidated": ("401", "unauthorized"),
 }

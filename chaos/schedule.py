@@ -24,6 +24,7 @@ KINDS: tuple[str, ...] = (
     "apiserver_overload",
     "resource_quota",
     "postgres_restart",
+    "credential_invalidated",
 )
 
 # The load runs this long before the first fault, so that pods exist to be hit; and no fault
@@ -48,6 +49,8 @@ class Fault:
 
 def _params(kind: str, rng: random.Random) -> dict[str, Any]:
     """Each kind's parameters. Drawn for every kind in the same way whatever the executor."""
+    if kind == "credential_invalidated":
+        return {"scheduler": rng.randrange(2)}
     if kind == "scheduler_kill":
         return {"scheduler": rng.randrange(2), "down_s": round(rng.uniform(3, 15), 1)}
     if kind == "helper_kill":
@@ -85,6 +88,7 @@ def draw(seed: int, minutes: float, kinds: tuple[str, ...] = KINDS) -> list[Faul
 OFFICIAL_MAPPING = {
     "scheduler_kill": "its only scheduler is killed (it supports no second one)",
     "helper_kill": "its watcher process is killed (a launcher-kill too: it has no launcher process)",
+    "credential_invalidated": "its only scheduler's token is invalidated",
 }
 
 

@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -235,14 +236,20 @@ class AirflowStack:
             self.wait_for_api()
 
     def start_component(
-        self, component: str, name: str | None = None, env: dict[str, str] | None = None
+        self,
+        component: str,
+        name: str | None = None,
+        env: dict[str, str] | None = None,
+        wrap: Callable[[list[str]], list[str]] | None = None,
     ) -> None:
-        """Start `component` (as `name`, with `env` over the stack's: a second scheduler, say)."""
+        """Start `component` (as `name`, with `env` over the stack's: a second scheduler, say;
+        `wrap` makes the command line, from Airflow's own: run in a namespace of its own, say)."""
         name = name or component
         args = {"api-server": ["api-server", "--port", str(self.api_port)]}.get(component, [component])
         log = open(self.home / f"{name}.log", "ab")  # noqa: SIM115 - the process owns it
+        command = [sys.executable, "-m", "airflow", *args]
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "airflow", *args],
+            wrap(command) if wrap else command,
             env={**self._process_env(), **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -35,7 +35,7 @@ def test_the_official_executor_meets_the_same_faults_mapped_to_its_one_scheduler
     for fault in draw(1717, 30):
         mapped, note = for_executor(fault, "official")
         assert (mapped.kind, mapped.at_s) == (fault.kind, fault.at_s)
-        if fault.kind in ("scheduler_kill", "helper_kill"):
+        if fault.kind in ("scheduler_kill", "helper_kill", "credential_invalidated"):
             assert mapped.params["scheduler"] == 0 and note
         if fault.kind == "helper_kill":
             assert mapped.params["helper"] == "watcher"
@@ -86,3 +86,27 @@ def test_a_try_counts_as_duplicated_only_when_two_of_its_pods_ran() -> None:
     assert [d["try"] for d in found.extra_pods] == ["chaos long chaos-0001 0 1", "chaos ok chaos-0001 0 1"]
     # Not seen, so not known not to have run: counted.
     assert [d["pods"] for d in found.duplicated] == [["ok-def-t1", "ok-def-t1r1"]]
+
+
+def test_refused_requests_are_counted_by_the_fault_that_refused_them() -> None:
+    from chaos.checks import Findings, count_refusals
+    from chaos.faults import Record
+    from chaos.observe import audit_time
+    from chaos.schedule import Fault
+
+    t0 = audit_time("2026-01-01T00:00:00Z")
+    quota = Record(Fault(10.0, "resource_quota"), started=t0, over=t0 + 20)
+    credential = Record(Fault(40.0, "credential_invalidated"), started=t0 + 40, over=t0 + 40)
+    entries = [
+        *_create("a", code=403, at="2026-01-01T00:00:05Z"),
+        *_create("b", code=403, at="2026-01-01T00:00:30Z"),  # after the quota was lifted
+        *_create("c", user="someone-else", code=403, at="2026-01-01T00:00:06Z"),
+        # A credential refused: logged at ResponseStarted, with no user.
+        {"stage": "ResponseStarted", "verb": "watch", "user": {}, "responseStatus": {"code": 401},
+         "requestReceivedTimestamp": "2026-01-01T00:00:50Z"},
+        {"stage": "ResponseStarted", "verb": "create", "user": {}, "responseStatus": {"code": 401},
+         "requestReceivedTimestamp": "2026-01-01T00:03:00Z"},  # long after: not this fault's
+    ]  # fmt: skip
+    found = Findings()
+    count_refusals(entries, {"chaos-ours-a"}, [quota, credential], found)
+    assert found.refusals == {"resource_quota@10.0": 1, "credential_invalidated@40.0": 1}

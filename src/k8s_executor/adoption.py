@@ -108,3 +108,18 @@ def legacy_orphans(sightings: Iterable[Sighting], tries: Iterable[identity.Workl
         for seen in sightings
         if seen.ref in wanted
     ]
+
+
+def unadopted_reason(ti_state: object, dead: Iterable[str], adopter: str) -> str:
+    """What the log of a try handed over with no pod says: Airflow resets such a try and runs it
+    again, and the try's own log would otherwise end mid-run, with no word of why."""
+    ids = sorted(dead)
+    held_by = f"scheduler{'s' * (len(ids) > 1)} {', '.join(ids)}" if ids else "a scheduler held dead"
+    if getattr(ti_state, "value", ti_state) == "running":
+        what = "its pod ran this try, and is gone: it was deleted while no scheduler watched it"
+    else:
+        what = f"no pod of this try exists ({held_by} may have died before creating it, or it was deleted)"
+    return (
+        f"scheduler {adopter} took this try over from {held_by} and found no pod: {what}. "
+        "Airflow resets the try and runs the task again."
+    )

@@ -23,7 +23,7 @@ from airflow.executors.base_executor import BaseExecutor
 from airflow.utils.state import TaskInstanceState
 from kubernetes import client
 
-from k8s_executor import airflow_adapter, identity, metrics
+from k8s_executor import adoption, airflow_adapter, identity, metrics
 from k8s_executor.executor_config import ExecutorConfigError
 from k8s_executor.kube_client import core_api, error_message, list_pods, pod_events, read_body
 from k8s_executor.launching import REQUEST_ERRORS
@@ -499,6 +499,11 @@ class KubernetesExecutor(BaseExecutor):
             took,
             found,
         )
+        for ref, ti in by_ref.items():
+            if ref not in adopted:
+                self._note_in_task_log(
+                    ref, adoption.unadopted_reason(ti.state, dead, self.scheduler_id), ends_try=True
+                )
         return [ti for ref, ti in by_ref.items() if ref not in adopted]
 
     def adopt_launched_task(self, ti: Any, last_heartbeat: Any = None, session: Any = None) -> bool:

@@ -20,7 +20,7 @@ from devcluster import control_plane
 from devcluster.airflow_stack import AirflowStack
 from kubernetes import client, config
 
-from chaos import checks, faults, identities, load
+from chaos import checks, faults, identities, load, neighbour
 from chaos.observe import PodWatch, audit_entries
 from chaos.schedule import KINDS, Fault, draw, for_executor
 
@@ -152,6 +152,12 @@ class Run:
         count = 2 if args.executor == "ours" else 1
         made = executor_identities(self.directory, self.core, self.namespace, args.executor, count)
         self.users = {i.username for i in made}
+        crowd = neighbour.create(
+            self.core,
+            self.namespace,
+            self.directory / "chaos-identities" / self.namespace / "neighbour",
+            self.directory / "pki" / "ca.crt",
+        )
         env = {
             # In the cluster, as the Helm chart runs a scheduler: its ServiceAccount's token file
             # (chaos/identities.py) and the API server's address from the environment.
@@ -182,6 +188,7 @@ class Run:
             stack=self.stack,
             executor=args.executor,
             schedulers=dict(zip(names, made, strict=True)),
+            neighbour=crowd,
             trigger=self.trigger,
         )
         with self.world.lock:

@@ -23,7 +23,7 @@ from devcluster import control_plane, process_tree
 from devcluster.airflow_stack import AirflowStack, _pg_bin
 from kubernetes import client
 
-from chaos import identities, load
+from chaos import identities, load, neighbour
 from chaos.schedule import Fault
 
 OVERLOAD_NAME = "chaos-overload"
@@ -67,6 +67,8 @@ class World:
     executor: str  # "ours" or "official"
     # Scheduler process name -> its identity (a ServiceAccount, its token in a file).
     schedulers: dict[str, identities.Identity]
+    # The other tenant whose requests crowd the executors' out under the overload fault.
+    neighbour: identities.Identity
     # Taken around every start, kill and poll of a scheduler process, so the watch on exits
     # never mistakes an injected kill for an exit of its own.
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -293,10 +295,10 @@ def pod_force_delete(world: World, record: Record) -> None:
 
 
 def apiserver_overload(world: World, record: Record) -> None:
-    """The executors' requests are refused with 429 for `hold_s` (every one beyond the first in
-    flight: a level of no nominal seats still runs one): an API Priority and Fairness level that
-    rejects rather than queues, matched by a FlowSchema ahead of every default one but the exempt.
-    A DAG run is started with it, so that creates meet it."""
+    """The executors' requests are refused with 429 for `hold_s`: an API Priority and Fairness
+    level of no nominal seats that rejects rather than queues, matched by a FlowSchema ahead of
+    every default one but the exempt, shared with a neighbour that keeps its one seat taken
+    (chaos/neighbour.py). A DAG run is started with it, so that creates meet it."""
     flow = client.FlowcontrolApiserverV1Api(world.core.api_client)
     level = {
         "metadata": {"name": OVERLOAD_NAME},
@@ -323,7 +325,7 @@ def apiserver_overload(world: World, record: Record) -> None:
                             "kind": "ServiceAccount",
                             "serviceAccount": {"namespace": i.namespace, "name": i.name},
                         }
-                        for i in world.schedulers.values()
+                        for i in [*world.schedulers.values(), world.neighbour]
                     ],
                     "resourceRules": [
                         {
@@ -339,14 +341,18 @@ def apiserver_overload(world: World, record: Record) -> None:
             ],
         },
     }
+    crowd = neighbour.Crowd(world.neighbour, world.core.api_client.configuration.host)
     flow.create_priority_level_configuration(level)
     try:
         flow.create_flow_schema(schema)
         # APF's configuration reaches the request filter within a second or so.
         time.sleep(2)
+        crowd.start()
         world.trigger()
         time.sleep(float(record.fault.params.get("hold_s", 15)))
     finally:
+        crowd.stop()
+        record.detail = f"the neighbour's answers by status: {dict(sorted(crowd.answers.items()))}"
         with contextlib.suppress(client.ApiException):
             flow.delete_flow_schema(OVERLOAD_NAME)
         with contextlib.suppress(client.ApiException):

@@ -113,8 +113,7 @@ def legacy_orphans(sightings: Iterable[Sighting], tries: Iterable[identity.Workl
 def unadopted_reason(ti_state: object, dead: Iterable[str], adopter: str) -> str:
     """What the log of a try handed over with no pod says: Airflow resets such a try and runs it
     again, and the try's own log would otherwise end mid-run, with no word of why."""
-    ids = sorted(dead)
-    held_by = f"scheduler{'s' * (len(ids) > 1)} {', '.join(ids)}" if ids else "a scheduler held dead"
+    held_by = _held_by(dead)
     if getattr(ti_state, "value", ti_state) == "running":
         what = "its pod ran this try, and is gone: it was deleted while no scheduler watched it"
     else:
@@ -123,3 +122,17 @@ def unadopted_reason(ti_state: object, dead: Iterable[str], adopter: str) -> str
         f"scheduler {adopter} took this try over from {held_by} and found no pod: {what}. "
         "Airflow resets the try and runs the task again."
     )
+
+
+def unlisted_reason(dead: Iterable[str], adopter: str, error: str) -> str:
+    """What the log of a try says when its pod could not be looked for: Airflow resets it too."""
+    return (
+        f"scheduler {adopter} could not take this try over from {_held_by(dead)}: listing its pod "
+        f"failed ({error}). Airflow resets the try and runs the task again; a pod of this try that "
+        "still exists is deleted by a live scheduler's sweep."
+    )
+
+
+def _held_by(dead: Iterable[str]) -> str:
+    ids = sorted(dead)
+    return f"scheduler{'s' * (len(ids) > 1)} {', '.join(ids)}" if ids else "a scheduler held dead"

@@ -472,13 +472,18 @@ class KubernetesExecutor(BaseExecutor):
         wanted = [ref for ref in by_ref if ref not in held]
         try:
             orphans = self.kube_scheduler.find_orphans(wanted, dead)
-        except REQUEST_ERRORS:
+        except REQUEST_ERRORS as exc:
             # Their pods cannot be found now: Airflow resets these tries and schedules them again
-            # (their old pods, once finished, are the disposer's), and the scheduler goes on.
+            # (their old pods are the disposer's), and the scheduler goes on.
             self.log.exception(
                 "could not list pods to adopt %d task instances; Airflow resets them", len(wanted)
             )
-            return [ti for ref, ti in by_ref.items() if ref not in held]
+            error = error_message(exc) if isinstance(exc, client.ApiException) else str(exc)
+            for ref in wanted:
+                self._note_in_task_log(
+                    ref, adoption.unlisted_reason(dead, self.scheduler_id, error), ends_try=True
+                )
+            return [by_ref[ref] for ref in wanted]
         found = time.monotonic() - started
         start_timeout_s = airflow_adapter.task_queued_timeout_s()
         for orphan in orphans:

@@ -28,6 +28,13 @@ log = logging.getLogger(__name__)
 USER_AGENT = f"airflow-k8s-executor/{__version__}"
 
 
+# urllib3's default, but a 429 or 503 comes back at once instead of being slept on for up to three
+# times its Retry-After inside the call: a GET in the scheduler loop (adoption's list) then stalled
+# that loop past its health check under an API server overload, and the other scheduler declared
+# it dead. Every caller here retries refusals itself, with the Retry-After, at a pace it chooses.
+DEFAULT_RETRIES = Retry(total=3, respect_retry_after_header=False)
+
+
 def connect(settings: ExecutorSettings) -> credentials.RefreshingApiClient:
     """A client of this process's own, its credential fetched now and kept fresh.
 
@@ -44,6 +51,8 @@ def connect(settings: ExecutorSettings) -> credentials.RefreshingApiClient:
         cfg.ssl_ca_cert = settings.ssl_ca_cert
     if settings.api_client_retry_configuration:
         cfg.retries = Retry(**settings.api_client_retry_configuration)
+    else:
+        cfg.retries = DEFAULT_RETRIES
     cfg.connection_pool_maxsize = max(16, settings.creation_concurrency * 2)
     if settings.enable_tcp_keepalive:
         cfg.socket_options = [

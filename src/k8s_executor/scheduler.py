@@ -205,9 +205,12 @@ class AirflowKubernetesScheduler(LoggingMixin):
             return orphans
         return orphans + adoption.legacy_orphans(self._list(identity.LEGACY_SELECTOR), missing)
 
-    def _list(self, selector: str) -> list[adoption.Sighting]:
-        """Pods under `selector`, listed now; a refused or broken list is tried again a few times."""
-        waits = iter(LIST_RETRY_WAITS_S)
+    def _list(
+        self, selector: str, retry_waits_s: Sequence[float] = LIST_RETRY_WAITS_S
+    ) -> list[adoption.Sighting]:
+        """Pods under `selector`, listed now; a refused or broken list is tried again after each
+        of `retry_waits_s`. The scheduler loop waits meanwhile, so the waits stay short."""
+        waits = iter(retry_waits_s)
         while True:
             try:
                 return adoption.list_sightings(
@@ -255,7 +258,8 @@ class AirflowKubernetesScheduler(LoggingMixin):
         alive = self.ledger.alive
         if not alive or disposer(alive) != self.ledger.scheduler_label:
             return
-        sightings = self._list(identity.unclaimed_selector(self.executor_id, alive))
+        # Not tried again here: the sweep comes round again, and the loop must not wait for it.
+        sightings = self._list(identity.unclaimed_selector(self.executor_id, alive), retry_waits_s=())
         self._carry_out(self.ledger.swept(sightings))
 
     def waiting_for_create(self, older_than_s: float) -> set[identity.TaskRef]:

@@ -111,7 +111,10 @@ class ExecutorSettings(BaseModel):
         default_factory=dict, description="JSON object of V1DeleteOptions fields used when deleting pods."
     )
     api_client_retry_configuration: dict[str, Any] = Field(
-        default_factory=dict, description="JSON object of urllib3 Retry arguments for the API client."
+        default_factory=dict,
+        description="JSON object of urllib3 Retry arguments for the API client. Unset, "
+        "a refusal (429, 503) is not waited for inside a call: the executor retries it itself, "
+        "so that the scheduler loop never sleeps on an overloaded API server.",
     )
     enable_tcp_keepalive: bool = Field(True, description="TCP keepalive on API connections.")
     tcp_keep_idle: int = Field(120, ge=1, description="Seconds idle before keepalive probes start.")

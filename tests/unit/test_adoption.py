@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 
-from k8s_executor.adoption import unadopted_reason
+from k8s_executor.adoption import unadopted_reason, unlisted_reason
 
 
 class State(str, enum.Enum):  # as Airflow's TaskInstanceState
@@ -26,3 +26,12 @@ def test_a_queued_try_without_a_pod_may_never_have_had_one() -> None:
     assert "from scheduler 7 and found no pod" in text
     assert "may have died before creating it, or it was deleted" in text
     assert "its pod ran" not in unadopted_reason(State.QUEUED, set(), "9")
+
+
+def test_a_try_whose_pod_could_not_be_listed_says_what_the_api_server_answered() -> None:
+    text = unlisted_reason({"4"}, "6", "429 Too Many Requests")
+    assert text == (
+        "scheduler 6 could not take this try over from scheduler 4: listing its pod failed (429 Too "
+        "Many Requests). Airflow resets the try and runs the task again; a pod of this try that still "
+        "exists is deleted by a live scheduler's sweep."
+    )

@@ -314,3 +314,21 @@ def test_a_token_is_where_every_client_version_reads_it() -> None:
     credentials.RefreshingApiClient(cfg, fresh)
     assert cfg.api_key == {"BearerToken": "Bearer abc", "authorization": "Bearer abc"}
     assert cfg.auth_settings()["BearerToken"]["value"] == "Bearer abc"
+
+
+def test_a_refusal_is_not_slept_on_inside_a_call_unless_the_settings_say_so(tmp_path: Path) -> None:
+    # urllib3's own default would wait out up to three Retry-Afters of a 429 inside one GET: in the
+    # scheduler loop, that stalled the loop past its health check under an API server overload.
+    from k8s_executor import kube_client
+    from k8s_executor.settings import ExecutorSettings
+
+    path = str(kubeconfig(tmp_path, {"token": "abc"}))
+    retries = kube_client.connect(
+        ExecutorSettings.parse({"in_cluster": "False", "config_file": path})
+    ).configuration.retries
+    assert retries.total == 3 and retries.respect_retry_after_header is False
+    chosen = ExecutorSettings.parse(
+        {"in_cluster": "False", "config_file": path, "api_client_retry_configuration": '{"total": 5}'}
+    )
+    retries = kube_client.connect(chosen).configuration.retries
+    assert retries.total == 5 and retries.respect_retry_after_header is True

@@ -17,7 +17,8 @@ after a 45 s warm-up: scheduler SIGKILL (restarted after a few seconds), SIGKILL
 process (our launcher or watcher; the official executor's watcher), API server restart, etcd
 compaction with the API server restarted (the watch meets 410), node agent restart, a running
 pod deleted (with its grace period) and force-deleted (grace 0), API overload (the executors'
-requests beyond one in flight refused with 429 by an API Priority and Fairness level, for 10-30 s),
+requests refused with 429 for 10-30 s by an API Priority and Fairness level whose one seat a
+neighbour keeps taken: chaos/neighbour.py),
 a ResourceQuota that is full for 10-30 s, a scheduler's credential invalidated (a fresh token is
 in its file; the one it holds is refused with 401 from then on) (these three start a DAG run as
 they begin, so that creates meet them), and a PostgreSQL crash and restart (chaos/faults.py).

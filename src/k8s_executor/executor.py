@@ -25,7 +25,7 @@ from kubernetes import client
 
 from k8s_executor import adoption, airflow_adapter, identity, metrics
 from k8s_executor.executor_config import ExecutorConfigError
-from k8s_executor.kube_client import core_api, error_message, list_pods, pod_events, read_body
+from k8s_executor.kube_client import core_api, describe_error, error_message, list_pods, pod_events, read_body
 from k8s_executor.launching import REQUEST_ERRORS
 from k8s_executor.ledger import HandedOver, NameTaken, create_obsolete, live_schedulers, relaunch
 from k8s_executor.pod_building import PodBuildError, PodRequest
@@ -478,11 +478,9 @@ class KubernetesExecutor(BaseExecutor):
             self.log.exception(
                 "could not list pods to adopt %d task instances; Airflow resets them", len(wanted)
             )
-            error = error_message(exc) if isinstance(exc, client.ApiException) else str(exc)
+            reason = adoption.unlisted_reason(dead, self.scheduler_id, describe_error(exc))
             for ref in wanted:
-                self._note_in_task_log(
-                    ref, adoption.unlisted_reason(dead, self.scheduler_id, error), ends_try=True
-                )
+                self._note_in_task_log(ref, reason, ends_try=True)
             return [by_ref[ref] for ref in wanted]
         found = time.monotonic() - started
         start_timeout_s = airflow_adapter.task_queued_timeout_s()

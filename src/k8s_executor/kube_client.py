@@ -31,7 +31,7 @@ USER_AGENT = f"airflow-k8s-executor/{__version__}"
 # urllib3's default, but a 429 or 503 comes back at once instead of being slept on for up to three
 # times its Retry-After inside the call: a GET in the scheduler loop (adoption's list) then stalled
 # that loop past its health check under an API server overload, and the other scheduler declared
-# it dead. Every caller here retries refusals itself, with the Retry-After, at a pace it chooses.
+# it dead. Every caller here retries refusals itself, at a pace it chooses.
 DEFAULT_RETRIES = Retry(total=3, respect_retry_after_header=False)
 
 
@@ -132,6 +132,11 @@ def read_body(response: Any) -> bytes:
 def read_json(response: Any) -> Any:
     """The JSON body of a `_preload_content=False` response."""
     return json.loads(read_body(response))
+
+
+def describe_error(exc: BaseException) -> str:
+    """The API server's words for a refused request, or the failure itself for one that got none."""
+    return error_message(exc) if isinstance(exc, client.ApiException) else repr(exc)
 
 
 def error_message(exc: client.ApiException) -> str:

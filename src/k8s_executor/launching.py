@@ -31,7 +31,7 @@ from kubernetes import client
 from urllib3.exceptions import HTTPError
 
 from k8s_executor import identity
-from k8s_executor.kube_client import connect_in_helper, error_message, merge_patch, read_body, read_json
+from k8s_executor.kube_client import connect_in_helper, describe_error, merge_patch, read_body, read_json
 from k8s_executor.processes import Channel, Helper, log_in_parent
 from k8s_executor.settings import ExecutorSettings
 
@@ -243,7 +243,7 @@ class Launcher:
         finally:
             self.dropped.discard((namespace, name))
         ok = exc is None or (isinstance(exc, client.ApiException) and exc.status == 409)
-        error = "" if ok else error_message(exc) if isinstance(exc, client.ApiException) else repr(exc)
+        error = "" if ok or exc is None else describe_error(exc)
         name_taken = exc is not None and ok and not self._is_own(pod, deadline)
         if name_taken:
             ok, error = False, "a pod of an earlier launch of this try has its name"

@@ -23,6 +23,7 @@ from pathlib import Path
 from kubernetes import client
 
 from chaos import identities
+from k8s_executor import credentials
 
 NAME = "chaos-neighbour"
 THREADS = 3
@@ -59,13 +60,10 @@ class Crowd:
     """The neighbour's requests, kept in flight from `start` to `stop`."""
 
     def __init__(self, identity: identities.Identity, host: str) -> None:
-        cfg = client.Configuration()
-        cfg.host = host
+        cfg = client.Configuration(host=host)
         cfg.ssl_ca_cert = str(identity.directory / "ca.crt")
-        header = f"Bearer {(identity.directory / 'token').read_text()}"
-        # The client's key for it was "authorization" before v36 and is "BearerToken" since.
-        cfg.api_key = {"BearerToken": header, "authorization": header}
-        self.core = client.CoreV1Api(client.ApiClient(cfg))
+        token = credentials.FreshCredential(credentials.TokenFile(identity.directory / "token"))
+        self.core = client.CoreV1Api(credentials.RefreshingApiClient(cfg, token))
         self.namespace = identity.namespace
         self.done = threading.Event()
         self.lock = threading.Lock()

@@ -7,6 +7,7 @@ from its audit log, CPU and memory from /proc, task events from the scheduler's 
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import re
 import statistics
@@ -17,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from devcluster import process_tree
+from devcluster.list_watch import list_watch, objects
 from kubernetes import client
 
 from k8s_executor.identity import scheduler_of
-from k8s_executor.kube_client import json_lines, read_body
+from k8s_executor.kube_client import read_body
 
 BENCH_USER_AGENT = "k8s-executor-bench"
 # Both executors use the official client's default user agent; every other client (the node
@@ -57,18 +59,18 @@ class PodClock:
         self.thread.start()
 
     def _run(self, rv: str) -> None:
-        while not self.stop.is_set():
-            resp = self.core.list_namespaced_pod(
-                self.namespace, watch=True, resource_version=rv, timeout_seconds=30, _preload_content=False
-            )
-            for event in json_lines(resp):
-                now = time.time()
-                obj = event["object"]
-                rv = obj["metadata"]["resourceVersion"]
+        # Watched from the namespace's state at the clock's start: a relist (after a failure) shows
+        # what happened in the gap, its pods seen then.
+        for event in list_watch(
+            functools.partial(self.core.list_namespaced_pod, self.namespace),
+            self.stop,
+            resource_version=rv,
+            timeout_seconds=30,
+        ):
+            now = time.time()
+            for pod in objects(event):
                 self.events += 1
-                self._record(event["type"], obj, now)
-                if self.stop.is_set():
-                    return
+                self._record(event["type"], pod, now)
 
     def _record(self, kind: str, pod: dict[str, Any], now: float) -> None:
         meta = pod["metadata"]

@@ -4,6 +4,7 @@ audit log, and Airflow's database and task log files."""
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import re
 import threading
@@ -12,9 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from devcluster.list_watch import LIST, list_watch
 from kubernetes import client
-
-from k8s_executor.kube_client import json_lines, read_json
 
 TryKey = tuple[str, str, str, int, int]
 # Our executor's pod names end in `-t<try>`, then `r<n>` for a try launched again under a new name.
@@ -72,42 +72,27 @@ class PodWatch:
             seen.deleted = now
 
     def _run(self) -> None:
-        rv: str | None = None
-        while not self.stop.is_set():
-            try:
-                if rv is None:
-                    listing = read_json(self.core.list_namespaced_pod(self.namespace, _preload_content=False))
-                    now = time.time()
-                    names = set()
-                    for item in listing["items"]:
-                        names.add(item["metadata"]["name"])
-                        self._record("LISTED", item)
-                    # Pods gone while the watch was down went at some moment in the gap.
-                    for name, seen in self.pods.items():
-                        if name not in names and seen.deleted is None:
-                            seen.deleted = now
-                    rv = listing["metadata"]["resourceVersion"]
-                response = self.core.list_namespaced_pod(
-                    self.namespace,
-                    watch=True,
-                    resource_version=rv,
-                    timeout_seconds=30,
-                    _preload_content=False,
-                )
-                for event in json_lines(response):
-                    if event["type"] == "ERROR":
-                        rv = None
-                        break
-                    if event["type"] == "BOOKMARK":
-                        continue
-                    rv = event["object"]["metadata"]["resourceVersion"]
-                    self._record(event["type"], event["object"])
-                    if self.stop.is_set():
-                        return
-            except Exception:
-                self.gaps += 1
-                rv = None
-                self.stop.wait(1.0)
+        for event in list_watch(
+            functools.partial(self.core.list_namespaced_pod, self.namespace),
+            self.stop,
+            timeout_seconds=30,
+            on_error=self._gap,
+        ):
+            if event["type"] != LIST:
+                self._record(event["type"], event["object"])
+                continue
+            now = time.time()
+            names = set()
+            for item in event["object"]["items"]:
+                names.add(item["metadata"]["name"])
+                self._record("LISTED", item)
+            # Pods gone while the watch was down went at some moment in the gap.
+            for name, seen in self.pods.items():
+                if name not in names and seen.deleted is None:
+                    seen.deleted = now
+
+    def _gap(self, _: Exception) -> None:
+        self.gaps += 1
 
     def close(self) -> None:
         self.stop.set()

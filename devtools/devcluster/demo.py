@@ -9,14 +9,17 @@ from __future__ import annotations
 import shutil
 import time
 import uuid
+from typing import NamedTuple
 
 from kubernetes import client, config
 
 from devcluster import REPOSITORY, control_plane
 from devcluster.airflow_stack import AirflowStack
 from devcluster.in_cluster import InClusterAirflow, wait_for_rollout
+from k8s_executor import identity
 
 DEMO_DAG = REPOSITORY / "examples" / "dags" / "k8s_executor_demo.py"
+DEMO_DAG_ID = "k8s_executor_demo"
 NAMESPACE = "airflow-demo"
 
 
@@ -65,30 +68,60 @@ def run_demo(in_cluster: bool = False) -> int:
         print(
             f"Airflow up at http://127.0.0.1:{stack.api_port} ({time.monotonic() - started:.1f}s)", flush=True
         )
-        stack.wait_for_dag("k8s_executor_demo")
-        run_id = f"demo-{uuid.uuid4().hex[:6]}"
-        stack.trigger("k8s_executor_demo", run_id)
-        outcome = stack.wait_for_run("k8s_executor_demo", run_id)
-        states = stack.task_states("k8s_executor_demo", run_id)
-        pods = core.list_namespaced_pod(
-            namespace, label_selector=f"kubernetes_executor=True,run_id={run_id}"
-        ).items
-        by_task = {
-            (p.metadata.annotations["task_id"], int(p.metadata.annotations.get("map_index", -1))): p
-            for p in pods
-        }
-        print(f"\n{'task':<22} {'pod':<48} {'node':<10} {'pod phase':<10} task state")
-        for (task_id, map_index), (task_state, _) in sorted(states.items()):
-            pod = by_task.get((task_id, map_index))
-            label = task_id if map_index < 0 else f"{task_id}[{map_index}]"
-            print(
-                f"{label:<22} {pod.metadata.name if pod else '-':<48} "
-                f"{(pod.spec.node_name if pod else '-') or '-':<10} "
-                f"{pod.status.phase if pod else '-':<10} {task_state}"
-            )
+        run_id, outcome, rows = run_once(core, stack)
+        print(f"\n{format_table(rows)}")
         print(f"\nDAG run {run_id}: {outcome} in {time.monotonic() - started:.1f}s")
         if not in_cluster:
             print(f"export KUBECONFIG={state.kubeconfig}; kubectl -n {namespace} get pods")
         return 0 if outcome == "success" else 1
     finally:
         stack.stop()
+
+
+class TaskRow(NamedTuple):
+    """One line of the demo's table: a task, its pod, the node it ran on ("-" for none)."""
+
+    task: str
+    pod: str
+    node: str
+    phase: str
+    state: str | None
+
+
+def run_once(core: client.CoreV1Api, stack: AirflowStack) -> tuple[str, str, list[TaskRow]]:
+    """One run of the demo DAG, waited for: its run id, its outcome and its table."""
+    stack.wait_for_dag(DEMO_DAG_ID)
+    run_id = f"demo-{uuid.uuid4().hex[:6]}"
+    stack.trigger(DEMO_DAG_ID, run_id)
+    outcome = stack.wait_for_run(DEMO_DAG_ID, run_id)
+    return run_id, outcome, task_table(core, stack, run_id)
+
+
+def task_table(core: client.CoreV1Api, stack: AirflowStack, run_id: str) -> list[TaskRow]:
+    """Each task of the run with the executor's pod that ran it and that pod's node."""
+    pods = core.list_namespaced_pod(
+        stack.namespace,
+        label_selector=f"{identity.executor_pods_selector()},run_id={identity.safe_label_value(run_id)}",
+    ).items
+    by_task = {
+        (p.metadata.annotations["task_id"], int(p.metadata.annotations.get("map_index", -1))): p for p in pods
+    }
+    rows = []
+    for (task_id, map_index), (task_state, _) in sorted(stack.task_states(DEMO_DAG_ID, run_id).items()):
+        pod = by_task.get((task_id, map_index))
+        rows.append(
+            TaskRow(
+                task=task_id if map_index < 0 else f"{task_id}[{map_index}]",
+                pod=pod.metadata.name if pod else "-",
+                node=(pod.spec.node_name if pod else None) or "-",
+                phase=(pod.status.phase if pod else None) or "-",
+                state=task_state,
+            )
+        )
+    return rows
+
+
+def format_table(rows: list[TaskRow]) -> str:
+    lines = [f"{'task':<22} {'pod':<48} {'node':<10} {'pod phase':<10} task state"]
+    lines += [f"{r.task:<22} {r.pod:<48} {r.node:<10} {r.phase:<10} {r.state}" for r in rows]
+    return "\n".join(lines)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import functools
 import heapq
 import json
 import logging
@@ -41,10 +42,11 @@ from kubernetes.client.rest import ApiException
 from urllib3.exceptions import HTTPError
 
 from devcluster import build
+from devcluster.list_watch import LIST, list_watch, objects
 from devcluster.pod_status import ContainerState, now_iso, pod_status
 from devcluster.status_writer import StatusWriter
 from devcluster.volumes import MountError, PodVolumes, downward_value
-from k8s_executor.kube_client import json_lines, merge_patch, read_body, read_json
+from k8s_executor.kube_client import merge_patch, read_body, read_json
 
 log = logging.getLogger("node-agent")
 
@@ -265,43 +267,26 @@ class Agent:
 
     # --- pods ------------------------------------------------------------
     def watch_node(self, node: str) -> None:
-        """List, then watch from the list's resourceVersion; relist after a 410 or a broken stream."""
-        selector = f"spec.nodeName={node}"
-        while not self.stopping.is_set():
-            try:
-                resp = self.api.list_pod_for_all_namespaces(field_selector=selector, _preload_content=False)
-                listing = read_json(resp)
-                seen = set()
-                for pod in listing["items"]:
-                    seen.add(pod["metadata"]["uid"])
-                    self.on_pod(node, pod)
-                self.forget_missing(node, seen)
-                rv = listing["metadata"]["resourceVersion"]
-                while not self.stopping.is_set():
-                    resp = self.api.list_pod_for_all_namespaces(
-                        field_selector=selector,
-                        resource_version=rv,
-                        watch=True,
-                        allow_watch_bookmarks=True,
-                        timeout_seconds=300,
-                        _preload_content=False,
+        """The node's pods, listed then watched (list_watch); a relist forgets the pods gone."""
+        for event in list_watch(
+            functools.partial(self.api.list_pod_for_all_namespaces, field_selector=f"spec.nodeName={node}"),
+            self.stopping,
+            retry_s=0.5,
+            on_error=lambda exc: log.warning("pod watch of %s restarts after: %s", node, exc),
+        ):
+            pods = objects(event)
+            if event["type"] == LIST:
+                self.forget_missing(node, {pod["metadata"]["uid"] for pod in pods})
+            for pod in pods:
+                try:
+                    if event["type"] == "DELETED":
+                        self.forget(pod["metadata"]["uid"])
+                    else:
+                        self.on_pod(node, pod)
+                except Exception:
+                    log.exception(
+                        "%s of pod %s on %s not handled", event["type"], pod["metadata"]["name"], node
                     )
-                    for event in json_lines(resp):
-                        obj = event["object"]
-                        if event["type"] == "ERROR":
-                            raise ApiException(status=obj.get("code", 500), reason=obj.get("message"))
-                        rv = obj["metadata"]["resourceVersion"]
-                        if event["type"] == "BOOKMARK":
-                            continue
-                        if event["type"] == "DELETED":
-                            self.forget(obj["metadata"]["uid"])
-                        else:
-                            self.on_pod(node, obj)
-            except Exception as exc:
-                if self.stopping.is_set():
-                    return
-                log.warning("pod watch of %s restarts after: %s", node, exc)
-                time.sleep(0.5)
 
     def on_pod(self, node: str, pod: dict[str, Any]) -> None:
         uid = pod["metadata"]["uid"]

@@ -218,10 +218,17 @@ def try_selector(ref: TaskRef) -> str:
     return ",".join(parts)
 
 
+def executor_pods_selector(executor_id: str | None = DEFAULT_EXECUTOR) -> str:
+    """The label selector of the executor's pods, finished or not: one configured executor's, or
+    (`None`) every configured executor's under any alias or team. Pods launched before pods had an
+    owner are `LEGACY_PODS_SELECTOR`'s."""
+    return OWNER_LABEL if executor_id is None else f"{OWNER_LABEL}={executor_id}"
+
+
 def selector(executor_id: str, scheduler_id: str | None = None) -> str:
     """The pods of one configured executor that still await a verdict: one scheduler's (what its
     watchers see), or every scheduler's (what adoption looks through)."""
-    parts = [f"{OWNER_LABEL}={executor_id}", f"{DONE_LABEL}!=True"]
+    parts = [executor_pods_selector(executor_id), f"{DONE_LABEL}!=True"]
     if scheduler_id is not None:
         parts.append(f"{SCHEDULER_LABEL}={safe_label_value(scheduler_id)}")
     return ",".join(parts)
@@ -233,6 +240,8 @@ def unclaimed_selector(executor_id: str, alive: set[str]) -> str:
     return f"{selector(executor_id)},{SCHEDULER_LABEL} notin ({','.join(sorted(alive))})"
 
 
-# Pods launched before pods had an owner, by this executor or the official provider's: found only
-# for the tries Airflow hands over, then given an owner (`adopted_labels`).
-LEGACY_SELECTOR = f"{LEGACY_EXECUTOR_LABEL}=True,{DONE_LABEL}!=True"
+# Pods launched before pods had an owner, by this executor or the official provider's, finished or
+# not; then those that still await a verdict: found only for the tries Airflow hands over, then
+# given an owner (`adopted_labels`).
+LEGACY_PODS_SELECTOR = f"{LEGACY_EXECUTOR_LABEL}=True"
+LEGACY_SELECTOR = f"{LEGACY_PODS_SELECTOR},{DONE_LABEL}!=True"

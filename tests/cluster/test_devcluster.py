@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import queue
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from devcluster import build, control_plane
+from devcluster.list_watch import list_watch, objects
 from devcluster.node_agent import (
     DURATION_ANNOTATION,
     EXIT_CODE_ANNOTATION,
@@ -401,21 +403,20 @@ def test_thousand_simulated_pods_run_through_the_api_server(core: client.CoreV1A
     done = threading.Event()
 
     def watch_pods() -> None:
-        from k8s_executor.kube_client import json_lines
-
-        nonlocal rv
-        # The API server closes a watch whose reader falls behind; resume from the last event seen.
-        while not done.is_set():
-            resp = core.list_namespaced_pod(
-                namespace, watch=True, resource_version=rv, timeout_seconds=240, _preload_content=False
+        # The API server closes a watch whose reader falls behind: list_watch resumes it.
+        for event in list_watch(
+            functools.partial(core.list_namespaced_pod, namespace),
+            done,
+            resource_version=rv,
+            timeout_seconds=240,
+        ):
+            finished.update(
+                p["metadata"]["name"]
+                for p in objects(event)
+                if p.get("status", {}).get("phase") == "Succeeded"
             )
-            for event in json_lines(resp):
-                rv = event["object"]["metadata"]["resourceVersion"]
-                if event["object"].get("status", {}).get("phase") == "Succeeded":
-                    finished.add(event["object"]["metadata"]["name"])
-                    if len(finished) == count:
-                        done.set()
-                        return
+            if len(finished) == count:
+                done.set()
 
     watcher = threading.Thread(target=watch_pods, daemon=True)
     watcher.start()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator
 
 import pytest
-from devcluster import control_plane
+from devcluster import control_plane, demo
 from devcluster.airflow_stack import AirflowStack
 from devcluster.node_agent import DURATION_ANNOTATION, RUNTIME_LABEL, SIMULATED_TAINT
 from kubernetes import client
@@ -127,6 +128,19 @@ def test_every_task_runs_in_its_own_pod_with_its_settings(
     assert overridden.metadata.labels["override"] == "yes"
     assert overridden.spec.automount_service_account_token is False
     assert_adapter_queries_answer(stack, "e2e_main", "main-1")
+
+
+def test_the_demos_table_names_the_pod_and_node_of_every_task(
+    stack: AirflowStack, core: client.CoreV1Api
+) -> None:
+    """`./dev demo`'s DAG and table, read as the demo reads them: every task of its DAG runs as a
+    pod, so every row names one, and the node it ran on."""
+    shutil.copy(demo.DEMO_DAG, stack.dags_folder)
+    _, outcome, rows = demo.run_once(core, stack)
+    table = demo.format_table(rows)
+    assert outcome == "success", table
+    assert len(rows) == 8, table  # extract, square[0..3], total, configured, overridden
+    assert all(row.pod != "-" and row.node != "-" for row in rows), table
 
 
 def test_pod_deleted_by_hand_fails_its_task_with_the_reason(

@@ -126,6 +126,9 @@ def test_the_watch_selects_one_executors_pods_and_nothing_of_the_official_provid
         identity.selector("team_a.k8s")
         == "airflow-k8s-executor/executor=team_a.k8s,airflow_executor_done!=True"
     )
+    # What readers outside the executor (the demo, the CLI) list: finished pods too.
+    assert identity.executor_pods_selector() == "airflow-k8s-executor/executor=KubernetesExecutor"
+    assert identity.executor_pods_selector(None) == "airflow-k8s-executor/executor"
     assert identity.scheduler_of(ours) == "42"
     assert identity.scheduler_of({"kubernetes_executor": "True", "airflow-worker": "7"}) == "7"
     assert identity.launched_by_an_executor(ours)

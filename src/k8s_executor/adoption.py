@@ -15,42 +15,21 @@ gives it this executor's labels.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
-
-from kubernetes import client
 
 from k8s_executor import identity
-from k8s_executor.kube_client import list_pods, read_json
-from k8s_executor.state_mapping import PodState, observe
+from k8s_executor.shapes import Orphan, PodSeen
 
 
-@dataclass(frozen=True)
-class Sighting:
-    """What is known of an executor pod this scheduler does not track."""
-
-    ref: identity.WorkloadRef
-    namespace: str
-    name: str
-    scheduler_id: str
-    state: PodState
-    # As listed: a delete on this sighting's word applies to the pod only if it is unchanged since.
-    resource_version: str = ""
-
-
-@dataclass(frozen=True)
-class Orphan:
-    ref: identity.WorkloadRef
-    namespace: str
-    name: str
-    state: PodState
-    # False for a pod of a dead scheduler whose task already ended: taken only to be disposed of.
-    ours: bool
-    # Launched before pods had an owner label: adopting it relabels it, so the watchers see it.
-    legacy: bool = False
+def held_elsewhere(holder: str | None, scheduler_label: str | None) -> bool:
+    """Whether a pod labelled as held by `holder` is another scheduler's than this one's (by its
+    label `scheduler_label`; None for a reader that holds no pods, such as the CLI). The one rule
+    the watchers, the ledger and adoption share: a pod another scheduler holds is never reported,
+    deleted or adopted here but through adoption."""
+    return bool(holder) and scheduler_label is not None and holder != scheduler_label
 
 
 def select_orphans(
-    sightings: Iterable[Sighting],
+    sightings: Iterable[PodSeen],
     tries: Iterable[identity.WorkloadRef],
     dead_scheduler_ids: Iterable[str],
 ) -> list[Orphan]:
@@ -63,51 +42,31 @@ def select_orphans(
     dead = {identity.safe_label_value(i) for i in dead_scheduler_ids}
     orphans = []
     for seen in sightings:
+        if seen.ref is None:
+            continue
         ours = seen.ref in wanted
         if ours or (seen.scheduler_id in dead and seen.state.terminal):
-            orphans.append(Orphan(seen.ref, seen.namespace, seen.name, seen.state, ours))
+            orphans.append(_orphan(seen, ours=ours))
     return orphans
 
 
-def list_sightings(
-    api: client.CoreV1Api,
-    namespaces: Iterable[str | None],
-    selector: str,
-    fatal_waiting_reasons: frozenset[str] = frozenset(),
-    unschedulable_timeout_s: float = 300.0,
-) -> list[Sighting]:
-    """Every pod under `selector` in `namespaces`, judged as listed."""
-    sightings = []
-    for namespace in namespaces:
-        response = list_pods(api, namespace, label_selector=selector, _preload_content=False)
-        for pod in read_json(response)["items"]:
-            seen = observe(
-                pod,
-                fatal_waiting_reasons=fatal_waiting_reasons,
-                unschedulable_timeout_s=unschedulable_timeout_s,
-            )
-            if seen.ref is not None:
-                sightings.append(
-                    Sighting(
-                        seen.ref,
-                        seen.namespace,
-                        seen.name,
-                        seen.scheduler_id,
-                        seen.state,
-                        pod["metadata"].get("resourceVersion", ""),
-                    )
-                )
-    return sightings
-
-
-def legacy_orphans(sightings: Iterable[Sighting], tries: Iterable[identity.WorkloadRef]) -> list[Orphan]:
+def legacy_orphans(sightings: Iterable[PodSeen], tries: Iterable[identity.WorkloadRef]) -> list[Orphan]:
     """The legacy pods (identity.LEGACY_SELECTOR) that run one of `tries`: handed over, so ours."""
     wanted = set(tries)
-    return [
-        Orphan(seen.ref, seen.namespace, seen.name, seen.state, ours=True, legacy=True)
-        for seen in sightings
-        if seen.ref in wanted
-    ]
+    return [_orphan(seen, ours=True, legacy=True) for seen in sightings if seen.ref in wanted]
+
+
+def _orphan(seen: PodSeen, ours: bool, legacy: bool = False) -> Orphan:
+    return Orphan(
+        namespace=seen.namespace,
+        name=seen.name,
+        ref=seen.ref,
+        scheduler_id=seen.scheduler_id,
+        state=seen.state,
+        resource_version=seen.resource_version,
+        ours=ours,
+        legacy=legacy,
+    )
 
 
 def unadopted_reason(ti_state: object, dead: Iterable[str], adopter: str) -> str:

@@ -1,35 +1,32 @@
-"""The thin layer that knows which Airflow it talks to.
+"""The version shim: the one module that knows which Airflow it talks to.
 
-Everything that differs between Airflow 2.10/2.11 and Airflow 3 lives here:
-how a task's command is made, where settings come from, the mutation hook,
-the key type. The core (pod building, launching, watching, state mapping)
-sees only `TaskRef`s, commands and pod JSON.
+What differs between Airflow 2.10/2.11 and Airflow 3 is answered here, so no other module
+branches on the version: where settings come from and which of them Airflow sets, which
+executor is configured under which name, a workload's keys and end states, what a worker needs
+in its environment, how a DAG is found, where a try's log file is, the metrics facade. The core
+(pod building, launching, watching, state mapping) sees only `TaskRef`s, commands and pod JSON.
+
+Where Airflow offers no public API for what is needed, the private one is called here only,
+and tests/unit/test_airflow_adapter.py fails when it changes.
 """
 
 from __future__ import annotations
 
-import datetime
 import importlib.util
-import json
+import inspect
 import os
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from airflow import __version__ as AIRFLOW_VERSION
 from airflow.configuration import conf
-from kubernetes.client import ApiClient
 from packaging.version import Version
 
-from k8s_executor import executor_config as executor_config_module
 from k8s_executor import identity
 from k8s_executor.identity import CallbackRef, ConnectionTestRef, TaskRef, WorkloadRef
-from k8s_executor.pod_building import PodBuildError, PodDefaults, PodRequest, build_pod, validate
+from k8s_executor.pod_building import PodDefaults
 from k8s_executor.settings import SECTION, ExecutorSettings
 
 AIRFLOW_V3 = Version(Version(AIRFLOW_VERSION).base_version) >= Version("3.0.0")
-
-_serializer = ApiClient()
 
 
 def read_settings(section: str = SECTION, team: str | None = None) -> dict[str, Any]:
@@ -80,58 +77,42 @@ def executor_identity(executor: Any) -> str:
     return identity.executor_identity(alias or type(executor).__name__, getattr(executor, "team_name", None))
 
 
+def configured_executor_id(task_executor: str | None = None) -> str:
+    """`executor_identity` of the executor of ours that runs a task whose `executor` argument is
+    `task_executor`, found in `[core] executor` without loading it: for the CLI, which renders
+    pods that executor would launch.
+
+    The one named (by alias, module path or class name) if it is ours, else the first of ours
+    configured; `identity.DEFAULT_EXECUTOR` when none is. A team's executor is chosen only when
+    no installation-wide one of ours is configured: which team a DAG is of is the database's.
+    """
+    from airflow.executors.executor_loader import ExecutorLoader
+
+    listing = ExecutorLoader.get_executor_names
+    # Airflow 3 checks the teams it finds against the database first, unless told not to.
+    names = (
+        listing(validate_teams=False)
+        if "validate_teams" in inspect.signature(listing).parameters
+        else listing()
+    )
+    ours = sorted(
+        (name for name in names if name.module_path.startswith("k8s_executor.")),
+        key=lambda name: getattr(name, "team_name", None) is not None,
+    )
+    named = [
+        name
+        for name in ours
+        if task_executor in (name.alias, name.module_path, name.module_path.rsplit(".", 1)[-1])
+    ]
+    chosen = named[0] if named else ours[0] if ours else None
+    if chosen is None:
+        return identity.DEFAULT_EXECUTOR
+    class_name = chosen.module_path.rsplit(".", 1)[-1]
+    return identity.executor_identity(chosen.alias or class_name, getattr(chosen, "team_name", None))
+
+
 def scheduler_health_check_threshold_s() -> float:
     return conf.getfloat("scheduler", "scheduler_health_check_threshold", fallback=30.0)
-
-
-def scheduler_jobs() -> list[tuple[object, str | None, datetime.datetime | None]]:
-    """Every scheduler job Airflow knows as running: (id, state, latest heartbeat)."""
-    from airflow.jobs.job import Job
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    with create_session() as session:
-        rows = session.execute(
-            select(Job.id, Job.state, Job.latest_heartbeat).where(
-                Job.job_type == "SchedulerJob", Job.state == "running"
-            )
-        ).all()
-    return [(job_id, getattr(state, "value", state), heartbeat) for job_id, state, heartbeat in rows]
-
-
-def task_instance_rows(
-    refs: Sequence[TaskRef], chunk: int = 500
-) -> dict[tuple[str, str, str, int], tuple[int, str | None, object]]:
-    """(try_number, state, queued_by_job_id) of the task instances of `refs`, by (dag, task, run,
-    map index): one query per `chunk` tries."""
-    from airflow.models.taskinstance import TaskInstance as TI
-    from airflow.utils.session import create_session
-    from sqlalchemy import select, tuple_
-
-    out: dict[tuple[str, str, str, int], tuple[int, str | None, object]] = {}
-    keys = sorted({(r.dag_id, r.task_id, r.run_id, r.map_index) for r in refs})
-    with create_session() as session:
-        for start in range(0, len(keys), chunk):
-            rows = session.execute(
-                select(
-                    TI.dag_id,
-                    TI.task_id,
-                    TI.run_id,
-                    TI.map_index,
-                    TI.try_number,
-                    TI.state,
-                    TI.queued_by_job_id,
-                ).where(
-                    tuple_(TI.dag_id, TI.task_id, TI.run_id, TI.map_index).in_(keys[start : start + chunk])
-                )
-            ).all()
-            for dag_id, task_id, run_id, map_index, try_number, state, queued_by in rows:
-                out[(dag_id, task_id, run_id, map_index)] = (
-                    try_number,
-                    str(state.value if hasattr(state, "value") else state) if state is not None else None,
-                    queued_by,
-                )
-    return out
 
 
 def pod_defaults(settings: ExecutorSettings) -> PodDefaults:
@@ -239,268 +220,30 @@ def ref_of(key: Any) -> TaskRef:
     return TaskRef(key.dag_id, key.task_id, key.run_id, int(key.try_number), int(key.map_index))
 
 
-def load_unloaded_columns(tis: Sequence[Any], chunk: int = 1000) -> None:
-    """Load, a thousand rows per query, the columns Airflow's orphan query left unloaded.
-
-    That query loads only a few columns of each task instance (Airflow 2.11 and 3.x alike).
-    Adoption reads the try number and the scheduler that queued each one, and every column
-    left out costs a query per task instance when first read: 2.3 s for 2,000 at Airflow
-    3.3 (bench/RESULTS.md, item 13). Loaded here, for the scheduler's own use after
-    adoption too. Task instances that are not rows of a session are left as they are.
-    """
-    from sqlalchemy import inspect, select, tuple_
-    from sqlalchemy.orm import object_session
-    from sqlalchemy.orm.exc import UnmappedInstanceError
-
-    try:
-        session = object_session(tis[0]) if tis else None
-    except UnmappedInstanceError:
-        return
-    if session is None:
-        return
-    model = type(tis[0])
-    mapper = inspect(model)
-    columns = {attribute.key for attribute in mapper.column_attrs}
-    identities = [inspect(ti).identity for ti in tis if inspect(ti).unloaded & columns]
-    key_columns = mapper.primary_key
-    for start in range(0, len(identities), chunk):
-        part = identities[start : start + chunk]
-        if len(key_columns) == 1:
-            where = key_columns[0].in_([identity[0] for identity in part])
-        else:
-            where = tuple_(*key_columns).in_(part)
-        # Rows of objects already in the session fill in only what those objects lack.
-        session.scalars(select(model).where(where)).all()
-
-
-def workload_command(workload: Any) -> list[str]:
-    """Airflow 3: the worker runs the workload JSON (its token included; never logged)."""
-    return [
-        "python",
-        "-m",
-        "airflow.sdk.execution_time.execute_workload",
-        "--json-string",
-        workload.model_dump_json(),
-    ]
-
-
-def request_from_workload(
-    workload: Any, scheduler_id: str, env: dict[str, str], launch_attempt: int = 0
-) -> PodRequest:
-    ti = workload.ti
-    template, image = coordinator_choice(getattr(ti, "queue", None))
-    return PodRequest(
-        ref=TaskRef(ti.dag_id, ti.task_id, ti.run_id, int(ti.try_number), int(ti.map_index)),
-        command=workload_command(workload),
-        scheduler_id=scheduler_id,
-        airflow_version=AIRFLOW_VERSION,
-        ti_id=str(ti.id),
-        executor_config=executor_config_module.parse(ti.executor_config),
-        env=env,
-        launch_attempt=launch_attempt,
-        coordinator_template=template,
-        coordinator_image=image,
-    )
-
-
-def coordinator_choice(queue: str | None) -> tuple[str | None, str | None]:
-    """Airflow 3.3: the pod template and base image that `[sdk] coordinators` declares (in its
-    `extra`: `pod_template_file`, and `worker_container_repository` with `worker_container_tag`) for
-    the coordinator `[sdk] queue_to_coordinator` routes `queue` to; (None, None) for a queue of
-    Python tasks, or an Airflow without coordinators. Read as the official provider reads them."""
-    if not queue:
-        return None, None
-    try:
-        from airflow.sdk.execution_time.coordinator import get_coordinator_manager
-    except ImportError:
-        return None, None
-    try:
-        extra = get_coordinator_manager().extra_for_queue(queue) or {}
-    except Exception as exc:
-        # The installation's setting, but it decides the pods of the queues it routes: those
-        # tasks fail, saying why; the other queues' tasks are not its concern.
-        routes = conf.get("sdk", "queue_to_coordinator", fallback="") or ""
-        try:
-            routed = queue in json.loads(routes)
-        except (ValueError, TypeError):
-            routed = queue in routes
-        if not routed:
-            return None, None
-        raise PodBuildError(
-            f"queue {queue!r}: [sdk] coordinators / queue_to_coordinator cannot be read: {exc}"
-        ) from exc
-    repository, tag = extra.get("worker_container_repository"), extra.get("worker_container_tag")
-    return extra.get("pod_template_file"), f"{repository}:{tag}" if repository and tag else None
-
-
 def is_callback(workload: Any) -> bool:
     return type(workload).__name__ == "ExecuteCallback"
-
-
-def request_from_callback(
-    workload: Any, scheduler_id: str, env: dict[str, str], launch_attempt: int = 0
-) -> PodRequest:
-    """Airflow 3: an executor callback (a deadline alert's) runs in a pod as a task does: the
-    same template and settings, the workload's JSON as its command."""
-    # Its log path is executor_callbacks/<dag_id>/<run_id>/<callback id>: the run it is for.
-    parts = str(workload.log_path or "").split("/")
-    dag_id, run_id = (parts[1], parts[2]) if len(parts) == 4 else ("", "")
-    return PodRequest(
-        ref=CallbackRef(str(workload.callback.id), dag_id, run_id),
-        command=workload_command(workload),
-        scheduler_id=scheduler_id,
-        airflow_version=AIRFLOW_VERSION,
-        env=env,
-        launch_attempt=launch_attempt,
-    )
 
 
 def is_connection_test(workload: Any) -> bool:
     return type(workload).__name__ == "TestConnection"
 
 
-def request_from_connection_test(workload: Any, scheduler_id: str, env: dict[str, str]) -> PodRequest:
-    """Airflow 3.3: a connection test runs in a pod as a task does, from inside the cluster with
-    the workers' network and secrets; the worker reports its result to the API server itself."""
-    return PodRequest(
-        ref=ConnectionTestRef(str(workload.connection_test_id), workload.connection_id),
-        command=workload_command(workload),
-        scheduler_id=scheduler_id,
-        airflow_version=AIRFLOW_VERSION,
-        env=env,
-    )
+def task_log_filename(ti: Any, try_number: int, base_log_folder: str, session: Any) -> str:
+    """The path, under `base_log_folder`, of the file of try `try_number` of task instance `ti`:
+    where its worker writes and the API server reads.
 
-
-def request_from_command(
-    key: Any,
-    command: list[str],
-    executor_config: Any,
-    scheduler_id: str,
-    env: dict[str, str],
-    launch_attempt: int = 0,
-) -> PodRequest:
-    """Airflow 2: `execute_async` hands over an `airflow tasks run ...` command."""
-    return PodRequest(
-        ref=ref_of(key),
-        command=list(command),
-        scheduler_id=scheduler_id,
-        airflow_version=AIRFLOW_VERSION,
-        executor_config=executor_config_module.parse(executor_config),
-        env=env,
-        launch_attempt=launch_attempt,
-    )
-
-
-def pod_for(request: PodRequest, defaults: PodDefaults) -> dict[str, Any]:
-    """The pod that would be launched for `request`: built, then the operator's mutation hook.
-
-    One function for the launch and for the CLI (`generate-dag-yaml`, `explain`), so what the
-    CLI shows is what is launched.
+    Airflow renders it from the log template its DAG run was created under, in
+    `FileTaskHandler._render_filename`: there is no public function of it. Airflow 3's reads
+    through the caller's `session`; Airflow 2's opens one of its own.
     """
-    return apply_mutation_hook(build_pod(request, defaults))
-
-
-def apply_mutation_hook(pod: dict[str, Any]) -> dict[str, Any]:
-    """Run the operator's `pod_mutation_hook`, if they defined one, on the finished pod."""
-    from airflow import settings
-
-    hook = getattr(settings, "pod_mutation_hook", None)
-    if hook is None or (getattr(hook, "__module__", "") == "airflow.settings" and not _policy_hooks()):
-        return pod
-    from kubernetes.client import V1Pod
-
-    model: V1Pod = _serializer._ApiClient__deserialize(pod, "V1Pod")
-    try:
-        returned = hook(model)
-    except Exception as exc:
-        raise PodBuildError(f"pod_mutation_hook raised {type(exc).__name__}: {exc}") from exc
-    # Airflow's dispatcher answers with each hook's return value. A hook that returns a new pod
-    # meant it to be launched, but only the pod it was given is: its changes would be lost unseen.
-    for value in returned if isinstance(returned, list) else [returned]:
-        if isinstance(value, V1Pod | dict) and value is not model:
-            raise PodBuildError(
-                f"pod_mutation_hook returned a new {type(value).__name__} instead of changing the pod it "
-                "was given; its return value is not used"
-            )
-    mutated: dict[str, Any] = _serializer.sanitize_for_serialization(model)
-    try:
-        # What the hook left is checked as a template is: it may have set any field to anything.
-        validate(mutated, shape=True)
-    except PodBuildError as exc:
-        raise PodBuildError(f"after pod_mutation_hook: {exc}") from None
-    return mutated
-
-
-def _policy_hooks() -> list[Any]:
-    """The pod mutation hooks Airflow's own `pod_mutation_hook` dispatches to.
-
-    Airflow turns the hook of airflow_local_settings.py (and of policy plugins) into a
-    plugin that its dispatcher in `airflow.settings` calls; with none, the model round
-    trip is skipped.
-    """
-    from airflow import settings
-
-    manager = getattr(settings, "get_policy_plugin_manager", None)
-    return list(manager().hook.pod_mutation_hook.get_hookimpls()) if manager else []
-
-
-def note_in_task_log(ref: TaskRef, text: str, ends_try: bool) -> None:
-    """Append `text` to the try's log, where the UI shows it.
-
-    A pod that never ran its worker leaves no log at all; this note is then the one place an
-    operator looks that says why. It is written where the worker would have written: the local
-    log folder, which the API server reads when the folder is shared. When remote logging is
-    configured, the note that ends a try is uploaded as the worker's supervisor uploads its own
-    log at a task's end: the API server reads a finished try from the remote store, and asks the
-    executor's `get_task_log` only while a try runs, so without the upload a try whose pod never
-    started shows nothing in the usual installation (the Helm chart shares no log folder between
-    the scheduler and the API server).
-    """
-    from airflow.models.taskinstance import TaskInstance
     from airflow.utils.log.file_task_handler import FileTaskHandler
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
 
-    folder = conf.get("logging", "base_log_folder")
-    with create_session() as session:
-        ti = session.scalar(
-            select(TaskInstance).where(
-                TaskInstance.dag_id == ref.dag_id,
-                TaskInstance.task_id == ref.task_id,
-                TaskInstance.run_id == ref.run_id,
-                TaskInstance.map_index == ref.map_index,
-            )
-        )
-        if ti is None:
-            return
-        path = Path(folder) / FileTaskHandler(folder)._render_filename(ti, ref.try_number)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    handler = FileTaskHandler(base_log_folder)
     if AIRFLOW_V3:
-        line = json.dumps(
-            {"timestamp": now.isoformat(), "level": "error", "event": text, "logger": "k8s_executor"}
-        )
+        filename: str = handler._render_filename(ti, try_number, session=session)
     else:
-        line = f"[{now.isoformat()}] {{k8s_executor}} ERROR - {text}"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as log_file:
-        log_file.write(line + "\n")
-    remote = _remote_task_log() if ends_try else None
-    if remote is not None:
-        remote.upload(path, ti)
-
-
-def _remote_task_log() -> Any | None:
-    """Airflow 3's remote log store (`RemoteLogIO`), or None when none is configured.
-
-    Airflow 2 ships task logs through its log handlers' `close()` only, for the process that ran
-    the task; there the note stays in the local folder.
-    """
-    if not AIRFLOW_V3:
-        return None
-    import airflow.logging_config as logging_config
-
-    getter = getattr(logging_config, "get_remote_task_log", None)  # Airflow 3.2 and later
-    return getter() if getter else getattr(logging_config, "REMOTE_TASK_LOG", None)
+        filename = handler._render_filename(ti, try_number)
+    return filename
 
 
 def stats() -> Any:

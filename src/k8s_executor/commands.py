@@ -4,9 +4,9 @@
 - `generate-dag-yaml` renders every task's pod of a DAG without running anything;
 - `explain` shows one task's pod and which layer set each of its fields.
 
-Rendering goes through the executor's own path (settings, executor_config
-parsing, `build_pod`, the mutation hook), so what is shown is what would be
-launched, save the workload, which exists only for a running task.
+Rendering goes through the executor's own path (settings, the request factory of
+workloads.py, `build_pod`, the mutation hook), so what is shown is what would be
+launched, owner labels included, save the workload, which exists only for a running task.
 """
 
 from __future__ import annotations
@@ -30,43 +30,21 @@ from airflow.cli.cli_config import (
 from airflow.utils.providers_configuration_loader import providers_configuration_loaded
 from kubernetes import client
 
-from k8s_executor import airflow_adapter, identity
-from k8s_executor import executor_config as executor_config_module
+from k8s_executor import airflow_adapter, identity, workloads
 from k8s_executor.executor_config import ExecutorConfigError
+from k8s_executor.explain import flatten, pod_layers, provenance
 from k8s_executor.kube_client import core_api, error_message, list_pods, read_json
-from k8s_executor.pod_building import (
-    PodBuildError,
-    PodRequest,
-    base_pod,
-    build_pod,
-    flatten,
-    provenance,
-    template_path,
-)
+from k8s_executor.pod_building import PodBuildError
 from k8s_executor.settings import ExecutorSettings
+from k8s_executor.state_mapping import parse_time
 
 GROUP_NAME = "kubernetes"
 DEFAULT_MIN_PENDING_MINUTES = 30.0
 RENDER_RUN_ID = "rendered"
-RENDER_SCHEDULER_ID = "generate-dag-yaml"
-PLACEHOLDER_COMMAND = [
-    "echo",
-    "rendered by airflow kubernetes generate-dag-yaml: a launched task runs its workload here",
-]
 LIST_PAGE = 500
-
-SOURCE_DEFAULT = "default"
-SOURCE_TEMPLATE = "template file"
-SOURCE_DICT_FORM = "executor_config (dict form)"
-SOURCE_POD_OVERRIDE = "executor_config (pod_override)"
-SOURCE_HOOK = "mutation hook"
 
 
 # --- which pods cleanup-pods deletes ------------------------------------------
-def _timestamp(value: str | None) -> datetime.datetime | None:
-    return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
-
-
 def cleanup_reason(
     pod: dict[str, Any], now: datetime.datetime, min_pending: datetime.timedelta
 ) -> str | None:
@@ -89,7 +67,7 @@ def cleanup_reason(
     if phase == "Failed":
         return "failed"
     if phase == "Pending":
-        created = _timestamp(meta.get("creationTimestamp"))
+        created = parse_time(meta.get("creationTimestamp"))
         if created is not None and now - created > min_pending:
             minutes = (now - created).total_seconds() / 60
             return f"pending for {minutes:.1f} min (threshold {min_pending.total_seconds() / 60:g} min)"
@@ -99,7 +77,7 @@ def cleanup_reason(
 def _executor_pods(core: client.CoreV1Api, namespace: str | None) -> Iterator[dict[str, Any]]:
     """Every executor's pods: ours under any alias or team, and legacy ones (identity.py)."""
     seen: set[str] = set()
-    for selector in (identity.OWNER_LABEL, f"{identity.LEGACY_EXECUTOR_LABEL}=True"):
+    for selector in (identity.executor_pods_selector(None), identity.LEGACY_PODS_SELECTOR):
         token: str | None = None
         while True:
             kwargs: dict[str, Any] = {
@@ -163,51 +141,12 @@ def cleanup_pods(args: argparse.Namespace) -> None:
 
 
 # --- rendering a task's pod -----------------------------------------------------
-def _request(task: Any, run_id: str, config: dict[str, Any] | None) -> PodRequest:
-    template, image = airflow_adapter.coordinator_choice(getattr(task, "queue", None))
-    return PodRequest(
-        ref=identity.TaskRef(task.dag_id, task.task_id, run_id),
-        command=PLACEHOLDER_COMMAND,
-        scheduler_id=RENDER_SCHEDULER_ID,
-        airflow_version=airflow_adapter.AIRFLOW_VERSION,
-        executor_config=executor_config_module.parse(config),
-        env=airflow_adapter.worker_env(),
-        coordinator_template=template,
-        coordinator_image=image,
-    )
-
-
 def render_pod(task: Any, run_id: str, settings: ExecutorSettings) -> dict[str, Any]:
     """The pod the executor would launch for `task`, as `KubernetesExecutor._launch` builds it."""
-    return airflow_adapter.pod_for(
-        _request(task, run_id, task.executor_config), airflow_adapter.pod_defaults(settings)
+    return workloads.pod_for(
+        workloads.request_for_rendering(task, run_id, task.executor_config),
+        airflow_adapter.pod_defaults(settings),
     )
-
-
-def pod_layers(task: Any, run_id: str, settings: ExecutorSettings) -> list[tuple[str, dict[str, Any]]]:
-    """The task's pod after each layer, named by its source; the last is `render_pod`'s pod.
-
-    Each layer is built by the executor's own `build_pod` with the task's executor_config
-    cut down to the keys applied so far, so every merge happens as it does at launch.
-    """
-    raw: dict[str, Any] = task.executor_config or {}
-    defaults = airflow_adapter.pod_defaults(settings)
-    request = _request(task, run_id, raw)  # refuses a bad executor_config before any layer
-    first = SOURCE_TEMPLATE if template_path(request, defaults) else SOURCE_DEFAULT
-    applied = {k: raw[k] for k in ("pod_template_file",) if raw.get(k) is not None}
-    layers = [
-        (first, base_pod(request, defaults)),
-        (SOURCE_DEFAULT, build_pod(_request(task, run_id, applied), defaults)),
-    ]
-    for key, source in (
-        (executor_config_module.DICT_FORM_KEY, SOURCE_DICT_FORM),
-        ("pod_override", SOURCE_POD_OVERRIDE),
-    ):
-        if raw.get(key) is not None:
-            applied[key] = raw[key]
-            layers.append((source, build_pod(_request(task, run_id, applied), defaults)))
-    layers.append((SOURCE_HOOK, airflow_adapter.apply_mutation_hook(layers[-1][1])))
-    return layers
 
 
 def _dump(pod: dict[str, Any]) -> str:

@@ -1,51 +1,32 @@
 """`KubernetesExecutor`: the face Airflow's scheduler talks to.
 
 Flow is one way: a workload (Airflow 3) or command (Airflow 2) becomes a pod
-request through the adapter, a pod through `pod_building`, a create through the
+request through `workloads`, a pod through `pod_building`, a create through the
 launcher; the watcher's verdicts come back as results and go into the event
 buffer. Bad input fails only its own task, with a message naming the field.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import functools
 import queue
-import time
 import uuid
-from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from airflow.executors.base_executor import BaseExecutor
 from airflow.utils.state import TaskInstanceState
-from kubernetes import client
 
-from k8s_executor import adoption, airflow_adapter, identity, metrics
+from k8s_executor import adoption, airflow_adapter, identity, metrics, task_instances, task_log, workloads
 from k8s_executor.executor_config import ExecutorConfigError
-from k8s_executor.kube_client import core_api, describe_error, error_message, list_pods, pod_events, read_body
+from k8s_executor.kube_client import core_api, describe_error
 from k8s_executor.launching import REQUEST_ERRORS
-from k8s_executor.ledger import HandedOver, NameTaken, create_obsolete, live_schedulers, relaunch
+from k8s_executor.ledger import Action, HandedOver, Launch, Relaunch, Withdrawn, live_schedulers
 from k8s_executor.pod_building import PodBuildError, PodRequest
-from k8s_executor.scheduler import AirflowKubernetesScheduler, TaskResult
+from k8s_executor.scheduler import AirflowKubernetesScheduler, PodLaunch, TaskResult
 from k8s_executor.settings import ExecutorSettings
-from k8s_executor.state_mapping import describe_events, observe
-
-# How often the executor asks Airflow which schedulers live, and whether creates still on their
-# way are still wanted (one query each, whatever the number of pods).
-LIVENESS_INTERVAL_S = 10.0
-OBSOLETE_CHECK_INTERVAL_S = 2.0
-# Only creates held back this long are checked: a try is reset or handed to another scheduler
-# after its scheduler missed its health check (30 s by default) or its queued timeout, never in
-# the seconds a burst keeps creates waiting for the rate limit, whose check would be a query of
-# up to a thousand tries every 2 s for nothing.
-OBSOLETE_AFTER_S = 15.0
-# A pod that failed before its task started is launched again after 1, 2, 4 ... at most 60 s, and
-# not when less than this is left of its try's time to start.
-RELAUNCH_MAX_DELAY_S = 60.0
-RELAUNCH_MIN_TIME_LEFT_S = 10.0
+from k8s_executor.shapes import TaskRow
 
 
 class KubernetesExecutor(BaseExecutor):
@@ -63,33 +44,18 @@ class KubernetesExecutor(BaseExecutor):
     is_local: bool = False
     serve_logs: bool = False
 
-    RUNNING_POD_LOG_NOTE = "Log of the running pod {pod}"
-
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.settings: ExecutorSettings | None = None
         self.kube_scheduler: AirflowKubernetesScheduler | None = None
-        self.result_queue: queue.Queue[TaskResult | HandedOver | NameTaken] = queue.Queue()
+        # Pods built and waiting for the launcher, and the tries' results waiting for Airflow.
+        self.task_queue: queue.Queue[PodLaunch] = queue.Queue()
+        self.result_queue: queue.Queue[TaskResult] = queue.Queue()
         self.scheduler_id = ""
         # The owner label of this executor's pods; set by a LocalKubernetesExecutor to its own.
         self.owner: str | None = None
-        self._next_liveness = 0.0
-        self._next_obsolete_check = 0.0
         self._worker_env: dict[str, str] = {}
-        # How often each try's pod was launched again: after Airflow revoked it (a task stuck in
-        # queued is queued again with the same try number), after it was found obsolete, or after
-        # it failed before its task started. Each new pod gets a new name (identity.pod_name), so
-        # an earlier pod's end cannot be taken for the new one's.
-        self._relaunches: Counter[identity.WorkloadRef] = Counter()
-        # What each try's pod is built from, kept until its result, for a launch that failed.
-        self._requests: dict[identity.WorkloadRef, Callable[[], PodRequest]] = {}
-        self._launch_failures: Counter[identity.WorkloadRef] = Counter()
-        # When each try's time to start ends (from its first launch), and when a relaunch is due.
-        self._start_deadline: dict[identity.WorkloadRef, float] = {}
-        self._relaunch_due: dict[identity.WorkloadRef, float] = {}
-        # Notes in task logs are written (and uploaded to a remote log store) off the scheduler's
-        # loop: a burst of failed launches must not hold it for a database read and an upload each.
-        self._notes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="task-log-notes")
+        self._notes = task_log.NoteWriter()
 
     # --- lifecycle -------------------------------------------------------
     def start(self) -> None:
@@ -105,7 +71,7 @@ class KubernetesExecutor(BaseExecutor):
         self._defaults = airflow_adapter.pod_defaults(self.settings)
         self.kube_scheduler = AirflowKubernetesScheduler(
             self.settings,
-            None,
+            self.task_queue,
             self.result_queue,
             self.kube_client,
             self.scheduler_id,
@@ -126,117 +92,66 @@ class KubernetesExecutor(BaseExecutor):
         if self.kube_scheduler is None:
             return
         self.kube_scheduler.check_watchers()
-        self._ask_airflow()
-        self.kube_scheduler.sync()
-        results: list[TaskResult] = []
+        todo = self.kube_scheduler.sync()
+        todo += self._ask_airflow()
+        for action in todo:
+            self._do(action)
         while True:
             try:
                 result = self.result_queue.get_nowait()
             except queue.Empty:
                 break
-            if isinstance(result, NameTaken):
-                self._launch_again(result.ref)
-                continue
-            if isinstance(result, HandedOver):
-                # Adopted by another scheduler (this one stalled past its health check, say).
-                self._forget(result.ref)
-                self.running.discard(airflow_adapter.to_airflow_key(result.ref))
-                continue
-            results.append(result)
-        relaunched = self._relaunch_failed_launches(results)
-        self._relaunch_due_pods()
-        for result in results:
-            if result.ref not in relaunched:
-                self._apply(result)
+            self._apply(result)
 
-    def _relaunch_failed_launches(self, results: list[TaskResult]) -> set[identity.WorkloadRef]:
-        """Give a new pod to each try whose pod failed before its task started, while the try has
-        launches left (pod_launch_failure_retries): one query for the batch."""
-        assert self.settings is not None
-        allowed = self.settings.pod_launch_failure_retries
-        # Tries only: a callback has no task instance that could tell whether it started.
-        candidates = [
-            (r, r.ref)
-            for r in results
-            if isinstance(r.ref, identity.TaskRef)
-            and r.state.verdict == "failed"
-            and r.ref in self._requests
-            and (allowed < 0 or self._launch_failures[r.ref] < allowed)
-        ]
-        if not candidates:
-            return set()
-        try:
-            rows = airflow_adapter.task_instance_rows([ref for _, ref in candidates])
-        except Exception:
-            self.log.exception("could not read whether %d failed pods' tasks had started", len(candidates))
-            return set()
-        excluded = frozenset(self.settings.pod_launch_failure_excluded_container_reasons)
-        relaunched: set[identity.WorkloadRef] = set()
-        now = time.monotonic()
-        for result, ref in candidates:
-            row = rows.get((ref.dag_id, ref.task_id, ref.run_id, ref.map_index))
-            if (
-                row is None
-                or row[0] != ref.try_number
-                # Handed to another scheduler since: its pod is that scheduler's concern.
-                or str(row[2]) != self.scheduler_id
-                or not relaunch(result.state, row[1], excluded)
-            ):
-                continue
-            # The try's time to start counts from its first launch: its workload token expires then.
-            left_s = self._start_deadline[ref] - now
-            if left_s <= RELAUNCH_MIN_TIME_LEFT_S:
-                continue
-            self._launch_failures[ref] += 1
-            failures = self._launch_failures[ref]
-            # A cause that lasts (a webhook refusing every create) is not hammered: 1, 2, 4 ... 60 s.
-            delay_s = min(RELAUNCH_MAX_DELAY_S, 2.0 ** (failures - 1))
-            note = (
-                f"Kubernetes pod {result.pod} failed before its task started: {result.state.reason}. "
-                f"Launching a new pod in {delay_s:.0f} s (failed launch {failures} of at most "
-                f"{allowed if allowed >= 0 else 'unlimited'}); the task's own retries are untouched."
-            )
-            self.log.warning("task %s: %s", ref, note)
-            self._note_in_task_log(ref, note, ends_try=False)
-            metrics.incr("pods.relaunched")
-            self._relaunch_due[ref] = now + delay_s
-            relaunched.add(ref)
-        return relaunched
-
-    def _launch_again(self, ref: identity.WorkloadRef) -> None:
-        """A new pod name for a try queued again on the same try number (a sensor rescheduled, a
-        deferred task resumed) whose earlier pod still has the name."""
-        if ref not in self._requests:
-            return
-        self._relaunches[ref] += 1
-        self._start_deadline.pop(ref, None)
-        self._launch(airflow_adapter.to_airflow_key(ref), self._requests[ref])
-
-    def _relaunch_due_pods(self) -> None:
-        now = time.monotonic()
-        for ref, due in list(self._relaunch_due.items()):
-            if due > now:
-                continue
-            del self._relaunch_due[ref]
-            if ref not in self._requests:
-                continue  # given up meanwhile
-            self._relaunches[ref] += 1
-            self._launch(
-                airflow_adapter.to_airflow_key(ref),
-                self._requests[ref],
-                start_timeout_s=max(self._start_deadline[ref] - now, RELAUNCH_MIN_TIME_LEFT_S),
-            )
-
-    def _ask_airflow(self) -> None:
-        """What only Airflow's database knows: which schedulers live, and which creates still on
-        their way are for tries no longer this scheduler's (reset, retried, or queued by another
-        scheduler since: upstream #69760). Such a create is dropped, or its pod deleted."""
+    def _do(self, action: Action) -> None:
+        """What the ledger decided about a try that is the executor's to carry out."""
         assert self.kube_scheduler is not None
-        now = time.monotonic()
-        if now >= self._next_liveness and self.job_id is not None:
-            self._next_liveness = now + LIVENESS_INTERVAL_S
+        if isinstance(action, Launch):
+            make_request = action.payload
+            assert callable(make_request)
+            key = airflow_adapter.to_airflow_key(action.ref)
+            if not self._launch(key, make_request, action.start_timeout_s):
+                # Its failure is reported: the ledger holds nothing more of it.
+                self.kube_scheduler.revoke(action.ref)
+        elif isinstance(action, Relaunch):
+            allowed = action.allowed if action.allowed >= 0 else "unlimited"
+            note = (
+                f"Kubernetes pod {action.pod} failed before its task started: {action.reason}. "
+                f"Launching a new pod in {action.delay_s:.0f} s (failed launch {action.failures} of "
+                f"at most {allowed}); the task's own retries are untouched."
+            )
+            self.log.warning("task %s: %s", action.ref, note)
+            self._note_in_task_log(action.ref, note, ends_try=False)
+            metrics.incr("pods.relaunched")
+        elif isinstance(action, HandedOver):
+            # Adopted by another scheduler (this one stalled past its health check, say).
+            self.running.discard(airflow_adapter.to_airflow_key(action.ref))
+        elif isinstance(action, Withdrawn):
+            row = action.now
+            self.log.warning(
+                "task %s.%s (run %s, try %d) is no longer this scheduler's (now %s); its pod is not launched",
+                action.ref.dag_id,
+                action.ref.task_id,
+                action.ref.run_id,
+                action.ref.try_number,
+                "gone" if row is None else f"try {row.try_number}, {row.state}, queued by {row.queued_by}",
+            )
+            key = airflow_adapter.to_airflow_key(action.ref)
+            self.queued_tasks.pop(key, None)
+            self.running.discard(key)
+
+    def _ask_airflow(self) -> list[Action]:
+        """What only Airflow's database knows, when the ledger asks: which schedulers live, whether
+        tries whose pods failed had started, and which creates still on their way are for tries no
+        longer this scheduler's (reset, retried, or queued by another scheduler since: upstream
+        #69760)."""
+        assert self.kube_scheduler is not None
+        questions = self.kube_scheduler.questions()
+        # Without a scheduler job (a test harness, a backfill) there is no liveness to go by.
+        as_scheduler = self.job_id is not None
+        if questions.liveness and as_scheduler:
             try:
-                jobs = airflow_adapter.scheduler_jobs()
+                jobs = task_instances.scheduler_jobs()
             except Exception:
                 self.log.exception("could not read which schedulers are alive; asking again later")
             else:
@@ -250,31 +165,18 @@ class KubernetesExecutor(BaseExecutor):
                     self.log.exception(
                         "could not sweep for the pods dead schedulers left; trying again later"
                     )
-        if now < self._next_obsolete_check or self.job_id is None:
-            return
-        self._next_obsolete_check = now + OBSOLETE_CHECK_INTERVAL_S
-        waiting = self.kube_scheduler.waiting_for_create(OBSOLETE_AFTER_S)
-        if not waiting:
-            return
+        refs = questions.started | (questions.obsolete if as_scheduler else frozenset())
+        if not refs:
+            return []
         try:
-            rows = airflow_adapter.task_instance_rows(list(waiting))
+            rows = task_instances.task_instance_rows(list(refs))
         except Exception:
             self.log.exception(
-                "could not check %d creates still on their way; checking again later", len(waiting)
+                "could not read %d task instances the executor asked about; asking again later", len(refs)
             )
-            return
-        for ref in waiting:
-            row = rows.get((ref.dag_id, ref.task_id, ref.run_id, ref.map_index))
-            if create_obsolete(ref, row, self.scheduler_id):
-                self.log.warning(
-                    "task %s.%s (run %s, try %d) is no longer this scheduler's (now %s); its pod is not launched",
-                    ref.dag_id,
-                    ref.task_id,
-                    ref.run_id,
-                    ref.try_number,
-                    "gone" if row is None else f"try {row[0]}, {row[1]}, queued by {row[2]}",
-                )
-                self._give_up(ref)
+            return []
+        answers: dict[identity.TaskRef, TaskRow | None] = {ref: rows.get(ref) for ref in refs}
+        return self.kube_scheduler.answer(answers)
 
     def _give_up(self, ref: identity.TaskRef) -> None:
         """The try is not this scheduler's any more: nothing is reported for it, its pod goes, and
@@ -283,18 +185,9 @@ class KubernetesExecutor(BaseExecutor):
         key = airflow_adapter.to_airflow_key(ref)
         self.queued_tasks.pop(key, None)
         self.running.discard(key)
-        self._relaunches[ref] += 1
-        self._forget(ref)
         self.kube_scheduler.revoke(ref)
 
-    def _forget(self, ref: identity.WorkloadRef) -> None:
-        self._requests.pop(ref, None)
-        self._launch_failures.pop(ref, None)
-        self._relaunch_due.pop(ref, None)
-        self._start_deadline.pop(ref, None)
-
     def _apply(self, result: TaskResult) -> None:
-        self._forget(result.ref)
         key = airflow_adapter.to_airflow_key(result.ref)
         success, failure = airflow_adapter.end_states(result.ref)
         if result.state.verdict == "success":
@@ -332,6 +225,10 @@ class KubernetesExecutor(BaseExecutor):
     def trigger_tasks(self, open_slots: int) -> None:
         batch = self.settings.worker_pods_creation_batch_size if self.settings else open_slots
         super().trigger_tasks(min(open_slots, batch))
+        # The pods just built go to the launcher now, so the ledger holds their tries before
+        # Airflow could hand them to anyone (adoption asks it which tries are held here).
+        if self.kube_scheduler is not None:
+            self.kube_scheduler.launch_queued()
 
     def _process_workloads(self, workloads: Sequence[Any]) -> None:
         for workload in workloads:
@@ -343,12 +240,7 @@ class KubernetesExecutor(BaseExecutor):
             if airflow_adapter.is_connection_test(workload):
                 self.queued_connection_tests.pop(workload.key, None)
                 self.running.add(workload.key)
-                make = functools.partial(
-                    airflow_adapter.request_from_connection_test,
-                    workload,
-                    self.scheduler_id,
-                    self._worker_env,
-                )
+                make = functools.partial(self._request_from_connection_test, workload)
                 # Airflow's reaper fails a test that has not ended by its timeout and a grace of
                 # at least 30 s: a pod not started by then is of no use.
                 self._launch(
@@ -361,11 +253,14 @@ class KubernetesExecutor(BaseExecutor):
             self._launch(key, functools.partial(self._request_from_workload, workload))
 
     def _request_from_workload(self, workload: Any) -> PodRequest:
-        attempt = self._relaunches[airflow_adapter.ref_of(workload.ti.key)]
-        return airflow_adapter.request_from_workload(workload, self.scheduler_id, self._worker_env, attempt)
+        attempt = self._attempt(workload.ti.key)
+        return workloads.request_from_workload(workload, self._owner(), attempt)
 
     def _request_from_callback(self, workload: Any) -> PodRequest:
-        return airflow_adapter.request_from_callback(workload, self.scheduler_id, self._worker_env)
+        return workloads.request_from_callback(workload, self._owner())
+
+    def _request_from_connection_test(self, workload: Any) -> PodRequest:
+        return workloads.request_from_connection_test(workload, self._owner())
 
     def execute_async(
         self,
@@ -379,37 +274,38 @@ class KubernetesExecutor(BaseExecutor):
         self._launch(key, functools.partial(self._request_from_command, key, command, executor_config))
 
     def _request_from_command(self, key: Any, command: Any, executor_config: Any) -> PodRequest:
-        attempt = self._relaunches[airflow_adapter.ref_of(key)]
-        return airflow_adapter.request_from_command(
-            key, command, executor_config, self.scheduler_id, self._worker_env, attempt
-        )
+        attempt = self._attempt(key)
+        return workloads.request_from_command(key, command, executor_config, self._owner(), attempt)
+
+    def _owner(self) -> workloads.Owner:
+        return workloads.Owner(self.scheduler_id, self.owner or identity.DEFAULT_EXECUTOR, self._worker_env)
+
+    def _attempt(self, key: Any) -> int:
+        assert self.kube_scheduler is not None
+        return self.kube_scheduler.attempt(airflow_adapter.ref_of(key))
 
     def _launch(
         self, key: Any, make_request: Callable[[], PodRequest], start_timeout_s: float | None = None
-    ) -> None:
-        """Build the task's pod and hand it to the launcher; bad input fails this task only."""
+    ) -> bool:
+        """Build the task's pod and hand it to the launcher; bad input fails this task only
+        (False)."""
         assert self.kube_scheduler is not None
         try:
-            request = dataclasses.replace(
-                make_request(),
-                executor_id=self.owner or identity.DEFAULT_EXECUTOR,
-                launch_id=uuid.uuid4().hex,
-            )
-            pod = airflow_adapter.pod_for(request, self._defaults)
+            request = make_request()
+            pod = workloads.pod_for(request, self._defaults)
             self._check_watched(pod["metadata"]["namespace"])
         except (ExecutorConfigError, PodBuildError) as exc:
             self._refuse(key, exc)
-            return
+            return False
         except Exception as exc:
             # An input of a shape nobody foresaw (say `pod_override={"spec": 1}`) is still the
             # task's input: it fails the task, never the scheduler loop.
             self.log.exception("building the pod of %s failed", key)
             self._refuse(key, PodBuildError(f"its pod could not be built: {type(exc).__name__}: {exc}"))
-            return
-        self._requests[request.ref] = make_request
+            return False
         timeout_s = start_timeout_s or airflow_adapter.task_queued_timeout_s()
-        self._start_deadline.setdefault(request.ref, time.monotonic() + timeout_s)
-        self.kube_scheduler.run_pod_async(pod, ref=request.ref, start_timeout_s=timeout_s)
+        self.task_queue.put(PodLaunch(pod, request.ref, timeout_s, make_request))
+        return True
 
     def _check_watched(self, namespace: str) -> None:
         """A pod in a namespace no watcher sees would never report back: refuse it up front."""
@@ -436,17 +332,7 @@ class KubernetesExecutor(BaseExecutor):
         self.change_state(key, TaskInstanceState.FAILED, message)
 
     def _note_in_task_log(self, ref: identity.WorkloadRef, text: str, ends_try: bool) -> None:
-        if not isinstance(ref, identity.TaskRef):
-            return  # a callback's failure reason is the callback's output in Airflow
-        self._notes.submit(self._write_note, ref, text, ends_try)
-
-    def _write_note(self, ref: identity.TaskRef, text: str, ends_try: bool) -> None:
-        try:
-            airflow_adapter.note_in_task_log(ref, text, ends_try)
-        except Exception:
-            # The reason still reaches Airflow with the state; a log folder we cannot write to, or
-            # a remote store that refuses the upload, must not stop the scheduler.
-            self.log.exception("could not write the failure reason to the log of %s", ref)
+        self._notes.submit(ref, text, ends_try)
 
     @staticmethod
     def get_cli_commands() -> list[Any]:
@@ -458,13 +344,12 @@ class KubernetesExecutor(BaseExecutor):
     # --- adoption, revocation, logs ---------------------------------------
     def try_adopt_task_instances(self, tis: Sequence[Any]) -> Sequence[Any]:
         assert self.kube_scheduler is not None and self.settings is not None
-        started = time.monotonic()
-        airflow_adapter.load_unloaded_columns(tis)
+        task_instances.load_unloaded_columns(tis)
         by_ref: dict[identity.WorkloadRef, Any] = {airflow_adapter.ref_of(ti.key): ti for ti in tis}
         # A scheduler whose loop stalled past its health check is declared dead by itself and
-        # handed its own tasks: those still queued here, in flight (created or not yet) or
-        # reported but not yet taken in are ours already. (Found at 5,000 tasks: thousands of
-        # tries reset and launched twice.)
+        # handed its own tasks: those still queued here, in flight (created or not yet, or between
+        # two pods) or reported but not yet taken in are ours already; taking them as orphans
+        # would launch each a second time.
         queued_here = {airflow_adapter.ref_of(key) for key in self.queued_tasks}
         held = by_ref.keys() & (self.kube_scheduler.claimed() | queued_here)
         dead = {str(ti.queued_by_job_id) for ti in tis if ti.queued_by_job_id is not None}
@@ -482,25 +367,17 @@ class KubernetesExecutor(BaseExecutor):
             for ref in wanted:
                 self._note_in_task_log(ref, reason, ends_try=True)
             return [by_ref[ref] for ref in wanted]
-        found = time.monotonic() - started
         start_timeout_s = airflow_adapter.task_queued_timeout_s()
         for orphan in orphans:
             # Pods whose task already ended (through the execution API) are taken too, only to be
             # deleted or marked done: otherwise they would stay in every watch forever.
             self.kube_scheduler.adopt(orphan, start_timeout_s)
-            if orphan.ours:
+            if orphan.ours and orphan.ref is not None:
                 self.running.add(by_ref[orphan.ref].key)
-        adopted = held | {orphan.ref for orphan in orphans if orphan.ours}
+        adopted = held | {orphan.ref for orphan in orphans if orphan.ours and orphan.ref is not None}
         metrics.incr("adoption.pods", len(orphans))
-        took = time.monotonic() - started
-        metrics.timing("adoption.duration", took)
         self.log.info(
-            "adopted %d of %d task instances from schedulers %s in %.2f s (%.2f s finding their pods)",
-            len(adopted),
-            len(tis),
-            sorted(dead),
-            took,
-            found,
+            "adopted %d of %d task instances from schedulers %s", len(adopted), len(tis), sorted(dead)
         )
         for ref, ti in by_ref.items():
             if ref not in adopted:
@@ -520,53 +397,10 @@ class KubernetesExecutor(BaseExecutor):
         self._give_up(airflow_adapter.ref_of(ti.key))
 
     def get_task_log(self, ti: Any, try_number: int) -> tuple[list[str], list[str]]:
-        messages: list[str] = []
-        logs: list[str] = []
         if self.settings is None:
             # The UI's log reader holds an executor it never started: it only needs a client.
             team = getattr(self, "team_name", None)
             self.settings = ExecutorSettings.parse(airflow_adapter.read_settings(team=team))
             self.kube_client = core_api(self.settings)
         ref = airflow_adapter.ref_of(ti.key)._replace(try_number=try_number)
-        selector = identity.try_selector(ref)
-        pods = []
-        for namespace in self.settings.watched_namespaces:
-            pods.extend(list_pods(self.kube_client, namespace, label_selector=selector).items)
-        pods = [p for p in pods if identity.ref_from_annotations(p.metadata.annotations) == ref]
-        if not pods:
-            messages.append(f"No pod found for {ref.dag_id}.{ref.task_id} try {try_number} ({selector})")
-            return messages, logs
-        if len(pods) > 1:
-            names = ", ".join(f"{p.metadata.namespace}/{p.metadata.name}" for p in pods)
-            messages.append(f"{len(pods)} pods match this task try ({names}); showing the first")
-        pod = pods[0]
-        where = f"{pod.metadata.namespace}/{pod.metadata.name}"
-        state = self.kube_client.api_client.sanitize_for_serialization(pod)
-        verdict = observe(state).state
-        try:
-            events = describe_events(
-                pod_events(self.kube_client, pod.metadata.namespace, pod.metadata.name, pod.metadata.uid)
-            )
-        except client.ApiException as exc:
-            events = f"(not read: {error_message(exc)})"
-        if verdict.verdict == "pending":
-            messages.append(f"Pod {where} has not started: {verdict.reason or 'waiting to be scheduled'}")
-            if events:
-                messages.append(f"Kubernetes events: {events}")
-            return messages, logs
-        messages.append(self.RUNNING_POD_LOG_NOTE.format(pod=where))
-        try:
-            response = self.kube_client.read_namespaced_pod_log(
-                pod.metadata.name,
-                pod.metadata.namespace,
-                container="base",
-                tail_lines=self.settings.running_pod_log_lines,
-                _preload_content=False,
-            )
-        except client.ApiException as exc:
-            messages.append(f"The log of pod {where} could not be read: {error_message(exc)}")
-            if events:
-                messages.append(f"Kubernetes events: {events}")
-            return messages, logs
-        logs.append(read_body(response).decode(errors="replace"))
-        return messages, logs
+        return task_log.read_pod_log(self.kube_client, self.settings, ref)

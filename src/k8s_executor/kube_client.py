@@ -8,12 +8,13 @@ that need speed use `_preload_content=False` and read JSON themselves.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import socket
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from kubernetes import client
 from urllib3.util.retry import Retry
@@ -29,9 +30,9 @@ USER_AGENT = f"airflow-k8s-executor/{__version__}"
 
 
 # urllib3's default, but a 429 or 503 comes back at once instead of being slept on for up to three
-# times its Retry-After inside the call: a GET in the scheduler loop (adoption's list) then stalled
-# that loop past its health check under an API server overload, and the other scheduler declared
-# it dead. Every caller here retries refusals itself, at a pace it chooses.
+# times its Retry-After inside the call: a GET in the scheduler loop (adoption's list) would stall
+# that loop past its health check under an API server overload, and the other schedulers would
+# declare it dead. Every caller here retries refusals itself, at a pace it chooses.
 DEFAULT_RETRIES = Retry(total=3, respect_retry_after_header=False)
 
 
@@ -132,6 +133,30 @@ def read_body(response: Any) -> bytes:
 def read_json(response: Any) -> Any:
     """The JSON body of a `_preload_content=False` response."""
     return json.loads(read_body(response))
+
+
+class _Body(NamedTuple):
+    data: str
+
+
+def to_model(data: Any, klass: str, api: client.ApiClient | None = None) -> Any:
+    """`data` (API JSON) as the client's model `klass` ("V1Pod"), for code that wants models.
+
+    Through the client's public `deserialize`, which reads a response: a body in `.data` is all it
+    needs of one.
+    """
+    return (api or _models()).deserialize(_Body(json.dumps(data)), klass)
+
+
+def from_model(model: Any) -> Any:
+    """A client model back as API JSON."""
+    return _models().sanitize_for_serialization(model)
+
+
+@functools.cache
+def _models() -> client.ApiClient:
+    """A client for models only: it sends nothing."""
+    return client.ApiClient()
 
 
 def describe_error(exc: BaseException) -> str:

@@ -24,7 +24,6 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client
@@ -34,6 +33,7 @@ from k8s_executor import identity
 from k8s_executor.kube_client import connect_in_helper, describe_error, merge_patch, read_body, read_json
 from k8s_executor.processes import Channel, Helper, log_in_parent
 from k8s_executor.settings import ExecutorSettings
+from k8s_executor.shapes import DeleteResult, LauncherResult, LaunchResult, PatchResult
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ MAX_BACKOFF_S = 30.0
 MAX_RECONNECT_BACKOFF_S = 2.0
 # Deletes and label patches of finished pods are never urgent. With as many in flight as a
 # launch-tuned create pool (64), a completion burst's deletes crowd out the status writes and
-# the scheduler loop that report tasks' ends (bench/RESULTS.md, item 9).
+# the scheduler loop that report tasks' ends.
 DISPOSAL_CONCURRENCY = 8
 
 
@@ -113,38 +113,6 @@ class CreateDropped(Exception):
     """A create not sent (or not sent again): the scheduler dropped it."""
 
 
-@dataclass(frozen=True)
-class LaunchResult:
-    namespace: str
-    name: str
-    ok: bool
-    error: str = ""
-    already_existed: bool = False
-    # 409 for a pod of an earlier launch of the same try (identity.LAUNCH_ANNOTATION): not ours.
-    name_taken: bool = False
-    attempts: int = 1
-    # For the scheduler's metrics: the HTTP status the create ended with, and how long it took.
-    status: int = 201
-    duration_s: float = 0.0
-
-
-@dataclass(frozen=True)
-class DeleteResult:
-    namespace: str
-    name: str
-    status: int
-
-
-@dataclass(frozen=True)
-class PatchResult:
-    namespace: str
-    name: str
-    status: int
-
-
-Result = LaunchResult | DeleteResult | PatchResult
-
-
 class Launcher:
     def __init__(
         self,
@@ -166,7 +134,7 @@ class Launcher:
         self.max_retries = max_retries
         self.request_args = request_args or {}
         self.delete_options = delete_options or {}
-        self.results: queue.SimpleQueue[Result] = queue.SimpleQueue()
+        self.results: queue.SimpleQueue[LauncherResult] = queue.SimpleQueue()
         self.stopping = threading.Event()
         # Creates whose try is no longer wanted: not sent, or not sent again.
         self.dropped: set[tuple[str, str]] = set()
@@ -341,8 +309,8 @@ class LauncherProcess:
     """The launcher in a process of its own, with the same calls as `Launcher`.
 
     During a burst Airflow's scheduler loop keeps one core busy in Python; launcher threads
-    inside that process wait for its GIL at every socket read (about 10% of a burst's rate,
-    bench/RESULTS.md). In a process of its own (see processes.py), they wait only for the
+    inside that process wait for its GIL at every socket read (about 10% of a burst's rate).
+    In a process of its own (see processes.py), they wait only for the
     network and the CPU. Requests after `shutdown` are refused here, and left to the next
     scheduler. Creates not yet answered are kept here, so a launcher process that dies is
     restarted and they are sent again; a create whose first attempt did land meets 409 and
@@ -353,7 +321,7 @@ class LauncherProcess:
         # The process builds its own client from the settings: credentials do not cross processes.
         self.settings = settings
         self.options = options
-        self.results: queue.SimpleQueue[Result] = queue.SimpleQueue()
+        self.results: queue.SimpleQueue[LauncherResult] = queue.SimpleQueue()
         self.unanswered: dict[tuple[str, str], tuple[dict[str, Any], float]] = {}
         # Label patches not yet answered (an adoption's relabelling among them), sent again too.
         self.unanswered_patches: dict[tuple[str, str], dict[str, str | None]] = {}

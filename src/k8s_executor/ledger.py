@@ -21,7 +21,16 @@ The rules, each in one place:
   and it is never reported; an unfinished one is deleted after twice that grace (Airflow
   has by then handed its try to an adopter or taken it back), and only as it was last seen;
 - a try Airflow no longer wants from this scheduler (revoked, or found obsolete before its
-  create was answered: `create_obsolete`) gets no result, and its create is dropped.
+  create was answered: `create_obsolete`) gets no result, and its create is dropped;
+- a try whose pod failed before its task started gets a new pod instead of a failure, while
+  it has launches left (`RelaunchRule`), after 1, 2, 4 ... 60 s, and never when too little of
+  its time to start is left; whether its task started is the database's word (`questions`,
+  then `answered`), and until then its failure is held, not reported;
+- a try whose pod name an earlier launch's pod still holds is launched under a new name.
+The ledger owns each try launched in this process (`Try`: its relaunches, its one start
+deadline, how its pod is built, opaque here) as well as each pod. What the executor must
+do about a try comes out as an action (`Launch`, `Relaunch`, `HandedOver`, `Withdrawn`);
+results (`TaskResult`) are the only thing that goes to Airflow as an end.
 One clock, injected: monotonic seconds, shared by every process of the machine
 (the watchers stamp their relists with it).
 """
@@ -29,14 +38,14 @@ One clock, injected: monotonic seconds, shared by every process of the machine
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable, Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 from k8s_executor import identity
-from k8s_executor.adoption import Orphan, Sighting
-from k8s_executor.state_mapping import PodState
-from k8s_executor.watching import PodEvent, Resync
+from k8s_executor.adoption import held_elsewhere
+from k8s_executor.shapes import Orphan, PodEvent, PodSeen, PodState, Resync, SchedulerJob, TaskRow
 
 # How long a pod of this scheduler that it did not launch in this process (its previous
 # incarnation's) may stay unstarted, when nothing else sets its deadline.
@@ -44,6 +53,20 @@ DEFAULT_START_TIMEOUT_S = 600.0
 # How long a settled pod that is gone is remembered, so that a late or repeated event of it is not
 # taken for a pod this scheduler has never seen (pod names are never reused for another try).
 FORGET_AFTER_S = 3600.0
+# How often the executor asks Airflow which schedulers live, and whether creates still on their
+# way are still wanted (one query each, whatever the number of pods).
+LIVENESS_INTERVAL_S = 10.0
+OBSOLETE_CHECK_INTERVAL_S = 2.0
+# Only creates held back this long are checked: a try is reset or handed to another scheduler
+# after its scheduler missed its health check (30 s by default) or its queued timeout, never in
+# the seconds a burst keeps creates waiting for the rate limit, whose check would be a query of
+# up to a thousand tries every 2 s for nothing.
+OBSOLETE_AFTER_S = 15.0
+# A pod that failed before its task started is launched again after 1, 2, 4 ... at most 60 s (a
+# cause that lasts, such as a webhook refusing every create, is not hammered), and not when less
+# than this is left of its try's time to start (its workload token expires with it).
+RELAUNCH_MAX_DELAY_S = 60.0
+RELAUNCH_MIN_TIME_LEFT_S = 10.0
 
 PodKey = tuple[str, str]
 
@@ -80,10 +103,28 @@ class Drop:
 
 
 @dataclass(frozen=True)
-class NameTaken:
-    """The try's pod name belongs to an earlier launch's pod: launch it again under a new name."""
+class Launch:
+    """Build and create a new pod for the try now, from `payload` (what its first launch was
+    built from), with this long to start: a relaunch come due, or a name an earlier pod holds."""
 
     ref: identity.WorkloadRef
+    payload: object
+    start_timeout_s: float
+
+
+@dataclass(frozen=True)
+class Relaunch:
+    """The try's pod `pod` failed before its task started (`reason`): a new pod goes out `at`
+    (ledger clock), after `delay_s`; it is failed launch `failures` of at most `allowed` (-1:
+    unlimited). For the task's log: its own retries are untouched."""
+
+    ref: identity.TaskRef
+    pod: str
+    reason: str
+    at: float
+    delay_s: float
+    failures: int
+    allowed: int
 
 
 @dataclass(frozen=True)
@@ -93,11 +134,32 @@ class HandedOver:
     ref: identity.WorkloadRef
 
 
-Action = TaskResult | Dispose | Drop | HandedOver | NameTaken
+@dataclass(frozen=True)
+class Withdrawn:
+    """The try is no longer this scheduler's (`now`: its task instance as the database holds it,
+    None if gone): its create was dropped or its pod deleted, and nothing is reported for it."""
+
+    ref: identity.TaskRef
+    now: TaskRow | None
+
+
+Action = TaskResult | Dispose | Drop | Launch | Relaunch | HandedOver | Withdrawn
+
+
+@dataclass(frozen=True)
+class Questions:
+    """What only Airflow's database can tell the ledger now: whether to ask which schedulers live,
+    and the tries whose task instance rows it needs (`answered`)."""
+
+    liveness: bool
+    # Tries whose pod failed: did their task start (relaunch, or report the failure)?
+    started: frozenset[identity.TaskRef]
+    # Tries whose create has been on its way a while: are they still this scheduler's?
+    obsolete: frozenset[identity.TaskRef]
 
 
 def live_schedulers(
-    jobs: Iterable[tuple[object, str | None, datetime.datetime | None]],
+    jobs: Iterable[SchedulerJob | tuple[object, str | None, datetime.datetime | None]],
     now: datetime.datetime,
     threshold_s: float,
 ) -> set[str]:
@@ -145,19 +207,31 @@ def relaunch(state: PodState, ti_state: str | None, excluded_causes: frozenset[s
     )
 
 
-def create_obsolete(
-    ref: identity.TaskRef, row: tuple[int, str | None, object] | None, scheduler_id: str
-) -> bool:
+def create_obsolete(ref: identity.TaskRef, row: TaskRow | None, scheduler_id: str) -> bool:
     """Whether a try whose create is not yet answered is no longer this scheduler's to launch.
 
-    `row` is its task instance's (try_number, state, queued_by_job_id), None if it is gone. A
-    try reset (to scheduled, or cleared), retried under a new number, or queued by another
-    scheduler since is obsolete: its pod would run a task nobody waits for.
+    `row` is its task instance now, None if it is gone. A try reset (to scheduled, or cleared),
+    retried under a new number, or queued by another scheduler since is obsolete: its pod would
+    run a task nobody waits for.
     """
     if row is None:
         return True
-    try_number, state, queued_by = row
-    return try_number != ref.try_number or str(queued_by) != scheduler_id or state not in _WANTED_STATES
+    return (
+        row.try_number != ref.try_number
+        or str(row.queued_by) != scheduler_id
+        or row.state not in _WANTED_STATES
+    )
+
+
+@dataclass(frozen=True)
+class RelaunchRule:
+    """pod_launch_failure_retries (-1: unlimited) and the failure causes it excludes."""
+
+    retries: int = 0
+    excluded_causes: frozenset[str] = frozenset({"Error"})
+
+    def allows(self, failures: int) -> bool:
+        return self.retries < 0 or failures < self.retries
 
 
 @dataclass(frozen=True)
@@ -202,6 +276,23 @@ class Entry:
         return f"{self.namespace}/{self.name}"
 
 
+@dataclass
+class Try:
+    """One try this process launched, from its first launch to its result (or until it is handed
+    over or withdrawn): its pods come and go, its time to start does not."""
+
+    ref: identity.WorkloadRef
+    # What its pod is built from: opaque here, handed back in `Launch`.
+    payload: object
+    # Its time to start, as first given, and when it ends (its workload token expires then).
+    timeout_s: float
+    deadline: float
+    launch_failures: int = 0
+    relaunch_at: float | None = None
+    # A failure before its task started, held until the database says whether it did.
+    held: TaskResult | None = None
+
+
 class PodLedger:
     def __init__(
         self,
@@ -209,14 +300,24 @@ class PodLedger:
         disposal: DisposalRule,
         clock: Callable[[], float],
         unclaimed_grace_s: float = 300.0,
+        relaunch: RelaunchRule = RelaunchRule(),
     ) -> None:
+        self.scheduler_id = scheduler_id
         self.scheduler_label = identity.safe_label_value(scheduler_id)
         self.disposal = disposal
+        self.relaunch_rule = relaunch
         self.clock = clock
         self.unclaimed_grace_s = unclaimed_grace_s
         self.pods: dict[PodKey, Entry] = {}
+        self.tries: dict[identity.WorkloadRef, Try] = {}
+        # How often each try's pod was launched again (after a failed launch, a name taken, or a
+        # revocation): each new pod gets a new name (identity.pod_name), so an earlier pod's end
+        # cannot be taken for the new one's. Kept past the try, for a try Airflow queues again.
+        self.attempts: Counter[identity.WorkloadRef] = Counter()
+        self.next_liveness = 0.0
+        self.next_obsolete_check = 0.0
         # Pods of other schedulers as last seen: what adoption takes over.
-        self.others: dict[PodKey, Sighting] = {}
+        self.others: dict[PodKey, PodSeen] = {}
         # When each of them was first seen (unclaimed by this scheduler).
         self.unclaimed: dict[PodKey, float] = {}
         # Settled pods that are gone, with when: their events are old news.
@@ -227,9 +328,23 @@ class PodLedger:
         self.dead_since: dict[str, float] = {}
 
     # --- inputs ----------------------------------------------------------------------------
-    def launching(self, ref: identity.WorkloadRef, namespace: str, name: str, timeout_s: float) -> None:
-        """A create is on its way; the try fails if its pod has not started within `timeout_s`."""
+    def attempt(self, ref: identity.WorkloadRef) -> int:
+        """How many pods of this try were launched again: what its next pod's name is built with."""
+        return self.attempts[ref]
+
+    def launching(
+        self,
+        ref: identity.WorkloadRef,
+        namespace: str,
+        name: str,
+        timeout_s: float,
+        payload: object = None,
+    ) -> None:
+        """A create is on its way; the pod fails if it has not started within `timeout_s`. The
+        first launch of a try (with what it is built from, `payload`) starts its time to start."""
         now = self.clock()
+        if ref not in self.tries:
+            self.tries[ref] = Try(ref, payload, timeout_s, now + timeout_s)
         self.pods[(namespace, name)] = Entry(ref, namespace, name, now + timeout_s, launched_at=now)
 
     def launched(
@@ -243,7 +358,7 @@ class PodLedger:
         entry.answered = True
         if name_taken and not entry.settled:
             del self.pods[(namespace, name)]
-            return [NameTaken(entry.ref)]
+            return self._launch_again(entry)
         if ok and entry.settled and not entry.created:
             return self._remove_late(entry)
         if ok:
@@ -260,7 +375,7 @@ class PodLedger:
         if entry is None:
             if event.ref is None or key in self.gone:
                 return []
-            if event.scheduler_id != self.scheduler_label:
+            if held_elsewhere(event.scheduler_id, self.scheduler_label):
                 self._note_other(event)
                 return []
             # Launched by this scheduler's previous incarnation, with the same id.
@@ -310,6 +425,7 @@ class PodLedger:
     def adopt(self, orphan: Orphan, timeout_s: float) -> list[Action]:
         """Take responsibility for a pod that already exists, judged as last seen (a legacy one is
         out of the watch until the shell has relabelled it: `relabelled`)."""
+        assert orphan.ref is not None, "adoption selects pods by the try they run"
         key = (orphan.namespace, orphan.name)
         self.others.pop(key, None)
         self.unclaimed.pop(key, None)
@@ -334,6 +450,7 @@ class PodLedger:
         if entry is None or entry.settled:
             return []
         self.gone[(namespace, name)] = self.clock()
+        self.tries.pop(entry.ref, None)
         return [HandedOver(entry.ref)]
 
     def relabelling(self, namespace: str, name: str) -> bool:
@@ -360,13 +477,50 @@ class PodLedger:
         goes, a create not yet answered is dropped, and nothing more is reported for it."""
         actions: list[Action] = []
         for entry in self.pods.values():
-            if entry.ref == ref and not entry.settled:
+            if entry.ref != ref:
+                continue
+            if entry.settled:
+                entry.report = False  # a failure held for a relaunch, say: nothing more to claim
+            else:
                 entry.settled, entry.report = True, False
                 if entry.created:
                     actions.append(Dispose(entry.namespace, entry.name, delete=True, why="revoked"))
                 else:
                     # If the create lands anyway, its pod is deleted as late (`launched`).
                     actions.append(Drop(entry.namespace, entry.name))
+        self.tries.pop(ref, None)
+        # Queued again on the same try number, it gets a pod of a new name.
+        self.attempts[ref] += 1
+        return actions
+
+    def questions(self) -> Questions:
+        """What to ask Airflow's database now (then `schedulers_alive` and `answered`)."""
+        now = self.clock()
+        liveness = now >= self.next_liveness
+        if liveness:
+            self.next_liveness = now + LIVENESS_INTERVAL_S
+        obsolete: frozenset[identity.TaskRef] = frozenset()
+        if now >= self.next_obsolete_check:
+            self.next_obsolete_check = now + OBSOLETE_CHECK_INTERVAL_S
+            obsolete = frozenset(self.waiting_for_create(OBSOLETE_AFTER_S))
+        started = frozenset(
+            t.ref for t in self.tries.values() if t.held is not None and isinstance(t.ref, identity.TaskRef)
+        )
+        return Questions(liveness, started, obsolete)
+
+    def answered(self, rows: Mapping[identity.TaskRef, TaskRow | None]) -> list[Action]:
+        """The database's word on tries `questions` named: a held failure becomes a relaunch or
+        is reported; a create still on its way for a try no longer this scheduler's is withdrawn.
+        A try missing from `rows` was not read, and is asked about again."""
+        actions: list[Action] = []
+        waiting = self.waiting_for_create(0.0)
+        for ref, row in rows.items():
+            t = self.tries.get(ref)
+            if t is not None and t.held is not None:
+                actions += self._decide_relaunch(t, row)
+            elif ref in waiting and create_obsolete(ref, row, self.scheduler_id):
+                actions += self.revoke(ref)
+                actions.append(Withdrawn(ref, row))
         return actions
 
     def schedulers_alive(self, labels: set[str]) -> None:
@@ -379,6 +533,15 @@ class PodLedger:
         """What the passing of time decides: tries that did not start in time, unclaimed pods."""
         now = self.clock()
         actions: list[Action] = []
+        for t in list(self.tries.values()):
+            if t.relaunch_at is not None and now >= t.relaunch_at:
+                t.relaunch_at = None
+                self.attempts[t.ref] += 1
+                actions.append(Launch(t.ref, t.payload, max(t.deadline - now, RELAUNCH_MIN_TIME_LEFT_S)))
+            elif t.held is not None and t.deadline - now <= RELAUNCH_MIN_TIME_LEFT_S:
+                # No answer came while a new pod could still have started: the failure stands.
+                actions.append(t.held)
+                del self.tries[t.ref]
         for entry in self.pods.values():
             if entry.settled or now < entry.deadline:
                 continue
@@ -419,13 +582,13 @@ class PodLedger:
 
     # --- what is known ---------------------------------------------------------------------
     def claimed(self) -> set[identity.WorkloadRef]:
-        """Tries whose outcome is this scheduler's to report: awaited, or reported and perhaps not
-        yet taken in by Airflow (a pod is kept until it is gone)."""
-        return {e.ref for e in self.pods.values() if e.report}
+        """Tries whose outcome is this scheduler's to report: awaited (a relaunch due included), or
+        reported and perhaps not yet taken in by Airflow (a pod is kept until it is gone)."""
+        return {e.ref for e in self.pods.values() if e.report} | self.tries.keys()
 
     def in_flight(self) -> set[identity.WorkloadRef]:
         """Tries whose pods this scheduler launched or adopted and still awaits."""
-        return {e.ref for e in self.pods.values() if not e.settled}
+        return {e.ref for e in self.pods.values() if not e.settled} | self.tries.keys()
 
     def waiting_for_create(self, older_than_s: float) -> set[identity.TaskRef]:
         """Tries whose create has been on its way (queued in the launcher, or retried) that long."""
@@ -438,10 +601,14 @@ class PodLedger:
             and e.launched_at <= cutoff
         }
 
-    def swept(self, sightings: Iterable[Sighting]) -> list[Action]:
+    def swept(self, sightings: Iterable[PodSeen]) -> list[Action]:
         """What the sweep found of other schedulers' pods (none of them alive): they replace what
         was known, and those that finished wait out their grace in `tick`."""
-        found = {(s.namespace, s.name): s for s in sightings if s.scheduler_id != self.scheduler_label}
+        found = {
+            s.key: s
+            for s in sightings
+            if s.ref is not None and held_elsewhere(s.scheduler_id, self.scheduler_label)
+        }
         for key in list(self.others):
             if key not in found:
                 del self.others[key]
@@ -466,10 +633,77 @@ class PodLedger:
         entry.settled, entry.last_state = True, state
         actions: list[Action] = []
         if entry.report:
-            actions.append(TaskResult(entry.ref, state, entry.where))
+            actions += self._conclude(TaskResult(entry.ref, state, entry.where))
         if entry.created:
             actions.append(Dispose(entry.namespace, entry.name, self.disposal.delete(state, never_started)))
         return actions
+
+    def _conclude(self, result: TaskResult) -> list[Action]:
+        """A pod's end is its try's, unless the try may get a new pod: then the failure is held
+        until the database says whether the task started."""
+        t = self.tries.get(result.ref)
+        if t is not None and self._may_relaunch(t, result.state):
+            t.held = result
+            return []
+        self.tries.pop(result.ref, None)
+        return [result]
+
+    def _may_relaunch(self, t: Try, state: PodState) -> bool:
+        # Tries only: a callback or a connection test has no task instance that could say whether
+        # it started. A start that timed out cannot be helped by a new pod.
+        return (
+            isinstance(t.ref, identity.TaskRef)
+            and t.payload is not None
+            and state.verdict == "failed"
+            and state.cause not in self.relaunch_rule.excluded_causes
+            and state.cause not in _NOT_RELAUNCHED
+            and self.relaunch_rule.allows(t.launch_failures)
+            and t.deadline - self.clock() > RELAUNCH_MIN_TIME_LEFT_S
+        )
+
+    def _decide_relaunch(self, t: Try, row: TaskRow | None) -> list[Action]:
+        held = t.held
+        assert held is not None and isinstance(t.ref, identity.TaskRef)
+        t.held = None
+        now = self.clock()
+        if (
+            row is None
+            or row.try_number != t.ref.try_number
+            # Handed to another scheduler since: its pod is that scheduler's concern.
+            or str(row.queued_by) != self.scheduler_id
+            or not relaunch(held.state, row.state, self.relaunch_rule.excluded_causes)
+            or t.deadline - now <= RELAUNCH_MIN_TIME_LEFT_S
+        ):
+            del self.tries[t.ref]
+            return [held]
+        t.launch_failures += 1
+        delay_s = min(RELAUNCH_MAX_DELAY_S, 2.0 ** (t.launch_failures - 1))
+        t.relaunch_at = now + delay_s
+        return [
+            Relaunch(
+                t.ref,
+                held.pod,
+                held.state.reason,
+                t.relaunch_at,
+                delay_s,
+                t.launch_failures,
+                self.relaunch_rule.retries,
+            )
+        ]
+
+    def _launch_again(self, taken: Entry) -> list[Action]:
+        """A new pod name for a try queued again on the same try number (a sensor rescheduled, a
+        deferred task resumed) whose earlier pod still has the name; its time to start anew."""
+        ref = taken.ref
+        self.attempts[ref] += 1
+        t = self.tries.get(ref)
+        if t is None or t.payload is None:
+            # Launched with nothing to build a new pod from: the try cannot go on.
+            self.tries.pop(ref, None)
+            reason = f"pod {taken.name} could not be created: an earlier pod of this try holds its name"
+            return [TaskResult(ref, PodState("failed", reason, "CreateRefused", ran=False), taken.where)]
+        t.deadline = self.clock() + t.timeout_s
+        return [Launch(ref, t.payload, t.timeout_s)]
 
     def _forget(self, key: PodKey) -> None:
         del self.pods[key]
@@ -488,7 +722,5 @@ class PodLedger:
             self.others.pop(key, None)
             self.unclaimed.pop(key, None)
             return
-        self.others[key] = Sighting(
-            event.ref, event.namespace, event.name, event.scheduler_id, event.state, event.resource_version
-        )
+        self.others[key] = event
         self.unclaimed.setdefault(key, self.clock())

@@ -45,8 +45,8 @@ def merge(base: Any, override: Any) -> Any:
     if (
         isinstance(base, list)
         and isinstance(override, list)
-        and _named(base)
-        and _named(override)
+        and is_named_list(base)
+        and is_named_list(override)
         and override
     ):
         out_list = [copy.deepcopy(item) for item in base]
@@ -61,7 +61,8 @@ def merge(base: Any, override: Any) -> Any:
     return copy.deepcopy(override)
 
 
-def _named(items: list[Any]) -> bool:
+def is_named_list(items: list[Any]) -> bool:
+    """Whether `items` is a list of named entries, which the merge rule merges entry by entry."""
     return all(isinstance(i, dict) and isinstance(i.get("name"), str) for i in items)
 
 
@@ -293,40 +294,3 @@ def is_image_reference(image: Any) -> bool:
     if ":" in last:
         name = name[: len(name) - len(last) + last.index(":")]
     return len(name) <= MAX_IMAGE_NAME
-
-
-def flatten(value: Any, path: str = "") -> dict[str, Any]:
-    """Every leaf of a pod by its path, e.g. `spec.containers[base].env[X].value`.
-
-    Paths follow the merge rule: entries of named lists by name, other lists whole (a
-    later layer replaces them whole), so a path means the same thing in every layer.
-    """
-    if isinstance(value, dict) and value:
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            out.update(flatten(item, f"{path}.{key}" if path else str(key)))
-        return out
-    if isinstance(value, list) and value and _named(value):
-        out = {}
-        for item in value:
-            rest = {k: v for k, v in item.items() if k != "name"}
-            out.update(flatten(rest, f"{path}[{item['name']}]"))
-        return out
-    return {path: value}
-
-
-def provenance(layers: list[tuple[str, dict[str, Any]]]) -> dict[str, str]:
-    """For each leaf of the last layer, the source of the last layer that changed it.
-
-    `layers` are the whole pod after each step, in the order the steps apply, each
-    with the name of its source.
-    """
-    sources: dict[str, str] = {}
-    previous: dict[str, Any] = {}
-    for source, pod in layers:
-        current = flatten(pod)
-        for path, value in current.items():
-            if path not in previous or previous[path] != value:
-                sources[path] = source
-        previous = current
-    return {path: sources[path] for path in previous}

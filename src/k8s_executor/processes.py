@@ -7,7 +7,7 @@ child would inherit.
 Light: the child imports neither Airflow nor the scheduler's main module, only the kubernetes
 client and the executor's core. (multiprocessing's spawn would first run the parent's main
 module again: under `airflow scheduler` that is Airflow's command line, 1.7 s of imports paid
-by every helper started or restarted, bench/RESULTS.md items 13 and 17.)
+by every helper started or restarted.)
 
 Tied: the two talk over a pair of pipes carrying pickled messages. When the scheduler dies,
 even by SIGKILL, the child reads the end of its pipe and exits, so no helper of a dead

@@ -13,28 +13,56 @@ import multiprocessing
 import queue
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from airflow.utils.log.logging_mixin import LoggingMixin
 from kubernetes import client
 
 from k8s_executor import adoption, identity, metrics, processes
-from k8s_executor.adoption import Orphan
-from k8s_executor.launching import REQUEST_ERRORS, DeleteResult, LauncherProcess, PatchResult
+from k8s_executor.kube_client import list_pods, read_json
+from k8s_executor.launching import REQUEST_ERRORS, LauncherProcess
 from k8s_executor.ledger import (
     DEFAULT_START_TIMEOUT_S,
     Action,
     DisposalRule,
+    Dispose,
     Drop,
-    HandedOver,
-    NameTaken,
     PodLedger,
+    Questions,
+    RelaunchRule,
     TaskResult,
     disposer,
 )
 from k8s_executor.processes import Helper
+from k8s_executor.resource_version import ResourceVersion
 from k8s_executor.settings import ExecutorSettings
-from k8s_executor.watching import Bookmark, PodEvent, PodWatch, Read, Released, Resync
+from k8s_executor.shapes import (
+    Bookmark,
+    DeleteResult,
+    Orphan,
+    PatchResult,
+    PodEvent,
+    PodSeen,
+    Read,
+    Released,
+    Resync,
+    TaskRow,
+)
+from k8s_executor.state_mapping import observe
+from k8s_executor.watching import PodWatch
+
+
+@dataclass(frozen=True)
+class PodLaunch:
+    """What the task queue holds: a task's pod, built, with what its try needs from the ledger."""
+
+    pod: dict[str, Any]
+    ref: identity.WorkloadRef
+    start_timeout_s: float
+    # What the pod was built from: a new pod of the same try is built from it again.
+    payload: object = None
+
 
 # Adoption and the sweep list pods directly: a failed list is tried again after these waits.
 LIST_RETRY_WAITS_S = (1.0, 2.0, 4.0)
@@ -49,8 +77,11 @@ class KubernetesJobWatcher(multiprocessing.Process, LoggingMixin):
     `Resync` and `Bookmark` messages to `watcher_queue`. `kube_config` keeps the specification's
     name but holds the settings: the process builds its own client and keeps its credential
     fresh (credentials.py), since a loaded `Configuration`'s refresh cannot cross a process.
-    `multi_namespace_mode` is implied by `namespace=None` (all namespaces), and kept for the
-    signature.
+
+    The arguments decide what is watched: `namespace`, or with `multi_namespace_mode` and no
+    namespace every namespace; only the pods of the executor `executor_id` (a keyword, by
+    default the default executor's) that the scheduler `worker_uuid` holds; from
+    `resource_version` on, or from a fresh list when it is None.
     """
 
     def __init__(
@@ -63,6 +94,7 @@ class KubernetesJobWatcher(multiprocessing.Process, LoggingMixin):
         kube_config: ExecutorSettings,
         **kwargs: Any,
     ) -> None:
+        self.executor_id: str = kwargs.pop("executor_id", identity.DEFAULT_EXECUTOR)
         super().__init__(**kwargs)
         self.namespace = namespace
         self.multi_namespace_mode = multi_namespace_mode
@@ -76,9 +108,24 @@ class KubernetesJobWatcher(multiprocessing.Process, LoggingMixin):
             )
         self.kube_config = kube_config
 
+    @property
+    def watched_namespace(self) -> str | None:
+        """The namespace this watcher lists and watches; None: every namespace."""
+        if self.namespace:
+            return self.namespace
+        return None if self.multi_namespace_mode else self.kube_config.namespace
+
     def run(self) -> None:
+        try:
+            self._run()
+        except Exception:
+            # The parent sees the exit code and restarts the watcher from the last resourceVersion.
+            self.log.exception("watcher of %s stopped", self.watched_namespace or "all namespaces")
+            raise
+
+    def _run(self) -> None:
         PodWatch(
-            namespace=self.namespace,
+            namespace=self.watched_namespace,
             watcher_queue=self.watcher_queue,
             resource_version=self.resource_version,
             settings=self.kube_config,
@@ -86,6 +133,8 @@ class KubernetesJobWatcher(multiprocessing.Process, LoggingMixin):
                 self.kube_config.worker_pod_pending_fatal_container_state_reasons
             ),
             unschedulable_timeout_s=self.kube_config.unschedulable_pod_timeout,
+            executor_id=self.executor_id,
+            scheduler_id=self.worker_uuid,
         ).run()
 
 
@@ -100,8 +149,8 @@ class AirflowKubernetesScheduler(LoggingMixin):
     def __init__(
         self,
         kube_config: ExecutorSettings,
-        task_queue: queue.Queue[Any] | None,
-        result_queue: queue.Queue[TaskResult | HandedOver | NameTaken],
+        task_queue: queue.Queue[PodLaunch] | None,
+        result_queue: queue.Queue[TaskResult],
         kube_client: client.CoreV1Api,
         worker_uuid: str,
         unclaimed_grace_s: float = 300.0,
@@ -109,20 +158,29 @@ class AirflowKubernetesScheduler(LoggingMixin):
         **kwargs: Any,
     ) -> None:
         super().__init__()
-        self.task_queue = task_queue
+        if kwargs:
+            self.log.warning(
+                "AirflowKubernetesScheduler: ignoring arguments it does not take: %s",
+                ", ".join(sorted(kwargs)),
+            )
+        self.task_queue: queue.Queue[PodLaunch] = task_queue if task_queue is not None else queue.Queue()
         self.result_queue = result_queue
         self.kube_client = kube_client
-        self.worker_uuid = worker_uuid
+        # The specification's name for the id of the scheduler this shell serves.
+        self.worker_uuid = self.scheduler_id = worker_uuid
         self.executor_id = executor_id
         self.settings = kube_config
-        # This instance's own: two executors (teams) in one process must not share them.
-        self.resource_versions: dict[str | None, str] = {}
+        self.resource_versions = ResourceVersion()
         self.ledger = PodLedger(
-            worker_uuid,
+            self.scheduler_id,
             DisposalRule(self.settings.delete_worker_pods, self.settings.delete_worker_pods_on_failure),
             # One clock for the ledger and the watchers' relist stamps: monotonic, machine-wide.
             clock=time.monotonic,
             unclaimed_grace_s=unclaimed_grace_s,
+            relaunch=RelaunchRule(
+                self.settings.pod_launch_failure_retries,
+                frozenset(self.settings.pod_launch_failure_excluded_container_reasons),
+            ),
         )
         self.fatal_waiting_reasons = frozenset(self.settings.worker_pod_pending_fatal_container_state_reasons)
         self.launcher = LauncherProcess(
@@ -151,9 +209,9 @@ class AirflowKubernetesScheduler(LoggingMixin):
             "k8s_executor.watching:serve",
             {
                 "namespace": namespace,
-                "resource_version": self.resource_versions.get(namespace),
+                "resource_version": self._resource_version(namespace),
                 "executor_id": self.executor_id,
-                "scheduler_id": self.worker_uuid,
+                "scheduler_id": self.scheduler_id,
                 "settings": self.settings,
                 "fatal_waiting_reasons": self.fatal_waiting_reasons,
                 "unschedulable_timeout_s": self.settings.unschedulable_pod_timeout,
@@ -174,29 +232,55 @@ class AirflowKubernetesScheduler(LoggingMixin):
 
     # --- launching -------------------------------------------------------
     def run_pod_async(
-        self, pod: dict[str, Any], ref: identity.WorkloadRef | None = None, **kwargs: Any
+        self,
+        pod: Any,
+        ref: identity.WorkloadRef | None = None,
+        start_timeout_s: float | None = None,
+        payload: object = None,
+        **kwargs: Any,
     ) -> None:
-        """Create `pod` in the background; its outcome comes back through `sync`.
-
-        `start_timeout_s`: how long its pod may take to start before its try fails.
-        """
+        """Create `pod` (a V1Pod or its dict) in the background; its outcome comes back through
+        `sync`. `start_timeout_s`: how long its pod may take to start before its try fails;
+        `payload`: what it was built from, handed back by the ledger when the try needs a new pod."""
+        if kwargs:
+            self.log.warning(
+                "run_pod_async: ignoring arguments it does not take: %s", ", ".join(sorted(kwargs))
+            )
         if not isinstance(pod, dict):
             pod = self.kube_client.api_client.sanitize_for_serialization(pod)
         meta = pod["metadata"]
         ref = ref or identity.ref_from_annotations(meta.get("annotations"))
         if ref is None:
             raise ValueError(f"pod {meta.get('name')!r} carries no task annotations")
-        timeout_s = kwargs.get("start_timeout_s") or DEFAULT_START_TIMEOUT_S
-        self.ledger.launching(ref, meta["namespace"], meta["name"], timeout_s)
+        timeout_s = start_timeout_s or DEFAULT_START_TIMEOUT_S
+        self.ledger.launching(ref, meta["namespace"], meta["name"], timeout_s, payload)
         self.launcher.create(pod, time.monotonic() + timeout_s)
+
+    def launch_queued(self) -> None:
+        """Create the pods the executor put on the task queue, in the order it put them."""
+        while True:
+            try:
+                launch = self.task_queue.get_nowait()
+            except queue.Empty:
+                return
+            self.run_pod_async(
+                launch.pod, ref=launch.ref, start_timeout_s=launch.start_timeout_s, payload=launch.payload
+            )
+
+    def attempt(self, ref: identity.WorkloadRef) -> int:
+        """How many pods of `ref` were launched again: its next pod's name is built with it."""
+        return self.ledger.attempt(ref)
 
     def find_orphans(
         self, tries: Sequence[identity.WorkloadRef], dead_scheduler_ids: set[str]
     ) -> list[Orphan]:
         """The pods of `tries` and of the dead schedulers: one list of this executor's pods (the
         watchers see only this scheduler's), and one of legacy pods when tries are still missing."""
+        started = time.monotonic()
         sightings = self._list(identity.selector(self.executor_id))
-        return self._with_legacy(adoption.select_orphans(sightings, tries, dead_scheduler_ids), tries)
+        orphans = self._with_legacy(adoption.select_orphans(sightings, tries, dead_scheduler_ids), tries)
+        metrics.timing("adoption.duration", time.monotonic() - started)
+        return orphans
 
     def _with_legacy(self, orphans: list[Orphan], tries: Sequence[identity.WorkloadRef]) -> list[Orphan]:
         """`orphans`, and the legacy pods of the tries not found among them (adoption.py)."""
@@ -205,21 +289,26 @@ class AirflowKubernetesScheduler(LoggingMixin):
             return orphans
         return orphans + adoption.legacy_orphans(self._list(identity.LEGACY_SELECTOR), missing)
 
-    def _list(
-        self, selector: str, retry_waits_s: Sequence[float] = LIST_RETRY_WAITS_S
-    ) -> list[adoption.Sighting]:
-        """Pods under `selector`, listed now; a refused or broken list is tried again after each
-        of `retry_waits_s`. The scheduler loop waits meanwhile, so the waits stay short."""
+    def _list(self, selector: str, retry_waits_s: Sequence[float] = LIST_RETRY_WAITS_S) -> list[PodSeen]:
+        """Pods under `selector`, listed now and judged as listed; a refused or broken list is
+        tried again after each of `retry_waits_s`. The scheduler loop waits meanwhile, so the
+        waits stay short."""
         waits = iter(retry_waits_s)
         while True:
             try:
-                return adoption.list_sightings(
-                    self.kube_client,
-                    self.settings.watched_namespaces,
-                    selector,
-                    self.fatal_waiting_reasons,
-                    self.settings.unschedulable_pod_timeout,
-                )
+                return [
+                    observe(
+                        pod,
+                        fatal_waiting_reasons=self.fatal_waiting_reasons,
+                        unschedulable_timeout_s=self.settings.unschedulable_pod_timeout,
+                    )
+                    for namespace in self.settings.watched_namespaces
+                    for pod in read_json(
+                        list_pods(
+                            self.kube_client, namespace, label_selector=selector, _preload_content=False
+                        )
+                    )["items"]
+                ]
             except REQUEST_ERRORS as exc:
                 wait_s = next(waits, None)
                 if wait_s is None:
@@ -243,7 +332,7 @@ class AirflowKubernetesScheduler(LoggingMixin):
 
     def _relabel(self, namespace: str, name: str) -> None:
         self.launcher.patch_labels(
-            namespace, name, identity.adopted_labels(self.executor_id, self.worker_uuid)
+            namespace, name, identity.adopted_labels(self.executor_id, self.scheduler_id)
         )
 
     def set_live_schedulers(self, labels: set[str]) -> None:
@@ -262,15 +351,22 @@ class AirflowKubernetesScheduler(LoggingMixin):
         sightings = self._list(identity.unclaimed_selector(self.executor_id, alive), retry_waits_s=())
         self._carry_out(self.ledger.swept(sightings))
 
-    def waiting_for_create(self, older_than_s: float) -> set[identity.TaskRef]:
-        return self.ledger.waiting_for_create(older_than_s)
+    def questions(self) -> Questions:
+        """What the ledger needs to hear from Airflow's database now."""
+        return self.ledger.questions()
+
+    def answer(self, rows: dict[identity.TaskRef, TaskRow | None]) -> list[Action]:
+        """The database's rows for the tries `questions` named; returns what the executor does."""
+        return self._carry_out(self.ledger.answered(rows))
 
     def revoke(self, ref: identity.WorkloadRef) -> None:
         """Airflow took the task back: its pod goes, and nothing more is reported for it."""
         self._carry_out(self.ledger.revoke(ref))
 
-    def delete_pod(self, pod_name: str, namespace: str) -> None:
-        self.launcher.delete(namespace, pod_name)
+    def delete_pod(self, pod_name: str, namespace: str, resource_version: str | None = None) -> None:
+        """Delete a pod (in the background, by the launcher); with `resource_version`, only if the
+        pod is unchanged since it was seen at it."""
+        self.launcher.delete(namespace, pod_name, resource_version)
 
     def patch_pod_executor_done(self, pod_name: str, namespace: str) -> None:
         self.launcher.patch_labels(namespace, pod_name, {identity.DONE_LABEL: "True"})
@@ -280,19 +376,29 @@ class AirflowKubernetesScheduler(LoggingMixin):
         return identity.pod_name(identity.TaskRef(safe_dag_id, safe_task_id, safe_run_id))
 
     # --- results ---------------------------------------------------------
-    def sync(self) -> None:
+    def sync(self) -> list[Action]:
+        """Take in what the launcher and the watchers said, and what time decided: results go onto
+        the result queue; what the executor must do about its tries is returned."""
+        self.launch_queued()
         self.launcher.check()
-        self._drain_launches()
-        self._drain_watchers()
-        self._carry_out(self.ledger.tick())
+        todo = self._drain_launches()
+        todo += self._drain_watchers()
+        todo += self._carry_out(self.ledger.tick())
         verdicts = self.ledger.verdicts()
         metrics.gauge("pods.pending", verdicts.count("pending"))
         metrics.gauge("pods.running", verdicts.count("running"))
+        return todo
 
-    def _carry_out(self, actions: list[Action]) -> None:
+    def _carry_out(self, actions: list[Action]) -> list[Action]:
+        """Results onto the result queue, deletes, patches and drops to the launcher; the rest
+        (launches, relaunches, hand-overs, withdrawals) is the executor's, and returned."""
+        todo: list[Action] = []
         for action in actions:
-            if isinstance(action, (TaskResult, HandedOver, NameTaken)):
+            if isinstance(action, TaskResult):
                 self.result_queue.put(action)
+                continue
+            if not isinstance(action, (Dispose, Drop)):
+                todo.append(action)
                 continue
             if isinstance(action, Drop):
                 self.log.info(
@@ -313,24 +419,26 @@ class AirflowKubernetesScheduler(LoggingMixin):
                 )
                 metrics.incr("unclaimed_pods.disposed")
             if action.delete:
-                self.launcher.delete(action.namespace, action.name, action.resource_version)
+                self.delete_pod(action.name, action.namespace, action.resource_version)
             else:
                 # Kept for inspection, but out of every watch and adoption from now on.
                 self.patch_pod_executor_done(action.name, action.namespace)
+        return todo
 
-    def _drain_launches(self) -> None:
+    def _drain_launches(self) -> list[Action]:
+        todo: list[Action] = []
         while True:
             try:
                 result = self.launcher.results.get_nowait()
             except queue.Empty:
-                return
+                return todo
             # The launcher process has no Airflow to send metrics with: they are sent from here.
             if isinstance(result, DeleteResult):
                 metrics.http_outcome("pod_delete", result.status)
                 continue
             if isinstance(result, PatchResult):
                 if result.status in (200, 404):
-                    self._carry_out(
+                    todo += self._carry_out(
                         self.ledger.relabelled(result.namespace, result.name, result.status == 200)
                     )
                 elif self.ledger.relabelling(result.namespace, result.name):
@@ -345,29 +453,30 @@ class AirflowKubernetesScheduler(LoggingMixin):
                 continue
             metrics.timing("pod_create.duration", result.duration_s)
             metrics.http_outcome("pod_create", result.status)
-            self._carry_out(
+            todo += self._carry_out(
                 self.ledger.launched(
                     result.namespace, result.name, result.ok, result.error, result.name_taken
                 )
             )
 
-    def _drain_watchers(self) -> None:
+    def _drain_watchers(self) -> list[Action]:
+        todo: list[Action] = []
         while True:
             try:
                 message = self.watcher_queue.get_nowait()
             except queue.Empty:
-                return
+                return todo
             if isinstance(message, PodEvent):
-                self.resource_versions[self._watch_key(message.namespace)] = message.resource_version
-                self._carry_out(self.ledger.observed(message))
+                self._resumes_from(self._watch_key(message.namespace), message.resource_version)
+                todo += self._carry_out(self.ledger.observed(message))
             elif isinstance(message, Resync):
                 if message.namespace in self.listed:
                     metrics.incr("watcher.relists")
                 self.listed.add(message.namespace)
-                self.resource_versions[message.namespace] = message.resource_version
-                self._carry_out(self.ledger.resynced(message))
+                self._resumes_from(message.namespace, message.resource_version)
+                todo += self._carry_out(self.ledger.resynced(message))
             elif isinstance(message, Bookmark):
-                self.resource_versions[message.namespace] = message.resource_version
+                self._resumes_from(message.namespace, message.resource_version)
             elif isinstance(message, Released):
                 self.log.warning(
                     "pod %s/%s was adopted by scheduler %s; its try is that scheduler's now",
@@ -375,7 +484,7 @@ class AirflowKubernetesScheduler(LoggingMixin):
                     message.name,
                     message.scheduler_id,
                 )
-                self._carry_out(self.ledger.released(message.namespace, message.name))
+                todo += self._carry_out(self.ledger.released(message.namespace, message.name))
             elif isinstance(message, Read):
                 self.watch_events_read += message.events
                 metrics.incr("watcher.events", message.events)
@@ -384,6 +493,17 @@ class AirflowKubernetesScheduler(LoggingMixin):
 
     def _watch_key(self, namespace: str) -> str | None:
         return namespace if namespace in self.watchers else None
+
+    def _resource_version(self, namespace: str | None) -> str | None:
+        return self.resource_versions.get_resource_version(namespace, owner=self._rv_owner)
+
+    def _resumes_from(self, namespace: str | None, resource_version: str) -> None:
+        self.resource_versions.set_resource_version(resource_version, namespace, owner=self._rv_owner)
+
+    @property
+    def _rv_owner(self) -> str:
+        # This shell's own: two executors (teams) in one process select different pods.
+        return f"{self.executor_id}/{self.scheduler_id}/{id(self)}"
 
     def claimed(self) -> set[identity.WorkloadRef]:
         return self.ledger.claimed()

@@ -8,36 +8,15 @@ verdicts are final; `pending` and `running` only say the task is on its way.
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from k8s_executor import identity
-
-Verdict = Literal["pending", "running", "success", "failed"]
-
-
-@dataclass(frozen=True)
-class PodState:
-    verdict: Verdict
-    reason: str = ""
-    # For a failure, its cause in Kubernetes' words: the failing container's reason (ErrImagePull,
-    # Error, OOMKilled...), or the pod's (Evicted, Unschedulable, Deleted), or the executor's
-    # (CreateRefused, StartTimeout, Vanished). What pod_launch_failure_excluded_container_reasons
-    # is matched against.
-    cause: str = ""
-    # False for a failure before any container ran (an image never pulled, a pod never scheduled):
-    # such a pod is deleted, never kept, since kubelet would go on trying to start it.
-    ran: bool = True
-
-    @property
-    def terminal(self) -> bool:
-        return self.verdict in ("success", "failed")
+from k8s_executor.shapes import PodSeen, PodState
 
 
-def _parse_time(value: str | None) -> datetime.datetime | None:
-    if not value:
-        return None
-    return datetime.datetime.strptime(value.replace("Z", "+0000"), "%Y-%m-%dT%H:%M:%S%z")
+def parse_time(value: str | None) -> datetime.datetime | None:
+    """A Kubernetes timestamp (RFC 3339, as in creationTimestamp), timezone-aware; None if unset."""
+    return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
 
 
 def _container_failure(statuses: list[dict[str, Any]]) -> tuple[str, str] | None:
@@ -108,7 +87,7 @@ def pod_state(
             and condition.get("status") == "False"
             and condition.get("reason") == "Unschedulable"
         ):
-            since = _parse_time(condition.get("lastTransitionTime")) or _parse_time(
+            since = parse_time(condition.get("lastTransitionTime")) or parse_time(
                 meta.get("creationTimestamp")
             )
             current = now or datetime.datetime.now(datetime.timezone.utc)
@@ -154,18 +133,6 @@ def with_events(state: PodState, events: list[dict[str, Any]]) -> PodState:
     return PodState("failed", f"{state.reason} [events: {described}]", state.cause, state.ran)
 
 
-@dataclass(frozen=True)
-class Observation:
-    """What the executor knows of a pod: the try it runs (None if not ours), the scheduler that
-    launched it, and its verdict."""
-
-    ref: identity.WorkloadRef | None
-    namespace: str
-    name: str
-    scheduler_id: str
-    state: PodState
-
-
 def observe(
     pod: dict[str, Any],
     *,
@@ -173,14 +140,15 @@ def observe(
     unschedulable_timeout_s: float = 300.0,
     now: datetime.datetime | None = None,
     deleted: bool = False,
-) -> Observation:
+) -> PodSeen:
     """One raw pod, as the watcher, adoption and the log reader all see it."""
     meta = pod["metadata"]
-    return Observation(
+    return PodSeen(
         ref=identity.ref_from_annotations(meta.get("annotations")),
         namespace=meta["namespace"],
         name=meta["name"],
         scheduler_id=identity.scheduler_of(meta.get("labels")),
+        resource_version=meta.get("resourceVersion", ""),
         state=pod_state(
             pod,
             fatal_waiting_reasons=fatal_waiting_reasons,

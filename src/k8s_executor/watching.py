@@ -20,17 +20,18 @@ from __future__ import annotations
 import datetime
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client
 from urllib3.exceptions import HTTPError
 
 from k8s_executor import identity
+from k8s_executor.adoption import held_elsewhere
 from k8s_executor.kube_client import connect_in_helper, json_lines, list_pods, pod_events, read_json
 from k8s_executor.processes import Channel
 from k8s_executor.settings import ExecutorSettings
-from k8s_executor.state_mapping import PodState, observe, with_events
+from k8s_executor.shapes import Bookmark, PodEvent, PodState, Read, Released, Resync
+from k8s_executor.state_mapping import observe, with_events
 
 log = logging.getLogger(__name__)
 
@@ -39,57 +40,6 @@ READ_REPORT_INTERVAL_S = 2.0
 REJUDGE_INTERVAL_S = 5.0
 EVENTS_TIMEOUT_S = 5.0
 MAX_EXPLAINED = 4096
-
-
-@dataclass(frozen=True)
-class PodEvent:
-    """What the executor learns about one pod."""
-
-    namespace: str
-    name: str
-    ref: identity.WorkloadRef | None
-    scheduler_id: str
-    state: PodState
-    resource_version: str
-    deleted: bool = False
-
-
-@dataclass(frozen=True)
-class Resync:
-    """The full set of our pods in `namespace` at `resource_version`, after a relist."""
-
-    namespace: str | None
-    names: frozenset[tuple[str, str]]
-    listed_at: float
-    resource_version: str
-    # This executor's pods that another scheduler holds now (relabelled by its adoption while the
-    # watch was out, so its DELETED from this watch's selector was never seen): missing from
-    # `names`, yet not gone.
-    elsewhere: frozenset[tuple[str, str]] = frozenset()
-
-
-@dataclass(frozen=True)
-class Bookmark:
-    namespace: str | None
-    resource_version: str
-
-
-@dataclass(frozen=True)
-class Released:
-    """A pod of this scheduler's left its watch because another scheduler adopted it (relabelled
-    it): its try is that scheduler's now, to report and dispose of."""
-
-    namespace: str
-    name: str
-    scheduler_id: str
-
-
-@dataclass(frozen=True)
-class Read:
-    """How many watch events (and listed pods) the watcher read since it last said so."""
-
-    namespace: str | None
-    events: int
 
 
 class Gone(Exception):
@@ -177,8 +127,8 @@ class PodWatch:
     def _held_elsewhere(self) -> frozenset[tuple[str, str]]:
         """This executor's pods labelled for another scheduler. Listed after this scheduler's own,
         so a pod relabelled between the two lists is in both (and its DELETED follows in the watch):
-        none falls between them. (Found by `python -m chaos`, seed 1717: a pod adopted by a peer
-        during a 410 was reported vanished, failed and deleted under its new owner.)"""
+        none falls between them, and a pod a peer adopted during a 410 is handed over, not taken
+        for vanished and deleted under its new holder."""
         body = read_json(
             list_pods(self.api, self.namespace, label_selector=self.executor_selector, _preload_content=False)
         )
@@ -186,8 +136,7 @@ class PodWatch:
         return frozenset(
             (pod["metadata"]["namespace"], pod["metadata"]["name"])
             for pod in body["items"]
-            if (holder := identity.scheduler_of(pod["metadata"].get("labels")))
-            and holder != self.scheduler_label
+            if held_elsewhere(identity.scheduler_of(pod["metadata"].get("labels")), self.scheduler_label)
         )
 
     def _watch(self, rv: str) -> str:
@@ -275,7 +224,7 @@ class PodWatch:
         if now["metadata"].get("uid") != meta.get("uid"):
             return last
         adopter = identity.scheduler_of(now["metadata"].get("labels"))
-        if self.scheduler_label is not None and adopter and adopter != self.scheduler_label:
+        if held_elsewhere(adopter, self.scheduler_label):
             self.told.pop(meta["uid"], None)
             self.cache.pop(meta["uid"], None)
             self.watcher_queue.put(Released(meta["namespace"], meta["name"], adopter))

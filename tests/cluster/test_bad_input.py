@@ -12,8 +12,9 @@ from kubernetes import client
 
 from k8s_executor import executor_config
 from k8s_executor.identity import TaskRef
-from k8s_executor.launching import Launcher, LaunchResult
+from k8s_executor.launching import Launcher
 from k8s_executor.pod_building import PodDefaults, PodRequest, build_pod
+from k8s_executor.shapes import LaunchResult
 from tests.bad_input import CASES, Case, write_templates
 
 pytestmark = pytest.mark.cluster

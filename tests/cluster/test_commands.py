@@ -22,6 +22,8 @@ from tests.helpers import wait_for, wait_for_pod_phase
 pytestmark = pytest.mark.cluster
 
 DAGS = Path(__file__).parent / "dags_cli"
+# Configured under an alias, which names the executor's pods (identity.executor_identity).
+EXECUTOR_ALIAS = "cli-pods"
 AIRFLOW = Path(sys.executable).parent / "airflow"
 HOOK = """
 def pod_mutation_hook(pod):
@@ -35,7 +37,7 @@ def airflow(home: Path, cluster: control_plane.ClusterState, namespace: str, *ar
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
     env.update(
         AIRFLOW_HOME=str(home),
-        AIRFLOW__CORE__EXECUTOR="k8s_executor.KubernetesExecutor",
+        AIRFLOW__CORE__EXECUTOR=f"{EXECUTOR_ALIAS}:k8s_executor.KubernetesExecutor",
         AIRFLOW__CORE__DAGS_FOLDER=str(DAGS),
         AIRFLOW__CORE__LOAD_EXAMPLES="False",
         AIRFLOW__KUBERNETES_EXECUTOR__IN_CLUSTER="False",
@@ -140,6 +142,10 @@ def test_generate_dag_yaml_writes_pods_the_api_server_accepts(
     configured = yaml.safe_load(pods["configured"].read_text())
     assert configured["metadata"]["namespace"] == namespace
     assert configured["metadata"]["annotations"]["hooked-by"] == "local-settings"
+    # The owner label the executor launches this task's pod with, so the YAML selects as its pods do.
+    for path in files:
+        labels = yaml.safe_load(path.read_text())["metadata"]["labels"]
+        assert labels[identity.OWNER_LABEL] == identity.executor_identity(EXECUTOR_ALIAS)
     assert configured["spec"]["containers"][0]["image"] == "custom-image:1"
     for path in files:
         applied = subprocess.run(

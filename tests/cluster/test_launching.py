@@ -11,8 +11,9 @@ from devcluster import control_plane
 from kubernetes import client
 
 from k8s_executor.identity import TaskRef
-from k8s_executor.launching import Launcher, LauncherProcess, LaunchResult
+from k8s_executor.launching import Launcher, LauncherProcess
 from k8s_executor.pod_building import PodDefaults, PodRequest, build_pod
+from k8s_executor.shapes import LaunchResult
 from tests.conftest import CLUSTER_DIR, admin_settings
 from tests.helpers import wait_for
 

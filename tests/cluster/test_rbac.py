@@ -13,8 +13,9 @@ from kubernetes import client
 
 from k8s_executor import adoption, identity
 from k8s_executor.kube_client import read_json
-from k8s_executor.launching import DeleteResult, Launcher, LaunchResult, Result
+from k8s_executor.launching import Launcher
 from k8s_executor.pod_building import PodDefaults, PodRequest, build_pod
+from k8s_executor.shapes import DeleteResult, LauncherResult, LaunchResult
 from tests.conftest import api_client_for
 from tests.helpers import wait_for, wait_for_pod_phase
 from tests.least_privilege import allowed, executor_kubeconfig, grant_cluster_role, granted, manifest
@@ -120,7 +121,7 @@ def test_the_api_server_allows_every_executor_call_and_nothing_else(
         assert allowed(api_client, user, verb, name, namespace, group, sub) is expected, (verb, resource)
 
 
-R = TypeVar("R", bound=Result)
+R = TypeVar("R", bound=LauncherResult)
 
 
 def next_result(launcher: Launcher, kind: type[R]) -> R:

@@ -20,7 +20,7 @@ from k8s_executor.kube_client import json_lines
 from k8s_executor.ledger import HandedOver
 from k8s_executor.pod_building import PodDefaults, PodRequest, build_pod
 from k8s_executor.scheduler import AirflowKubernetesScheduler, KubernetesJobWatcher, TaskResult
-from k8s_executor.watching import PodEvent, Resync
+from k8s_executor.shapes import PodEvent, Resync
 from tests.conftest import CLUSTER_DIR, admin_settings
 from tests.helpers import audit_entries, wait_for, wait_for_pod_phase
 
@@ -36,12 +36,15 @@ def launch(keeper: AirflowKubernetesScheduler, namespace: str, task: str, script
     return name
 
 
-def results(keeper: AirflowKubernetesScheduler, count: int, timeout: float = 90) -> list[TaskResult]:
-    out: list[TaskResult] = []
+def results(
+    keeper: AirflowKubernetesScheduler, count: int, timeout: float = 90
+) -> list[TaskResult | HandedOver]:
+    """The next `count` ends: results from the result queue, hand-overs from what sync returns."""
+    out: list[TaskResult | HandedOver] = []
     deadline = time.monotonic() + timeout
     while len(out) < count and time.monotonic() < deadline:
         keeper.check_watchers()
-        keeper.sync()
+        out += [action for action in keeper.sync() if isinstance(action, HandedOver)]
         try:
             out.append(keeper.result_queue.get(timeout=0.2))
         except queue.Empty:
@@ -249,8 +252,14 @@ def test_a_pod_another_scheduler_adopts_leaves_this_one_without_a_report_or_a_de
     )
     # Another scheduler's adoption: its label on the pod, which leaves this scheduler's watch.
     core.patch_namespaced_pod(name, namespace, {"metadata": {"labels": {identity.SCHEDULER_LABEL: "t2"}}})
-    wait_for(lambda: (scheduler.sync(), (namespace, name) not in scheduler.ledger.pods)[1], "the hand-over")
-    # The executor is told to forget the try, and nothing is reported for it.
-    assert settle(scheduler, 3) == [HandedOver(TaskRef("keeper", "adopted", "run"))]
+    told: list[object] = []
+    wait_for(
+        lambda: (told.extend(scheduler.sync()), (namespace, name) not in scheduler.ledger.pods)[1],
+        "the hand-over",
+    )
+    # The executor is told to forget the try (a hand-over is what sync returns, not a result), and
+    # nothing is reported for it.
+    assert told == [HandedOver(TaskRef("keeper", "adopted", "run"))]
+    assert settle(scheduler, 3) == []
     assert core.read_namespaced_pod(name, namespace).status.phase == "Running"
     assert executor_deletes(core, control_plane.audit_log(cluster), namespace, name) == 0

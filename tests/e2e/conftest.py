@@ -36,7 +36,7 @@ collect_ignore = (
         "test_credentials.py",
         "test_in_cluster.py",
         # Airflow 3's HA, multi-executor and multi-team installations; the ownership and disposal
-        # rules they exercise have no Airflow branch, and the adapter's queries they rely on are
+        # rules they exercise have no Airflow branch, and the database queries they rely on are
         # run on this line too (assert_adapter_queries_answer).
         "test_ha_schedulers.py",
         "test_several_executors.py",
@@ -156,23 +156,24 @@ def assert_metrics_received(statsd: Statsd, *names: str) -> None:
 
 ADAPTER_QUERIES = """
 import json, sys
-from k8s_executor import airflow_adapter
+from k8s_executor import airflow_adapter, task_instances
 from k8s_executor.identity import TaskRef
 from k8s_executor.ledger import live_schedulers
 import datetime
 refs = [TaskRef(*json.loads(sys.argv[-1])), TaskRef("no-such-dag", "t", "r")]
-jobs = airflow_adapter.scheduler_jobs()
+jobs = task_instances.scheduler_jobs()
 now = datetime.datetime.now(datetime.timezone.utc)
-rows = airflow_adapter.task_instance_rows(refs)
+rows = task_instances.task_instance_rows(refs)
 print(json.dumps({
     "alive": sorted(live_schedulers(jobs, now, airflow_adapter.scheduler_health_check_threshold_s())),
-    "rows": [[list(k), list(v)] for k, v in rows.items()],
+    "rows": [[list(k), v._asdict()] for k, v in rows.items()],
 }))
 """
 
 
 def assert_adapter_queries_answer(stack: AirflowStack, dag_id: str, run_id: str) -> None:
-    """The adapter's queries of Airflow's database (which schedulers live; a try's task instance),
+    """The executor's queries of Airflow's database (task_instances.py: which schedulers live; a
+    try's task instance),
     run against this line's real schema: the running scheduler, and a try as the database has it."""
     [(task_id, map_index, try_number, queued_by)] = stack.sql(
         "SELECT task_id, map_index, try_number, queued_by_job_id FROM task_instance "
@@ -194,4 +195,5 @@ def assert_adapter_queries_answer(stack: AirflowStack, dag_id: str, run_id: str)
         task_id,
         map_index,
     )[0][0]
-    assert answer["rows"] == [[[dag_id, task_id, run_id, map_index], [try_number, state, queued_by]]], answer
+    row = {"try_number": try_number, "state": state, "queued_by": queued_by}
+    assert answer["rows"] == [[ref, row]], answer

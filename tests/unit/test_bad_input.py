@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from k8s_executor import airflow_adapter, executor_config, identity
+from k8s_executor import executor_config, identity, workloads
 from k8s_executor.executor import KubernetesExecutor
 from k8s_executor.executor_config import ExecutorConfigError
 from k8s_executor.identity import TaskRef
@@ -56,7 +56,7 @@ def launch(
         airflow_version="3.3.2",
         executor_config=executor_config.parse(case.config(templates)),
     )
-    pod = airflow_adapter.pod_for(request, DEFAULTS)
+    pod = workloads.pod_for(request, DEFAULTS)
     executor = KubernetesExecutor()
     executor.settings = ExecutorSettings.parse(
         {"namespace": NAMESPACE, "multi_namespace_mode": all_namespaces}

@@ -3,25 +3,27 @@
 from __future__ import annotations
 
 import datetime
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from k8s_executor.commands import (
+from k8s_executor import airflow_adapter, identity
+from k8s_executor.commands import cleanup_reason, cli_commands, render_pod
+from k8s_executor.executor import KubernetesExecutor
+from k8s_executor.executor_config import ExecutorConfigError
+from k8s_executor.explain import (
     SOURCE_DEFAULT,
     SOURCE_DICT_FORM,
     SOURCE_HOOK,
     SOURCE_POD_OVERRIDE,
     SOURCE_TEMPLATE,
-    cleanup_reason,
-    cli_commands,
+    flatten,
     pod_layers,
-    render_pod,
+    provenance,
 )
-from k8s_executor.executor_config import ExecutorConfigError
-from k8s_executor.pod_building import flatten, provenance
 from k8s_executor.settings import ExecutorSettings
 
 try:
@@ -234,6 +236,24 @@ def test_without_a_template_the_first_layer_is_the_default_pod() -> None:
     layers = pod_layers(task_with(None), "run", SETTINGS)
     assert [source for source, _ in layers] == [SOURCE_DEFAULT, SOURCE_DEFAULT, SOURCE_HOOK]
     assert set(provenance(layers).values()) == {SOURCE_DEFAULT}
+
+
+def test_a_rendered_pod_carries_the_owner_label_its_executor_launches_it_with(
+    configure_executors: Callable[[str], None],
+) -> None:
+    from airflow.executors.executor_loader import ExecutorLoader
+
+    configure_executors("LocalExecutor,pods:k8s_executor.KubernetesExecutor")
+    # The executor as Airflow's loader makes it: its name is set from `[core] executor`.
+    executor = KubernetesExecutor()
+    executor.name = next(name for name in ExecutorLoader.get_executor_names() if name.alias == "pods")
+    launched_with = airflow_adapter.executor_identity(executor)
+    assert launched_with == "pods"
+    labels = render_pod(task_with(None), "run", SETTINGS)["metadata"]["labels"]
+    assert labels[identity.OWNER_LABEL] == launched_with
+    # Every layer explain shows is of the same executor.
+    for _, pod in pod_layers(task_with(None), "run", SETTINGS)[1:]:  # the first is the template's
+        assert pod["metadata"]["labels"][identity.OWNER_LABEL] == launched_with
 
 
 def test_the_group_is_named_kubernetes_with_three_commands() -> None:

@@ -2,11 +2,17 @@
 
 Each seed draws a history: creates answered late, twice (409) or refused; watch events
 duplicated, interleaved across pods, lost to a 410 and made up by a relist; pods that
-succeed, fail, never start, or are deleted by hand; revocations; scheduler restarts with
+succeed, fail, never start, or are deleted by hand; pods that fail before their task starts
+once (relaunched) or every time (past the launch budget); revocations; scheduler restarts with
 adoption by a successor; a neighbour scheduler, alive throughout, whose pods share the watch
-(Airflow's HA mode). The invariants are checked as it goes and at the end:
+(Airflow's HA mode) and which may adopt a running pod of the live scheduler (a hand-over);
+Airflow's database answering the ledger's questions late or not at all. The invariants are
+checked as it goes and at the end:
 - every try accepted is reported exactly once, with the verdict its pod earned, unless Airflow
-  revoked it or (after a restart) took it back because no pod of it was ever made;
+  revoked it or (after a restart) took it back because no pod of it was ever made, or the
+  neighbour adopted it;
+- a try whose pods fail before its task starts is launched again while it has launches and
+  time left, never past its budget, and its failure is not reported while it had both;
 - no pod is disposed of twice, and none of a scheduler that still lives, but by itself;
 - nothing waits for ever: once time has run past every deadline, every try has its result.
 A failing seed's history is printed, and reproduces with `simulate(seed)`.
@@ -22,10 +28,23 @@ from dataclasses import dataclass, field
 import pytest
 
 from k8s_executor import identity
-from k8s_executor.adoption import Sighting, select_orphans
-from k8s_executor.ledger import Action, DisposalRule, Dispose, Drop, HandedOver, PodLedger, TaskResult
+from k8s_executor.adoption import select_orphans
+from k8s_executor.ledger import (
+    RELAUNCH_MIN_TIME_LEFT_S,
+    Action,
+    DisposalRule,
+    Dispose,
+    Drop,
+    HandedOver,
+    Launch,
+    PodLedger,
+    Relaunch,
+    RelaunchRule,
+    TaskResult,
+    Withdrawn,
+)
+from k8s_executor.shapes import PodEvent, PodSeen, Released, Resync, TaskRow
 from k8s_executor.state_mapping import PodState
-from k8s_executor.watching import PodEvent, Resync
 
 NAMESPACE = "ns"
 START_TIMEOUT_S = 60.0
@@ -34,10 +53,13 @@ ADOPTION_DELAY_S = 20.0
 # Its label sorts after every successor's ("s<n>"), so the successor is the one that disposes of
 # dead schedulers' unclaimed pods (ledger.disposer).
 NEIGHBOUR = "z1"
-FATES = ("success", "failure", "unstartable", "refused", "deleted")
+FATES = ("success", "failure", "unstartable", "refused", "deleted", "relaunched", "unlaunchable")
+LAUNCH_RETRIES = 2
 PENDING = PodState("pending", "")
 RUNNING = PodState("running", "")
-FINAL = {"success": PodState("success", ""), "failure": PodState("failed", "exit code 1")}
+FINAL = {"success": PodState("success", ""), "failure": PodState("failed", "exit code 1", "Error")}
+# A failure before the task started: a new pod may help.
+UNPULLED = PodState("failed", "could not pull image", "ErrImagePull", ran=False)
 
 
 @dataclass
@@ -49,7 +71,11 @@ class Try:
     launched_by: str = ""
     revoked: bool = False
     taken_back: bool = False
+    handed: bool = False  # adopted by the live neighbour: its end is the neighbour's to report
     finished: bool = False  # its task ended in its pod (success or failure): an end not to lose
+    started: bool = False  # its task started in one of its pods (the database says `running`)
+    launched_at: float = 0.0
+    pods: int = 0  # pods launched for it
 
 
 @dataclass
@@ -59,13 +85,17 @@ class Pod:
     scheduler: str
     state: PodState = PENDING
     rv: int = 0
+    # Adopted from a live scheduler by the neighbour: out of that scheduler's watch (its selector
+    # names the scheduler), so none of its news reaches it any more.
+    stolen: bool = False
 
 
 @dataclass
 class Scheduler:
     id: str
     ledger: PodLedger
-    acks: list[tuple[str, bool, str]] = field(default_factory=list)
+    # The launcher's answers not yet read: pod name, created, error, name taken by an earlier pod.
+    acks: list[tuple[str, bool, str, bool]] = field(default_factory=list)
 
 
 class Violation(AssertionError):
@@ -87,9 +117,11 @@ class World:
         ]
         self.pods: dict[str, Pod] = {}  # what the API server holds and the watch selects
         # What the watcher sent and the scheduler has not read: events, and a relist's set of names.
-        self.stream: list[PodEvent | Resync] = []
+        self.stream: list[PodEvent | Resync | Released] = []
         self.results: dict[identity.TaskRef, list[PodState]] = {}
         self.disposed: Counter[str] = Counter()
+        self.reported_at: dict[object, float] = {}
+        self.names_taken = 0
         self.dead: set[str] = set()
         self.generation = 0
         self.adopt_at: float | None = None
@@ -105,7 +137,11 @@ class World:
     def _new_scheduler(self) -> Scheduler:
         self.generation += 1
         ledger = self.ledger_class(
-            f"s{self.generation}", self.rules, clock=lambda: self.now, unclaimed_grace_s=UNCLAIMED_GRACE_S
+            f"s{self.generation}",
+            self.rules,
+            clock=lambda: self.now,
+            unclaimed_grace_s=UNCLAIMED_GRACE_S,
+            relaunch=RelaunchRule(LAUNCH_RETRIES),
         )
         # Airflow holds alive the scheduler that runs and the neighbour, and no other.
         ledger.schedulers_alive({f"s{self.generation}", NEIGHBOUR})
@@ -116,10 +152,28 @@ class World:
             if isinstance(action, TaskResult):
                 self.note(f"  -> report {action.ref.task_id} {action.state.verdict}")
                 self.results.setdefault(action.ref, []).append(action.state)
+                self.reported_at.setdefault(action.ref, self.now)
                 continue
             if isinstance(action, HandedOver):
-                # No other scheduler here adopts this scheduler's pods: nobody would report it.
-                raise Violation(f"{action.ref.task_id} handed over, yet no other scheduler adopted it")
+                t = self._by_ref(action.ref)
+                if not t.handed:
+                    raise Violation(f"{action.ref.task_id} handed over, yet no other scheduler adopted it")
+                self.note(f"  -> handed over {action.ref.task_id}")
+                continue
+            if isinstance(action, Relaunch):
+                self.note(f"  -> relaunch {action.ref.task_id} at {action.at:.1f} ({action.failures})")
+                if action.failures > LAUNCH_RETRIES:
+                    raise Violation(f"{action.ref.task_id} relaunched past its budget")
+                continue
+            if isinstance(action, Launch):
+                self._launch_pod(self._by_ref(action.ref), action.start_timeout_s)
+                continue
+            if isinstance(action, Withdrawn):
+                t = self._by_ref(action.ref)
+                if not (t.revoked or t.taken_back):
+                    raise Violation(f"{t.name} withdrawn while it was still this scheduler's")
+                self.note(f"  -> withdrawn {t.name}")
+                continue
             if isinstance(action, Drop):
                 # The create may have landed already (here it always has): its pod is then late.
                 self.note(f"  -> drop the create of {action.name}")
@@ -141,7 +195,11 @@ class World:
 
     def _send(self, pod: Pod, state: PodState, deleted: bool = False) -> None:
         pod.rv += 1
-        self.stream.append(PodEvent(NAMESPACE, pod.name, pod.ref, pod.scheduler, state, str(pod.rv), deleted))
+        if pod.stolen:
+            return
+        self.stream.append(
+            PodEvent(NAMESPACE, pod.name, pod.ref, pod.scheduler, state, str(pod.rv), deleted=deleted)
+        )
 
     def note(self, line: str) -> None:
         self.history.append(f"{self.now:7.1f} {line}")
@@ -151,8 +209,11 @@ class World:
         # Time never stands still between two things happening (a relist is stamped before it is sent).
         self.now += 0.001
         choices = ["launch", "ack", "progress", "deliver", "deliver", "deliver", "time", "relist", "revoke"]
-        if self.rng.random() < 0.03:
+        choices += ["database", "database"]
+        if self.rng.random() < 0.04:
             choices.append("restart")
+        if self.rng.random() < 0.1:
+            choices.append("steal")
         getattr(self, f"_{self.rng.choice(choices)}")()
         if self.adopt_at is not None and self.now >= self.adopt_at:
             self._adopt()
@@ -162,23 +223,42 @@ class World:
         if not waiting:
             return
         t = self.rng.choice(waiting)
-        t.launched, t.launched_by = True, self.scheduler.id
+        t.launched, t.launched_by, t.launched_at = True, self.scheduler.id, self.now
         self.note(f"launch {t.name} ({t.fate})")
-        self.scheduler.ledger.launching(t.ref, NAMESPACE, t.name, START_TIMEOUT_S)
+        self._launch_pod(t, START_TIMEOUT_S)
+
+    def _launch_pod(self, t: Try, timeout_s: float) -> None:
+        """The shell's launch: a pod named after the try and its attempt, created (or refused)."""
+        attempt = self.scheduler.ledger.attempt(t.ref)
+        name = t.name if attempt == 0 else f"{t.name}-a{attempt}"
+        t.pods += 1
+        if t.pods > 1:
+            self.note(f"  launch {name} again")
+        if t.pods > 1 + LAUNCH_RETRIES:
+            raise Violation(f"{t.name} launched {t.pods} times, past its budget")
+        self.scheduler.ledger.launching(t.ref, NAMESPACE, name, timeout_s, payload=t.name)
         if t.fate == "refused":
-            self.scheduler.acks.append((t.name, False, "pods is forbidden: exceeded quota"))
+            self.scheduler.acks.append((name, False, "pods is forbidden: exceeded quota", False))
             return
-        pod = self.pods[t.name] = Pod(t.name, t.ref, self.scheduler.id)
+        if attempt == 0 and self.rng.random() < 0.05:
+            # An earlier launch's pod of the same try (queued again on its try number) holds the
+            # name: 409, and this launch counts for nothing.
+            t.pods -= 1
+            self.scheduler.acks.append((name, False, "pods already exists", True))
+            return
+        pod = self.pods[name] = Pod(name, t.ref, self.scheduler.id)
         self._send(pod, PENDING)
-        self.scheduler.acks.append((t.name, True, ""))
+        self.scheduler.acks.append((name, True, "", False))
         if self.rng.random() < 0.2:  # the create was retried and met 409: answered twice
-            self.scheduler.acks.append((t.name, True, ""))
+            self.scheduler.acks.append((name, True, "", False))
 
     def _ack(self) -> None:
         if self.scheduler.acks:
-            name, ok, error = self.scheduler.acks.pop(self.rng.randrange(len(self.scheduler.acks)))
-            self.note(f"ack {name} ok={ok}")
-            self.carry_out(self.scheduler.ledger.launched(NAMESPACE, name, ok, error))
+            name, ok, error, taken = self.scheduler.acks.pop(self.rng.randrange(len(self.scheduler.acks)))
+            self.note(f"ack {name} ok={ok}{' name taken' if taken else ''}")
+            if taken:
+                self.names_taken += 1
+            self.carry_out(self.scheduler.ledger.launched(NAMESPACE, name, ok, error, name_taken=taken))
 
     def _progress(self) -> None:
         moving = [p for p in self.pods.values() if not p.state.terminal]
@@ -190,10 +270,18 @@ class World:
             self.note(f"{pod.name} {pod.state.verdict}")
             self._send(pod, pod.state)
             return
-        t = self._try(pod.name)
+        t = self._by_ref(pod.ref)
         if t.fate == "unstartable":
             return
+        if pod.state.verdict == "pending" and (
+            t.fate == "unlaunchable" or (t.fate == "relaunched" and pod.name == t.name)
+        ):
+            pod.state = UNPULLED  # its task never starts in this pod
+            self.note(f"{pod.name} failed before its task started")
+            self._send(pod, UNPULLED)
+            return
         if pod.state.verdict == "pending":
+            t.started = True
             pod.state = RUNNING
             self.note(f"{pod.name} running")
             self._send(pod, RUNNING)
@@ -202,7 +290,7 @@ class World:
             self.note(f"{pod.name} deleted by hand")
             self._gone(pod)
         else:
-            pod.state = FINAL[t.fate]
+            pod.state = FINAL["failure" if t.fate == "failure" else "success"]
             t.finished = True
             self.note(f"{pod.name} {pod.state.verdict}")
             self._send(pod, pod.state)
@@ -219,6 +307,10 @@ class World:
                 break
             first.setdefault(e.name, i)
         event = self.stream.pop(self.rng.choice(list(first.values())))
+        if isinstance(event, Released):
+            self.note(f"released {event.name}")
+            self.carry_out(self.scheduler.ledger.released(event.namespace, event.name))
+            return
         if isinstance(event, Resync):
             self.note(
                 f"relist of {self.now - event.listed_at:.3f} s ago: {sorted(n for _, n in event.names)}"
@@ -236,19 +328,83 @@ class World:
         if jump >= START_TIMEOUT_S / 2:
             # Over half a minute every pod that can start does, and the watch and the launcher
             # are heard: a try fails for not starting only when its pod truly cannot.
-            for pod in list(self.pods.values()):
-                if pod.scheduler == NEIGHBOUR:
-                    continue
-                if pod.state.verdict == "pending" and self._try(pod.name).fate != "unstartable":
-                    pod.state = RUNNING
-                    self.note(f"{pod.name} running")
-                    self._send(pod, RUNNING)
-            while self.stream or self.scheduler.acks:
-                self._ack()
-                self._deliver()
+            # (A pod launched again meanwhile, under a new name, starts too.)
+            self._hear_everything()
+            while startable := [
+                p
+                for p in self.pods.values()
+                if p.scheduler != NEIGHBOUR
+                and p.state.verdict == "pending"
+                and self._by_ref(p.ref).fate != "unstartable"
+            ]:
+                for pod in startable:
+                    self._progress_pod(pod)
+                self._hear_everything()
+            self._database()
         self.now += jump
         self.note("tick")
         self.carry_out(self.scheduler.ledger.tick())
+
+    def _hear_everything(self) -> None:
+        while self.stream or self.scheduler.acks:
+            self._ack()
+            self._deliver()
+
+    def _progress_pod(self, pod: Pod) -> None:
+        t = self._by_ref(pod.ref)
+        if t.fate == "unlaunchable" or (t.fate == "relaunched" and pod.name == t.name):
+            pod.state = UNPULLED
+            self.note(f"{pod.name} failed before its task started")
+            self._send(pod, UNPULLED)
+            return
+        t.started = True
+        pod.state = RUNNING
+        self.note(f"{pod.name} running")
+        self._send(pod, RUNNING)
+
+    def _database(self) -> None:
+        """Airflow's database answers what the ledger asks (or, now and then, cannot be read)."""
+        questions = self.scheduler.ledger.questions()
+        asked = questions.started | questions.obsolete
+        if not asked:
+            return
+        if self.rng.random() < 0.2:
+            self.note(f"database not read for {sorted(r.task_id for r in asked)}")
+            return
+        rows: dict[identity.TaskRef, TaskRow | None] = {}
+        for ref in asked:
+            t = self._by_ref(ref)
+            if t.revoked or t.taken_back:
+                rows[ref] = TaskRow(1, "scheduled", None)
+            elif t.handed:
+                rows[ref] = TaskRow(1, "running", NEIGHBOUR)
+            else:
+                rows[ref] = TaskRow(1, "running" if t.started else "queued", t.launched_by)
+        self.note(f"database answers {sorted((r.task_id, row and row.state) for r, row in rows.items())}")
+        self.carry_out(self.scheduler.ledger.answered(rows))
+
+    def _steal(self) -> None:
+        """The neighbour adopts a running pod of the live scheduler (which it took for dead)."""
+        running = [
+            p
+            for p in self.pods.values()
+            if p.scheduler == self.scheduler.id
+            and p.state == RUNNING
+            and p.ref in self._unreported_refs()
+            # Airflow hands a try over after its scheduler missed heartbeats for half a minute and
+            # more: by then that scheduler had read its pod's create and start.
+            and (entry := self.scheduler.ledger.pods.get((NAMESPACE, p.name))) is not None
+            and entry.last_state == RUNNING
+        ]
+        if not running:
+            return
+        pod = self.rng.choice(running)
+        t = self._by_ref(pod.ref)
+        t.handed = True
+        pod.scheduler, pod.stolen = NEIGHBOUR, True
+        self.note(f"{pod.name} adopted by {NEIGHBOUR}")
+        # It leaves this scheduler's watch: the watcher reads it as it is now, held elsewhere.
+        self.stream.append(Released(NAMESPACE, pod.name, NEIGHBOUR))
 
     def _relist(self) -> None:
         """A 410: what the stream still held is lost. The watcher lists this scheduler's pods
@@ -291,7 +447,7 @@ class World:
             self._deliver()
         handed = [t for t in self._unreported() if t.launched_by in self.dead]
         # The successor lists the executor's pods, every scheduler's.
-        listed = [Sighting(p.ref, NAMESPACE, p.name, p.scheduler, p.state) for p in self.pods.values()]
+        listed = [PodSeen(NAMESPACE, p.name, p.ref, p.scheduler, p.state) for p in self.pods.values()]
         orphans = select_orphans(listed, [t.ref for t in handed], self.dead)
         found = {o.ref for o in orphans if o.ours}
         self.note(f"adopt {sorted(o.name for o in orphans)}")
@@ -318,15 +474,18 @@ class World:
                     )
 
     def _unreported(self) -> list[Try]:
-        """Tries launched whose end Airflow still waits for."""
+        """Tries launched whose end Airflow still waits for from the schedulers this world runs."""
         return [
             t
             for t in self.tries
-            if t.launched and not (t.revoked or t.taken_back) and t.ref not in self.results
+            if t.launched and not (t.revoked or t.taken_back or t.handed) and t.ref not in self.results
         ]
 
-    def _try(self, name: str) -> Try:
-        return next(t for t in self.tries if t.name == name)
+    def _unreported_refs(self) -> set[identity.TaskRef]:
+        return {t.ref for t in self._unreported()}
+
+    def _by_ref(self, ref: object) -> Try:
+        return next(t for t in self.tries if t.ref == ref)
 
     # --- the end ------------------------------------------------------------------------------
     def settle(self) -> None:
@@ -341,6 +500,10 @@ class World:
             self._ack()
             self._progress()
             self._deliver()
+            self._database()
+            if self.rng.random() < 0.1:
+                self.now += 1.0
+                self.carry_out(self.scheduler.ledger.tick())
         for _ in range(3):
             self.now += max(START_TIMEOUT_S, UNCLAIMED_GRACE_S) + 1
             self.note("tick (the end)")
@@ -360,13 +523,35 @@ class World:
             got = self.results.get(t.ref, [])
             if len(got) > 1:
                 raise Violation(f"{t.name} reported {len(got)} times: {got}")
-            if t.revoked or t.taken_back or not (final or got):
+            if t.handed and got:
+                raise Violation(f"{t.name} reported here after the neighbour adopted it")
+            if t.revoked or t.taken_back or t.handed or not (final or got):
                 continue
             if not got:
                 raise Violation(f"{t.name} ({t.fate}) never reported")
-            expected = "success" if t.fate == "success" else "failed"
-            if got[0].verdict != expected:
-                raise Violation(f"{t.name} ({t.fate}) reported {got[0].verdict}: {got[0].reason}")
+            expected = "success" if t.fate in ("success", "relaunched") else "failed"
+            if got[0].verdict == expected:
+                continue
+            # A try relaunched may run out of its time to start: then, and only then, it fails.
+            out_of_time = t.launched_at + START_TIMEOUT_S - RELAUNCH_MIN_TIME_LEFT_S
+            if (
+                t.fate == "relaunched"
+                and got[0].cause in ("ErrImagePull", "StartTimeout")
+                and (self.reported_at[t.ref] >= out_of_time or t.launched_by in self.dead)
+            ):
+                continue
+            raise Violation(f"{t.name} ({t.fate}) reported {got[0].verdict}: {got[0].reason}")
+        for t in self.tries:
+            got = self.results.get(t.ref, [])
+            if (
+                t.fate == "unlaunchable"
+                and got
+                and got[0].cause == "ErrImagePull"
+                and t.pods < 1 + LAUNCH_RETRIES
+            ):
+                out_of_time = t.launched_at + START_TIMEOUT_S - RELAUNCH_MIN_TIME_LEFT_S
+                if self.reported_at[t.ref] < out_of_time and t.launched_by not in self.dead:
+                    raise Violation(f"{t.name} failed after {t.pods} pods, with launches and time left")
 
 
 def simulate(seed: int, steps: int = 40, ledger_class: type[PodLedger] = PodLedger) -> World:
@@ -393,10 +578,15 @@ def test_ten_thousand_seeded_histories_keep_every_invariant() -> None:
         world = simulate(seed)
         outcomes.update(t.fate for t in world.tries)
         outcomes["restarts"] += len(world.dead)
+        outcomes["pods launched again"] += sum(max(t.pods - 1, 0) for t in world.tries)
+        outcomes["handed over"] += sum(t.handed for t in world.tries)
+        outcomes["names taken"] += world.names_taken
     took = time.monotonic() - started
     print(f"\n{SEEDS} seeds in {took:.1f} s; tries by fate and restarts: {dict(outcomes)}")
     # The histories cover every kind of fate and restarts, not a corner of them.
     assert all(outcomes[f] > SEEDS // 10 for f in FATES) and outcomes["restarts"] > SEEDS // 10
+    assert outcomes["pods launched again"] > SEEDS // 10 and outcomes["handed over"] > SEEDS // 100
+    assert outcomes["names taken"] > SEEDS // 100
 
 
 class DisposesWithoutGrace(PodLedger):
@@ -442,3 +632,31 @@ def test_the_simulation_catches_a_handover_of_a_pod_adopted_after_the_relist() -
     with pytest.raises(Violation, match="handed over, yet no other scheduler adopted it"):
         for seed in range(SEEDS):
             simulate(seed, ledger_class=ReleasesWhatItJustAdopted)
+
+
+class RelaunchesWithoutEnd(PodLedger):
+    """A broken rule: a failed launch is retried whatever the budget says."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.relaunch_rule = RelaunchRule(-1)
+
+
+def test_the_simulation_catches_relaunches_past_the_budget() -> None:
+    with pytest.raises(Violation, match="past its budget"):
+        for seed in range(SEEDS):
+            simulate(seed, ledger_class=RelaunchesWithoutEnd)
+
+
+class NeverRelaunches(PodLedger):
+    """A broken rule: a failure before the task started is reported at once, launches left or not."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.relaunch_rule = RelaunchRule(0)
+
+
+def test_the_simulation_catches_a_launch_failure_reported_with_launches_left() -> None:
+    with pytest.raises(Violation, match=r"reported failed|with launches and time left"):
+        for seed in range(SEEDS):
+            simulate(seed, ledger_class=NeverRelaunches)

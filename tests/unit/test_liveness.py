@@ -8,14 +8,14 @@ from k8s_executor.identity import TaskRef
 from k8s_executor.ledger import (
     DisposalRule,
     HandedOver,
-    NameTaken,
+    Launch,
     PodLedger,
     create_obsolete,
     disposer,
     live_schedulers,
 )
+from k8s_executor.shapes import PodEvent, TaskRow
 from k8s_executor.state_mapping import PodState
-from k8s_executor.watching import PodEvent
 
 NOW = datetime.datetime(2026, 11, 30, 12, 0, tzinfo=datetime.timezone.utc)
 
@@ -68,13 +68,13 @@ def test_a_scheduler_that_comes_back_keeps_its_pods() -> None:
 
 def test_a_create_is_obsolete_once_its_try_is_not_this_schedulers_queued_or_started_try() -> None:
     ref = TaskRef("d", "t", "r", try_number=2)
-    assert not create_obsolete(ref, (2, "queued", 7), "7")
-    assert not create_obsolete(ref, (2, "running", 7), "7")  # the pod landed and the task started
+    assert not create_obsolete(ref, TaskRow(2, "queued", 7), "7")
+    assert not create_obsolete(ref, TaskRow(2, "running", 7), "7")  # the pod landed and the task started
     assert create_obsolete(ref, None, "7")  # the task instance is gone
-    assert create_obsolete(ref, (2, "scheduled", None), "7")  # reset by Airflow
-    assert create_obsolete(ref, (2, None, None), "7")  # cleared
-    assert create_obsolete(ref, (3, "queued", 7), "7")  # a later try
-    assert create_obsolete(ref, (2, "queued", 8), "7")  # queued again by another scheduler
+    assert create_obsolete(ref, TaskRow(2, "scheduled", None), "7")  # reset by Airflow
+    assert create_obsolete(ref, TaskRow(2, None, None), "7")  # cleared
+    assert create_obsolete(ref, TaskRow(3, "queued", 7), "7")  # a later try
+    assert create_obsolete(ref, TaskRow(2, "queued", 8), "7")  # queued again by another scheduler
 
 
 def test_one_live_scheduler_disposes_of_the_dead_ones_pods_the_oldest() -> None:
@@ -116,9 +116,16 @@ def test_a_pod_another_scheduler_adopted_is_handed_over_without_a_result_or_a_di
     assert ledger.tick() == [] and ledger.claimed() == set()
 
 
-def test_a_create_that_met_an_earlier_launchs_pod_asks_for_a_new_name() -> None:
-    ledger = PodLedger("1", DisposalRule(), clock=lambda: 0.0)
+def test_a_create_that_met_an_earlier_launchs_pod_is_launched_again_under_a_new_name() -> None:
+    now = [0.0]
+    ledger = PodLedger("1", DisposalRule(), clock=lambda: now[0])
     ref = TaskRef("d", "sensor", "r")
-    ledger.launching(ref, "ns", "p", 600)
-    assert ledger.launched("ns", "p", ok=False, error="taken", name_taken=True) == [NameTaken(ref)]
-    assert ledger.claimed() == set()  # nothing awaited under the taken name
+    ledger.launching(ref, "ns", "p", 600, payload="how to build it")
+    now[0] = 100.0
+    assert ledger.attempt(ref) == 0
+    # Built again from what its first launch was built from, with its time to start anew.
+    assert ledger.launched("ns", "p", ok=False, error="taken", name_taken=True) == [
+        Launch(ref, "how to build it", 600)
+    ]
+    assert ledger.attempt(ref) == 1  # the next pod's name differs
+    assert ledger.claimed() == {ref}  # the try is still awaited, under no pod for now

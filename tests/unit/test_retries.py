@@ -5,7 +5,8 @@ import pytest
 from kubernetes import client
 from urllib3.exceptions import ProtocolError
 
-from k8s_executor.launching import Launcher, LaunchResult, transient, unreachable
+from k8s_executor.launching import Launcher, transient, unreachable
+from k8s_executor.shapes import LaunchResult
 
 
 def api_error(status: int, body: str = "", headers: dict | None = None) -> client.ApiException:

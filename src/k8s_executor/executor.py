@@ -96,6 +96,9 @@ class KubernetesExecutor(BaseExecutor):
         todo += self._ask_airflow()
         for action in todo:
             self._do(action)
+        # Relaunches just built go out now, in the sync that decided them: a revocation between
+        # two heartbeats must find them in the ledger, not waiting on the task queue.
+        self.kube_scheduler.launch_queued()
         while True:
             try:
                 result = self.result_queue.get_nowait()
@@ -172,9 +175,12 @@ class KubernetesExecutor(BaseExecutor):
             rows = task_instances.task_instance_rows(list(refs))
         except Exception:
             self.log.exception(
-                "could not read %d task instances the executor asked about; asking again later", len(refs)
+                "could not read %d task instances the executor asked about; their failed pods' ends are "
+                "reported as they are, and obsolete creates checked again later",
+                len(refs),
             )
-            return []
+            # Whether a failed pod's task had started cannot be known: its failure stands, now.
+            return self.kube_scheduler.unanswerable(questions.started)
         answers: dict[identity.TaskRef, TaskRow | None] = {ref: rows.get(ref) for ref in refs}
         return self.kube_scheduler.answer(answers)
 

@@ -13,7 +13,7 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
 from kubernetes import client
@@ -21,6 +21,8 @@ from urllib3.util.retry import Retry
 
 from k8s_executor import __version__, credentials
 from k8s_executor.settings import ExecutorSettings
+from k8s_executor.shapes import PodSeen
+from k8s_executor.state_mapping import observe
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +94,25 @@ def list_pods(api: client.CoreV1Api, namespace: str | None, **kwargs: Any) -> An
     if namespace:
         return api.list_namespaced_pod(namespace, **kwargs)
     return api.list_pod_for_all_namespaces(**kwargs)
+
+
+def list_seen(
+    api: client.CoreV1Api,
+    namespaces: Iterable[str | None],
+    selector: str,
+    fatal_waiting_reasons: frozenset[str] = frozenset(),
+    unschedulable_timeout_s: float = 300.0,
+) -> list[PodSeen]:
+    """Every pod under `selector` in `namespaces`, listed now (raw JSON) and judged as listed."""
+    return [
+        observe(
+            pod, fatal_waiting_reasons=fatal_waiting_reasons, unschedulable_timeout_s=unschedulable_timeout_s
+        )
+        for namespace in namespaces
+        for pod in read_json(list_pods(api, namespace, label_selector=selector, _preload_content=False))[
+            "items"
+        ]
+    ]
 
 
 def pod_events(

@@ -523,6 +523,17 @@ class PodLedger:
                 actions.append(Withdrawn(ref, row))
         return actions
 
+    def unanswerable(self, refs: Iterable[identity.TaskRef]) -> list[Action]:
+        """The database could not be read: whether these tries' tasks started is not known, and a
+        new pod could run a task that did. Their held failures are reported as they are."""
+        actions: list[Action] = []
+        for ref in refs:
+            t = self.tries.get(ref)
+            if t is not None and t.held is not None:
+                actions.append(t.held)
+                del self.tries[ref]
+        return actions
+
     def schedulers_alive(self, labels: set[str]) -> None:
         """Which schedulers Airflow holds alive now (`live_schedulers`)."""
         self.alive = labels

@@ -12,6 +12,7 @@ import logging
 import multiprocessing
 import queue
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,7 @@ from airflow.utils.log.logging_mixin import LoggingMixin
 from kubernetes import client
 
 from k8s_executor import adoption, identity, metrics, processes
-from k8s_executor.kube_client import list_pods, read_json
+from k8s_executor.kube_client import list_seen
 from k8s_executor.launching import REQUEST_ERRORS, LauncherProcess
 from k8s_executor.ledger import (
     DEFAULT_START_TIMEOUT_S,
@@ -49,7 +50,6 @@ from k8s_executor.shapes import (
     Resync,
     TaskRow,
 )
-from k8s_executor.state_mapping import observe
 from k8s_executor.watching import PodWatch
 
 
@@ -171,6 +171,9 @@ class AirflowKubernetesScheduler(LoggingMixin):
         self.executor_id = executor_id
         self.settings = kube_config
         self.resource_versions = ResourceVersion()
+        # This shell's own entries in that store: two executors (teams) in one process select
+        # different pods, and a shell made again starts from a fresh list.
+        self._rv_owner = f"{self.executor_id}/{self.scheduler_id}/{uuid.uuid4().hex}"
         self.ledger = PodLedger(
             self.scheduler_id,
             DisposalRule(self.settings.delete_worker_pods, self.settings.delete_worker_pods_on_failure),
@@ -296,19 +299,13 @@ class AirflowKubernetesScheduler(LoggingMixin):
         waits = iter(retry_waits_s)
         while True:
             try:
-                return [
-                    observe(
-                        pod,
-                        fatal_waiting_reasons=self.fatal_waiting_reasons,
-                        unschedulable_timeout_s=self.settings.unschedulable_pod_timeout,
-                    )
-                    for namespace in self.settings.watched_namespaces
-                    for pod in read_json(
-                        list_pods(
-                            self.kube_client, namespace, label_selector=selector, _preload_content=False
-                        )
-                    )["items"]
-                ]
+                return list_seen(
+                    self.kube_client,
+                    self.settings.watched_namespaces,
+                    selector,
+                    self.fatal_waiting_reasons,
+                    self.settings.unschedulable_pod_timeout,
+                )
             except REQUEST_ERRORS as exc:
                 wait_s = next(waits, None)
                 if wait_s is None:
@@ -358,6 +355,11 @@ class AirflowKubernetesScheduler(LoggingMixin):
     def answer(self, rows: dict[identity.TaskRef, TaskRow | None]) -> list[Action]:
         """The database's rows for the tries `questions` named; returns what the executor does."""
         return self._carry_out(self.ledger.answered(rows))
+
+    def unanswerable(self, refs: frozenset[identity.TaskRef]) -> list[Action]:
+        """The database could not say whether these tries' tasks had started: their held failures
+        are reported as they are."""
+        return self._carry_out(self.ledger.unanswerable(refs))
 
     def revoke(self, ref: identity.WorkloadRef) -> None:
         """Airflow took the task back: its pod goes, and nothing more is reported for it."""
@@ -500,11 +502,6 @@ class AirflowKubernetesScheduler(LoggingMixin):
     def _resumes_from(self, namespace: str | None, resource_version: str) -> None:
         self.resource_versions.set_resource_version(resource_version, namespace, owner=self._rv_owner)
 
-    @property
-    def _rv_owner(self) -> str:
-        # This shell's own: two executors (teams) in one process select different pods.
-        return f"{self.executor_id}/{self.scheduler_id}/{id(self)}"
-
     def claimed(self) -> set[identity.WorkloadRef]:
         return self.ledger.claimed()
 
@@ -512,6 +509,8 @@ class AirflowKubernetesScheduler(LoggingMixin):
         return self.ledger.in_flight()
 
     def terminate(self) -> None:
+        for namespace in self.watchers:
+            self.resource_versions.set_resource_version(None, namespace, owner=self._rv_owner)
         for watcher in self.watchers.values():
             if watcher.is_alive():
                 watcher.terminate()

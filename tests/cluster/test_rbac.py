@@ -12,7 +12,7 @@ from devcluster import control_plane
 from kubernetes import client
 
 from k8s_executor import adoption, identity
-from k8s_executor.kube_client import read_json
+from k8s_executor.kube_client import list_seen, read_json
 from k8s_executor.launching import Launcher
 from k8s_executor.pod_building import PodDefaults, PodRequest, build_pod
 from k8s_executor.shapes import DeleteResult, LauncherResult, LaunchResult
@@ -148,7 +148,7 @@ def test_the_executor_does_its_work_as_the_bound_user(
         name = pod["metadata"]["name"]
         wait_for_pod_phase(core, namespace, name, ("Succeeded",))
         # Adoption's list, as a new scheduler makes it, then the patch that marks a kept pod done.
-        sightings = adoption.list_sightings(api, [namespace], identity.selector(identity.DEFAULT_EXECUTOR))
+        sightings = list_seen(api, [namespace], identity.selector(identity.DEFAULT_EXECUTOR))
         [orphan] = adoption.select_orphans(sightings, [ref], ["old"])
         assert orphan.name == name
         [orphan_seen] = sightings

@@ -74,6 +74,7 @@ class Try:
     handed: bool = False  # adopted by the live neighbour: its end is the neighbour's to report
     finished: bool = False  # its task ended in its pod (success or failure): an end not to lose
     started: bool = False  # its task started in one of its pods (the database says `running`)
+    unanswered: bool = False  # the database could not be read when its failed launch was asked about
     launched_at: float = 0.0
     pods: int = 0  # pods launched for it
 
@@ -369,7 +370,11 @@ class World:
         if not asked:
             return
         if self.rng.random() < 0.2:
+            # The executor cannot tell whether those tasks started: their failures stand.
             self.note(f"database not read for {sorted(r.task_id for r in asked)}")
+            for ref in questions.started:
+                self._by_ref(ref).unanswered = True
+            self.carry_out(self.scheduler.ledger.unanswerable(questions.started))
             return
         rows: dict[identity.TaskRef, TaskRow | None] = {}
         for ref in asked:
@@ -537,7 +542,7 @@ class World:
             if (
                 t.fate == "relaunched"
                 and got[0].cause in ("ErrImagePull", "StartTimeout")
-                and (self.reported_at[t.ref] >= out_of_time or t.launched_by in self.dead)
+                and (self.reported_at[t.ref] >= out_of_time or t.launched_by in self.dead or t.unanswered)
             ):
                 continue
             raise Violation(f"{t.name} ({t.fate}) reported {got[0].verdict}: {got[0].reason}")
@@ -550,7 +555,11 @@ class World:
                 and t.pods < 1 + LAUNCH_RETRIES
             ):
                 out_of_time = t.launched_at + START_TIMEOUT_S - RELAUNCH_MIN_TIME_LEFT_S
-                if self.reported_at[t.ref] < out_of_time and t.launched_by not in self.dead:
+                if (
+                    self.reported_at[t.ref] < out_of_time
+                    and t.launched_by not in self.dead
+                    and not t.unanswered
+                ):
                     raise Violation(f"{t.name} failed after {t.pods} pods, with launches and time left")
 
 

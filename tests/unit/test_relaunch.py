@@ -87,6 +87,13 @@ def test_launches_past_the_budget_and_a_try_handed_elsewhere_are_reported() -> N
     assert isinstance(result, TaskResult)
 
 
+def test_a_held_failure_is_reported_when_the_database_cannot_be_read() -> None:
+    ledger = ledger_with_failed_launch()
+    [result] = ledger.unanswerable({REF})
+    assert isinstance(result, TaskResult) and result.state == UNPULLED
+    assert ledger.questions().started == frozenset()
+
+
 def test_a_held_failure_is_reported_when_the_database_never_answers() -> None:
     ledger = ledger_with_failed_launch()
     assert ledger.answered({}) == []  # not read: asked again

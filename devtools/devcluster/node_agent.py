@@ -43,7 +43,7 @@ from urllib3.exceptions import HTTPError
 
 from devcluster import build
 from devcluster.list_watch import LIST, list_watch, objects
-from devcluster.pod_status import ContainerState, now_iso, pod_status
+from devcluster.pod_status import ContainerState, now_iso, parse_time, pod_status
 from devcluster.status_writer import StatusWriter
 from devcluster.volumes import MountError, PodVolumes, downward_value
 from k8s_executor.kube_client import merge_patch, read_body, read_json
@@ -66,6 +66,9 @@ PULL_FAILURES_FILE = "pull-failures"
 TERMINATION_MESSAGE_LINES = 80
 TERMINATION_MESSAGE_BYTES = 2048
 BACKOFF_S = 2.0
+# Kubelet's words for a pod ended at its activeDeadlineSeconds (pkg/kubelet/active_deadline.go).
+ACTIVE_DEADLINE_MESSAGE = "Pod was active on the node longer than the specified deadline"
+DEADLINE_CHECK_S = 0.5
 
 
 def simulated_pod_template(finish_file: Path) -> dict[str, Any]:
@@ -301,6 +304,8 @@ class Agent:
                 self.pods[uid] = worker
                 self.by_name[(pod["metadata"]["namespace"], pod["metadata"]["name"])] = uid
                 worker.start()
+            else:
+                worker.update(pod)
         if pod["metadata"].get("deletionTimestamp"):
             worker.request_deletion(int(pod["metadata"].get("deletionGracePeriodSeconds") or 0))
 
@@ -321,8 +326,18 @@ class Agent:
             self.forget(uid)
 
     def _write_status(self, uid: str, namespace: str, name: str, status: dict[str, Any]) -> None:
+        # A strategic merge patch, as kubelet's status manager sends (statusutil.PatchPodStatus):
+        # conditions merge by type, so those other components own (DisruptionTarget, written by
+        # the Eviction API, the scheduler's preemption, the taint manager) are kept.
         body = {"metadata": {"uid": uid}, "status": status}
-        self._patch(f"/api/v1/namespaces/{namespace}/pods/{name}/status", body)
+        read_body(
+            merge_patch(
+                self.api.api_client,
+                f"/api/v1/namespaces/{namespace}/pods/{name}/status",
+                body,
+                patch_type="application/strategic-merge-patch+json",
+            )
+        )
 
     def record_event(self, pod: dict[str, Any], kind: str, reason: str, message: str, container: str) -> None:
         """An Event about `pod`, as kubelet writes them (what `kubectl describe pod` shows)."""
@@ -393,14 +408,27 @@ class PodWorker:
         self.uid, self.namespace, self.name = meta["uid"], meta["namespace"], meta["name"]
         self.node = spec["nodeName"]
         self.restart_policy = spec.get("restartPolicy", "Always")
-        self.init = [ContainerState(c["name"], c.get("image", "")) for c in spec.get("initContainers", [])]
+        self.init = [
+            ContainerState(c["name"], c.get("image", ""), restartable=c.get("restartPolicy") == "Always")
+            for c in spec.get("initContainers", [])
+        ]
         self.main = [ContainerState(c["name"], c.get("image", "")) for c in spec.get("containers", [])]
         self.start_time = pod.get("status", {}).get("startTime") or now_iso()
         self.deleting = threading.Event()
         self.grace_s = 30
         self.dir = agent.state_dir / "pods" / self.uid
+        # spec.activeDeadlineSeconds, which may be set or lowered on a running pod; once past it,
+        # kubelet ends the pod: DeadlineExceeded.
+        self.active_deadline_s: int | None = spec.get("activeDeadlineSeconds")
+        self.deadline_exceeded = False
+
+    def update(self, pod: dict[str, Any]) -> None:
+        """A newer version of the pod object: what of its spec may change while it runs."""
+        self.active_deadline_s = pod["spec"].get("activeDeadlineSeconds")
 
     def status(self, reason: str | None = None, message: str | None = None) -> dict[str, Any]:
+        if self.deadline_exceeded:
+            reason, message = "DeadlineExceeded", ACTIVE_DEADLINE_MESSAGE
         return pod_status(
             self.uid,
             self.init,
@@ -409,6 +437,7 @@ class PodWorker:
             self.start_time,
             reason=reason,
             message=message,
+            failed=self.deadline_exceeded,
         )
 
     def publish(self, reason: str | None = None, message: str | None = None) -> None:
@@ -530,11 +559,43 @@ class ProcessPod(PodWorker):
         super().__init__(agent, pod)
         self.procs: dict[str, int] = {}
         self.proc_lock = threading.Lock()
+        self.sidecars_ending = threading.Event()
         self.thread = threading.Thread(target=self.run, name=f"pod-{self.name}", daemon=True)
         self.volumes = PodVolumes(agent.api, pod, self.dir, time.time)
 
     def start(self) -> None:
         self.thread.start()
+        threading.Thread(target=self._enforce_deadline, name=f"deadline-{self.name}", daemon=True).start()
+
+    def _enforce_deadline(self) -> None:
+        """Kubelet's active deadline (pkg/kubelet/active_deadline.go): once the pod has been active
+        longer than spec.activeDeadlineSeconds since its startTime, its containers are stopped
+        with its grace period, and it fails with reason DeadlineExceeded."""
+        started = parse_time(self.start_time)
+        while not self.deleting.wait(DEADLINE_CHECK_S) and self.thread.is_alive():
+            limit = self.active_deadline_s
+            if limit is None or time.time() < started + limit:
+                continue
+            self.deadline_exceeded = True
+            self.agent.record_event(self.pod, "Warning", "DeadlineExceeded", ACTIVE_DEADLINE_MESSAGE, "")
+            self.publish()
+            grace = self.pod["spec"].get("terminationGracePeriodSeconds")
+            self._stop(self._pids(), 30 if grace is None else int(grace))
+            return
+
+    def _pids(self, names: set[str] | None = None) -> list[int]:
+        with self.proc_lock:
+            return [pid for name, pid in self.procs.items() if names is None or name in names]
+
+    def _stop(self, pids: list[int], grace_s: float) -> None:
+        """SIGTERM, the grace period, then SIGKILL, as kubelet stops a container."""
+        for pid in pids:
+            signal_group(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and any(process_alive(p) for p in pids):
+            time.sleep(0.05)
+        for pid in pids:
+            signal_group(pid, signal.SIGKILL)
 
     # The state file lets a restarted agent find the containers it started.
     def _save(self) -> None:
@@ -565,7 +626,16 @@ class ProcessPod(PodWorker):
                     c.finished_at = now_iso()
             self.publish()
         if self.deleting.is_set():
-            self.agent.remove_pod(self.pod)
+            self._remove()
+
+    def _remove(self) -> None:
+        """Kubelet's status manager deletes a pod's object only once its final status (containers
+        terminated, their exit codes) is written (status_manager.go, canBeDeleted): what a task did
+        inside its grace period reaches whoever watches the pod."""
+        self.publish()
+        if not self.agent.statuses.written(self.uid, timeout_s=10):
+            log.warning("pod %s/%s: final status not written; removing it anyway", self.namespace, self.name)
+        self.agent.remove_pod(self.pod)
 
     def _run(self) -> None:
         resumed = self._load()
@@ -577,16 +647,47 @@ class ProcessPod(PodWorker):
         if not self._mount_volumes():
             return
         threading.Thread(target=self._sync_volumes, name=f"volumes-{self.name}", daemon=True).start()
+        sidecars: list[threading.Thread] = []
         for container, state in zip(spec.get("initContainers", []), self.init, strict=True):
+            if state.restartable:
+                # A native sidecar: started, then the next init container starts beside it; it is
+                # restarted whenever it exits, until the regular containers have all ended
+                # (kuberuntime_manager.go, computeInitContainerActions).
+                sidecar = threading.Thread(
+                    target=self._keep_running,
+                    args=(container, state),
+                    name=f"sidecar-{state.name}",
+                    daemon=True,
+                )
+                sidecar.start()
+                sidecars.append(sidecar)
+                while not (state.started_at or state.terminated) and not self.deleting.wait(0.05):
+                    pass
+                continue
             while not (state.terminated and state.exit_code == 0):
                 if self.deleting.is_set() or not self._run_container(container, state):
                     return
                 if state.exit_code != 0:
                     if self.restart_policy == "Never":
-                        self.publish()
+                        self._end_sidecars(sidecars)
                         return
                     self._restart(state)
         self._run_main(spec.get("containers", []))
+        self._end_sidecars(sidecars)
+
+    def _end_sidecars(self, sidecars: list[threading.Thread]) -> None:
+        """Once the regular containers have ended, kubelet stops the native sidecars, the last
+        started first, each with the pod's grace period; the pod's phase is the regular ones'."""
+        if not sidecars:
+            self.publish()
+            return
+        self.sidecars_ending.set()
+        grace = self.pod["spec"].get("terminationGracePeriodSeconds")
+        for state in reversed([s for s in self.init if s.restartable]):
+            self._stop(self._pids({state.name}), 30 if grace is None else int(grace))
+        for thread in sidecars:
+            thread.join()
+        self.publish()
 
     def _unpullable(self, containers: list[dict[str, Any]]) -> list[dict[str, Any]]:
         rules = [self.agent.fail_images.search]
@@ -673,6 +774,10 @@ class ProcessPod(PodWorker):
             self._restart(state)
 
     def _stays_terminated(self, state: ContainerState) -> bool:
+        if self.deadline_exceeded:
+            return True
+        if state.restartable:
+            return self.sidecars_ending.is_set()
         return self.restart_policy == "Never" or (self.restart_policy == "OnFailure" and state.exit_code == 0)
 
     def _restart(self, state: ContainerState) -> None:
@@ -882,15 +987,9 @@ class ProcessPod(PodWorker):
         if pids:
             for name in names:
                 self.agent.record_event(self.pod, "Normal", "Killing", f"Stopping container {name}", name)
-            for pid in pids:
-                signal_group(pid, signal.SIGTERM)
-            deadline = time.monotonic() + self.grace_s
-            while time.monotonic() < deadline and any(process_alive(p) for p in pids):
-                time.sleep(0.05)
-            for pid in pids:
-                signal_group(pid, signal.SIGKILL)
+            self._stop(pids, self.grace_s)
         if not self.thread.is_alive():
-            self.agent.remove_pod(self.pod)
+            self._remove()
 
     def kill(self) -> None:
         self.deleting.set()

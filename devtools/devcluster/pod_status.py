@@ -21,6 +21,15 @@ def now_iso(ts: float | None = None) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def parse_time(value: str) -> float:
+    """A status timestamp (now_iso's format) as seconds since the epoch."""
+    return (
+        datetime.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ")
+        .replace(tzinfo=datetime.timezone.utc)
+        .timestamp()
+    )
+
+
 @dataclass
 class ContainerState:
     """What the node knows of one container."""
@@ -36,6 +45,8 @@ class ContainerState:
     message: str | None = None
     restart_count: int = 0
     last_terminated: dict[str, Any] | None = field(default=None)
+    # A native sidecar: an init container with `restartPolicy: Always` (Kubernetes 1.29+).
+    restartable: bool = False
 
     @property
     def running(self) -> bool:
@@ -80,14 +91,32 @@ class ContainerState:
         return status
 
 
-def phase_of(init: list[ContainerState], main: list[ContainerState], restart_policy: str) -> str:
-    """Pod phase from container states, as kubelet computes it."""
-    if any(c.terminated and c.exit_code != 0 for c in init) and restart_policy == "Never":
+def initialized(init: list[ContainerState]) -> bool:
+    """Kubelet's Initialized: every regular init container completed, every native sidecar started
+    (pkg/kubelet/status/generate.go; a sidecar counts once started, whatever it does after)."""
+    return all(
+        (c.started_at is not None or c.terminated) if c.restartable else (c.terminated and c.exit_code == 0)
+        for c in init
+    )
+
+
+def phase_of(
+    init: list[ContainerState], main: list[ContainerState], restart_policy: str, failed: bool = False
+) -> str:
+    """Pod phase from container states, as kubelet computes it (pkg/kubelet/kubelet_pods.go,
+    getPhase): native sidecars never decide it. `failed`: kubelet ended the pod itself (its
+    activeDeadlineSeconds passed)."""
+    if failed:
         return "Failed"
-    if not all(c.terminated and c.exit_code == 0 for c in init):
+    regular = [c for c in init if not c.restartable]
+    if any(c.terminated and c.exit_code != 0 for c in regular) and restart_policy == "Never":
+        return "Failed"
+    if not initialized(init):
         return "Pending"
     if any(c.running for c in main):
         return "Running"
+    if main and all(c.terminated for c in main) and any(c.running for c in init if c.restartable):
+        return "Running"  # the regular containers are done; the sidecars are being stopped
     if main and all(c.terminated for c in main):
         if all(c.exit_code == 0 for c in main):
             return "Succeeded"
@@ -113,9 +142,9 @@ def pod_status(
     host_ip: str = "127.0.0.1",
     reason: str | None = None,
     message: str | None = None,
+    failed: bool = False,
 ) -> dict[str, Any]:
-    phase = phase_of(init, main, restart_policy)
-    initialized = all(c.terminated and c.exit_code == 0 for c in init)
+    phase = phase_of(init, main, restart_policy, failed)
     ready = phase == "Running" and all(c.running for c in main)
     since = now_iso()
     terminal = phase in ("Succeeded", "Failed")
@@ -128,7 +157,7 @@ def pod_status(
         "startTime": start_time,
         "conditions": [
             _condition("PodReadyToStartContainers", not terminal, since),
-            _condition("Initialized", initialized, since, "ContainersNotInitialized"),
+            _condition("Initialized", initialized(init), since, "ContainersNotInitialized"),
             _condition("Ready", ready, since, "PodCompleted" if terminal else "ContainersNotReady"),
             _condition("ContainersReady", ready, since, "PodCompleted" if terminal else "ContainersNotReady"),
             _condition("PodScheduled", True, since),

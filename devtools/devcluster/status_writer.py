@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -51,6 +52,16 @@ class StatusWriter:
                 return
             self.busy.add(uid)
         self.pool.submit(self._sync, uid)
+
+    def written(self, uid: str, timeout_s: float) -> bool:
+        """Wait until the newest status set for `uid` has landed (or been given up on)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self.lock:
+                if uid not in self.busy and uid not in self.newest:
+                    return True
+            time.sleep(0.02)
+        return False
 
     def drop(self, uid: str) -> None:
         """The pod is gone: nothing more to write for it."""

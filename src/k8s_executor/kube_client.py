@@ -207,8 +207,14 @@ def json_lines(response: Any) -> Iterator[dict[str, Any]]:
         response.release_conn()
 
 
-def merge_patch(api_client: client.ApiClient, path: str, body: dict[str, Any], **kwargs: Any) -> Any:
-    """PATCH `path` with a JSON merge patch.
+def merge_patch(
+    api_client: client.ApiClient,
+    path: str,
+    body: dict[str, Any],
+    patch_type: str = "application/merge-patch+json",
+    **kwargs: Any,
+) -> Any:
+    """PATCH `path` with a JSON merge patch (or `patch_type`).
 
     Older clients (before 33) cannot choose the patch type per call, and their default
     (strategic merge) treats lists differently; the raw call behaves the same on all of them.
@@ -216,7 +222,7 @@ def merge_patch(api_client: client.ApiClient, path: str, body: dict[str, Any], *
     return api_client.call_api(
         path,
         "PATCH",
-        header_params={"Content-Type": "application/merge-patch+json", "Accept": "application/json"},
+        header_params={"Content-Type": patch_type, "Accept": "application/json"},
         body=body,
         auth_settings=["BearerToken"],
         _preload_content=False,

@@ -105,6 +105,91 @@ def test_init_containers_run_in_order_before_the_main_container(
     assert inits == {"first": "Completed", "second": "Completed"}
 
 
+def test_native_sidecars_start_first_run_beside_the_task_and_end_after_it(
+    core: client.CoreV1Api, namespace: str, tmp_path: Path
+) -> None:
+    """Kubelet's native sidecars (an init container with restartPolicy Always): started before the
+    next container, running beside the main one, stopped once it ends; the pod's phase is the main
+    container's, whatever the sidecar's exit code."""
+    pod = shell_pod(
+        "sidecar",
+        # Started is not ready (no startupProbe here): the task waits for its sidecar's mark.
+        "for i in $(seq 100); do test -e sidecar-up && break; sleep 0.1; done; test -e sidecar-up && echo task ran",
+        initContainers=[
+            {
+                "name": "proxy",
+                "image": "busybox",
+                "restartPolicy": "Always",
+                "command": ["sh", "-c", "touch sidecar-up; exec sleep 3600"],
+            }
+        ],
+    )
+    for container in pod["spec"]["initContainers"] + pod["spec"]["containers"]:
+        container["workingDir"] = str(tmp_path)
+    pod["spec"]["terminationGracePeriodSeconds"] = 2
+    core.create_namespaced_pod(namespace, pod)
+    done = wait_for_pod_phase(core, namespace, "sidecar", ("Succeeded", "Failed"), timeout=60)
+    assert done.status.phase == "Succeeded"
+    assert pod_log(core, namespace, "sidecar", container="base") == "task ran\n"
+    [proxy] = done.status.init_container_statuses
+    assert proxy.state.terminated is not None, "the sidecar was not stopped after the task"
+
+
+def test_an_active_deadline_set_on_a_running_pod_ends_it(core: client.CoreV1Api, namespace: str) -> None:
+    """Kubelet's active deadline: activeDeadlineSeconds may be set on a running pod; once past, its
+    containers are stopped and the pod fails with DeadlineExceeded, the object kept."""
+    pod = shell_pod("lingering", "exec sleep 3600")
+    pod["spec"]["terminationGracePeriodSeconds"] = 1
+    core.create_namespaced_pod(namespace, pod)
+    wait_for_pod_phase(core, namespace, "lingering", ("Running",))
+    core.patch_namespaced_pod("lingering", namespace, {"spec": {"activeDeadlineSeconds": 1}})
+    done = wait_for_pod_phase(core, namespace, "lingering", ("Failed", "Succeeded"), timeout=30)
+    assert (done.status.phase, done.status.reason) == ("Failed", "DeadlineExceeded")
+    assert done.status.message == "Pod was active on the node longer than the specified deadline"
+    assert done.status.container_statuses[0].state.terminated is not None
+
+
+def test_an_eviction_keeps_its_disruption_target_through_the_nodes_status_writes(
+    core: client.CoreV1Api, namespace: str
+) -> None:
+    """The Eviction API marks the pod DisruptionTarget before deleting it; the node's status writes
+    while its containers stop (strategic merge, as kubelet's) must keep that condition."""
+    core.create_namespaced_pod(namespace, shell_pod("evictee", "exec sleep 3600"))
+    wait_for_pod_phase(core, namespace, "evictee", ("Running",))
+    seen: queue.Queue[dict] = queue.Queue()
+    stop = threading.Event()
+
+    def watch() -> None:
+        call = functools.partial(core.list_namespaced_pod, namespace, field_selector="metadata.name=evictee")
+        for event in list_watch(call, stop):
+            for pod in objects(event):
+                seen.put(pod)
+
+    threading.Thread(target=watch, daemon=True).start()
+    seen.get(timeout=30)  # the watch's list: what follows it is seen whatever its speed
+    core.create_namespaced_pod_eviction(
+        "evictee",
+        namespace,
+        client.V1Eviction(
+            metadata=client.V1ObjectMeta(name="evictee", namespace=namespace),
+            delete_options=client.V1DeleteOptions(grace_period_seconds=3),
+        ),
+    )
+
+    def stopped() -> dict | None:
+        pod = seen.get(timeout=30)
+        statuses = pod.get("status", {}).get("containerStatuses") or [{}]
+        return pod if "terminated" in (statuses[0].get("state") or {}) else None
+
+    try:
+        pod = wait_for(stopped, "the evicted pod's container to stop", timeout=30, interval=0)
+    finally:
+        stop.set()
+    conditions = {c["type"]: c for c in pod["status"]["conditions"]}
+    assert conditions["DisruptionTarget"]["status"] == "True"
+    assert conditions["DisruptionTarget"]["reason"] == "EvictionByEvictionAPI"
+
+
 def test_missing_secret_is_a_create_container_config_error(core: client.CoreV1Api, namespace: str) -> None:
     pod = shell_pod("nosecret", "true")
     pod["spec"]["containers"][0]["env"] = [

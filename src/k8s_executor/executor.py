@@ -350,6 +350,7 @@ class KubernetesExecutor(BaseExecutor):
     # --- adoption, revocation, logs ---------------------------------------
     def try_adopt_task_instances(self, tis: Sequence[Any]) -> Sequence[Any]:
         assert self.kube_scheduler is not None and self.settings is not None
+        watch = metrics.Stopwatch()
         task_instances.load_unloaded_columns(tis)
         by_ref: dict[identity.WorkloadRef, Any] = {airflow_adapter.ref_of(ti.key): ti for ti in tis}
         # A scheduler whose loop stalled past its health check is declared dead by itself and
@@ -373,6 +374,7 @@ class KubernetesExecutor(BaseExecutor):
             for ref in wanted:
                 self._note_in_task_log(ref, reason, ends_try=True)
             return [by_ref[ref] for ref in wanted]
+        found_s = watch.seconds
         start_timeout_s = airflow_adapter.task_queued_timeout_s()
         for orphan in orphans:
             # Pods whose task already ended (through the execution API) are taken too, only to be
@@ -382,8 +384,14 @@ class KubernetesExecutor(BaseExecutor):
                 self.running.add(by_ref[orphan.ref].key)
         adopted = held | {orphan.ref for orphan in orphans if orphan.ours and orphan.ref is not None}
         metrics.incr("adoption.pods", len(orphans))
+        metrics.timing("adoption.duration", took_s := watch.seconds)
         self.log.info(
-            "adopted %d of %d task instances from schedulers %s", len(adopted), len(tis), sorted(dead)
+            "adopted %d of %d task instances from schedulers %s in %.2f s (%.2f s finding their pods)",
+            len(adopted),
+            len(tis),
+            sorted(dead),
+            took_s,
+            found_s,
         )
         for ref, ti in by_ref.items():
             if ref not in adopted:

@@ -8,6 +8,7 @@ in the name, as Airflow's own metrics do.
 from __future__ import annotations
 
 import datetime
+import time
 from typing import Any
 
 from k8s_executor.airflow_adapter import stats
@@ -39,6 +40,18 @@ def gauge(name: str, value: float) -> None:
 
 def timing(name: str, seconds: float) -> None:
     stats().timing(f"{PREFIX}.{name}", datetime.timedelta(seconds=seconds))
+
+
+class Stopwatch:
+    """Seconds since it was made: how long something took, for a metric or a log line, never an
+    input to a decision (those take the ledger's injected clock)."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    @property
+    def seconds(self) -> float:
+        return time.monotonic() - self.started
 
 
 def http_outcome(kind: str, status: int) -> None:

@@ -15,11 +15,11 @@ from typing import Any, Literal
 from kubernetes.client import ApiClient
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from k8s_executor import pod_shape
+from k8s_executor import identity, pod_shape
 
 DICT_FORM_KEY = "KubernetesExecutor"
 TOP_LEVEL_KEYS = ("pod_override", "pod_template_file", DICT_FORM_KEY)
-BASE_CONTAINER = "base"
+BASE_CONTAINER = identity.BASE_CONTAINER
 
 _serializer = ApiClient()
 

@@ -29,6 +29,8 @@ LEGACY_EXECUTOR_LABEL = "kubernetes_executor"
 LEGACY_SCHEDULER_LABEL = "airflow-worker"
 DONE_LABEL = "airflow_executor_done"
 DEFAULT_EXECUTOR = "KubernetesExecutor"
+# The container that runs the task; every other container of its pod (a sidecar) serves it.
+BASE_CONTAINER = "base"
 # A new value for each launch: a create that meets 409 tells its own pod (the answer to an earlier
 # attempt was lost) from an earlier launch's pod of the same try (a sensor rescheduled, a deferred
 # task resumed: queued again on the same try number).

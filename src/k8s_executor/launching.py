@@ -44,6 +44,10 @@ MAX_RECONNECT_BACKOFF_S = 2.0
 # launch-tuned create pool (64), a completion burst's deletes crowd out the status writes and
 # the scheduler loop that report tasks' ends.
 DISPOSAL_CONCURRENCY = 8
+# What stops a kept pod's containers: an activeDeadlineSeconds already past (the field may be set,
+# or lowered, on a running pod). Kubelet then stops every container with the pod's grace period
+# and fails the pod with reason DeadlineExceeded; the pod object stays, for inspection.
+STOP_PATCH: dict[str, Any] = {"spec": {"activeDeadlineSeconds": 1}}
 
 
 # What a request to the API server raises when the server or the network says no: an answer
@@ -278,17 +282,21 @@ class Launcher:
         if exc is not None and status != 404:
             raise exc
 
-    def patch_labels(self, namespace: str, name: str, labels: dict[str, str | None]) -> None:
-        """Set (None: remove) labels of a pod; its PatchResult arrives on `results`."""
-        self._submit(self.disposal_pool, self._patch_labels, namespace, name, labels)
+    def patch_labels(
+        self, namespace: str, name: str, labels: dict[str, str | None], stop: bool = False
+    ) -> None:
+        """Set (None: remove) labels of a pod, and with `stop` end its containers (see
+        `STOP_PATCH`); its PatchResult arrives on `results`."""
+        self._submit(self.disposal_pool, self._patch_labels, namespace, name, labels, stop)
 
-    def _patch_labels(self, namespace: str, name: str, labels: dict[str, str | None]) -> None:
+    def _patch_labels(self, namespace: str, name: str, labels: dict[str, str | None], stop: bool) -> None:
+        body: dict[str, Any] = {"metadata": {"labels": labels}, **(STOP_PATCH if stop else {})}
         _, exc, _ = self._with_retries(
             lambda: read_body(
                 merge_patch(
                     self.api.api_client,
                     f"/api/v1/namespaces/{namespace}/pods/{name}",
-                    {"metadata": {"labels": labels}},
+                    body,
                     **self.request_args,
                 )
             ),
@@ -324,7 +332,7 @@ class LauncherProcess:
         self.results: queue.SimpleQueue[LauncherResult] = queue.SimpleQueue()
         self.unanswered: dict[tuple[str, str], tuple[dict[str, Any], float]] = {}
         # Label patches not yet answered (an adoption's relabelling among them), sent again too.
-        self.unanswered_patches: dict[tuple[str, str], dict[str, str | None]] = {}
+        self.unanswered_patches: dict[tuple[str, str], tuple[dict[str, str | None], bool]] = {}
         self.lock = threading.Lock()
         self.closed = False
         self.restarts = 0
@@ -364,10 +372,12 @@ class LauncherProcess:
     def delete(self, namespace: str, name: str, resource_version: str | None = None) -> None:
         self._send("delete", namespace, name, resource_version)
 
-    def patch_labels(self, namespace: str, name: str, labels: dict[str, str | None]) -> None:
+    def patch_labels(
+        self, namespace: str, name: str, labels: dict[str, str | None], stop: bool = False
+    ) -> None:
         with self.lock:
-            self.unanswered_patches[(namespace, name)] = labels
-        self._send("patch_labels", namespace, name, labels)
+            self.unanswered_patches[(namespace, name)] = (labels, stop)
+        self._send("patch_labels", namespace, name, labels, stop)
 
     def drop(self, namespace: str, name: str) -> None:
         with self.lock:
@@ -387,8 +397,8 @@ class LauncherProcess:
             patches = list(self.unanswered_patches.items())
         for pod, deadline in pending:
             self._send("create", pod, deadline)
-        for (namespace, name), labels in patches:
-            self._send("patch_labels", namespace, name, labels)
+        for (namespace, name), (labels, stop) in patches:
+            self._send("patch_labels", namespace, name, labels, stop)
 
     def shutdown(self, wait: bool) -> None:
         """Stop retrying; with `wait`, requests already handed over are still sent, once each."""

@@ -92,6 +92,8 @@ class Dispose:
     # Delete only the pod as it was at this resourceVersion: one changed since (relabelled by an
     # adopter, say) is left for the next look.
     resource_version: str | None = None
+    # Kept, but its other containers (sidecars) still run after its task's: stop them too.
+    stop: bool = False
 
 
 @dataclass(frozen=True)
@@ -646,7 +648,8 @@ class PodLedger:
         if entry.report:
             actions += self._conclude(TaskResult(entry.ref, state, entry.where))
         if entry.created:
-            actions.append(Dispose(entry.namespace, entry.name, self.disposal.delete(state, never_started)))
+            delete = self.disposal.delete(state, never_started)
+            actions.append(Dispose(entry.namespace, entry.name, delete, stop=state.lingering and not delete))
         return actions
 
     def _conclude(self, result: TaskResult) -> list[Action]:

@@ -163,6 +163,7 @@ class AirflowKubernetesScheduler(LoggingMixin):
                 "AirflowKubernetesScheduler: ignoring arguments it does not take: %s",
                 ", ".join(sorted(kwargs)),
             )
+        self._ignored: set[str] = set()
         self.task_queue: queue.Queue[PodLaunch] = task_queue if task_queue is not None else queue.Queue()
         self.result_queue = result_queue
         self.kube_client = kube_client
@@ -245,9 +246,11 @@ class AirflowKubernetesScheduler(LoggingMixin):
         """Create `pod` (a V1Pod or its dict) in the background; its outcome comes back through
         `sync`. `start_timeout_s`: how long its pod may take to start before its try fails;
         `payload`: what it was built from, handed back by the ledger when the try needs a new pod."""
-        if kwargs:
+        if unknown := kwargs.keys() - self._ignored:
+            # Said once per name: a caller passes the same arguments with every pod.
+            self._ignored |= unknown
             self.log.warning(
-                "run_pod_async: ignoring arguments it does not take: %s", ", ".join(sorted(kwargs))
+                "run_pod_async: ignoring arguments it does not take: %s", ", ".join(sorted(unknown))
             )
         if not isinstance(pod, dict):
             pod = self.kube_client.api_client.sanitize_for_serialization(pod)
@@ -279,11 +282,8 @@ class AirflowKubernetesScheduler(LoggingMixin):
     ) -> list[Orphan]:
         """The pods of `tries` and of the dead schedulers: one list of this executor's pods (the
         watchers see only this scheduler's), and one of legacy pods when tries are still missing."""
-        started = time.monotonic()
         sightings = self._list(identity.selector(self.executor_id))
-        orphans = self._with_legacy(adoption.select_orphans(sightings, tries, dead_scheduler_ids), tries)
-        metrics.timing("adoption.duration", time.monotonic() - started)
-        return orphans
+        return self._with_legacy(adoption.select_orphans(sightings, tries, dead_scheduler_ids), tries)
 
     def _with_legacy(self, orphans: list[Orphan], tries: Sequence[identity.WorkloadRef]) -> list[Orphan]:
         """`orphans`, and the legacy pods of the tries not found among them (adoption.py)."""
@@ -370,8 +370,11 @@ class AirflowKubernetesScheduler(LoggingMixin):
         pod is unchanged since it was seen at it."""
         self.launcher.delete(namespace, pod_name, resource_version)
 
-    def patch_pod_executor_done(self, pod_name: str, namespace: str) -> None:
-        self.launcher.patch_labels(namespace, pod_name, {identity.DONE_LABEL: "True"})
+    def patch_pod_executor_done(self, pod_name: str, namespace: str, stop: bool = False) -> None:
+        """Mark a pod done: kept for inspection, out of every watch. With `stop`, its containers
+        still running (a sidecar after its task) are ended too, by kubelet, through the pod's
+        activeDeadlineSeconds (its phase becomes Failed, reason DeadlineExceeded)."""
+        self.launcher.patch_labels(namespace, pod_name, {identity.DONE_LABEL: "True"}, stop=stop)
 
     def _make_safe_pod_id(self, safe_dag_id: str, safe_task_id: str, safe_run_id: str) -> str:
         """The specification's name for a try's pod name (identity.pod_name)."""
@@ -424,7 +427,7 @@ class AirflowKubernetesScheduler(LoggingMixin):
                 self.delete_pod(action.name, action.namespace, action.resource_version)
             else:
                 # Kept for inspection, but out of every watch and adoption from now on.
-                self.patch_pod_executor_done(action.name, action.namespace)
+                self.patch_pod_executor_done(action.name, action.namespace, stop=action.stop)
         return todo
 
     def _drain_launches(self) -> list[Action]:

@@ -32,6 +32,13 @@ class PodState:
     # False for a failure before any container ran (an image never pulled, a pod never scheduled):
     # such a pod is deleted, never kept, since kubelet would go on trying to start it.
     ran: bool = True
+    # For a pod the cluster ended (its DisruptionTarget condition): the condition's reason, such as
+    # EvictionByEvictionAPI, PreemptionByScheduler, DeletionByTaintManager, DeletionByPodGC or
+    # TerminationByKubelet; empty when no component of the cluster said it disrupted the pod.
+    disruption: str = ""
+    # The task's container has ended but another container of the pod (a sidecar) runs on: the
+    # pod must be stopped, not only left, or it holds its node's resources for ever.
+    lingering: bool = False
 
     @property
     def terminal(self) -> bool:

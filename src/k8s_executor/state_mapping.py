@@ -7,6 +7,7 @@ verdicts are final; `pending` and `running` only say the task is on its way.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from typing import Any
 
@@ -38,6 +39,12 @@ def _container_failure(statuses: list[dict[str, Any]]) -> tuple[str, str] | None
     return None
 
 
+# How long past a pod's deletionTimestamp (the end of its grace period) its containers may take to
+# end before the pod counts as deleted with its task unfinished: the kubelet that would end them
+# may be gone with its node, and the pod then stays Terminating until the node object goes.
+TERMINATING_SLACK_S = 30.0
+
+
 def pod_state(
     pod: dict[str, Any],
     *,
@@ -46,27 +53,52 @@ def pod_state(
     now: datetime.datetime | None = None,
     deleted: bool = False,
 ) -> PodState:
-    """The verdict on a pod's task. `deleted` is set when the pod object is gone."""
+    """The verdict on a pod's task. `deleted` is set when the pod object is gone.
+
+    The task is the `base` container's: once it has ended, its exit code is the verdict, whatever
+    other containers (sidecars) still do, and whether or not the pod is being deleted (a task that
+    ends within its pod's grace period keeps its end). A pod being deleted is judged when its
+    containers end or its object is gone, not when its deletion starts.
+    """
     status = pod.get("status") or {}
     phase = status.get("phase", "Pending")
     init_statuses = status.get("initContainerStatuses") or []
     statuses = status.get("containerStatuses") or []
+    disrupted = _disruption(status)
     if phase == "Succeeded":
         return PodState("success")
+    if phase == "Failed" and status.get("reason") == "Evicted":
+        # Kubelet's node-pressure eviction: its own words say which resource ran short.
+        text = f"pod was evicted: {status.get('message', '').strip()}"
+        return _failed(text + _told(disrupted), "Evicted", disrupted)
+    meta = pod.get("metadata") or {}
+    being_deleted = deleted or bool(meta.get("deletionTimestamp"))
+    base = [s for s in statuses if s.get("name") == identity.BASE_CONTAINER]
+    if base and (base[0].get("state") or {}).get("terminated"):
+        lingering = phase != "Failed" and not being_deleted
+        failure = _container_failure(base)
+        if failure is None:
+            return PodState("success", lingering=lingering)
+        if being_deleted:
+            # Stopped by the deletion (SIGTERM, then SIGKILL at the end of its grace period).
+            what = f"pod was deleted while running, before its task finished: {failure[0]}"
+            return _failed(what + (_told(disrupted) or _deleted_by_hand(meta)), "Deleted", disrupted)
+        return dataclasses.replace(
+            _failed(failure[0] + _told(disrupted), failure[1], disrupted), lingering=lingering
+        )
     if phase == "Failed":
         reason = status.get("reason")
-        if reason == "Evicted":
-            return PodState("failed", f"pod was evicted: {status.get('message', '').strip()}", "Evicted")
         failure = _container_failure(init_statuses) or _container_failure(statuses)
         if failure:
-            return PodState("failed", *failure)
+            return _failed(failure[0] + _told(disrupted), failure[1], disrupted)
         message = status.get("message") or reason or "no container reported an exit code"
-        return PodState("failed", f"pod failed: {message}", reason or "Failed")
-    meta = pod.get("metadata") or {}
-    if deleted or meta.get("deletionTimestamp"):
-        return PodState(
-            "failed", f"pod was deleted while {phase.lower()}, before its task finished", "Deleted"
-        )
+        return _failed(f"pod failed: {message}{_told(disrupted)}", reason or "Failed", disrupted)
+    current = now or datetime.datetime.now(datetime.timezone.utc)
+    if deleted or _grace_overrun(meta, current):
+        what = f"pod was deleted while {phase.lower()}, before its task finished"
+        if not deleted:
+            what += f" (its containers had not ended {TERMINATING_SLACK_S:.0f} s after its grace period)"
+        return _failed(what + (_told(disrupted) or _deleted_by_hand(meta)), "Deleted", disrupted)
     for container in init_statuses + statuses:
         waiting = (container.get("state") or {}).get("waiting") or {}
         reason = waiting.get("reason")
@@ -90,7 +122,6 @@ def pod_state(
             since = parse_time(condition.get("lastTransitionTime")) or parse_time(
                 meta.get("creationTimestamp")
             )
-            current = now or datetime.datetime.now(datetime.timezone.utc)
             waited = (current - since).total_seconds() if since else 0.0
             if waited >= unschedulable_timeout_s:
                 return PodState(
@@ -101,6 +132,65 @@ def pod_state(
                 )
             return PodState("pending", f"unschedulable: {condition.get('message', '').strip()}")
     return PodState("pending")
+
+
+def _disruption(status: dict[str, Any]) -> dict[str, Any] | None:
+    """The pod's DisruptionTarget condition, when a component of the cluster ended it (Kubernetes
+    1.26+: the Eviction API, the scheduler's preemption, the taint manager, the pod GC, kubelet's
+    node-pressure eviction or graceful node shutdown)."""
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "DisruptionTarget" and condition.get("status") == "True":
+            return dict(condition)
+    return None
+
+
+# What each DisruptionTarget reason means, in plain words.
+_DISRUPTED_BY = {
+    "EvictionByEvictionAPI": "evicted through the Eviction API (a node drain, or the cluster autoscaler)",
+    "PreemptionByScheduler": "preempted by the scheduler for a pod of higher priority",
+    "DeletionByTaintManager": "deleted by the taint manager (a NoExecute taint on its node, such as a node going away)",
+    "DeletionByPodGC": "deleted by the pod garbage collector (its node is gone)",
+    "TerminationByKubelet": "stopped by kubelet (node-pressure eviction or a graceful node shutdown)",
+}
+
+
+def _told(disrupted: dict[str, Any] | None) -> str:
+    if disrupted is None:
+        return ""
+    reason = str(disrupted.get("reason") or "")
+    by = _DISRUPTED_BY.get(reason, "ended by the cluster")
+    message = str(disrupted.get("message") or "").strip()
+    when = disrupted.get("lastTransitionTime")
+    return (
+        f"; the pod was {by}"
+        + (f" at {when}" if when else "")
+        + f" (DisruptionTarget {reason}"
+        + (f": {message}" if message else "")
+        + ")"
+    )
+
+
+def _deleted_by_hand(meta: dict[str, Any]) -> str:
+    """A deletion no component of the cluster owned up to: a person's, or a tool's."""
+    when = meta.get("deletionTimestamp")
+    grace = meta.get("deletionGracePeriodSeconds")
+    since = ""
+    if when and grace is not None and (end := parse_time(when)) is not None:
+        started = end - datetime.timedelta(seconds=int(grace))
+        since = f" at {started.strftime('%Y-%m-%dT%H:%M:%SZ')} (grace period {grace} s)"
+    return (
+        f"; it was deleted{since} with no DisruptionTarget condition, so by a person or a tool rather "
+        "than by the cluster"
+    )
+
+
+def _grace_overrun(meta: dict[str, Any], now: datetime.datetime) -> bool:
+    end = parse_time(meta.get("deletionTimestamp"))
+    return end is not None and (now - end).total_seconds() > TERMINATING_SLACK_S
+
+
+def _failed(reason: str, cause: str, disrupted: dict[str, Any] | None, ran: bool = True) -> PodState:
+    return PodState("failed", reason, cause, ran, str((disrupted or {}).get("reason") or ""))
 
 
 # Normal events that still explain an end: who stopped the container, who took its place.
@@ -130,7 +220,7 @@ def with_events(state: PodState, events: list[dict[str, Any]]) -> PodState:
     )
     if state.verdict != "failed" or not described:
         return state
-    return PodState("failed", f"{state.reason} [events: {described}]", state.cause, state.ran)
+    return dataclasses.replace(state, reason=f"{state.reason} [events: {described}]")
 
 
 def observe(

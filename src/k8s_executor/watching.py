@@ -9,8 +9,9 @@ keeps a small cache of the pods it has seen, as client-go's informer does:
 - a 410 Gone (history compacted) is answered by a fresh list, whose snapshot
   is sent to the executor as a resync so pods that vanished in the gap are
   reported, never forgotten;
-- pending pods are re-judged every few seconds, so an Unschedulable pod fails
-  after its timeout even when the API server has nothing new to say.
+- pending and terminating pods are re-judged every few seconds, so an
+  Unschedulable pod fails after its timeout, and a pod stuck terminating past
+  its grace period fails, even when the API server has nothing new to say.
 Each message to the executor is a small tuple, sent only when a pod's verdict
 changes; the pod itself stays here.
 """
@@ -257,7 +258,8 @@ class PodWatch:
         state, scheduler_id = seen.state, seen.scheduler_id
         if state.terminal or deleted:
             self.cache.pop(meta["uid"], None)
-        elif state.verdict == "pending":
+        elif state.verdict == "pending" or meta.get("deletionTimestamp"):
+            # Judged again as time passes: an Unschedulable pod's timeout, a deleted pod's grace.
             self.cache[meta["uid"]] = pod
         else:
             self.cache.pop(meta["uid"], None)

@@ -30,6 +30,7 @@ collect_ignore = (
         "test_kubernetes_executor.py",
         "test_local_kubernetes_executor.py",
         "test_failure_reasons.py",
+        "test_pod_endings.py",
         "test_unstarted_logs.py",
         # Airflow 3 installations (its REST API, DAGs and components); the credential code under
         # test is the same on both lines and has no Airflow branch.

@@ -147,3 +147,36 @@ def test_queue_routing_and_restart_on_airflow2(hybrid2: AirflowStack, core: clie
     assert set(pod_tasks(core, hybrid2, "route2-1")) == POD_TASKS
 
     check_restart_mid_run(hybrid2, core, "route2-kill")
+
+
+@pytest.fixture(scope="module")
+def endings2(cluster: control_plane.ClusterState, core: client.CoreV1Api) -> Iterator[AirflowStack]:
+    with airflow_stack(cluster, core, AIRFLOW__KUBERNETES_EXECUTOR__DELETE_WORKER_PODS="True") as airflow:
+        yield airflow
+
+
+def test_a_sidecar_neither_holds_its_task_nor_keeps_its_pod_running_on_airflow2(
+    endings2: AirflowStack, core: client.CoreV1Api
+) -> None:
+    """The task's end is its base container's; a successful task's pod is deleted, a failed task's
+    pod is kept (delete_worker_pods_on_failure = False) and stopped."""
+    endings2.wait_for_dag("e2e_endings")
+    endings2.trigger("e2e_endings", "endings2-1")
+    assert endings2.wait_for_run("e2e_endings", "endings2-1", timeout=300) == "failed"
+    states = {
+        task: state for (task, _), (state, _) in endings2.task_states("e2e_endings", "endings2-1").items()
+    }
+    assert states == {"sidecar_ok": "success", "native_sidecar_ok": "success", "sidecar_fails": "failed"}
+
+    def pods() -> dict[str, client.V1Pod]:
+        found = core.list_namespaced_pod(endings2.namespace, label_selector="run_id=endings2-1").items
+        return {p.metadata.annotations["task_id"]: p for p in found}
+
+    wait_for(lambda: set(pods()) == {"sidecar_fails"}, "the successful tasks' pods to be deleted", timeout=30)
+
+    def stopped() -> client.V1Pod | None:
+        pod = pods()["sidecar_fails"]
+        return pod if pod.status.phase in ("Failed", "Succeeded") else None
+
+    kept = wait_for(stopped, "the failed task's pod to stop", timeout=30)
+    assert (kept.status.phase, kept.status.reason) == ("Failed", "DeadlineExceeded")

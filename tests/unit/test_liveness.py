@@ -129,3 +129,17 @@ def test_a_create_that_met_an_earlier_launchs_pod_is_launched_again_under_a_new_
     ]
     assert ledger.attempt(ref) == 1  # the next pod's name differs
     assert ledger.claimed() == {ref}  # the try is still awaited, under no pod for now
+
+
+def test_a_kept_pod_whose_sidecar_outlives_its_task_is_stopped_and_a_deleted_one_is_not() -> None:
+    ref = TaskRef("d", "t", "r")
+    failed_with_sidecar = PodState("failed", "exit code 1", "Error", lingering=True)
+    for rule, expected in (
+        (DisposalRule(delete_worker_pods=True, delete_worker_pods_on_failure=False), (False, True)),
+        (DisposalRule(delete_worker_pods=True, delete_worker_pods_on_failure=True), (True, False)),
+    ):
+        ledger = PodLedger("1", rule, clock=lambda: 0.0)
+        ledger.launching(ref, "ns", "p", 600)
+        ledger.launched("ns", "p", ok=True)
+        [_, dispose] = ledger.observed(PodEvent("ns", "p", ref, "1", failed_with_sidecar, "3"))
+        assert (dispose.delete, dispose.stop) == expected

@@ -125,3 +125,105 @@ def test_each_failure_names_its_cause_in_kubernetes_words() -> None:
     assert (
         with_events(failed, [{"type": "Warning", "reason": "Failed", "message": "y"}]).cause == "ErrImagePull"
     )
+
+
+# --- the task is the base container's; deletions judged when containers end -------------------
+def running(name: str = "base") -> dict:
+    return {"name": name, "state": {"running": {"startedAt": "2026-01-01T11:00:00Z"}}}
+
+
+def terminating(
+    phase: str, containers: list, deletion: str = "2026-01-01T12:00:20Z", grace: int = 30
+) -> dict:
+    p = pod(phase, containers)
+    p["metadata"].update(deletionTimestamp=deletion, deletionGracePeriodSeconds=grace)
+    return p
+
+
+def test_a_base_container_that_ended_decides_whatever_its_sidecar_does() -> None:
+    done = pod_state(pod("Running", [terminated(0, "Completed"), running("proxy")]))
+    assert done.verdict == "success"
+    failed = pod_state(pod("Running", [terminated(2, "Error"), running("proxy")]))
+    assert failed.verdict == "failed" and "'base' exited with code 2" in failed.reason
+    # A sidecar that failed does not fail a task that succeeded.
+    sidecar_failed = {"name": "proxy", "state": {"terminated": {"exitCode": 1, "reason": "Error"}}}
+    assert pod_state(pod("Failed", [terminated(0, "Completed"), sidecar_failed])).verdict == "success"
+
+
+def test_a_pod_being_deleted_is_judged_when_its_containers_end() -> None:
+    # Inside its grace period its task may still finish: it runs on.
+    assert pod_state(terminating("Running", [running()]), now=NOW).verdict == "running"
+    # The task ended within the grace period: its success stands, deleted or not.
+    ended = terminating("Running", [terminated(0, "Completed")])
+    assert pod_state(ended, now=NOW).verdict == "success"
+    assert pod_state(ended, now=NOW, deleted=True).verdict == "success"
+    # The object gone with the task unfinished: failed.
+    assert pod_state(terminating("Running", [running()]), now=NOW, deleted=True).verdict == "failed"
+
+
+def test_a_pod_stuck_terminating_past_its_grace_fails() -> None:
+    late = NOW + datetime.timedelta(seconds=20 + 31)
+    stuck = pod_state(terminating("Running", [running()]), now=late)
+    assert stuck.verdict == "failed" and stuck.cause == "Deleted" and "had not ended 30 s" in stuck.reason
+
+
+def test_a_deletion_with_no_disruption_target_is_told_as_a_persons_or_a_tools() -> None:
+    gone = pod_state(terminating("Running", [running()]), now=NOW, deleted=True)
+    assert gone.disruption == ""
+    assert "deleted at 2026-01-01T11:59:50Z (grace period 30 s) with no DisruptionTarget" in gone.reason
+
+
+def test_a_disruption_says_which_component_ended_the_pod_and_why() -> None:
+    condition = {
+        "type": "DisruptionTarget",
+        "status": "True",
+        "reason": "EvictionByEvictionAPI",
+        "message": "Eviction API: evicting",
+        "lastTransitionTime": "2026-01-01T11:59:00Z",
+    }
+    evicted = terminating("Running", [running()])
+    evicted["status"]["conditions"] = [condition]
+    state = pod_state(evicted, now=NOW, deleted=True)
+    assert state.verdict == "failed" and state.disruption == "EvictionByEvictionAPI"
+    assert "evicted through the Eviction API" in state.reason and "at 2026-01-01T11:59:00Z" in state.reason
+    assert "DisruptionTarget EvictionByEvictionAPI: Eviction API: evicting" in state.reason
+    killed = pod(
+        "Failed", [terminated(143, "Error")], conditions=[dict(condition, reason="PreemptionByScheduler")]
+    )
+    preempted = pod_state(killed)
+    assert (
+        preempted.disruption == "PreemptionByScheduler" and "preempted by the scheduler" in preempted.reason
+    )
+    # The events added later keep the disruption.
+    assert with_events(preempted, [{"type": "Warning", "reason": "X", "message": "y"}]).disruption
+
+
+def test_a_pod_whose_sidecar_outlives_its_task_is_told_to_be_stopped() -> None:
+    assert pod_state(pod("Running", [terminated(0, "Completed"), running("proxy")])).lingering
+    assert not pod_state(pod("Succeeded", [terminated(0, "Completed")])).lingering
+    assert not pod_state(
+        terminating("Running", [terminated(0, "Completed"), running("proxy")]), now=NOW
+    ).lingering
+
+
+def test_a_task_stopped_by_its_pods_deletion_says_so() -> None:
+    killed = pod_state(terminating("Running", [terminated(137, "Error")]), now=NOW, deleted=True)
+    assert killed.verdict == "failed" and killed.cause == "Deleted"
+    assert killed.reason.startswith(
+        "pod was deleted while running, before its task finished: container 'base'"
+    )
+    assert "by a person or a tool" in killed.reason
+
+
+def test_a_node_pressure_eviction_keeps_kubelets_words_over_the_exit_code() -> None:
+    evicted = pod(
+        "Failed",
+        [terminated(137, "Error")],
+        reason="Evicted",
+        message="The node was low on resource: memory.",
+    )
+    state = pod_state(evicted)
+    assert (state.cause, state.reason) == (
+        "Evicted",
+        "pod was evicted: The node was low on resource: memory.",
+    )

@@ -1,0 +1,66 @@
+"""Pods that end the ways a cluster ends them: sidecars that outlive their task, deletions inside
+a grace period, evictions. Each task's outcome and log are checked by tests/e2e/test_pod_endings.py."""
+
+import datetime
+
+from airflow.sdk import DAG, task
+from kubernetes.client import models as k8s
+
+ARGS = {"start_date": datetime.datetime(2024, 1, 1), "schedule": None, "catchup": False}
+# A sidecar that never exits on its own (a proxy, a log shipper).
+PROXY = {"name": "proxy", "image": "busybox", "command": ["sleep", "3600"]}
+
+
+def with_sidecar() -> dict:
+    return {
+        "pod_override": k8s.V1Pod(
+            spec=k8s.V1PodSpec(containers=[k8s.V1Container(name="base"), k8s.V1Container(**PROXY)])
+        )
+    }
+
+
+def with_native_sidecar() -> dict:
+    return {
+        "pod_override": k8s.V1Pod(
+            spec=k8s.V1PodSpec(
+                containers=[k8s.V1Container(name="base")],
+                init_containers=[k8s.V1Container(**PROXY, restart_policy="Always")],
+            )
+        )
+    }
+
+
+with DAG("e2e_endings", max_active_tasks=8, default_args={"retries": 0}, **ARGS):
+
+    @task(executor_config=with_sidecar())
+    def sidecar_ok() -> None:
+        print("task done, its sidecar runs on", flush=True)
+
+    @task(executor_config=with_native_sidecar())
+    def native_sidecar_ok() -> None:
+        print("task done, its native sidecar runs on", flush=True)
+
+    @task(executor_config=with_sidecar())
+    def sidecar_fails() -> None:
+        raise ValueError("this task fails; its pod is kept, and must not run on")
+
+    @task
+    def finishes_in_grace() -> None:
+        import time
+
+        print("finishes_in_grace is running", flush=True)
+        time.sleep(12)
+        print("finished inside the grace period", flush=True)
+
+    @task
+    def evicted() -> None:
+        import time
+
+        print("evicted is running", flush=True)
+        time.sleep(600)
+
+    sidecar_ok()
+    native_sidecar_ok()
+    sidecar_fails()
+    finishes_in_grace()
+    evicted()

@@ -1,0 +1,100 @@
+"""How a pod's end becomes its task's: by its `base` container, whatever a sidecar does; judged
+when its containers end, not when its deletion starts; with the cluster's own words when the
+cluster ended it (DisruptionTarget), and with no such words when a person did."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from devcluster import control_plane
+from devcluster.airflow_stack import AirflowStack
+from kubernetes import client
+
+from tests.e2e.conftest import airflow_stack
+from tests.helpers import wait_for
+
+pytestmark = pytest.mark.e2e
+
+DAG, RUN = "e2e_endings", "endings-1"
+
+
+@pytest.fixture(scope="module")
+def stack(cluster: control_plane.ClusterState, core: client.CoreV1Api) -> Iterator[AirflowStack]:
+    # Pods of successful tasks are deleted, those of failed tasks kept (the official defaults).
+    with airflow_stack(cluster, core, AIRFLOW__KUBERNETES_EXECUTOR__DELETE_WORKER_PODS="True") as airflow:
+        yield airflow
+
+
+def pod_of(core: client.CoreV1Api, stack: AirflowStack, task_id: str) -> client.V1Pod | None:
+    pods = core.list_namespaced_pod(stack.namespace, label_selector=f"run_id={RUN}").items
+    return next((p for p in pods if p.metadata.annotations.get("task_id") == task_id), None)
+
+
+def state_of(stack: AirflowStack, task_id: str) -> str | None:
+    return stack.task_states(DAG, RUN).get((task_id, -1), (None, 0))[0]
+
+
+def test_pods_end_as_their_task_did(stack: AirflowStack, core: client.CoreV1Api) -> None:
+    stack.wait_for_dag(DAG)
+    stack.trigger(DAG, RUN)
+    for task_id in ("finishes_in_grace", "evicted"):
+        wait_for(
+            lambda t=task_id: state_of(stack, t) == "running", f"{task_id} to run", timeout=240, interval=1
+        )
+
+    # Deleted with a grace period longer than the task has left: the task finishes inside it, and
+    # its success stands.
+    graceful = pod_of(core, stack, "finishes_in_grace")
+    assert graceful is not None
+    core.delete_namespaced_pod(graceful.metadata.name, stack.namespace, grace_period_seconds=60)
+
+    # Evicted through the Eviction API (a drain): the API server marks it DisruptionTarget first.
+    victim = pod_of(core, stack, "evicted")
+    assert victim is not None
+    core.create_namespaced_pod_eviction(
+        victim.metadata.name,
+        stack.namespace,
+        client.V1Eviction(
+            metadata=client.V1ObjectMeta(name=victim.metadata.name, namespace=stack.namespace),
+            delete_options=client.V1DeleteOptions(grace_period_seconds=1),
+        ),
+    )
+    assert stack.wait_for_run(DAG, RUN, timeout=300) == "failed", stack.explain_run(DAG, RUN)
+    states = {task: state for (task, _), (state, _) in stack.task_states(DAG, RUN).items()}
+    assert states == {
+        "sidecar_ok": "success",
+        "native_sidecar_ok": "success",
+        "sidecar_fails": "failed",
+        "finishes_in_grace": "success",
+        "evicted": "failed",
+    }, stack.explain_run(DAG, RUN)
+    assert "finished inside the grace period" in stack.task_log(DAG, RUN, "finishes_in_grace")
+
+    evicted_log = stack.task_log(DAG, RUN, "evicted")
+    assert "evicted through the Eviction API" in evicted_log, evicted_log
+    assert "DisruptionTarget EvictionByEvictionAPI" in evicted_log, evicted_log
+
+
+def test_a_pod_whose_sidecar_outlives_its_task_does_not_run_on(
+    stack: AirflowStack, core: client.CoreV1Api
+) -> None:
+    """Runs after the run above. The successful tasks' pods are deleted; the failed task's pod is
+    kept for inspection (delete_worker_pods_on_failure = False) but stopped: nothing runs on."""
+
+    def gone(task_id: str) -> bool:
+        return pod_of(core, stack, task_id) is None
+
+    for task_id in ("sidecar_ok", "native_sidecar_ok"):
+        wait_for(lambda t=task_id: gone(t), f"{task_id}'s pod to be deleted", timeout=30, interval=1)
+
+    def stopped() -> client.V1Pod | None:
+        pod = pod_of(core, stack, "sidecar_fails")
+        assert pod is not None, "the failed task's pod was not kept"
+        return pod if pod.status.phase in ("Failed", "Succeeded") else None
+
+    kept = wait_for(stopped, "the failed task's pod to stop", timeout=30, interval=1)
+    assert (kept.status.phase, kept.status.reason) == ("Failed", "DeadlineExceeded")
+    assert all(s.state.terminated for s in kept.status.container_statuses)
+    # Its end came from its task, not from its stop.
+    assert "ValueError" in stack.task_log(DAG, RUN, "sidecar_fails")

@@ -880,6 +880,9 @@ class ProcessPod(PodWorker):
         with self.proc_lock:
             self.procs.pop(state.name, None)
         self._save()
+        # Kubelet's PLEG reports each container's end as it happens, not once the pod is done: a
+        # task container that ended beside a sidecar still running is seen ended.
+        self.publish()
         return True
 
     def _container_command(self, container: dict[str, Any]) -> tuple[list[str], dict[str, str], str | None]:

@@ -427,7 +427,7 @@ class PodWorker:
         self.active_deadline_s = pod["spec"].get("activeDeadlineSeconds")
 
     def status(self, reason: str | None = None, message: str | None = None) -> dict[str, Any]:
-        if self.deadline_exceeded:
+        if self.deadline_exceeded and not any(c.running for c in self.init + self.main):
             reason, message = "DeadlineExceeded", ACTIVE_DEADLINE_MESSAGE
         return pod_status(
             self.uid,
@@ -437,7 +437,7 @@ class PodWorker:
             self.start_time,
             reason=reason,
             message=message,
-            failed=self.deadline_exceeded,
+            failed=reason == "DeadlineExceeded",
         )
 
     def publish(self, reason: str | None = None, message: str | None = None) -> None:
@@ -576,11 +576,13 @@ class ProcessPod(PodWorker):
             limit = self.active_deadline_s
             if limit is None or time.time() < started + limit:
                 continue
-            self.deadline_exceeded = True
+            self.deadline_exceeded = True  # no container is restarted from now on
             self.agent.record_event(self.pod, "Warning", "DeadlineExceeded", ACTIVE_DEADLINE_MESSAGE, "")
-            self.publish()
             grace = self.pod["spec"].get("terminationGracePeriodSeconds")
             self._stop(self._pids(), 30 if grace is None else int(grace))
+            # The containers are stopped first, so the failed phase is never shown beside one
+            # still running.
+            self.publish()
             return
 
     def _pids(self, names: set[str] | None = None) -> list[int]:

@@ -96,6 +96,18 @@ def list_pods(api: client.CoreV1Api, namespace: str | None, **kwargs: Any) -> An
     return api.list_pod_for_all_namespaces(**kwargs)
 
 
+def read_pod(api: client.CoreV1Api, namespace: str, name: str, **kwargs: Any) -> dict[str, Any] | None:
+    """One pod as it is now, as raw JSON; None when there is none of that name. Read by a list
+    with a field selector: the executor's Role grants list and watch on pods, never get."""
+    body = read_json(
+        api.list_namespaced_pod(
+            namespace, field_selector=f"metadata.name={name}", _preload_content=False, **kwargs
+        )
+    )
+    items: list[dict[str, Any]] = body["items"]
+    return items[0] if items else None
+
+
 def list_seen(
     api: client.CoreV1Api,
     namespaces: Iterable[str | None],

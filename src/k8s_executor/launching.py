@@ -30,7 +30,13 @@ from kubernetes import client
 from urllib3.exceptions import HTTPError
 
 from k8s_executor import identity
-from k8s_executor.kube_client import connect_in_helper, describe_error, merge_patch, read_body, read_json
+from k8s_executor.kube_client import (
+    connect_in_helper,
+    describe_error,
+    merge_patch,
+    read_body,
+    read_pod,
+)
 from k8s_executor.processes import Channel, Helper, log_in_parent
 from k8s_executor.settings import ExecutorSettings
 from k8s_executor.shapes import DeleteResult, LauncherResult, LaunchResult, PatchResult
@@ -240,10 +246,7 @@ class Launcher:
         if not launch:
             return True
         found, _, _ = self._with_retries(
-            lambda: read_json(
-                self.api.read_namespaced_pod(meta["name"], meta["namespace"], _preload_content=False)
-            ),
-            deadline,
+            lambda: read_pod(self.api, meta["namespace"], meta["name"]), deadline
         )
         if found is None:
             return False  # gone since, or unreadable: a new name is the safe way on

@@ -28,7 +28,7 @@ from urllib3.exceptions import HTTPError
 
 from k8s_executor import identity
 from k8s_executor.adoption import held_elsewhere
-from k8s_executor.kube_client import connect_in_helper, json_lines, list_pods, pod_events, read_json
+from k8s_executor.kube_client import connect_in_helper, json_lines, list_pods, pod_events, read_json, read_pod
 from k8s_executor.processes import Channel
 from k8s_executor.settings import ExecutorSettings
 from k8s_executor.shapes import Bookmark, PodEvent, PodState, Read, Released, Resync
@@ -214,15 +214,8 @@ class PodWatch:
         last state stands), marked done (its state now is its end), or relabelled by an adopter
         (None: released, told to the scheduler)."""
         meta = last["metadata"]
-        try:
-            now = read_json(
-                self.api.read_namespaced_pod(meta["name"], meta["namespace"], _preload_content=False)
-            )
-        except client.ApiException as exc:
-            if exc.status == 404:
-                return last
-            raise
-        if now["metadata"].get("uid") != meta.get("uid"):
+        now = read_pod(self.api, meta["namespace"], meta["name"])
+        if now is None or now["metadata"].get("uid") != meta.get("uid"):
             return last
         adopter = identity.scheduler_of(now["metadata"].get("labels"))
         if held_elsewhere(adopter, self.scheduler_label):

@@ -12,7 +12,7 @@ from devcluster import control_plane
 from kubernetes import client
 
 from k8s_executor import adoption, identity
-from k8s_executor.kube_client import list_seen, read_json
+from k8s_executor.kube_client import list_seen, read_json, read_pod
 from k8s_executor.launching import Launcher
 from k8s_executor.pod_building import PodDefaults, PodRequest, build_pod
 from k8s_executor.shapes import DeleteResult, LauncherResult, LaunchResult
@@ -23,7 +23,8 @@ from tests.least_privilege import allowed, executor_kubeconfig, grant_cluster_ro
 pytestmark = pytest.mark.cluster
 
 # (api group, resource, verb) of every request the executor sends, read from its code: creates, deletes
-# and label patches in launching.py; list and watch in watching.py and adoption.py; the log and events of
+# and label patches in launching.py; list and watch in watching.py and adoption.py (one pod is read
+# by a list with a field selector, kube_client.read_pod: never `get`); the log and events of
 # a pod in executor.get_task_log; events of a failed pod in watching.py. `get`/`watch` on events are
 # granted for tools that follow one pod's events.
 EXECUTOR_NEEDS = {
@@ -153,13 +154,19 @@ def test_the_executor_does_its_work_as_the_bound_user(
         assert orphan.name == name
         [orphan_seen] = sightings
         assert orphan_seen.resource_version
-        launcher.patch_labels(namespace, name, {identity.DONE_LABEL: "True"})
+        launcher.patch_labels(namespace, name, {identity.DONE_LABEL: "True"}, stop=True)
         wait_for(
             lambda: (
                 core.read_namespaced_pod(name, namespace).metadata.labels.get(identity.DONE_LABEL) == "True"
             ),
             "the done-label patch",
         )
+        # Marking a kept pod done also stops what still runs in it: a patch of its spec.
+        assert core.read_namespaced_pod(name, namespace).spec.active_deadline_seconds == 1
+        # One pod as it is now, as the watcher reads a pod that left its watch.
+        found = read_pod(api, namespace, name)
+        assert found is not None and found["metadata"]["name"] == name
+        assert read_pod(api, namespace, "no-such-pod") is None
         log = api.read_namespaced_pod_log(name, namespace, container="base", _preload_content=False)
         assert b"hello" in log.data
         events = api.list_namespaced_event(

@@ -99,7 +99,7 @@ def test_a_pod_whose_sidecar_outlives_its_task_does_not_run_on(
             statuses = (pod.status.container_statuses or []) + (pod.status.init_container_statuses or [])
             return pod if all(s.state.terminated for s in statuses) else None
 
-        pod = wait_for(stopped, f"{task_id}'s pod to stop", timeout=30, interval=1)
+        pod = wait_for(stopped, f"{task_id}'s pod to stop", timeout=60, interval=1)
         assert pod.status.phase in ("Failed", "Succeeded"), pod.status
         assert pod.metadata.labels.get(identity.DONE_LABEL) == "True"
     # A regular sidecar is stopped by the executor, through the pod's active deadline.

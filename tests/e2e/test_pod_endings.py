@@ -12,7 +12,7 @@ from devcluster.airflow_stack import AirflowStack
 from kubernetes import client
 
 from k8s_executor import identity
-from tests.e2e.conftest import airflow_stack
+from tests.e2e.conftest import SIDECAR_FLAKE, airflow_stack
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -85,6 +85,7 @@ def test_pods_end_as_their_task_did(stack: AirflowStack, core: client.CoreV1Api)
     assert "DisruptionTarget EvictionByEvictionAPI" in evicted_log, evicted_log
 
 
+@pytest.mark.xfail(strict=False, reason=SIDECAR_FLAKE)
 def test_a_pod_whose_sidecar_outlives_its_task_does_not_run_on(
     stack: AirflowStack, core: client.CoreV1Api
 ) -> None:

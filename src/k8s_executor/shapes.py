@@ -120,9 +120,6 @@ class Read:
     events: int
 
 
-WatchMessage = PodEvent | Resync | Bookmark | Released | Read
-
-
 # --- what the launcher answers -----------------------------------------------------------------
 @dataclass(frozen=True)
 class LaunchResult:

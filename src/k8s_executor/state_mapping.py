@@ -56,25 +56,33 @@ def pod_state(
     """The verdict on a pod's task. `deleted` is set when the pod object is gone.
 
     The task is the `base` container's: once it has ended, its exit code is the verdict, whatever
-    other containers (sidecars) still do, and whether or not the pod is being deleted (a task that
-    ends within its pod's grace period keeps its end). A pod being deleted is judged when its
-    containers end or its object is gone, not when its deletion starts.
+    other containers (sidecars) still do. A pod being deleted is judged when its containers end or
+    its object is gone, not when its deletion starts: a task that ended before its pod's deletion
+    began keeps its end; one that ended once it had begun was stopped by it, whatever its exit
+    code (what the task recorded in Airflow itself stands, as Airflow keeps a finished task's own
+    state over the executor's).
     """
     status = pod.get("status") or {}
     phase = status.get("phase", "Pending")
     init_statuses = status.get("initContainerStatuses") or []
     statuses = status.get("containerStatuses") or []
     disrupted = _disruption(status)
+    meta = pod.get("metadata") or {}
+    being_deleted = deleted or bool(meta.get("deletionTimestamp"))
+    base = [s for s in statuses if s.get("name") == identity.BASE_CONTAINER]
+    base_end = (base[0].get("state") or {}).get("terminated") if base else None
+    if being_deleted and base_end and base_end.get("exitCode", 0) == 0 and _ended_by_deletion(base_end, meta):
+        # A task told to stop (SIGTERM) may end cleanly: Airflow 3's task runner fails the task
+        # itself and its process then exits 0, which alone would read as a success.
+        what = "pod was deleted while running, before its task finished: its process stopped when told to (exit code 0)"
+        return _failed(what + (_told(disrupted) or _deleted_by_hand(meta)), "Deleted", disrupted)
     if phase == "Succeeded":
         return PodState("success")
     if phase == "Failed" and status.get("reason") == "Evicted":
         # Kubelet's node-pressure eviction: its own words say which resource ran short.
         text = f"pod was evicted: {status.get('message', '').strip()}"
         return _failed(text + _told(disrupted), "Evicted", disrupted)
-    meta = pod.get("metadata") or {}
-    being_deleted = deleted or bool(meta.get("deletionTimestamp"))
-    base = [s for s in statuses if s.get("name") == identity.BASE_CONTAINER]
-    if base and (base[0].get("state") or {}).get("terminated"):
+    if base_end:
         lingering = phase != "Failed" and not being_deleted
         failure = _container_failure(base)
         if failure is None:
@@ -182,6 +190,17 @@ def _deleted_by_hand(meta: dict[str, Any]) -> str:
         f"; it was deleted{since} with no DisruptionTarget condition, so by a person or a tool rather "
         "than by the cluster"
     )
+
+
+def _ended_by_deletion(terminated: dict[str, Any], meta: dict[str, Any]) -> bool:
+    """Whether a container ended once its pod's deletion had begun (both times are whole
+    seconds, so an end in the deletion's own second counts as caused by it)."""
+    end = parse_time(meta.get("deletionTimestamp"))
+    grace = meta.get("deletionGracePeriodSeconds")
+    finished = parse_time(terminated.get("finishedAt"))
+    if end is None or grace is None or finished is None:
+        return False
+    return finished >= end - datetime.timedelta(seconds=int(grace))
 
 
 def _grace_overrun(meta: dict[str, Any], now: datetime.datetime) -> bool:

@@ -13,10 +13,12 @@ def pod(phase: str, containers: list | None = None, **status) -> dict:
     }
 
 
-def terminated(code: int, reason: str, message: str | None = None) -> dict:
-    state = {"exitCode": code, "reason": reason}
+def terminated(code: int, reason: str, message: str | None = None, finished: str | None = None) -> dict:
+    state: dict = {"exitCode": code, "reason": reason}
     if message:
         state["message"] = message
+    if finished:
+        state["finishedAt"] = finished
     return {"name": "base", "state": {"terminated": state}}
 
 
@@ -153,8 +155,8 @@ def test_a_base_container_that_ended_decides_whatever_its_sidecar_does() -> None
 def test_a_pod_being_deleted_is_judged_when_its_containers_end() -> None:
     # Inside its grace period its task may still finish: it runs on.
     assert pod_state(terminating("Running", [running()]), now=NOW).verdict == "running"
-    # The task ended within the grace period: its success stands, deleted or not.
-    ended = terminating("Running", [terminated(0, "Completed")])
+    # The task ended before the deletion began (at 11:59:50): its success stands, deleted or not.
+    ended = terminating("Running", [terminated(0, "Completed", finished="2026-01-01T11:59:49Z")])
     assert pod_state(ended, now=NOW).verdict == "success"
     assert pod_state(ended, now=NOW, deleted=True).verdict == "success"
     # The object gone with the task unfinished: failed.
@@ -227,3 +229,21 @@ def test_a_node_pressure_eviction_keeps_kubelets_words_over_the_exit_code() -> N
         "Evicted",
         "pod was evicted: The node was low on resource: memory.",
     )
+
+
+def test_a_task_that_ends_cleanly_once_told_to_stop_was_stopped_by_the_deletion() -> None:
+    """Airflow 3's task runner answers SIGTERM by failing the task itself, and its process then
+    exits 0: an end after the deletion began is the deletion's, in every phase kubelet gives it."""
+    for phase in ("Running", "Succeeded"):
+        for finished in ("2026-01-01T11:59:50Z", "2026-01-01T11:59:55Z"):
+            stopped = terminating(phase, [terminated(0, "Completed", finished=finished)])
+            for deleted in (False, True):
+                state = pod_state(stopped, now=NOW, deleted=deleted)
+                assert state.verdict == "failed" and state.cause == "Deleted", (phase, finished)
+                assert state.reason.startswith(
+                    "pod was deleted while running, before its task finished: its process stopped"
+                )
+                assert "by a person or a tool" in state.reason
+    # A pod that succeeded and was then deleted (by the executor, once it saw the end) succeeded.
+    done = terminating("Succeeded", [terminated(0, "Completed", finished="2026-01-01T11:59:40Z")])
+    assert pod_state(done, now=NOW, deleted=True).verdict == "success"

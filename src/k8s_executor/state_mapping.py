@@ -60,7 +60,8 @@ def pod_state(
     its object is gone, not when its deletion starts: a task that ended before its pod's deletion
     began keeps its end; one that ended once it had begun was stopped by it, whatever its exit
     code (what the task recorded in Airflow itself stands, as Airflow keeps a finished task's own
-    state over the executor's).
+    state over the executor's). A task that ends on its own makes its pod Succeeded before any
+    deletion, and that end is reported first.
     """
     status = pod.get("status") or {}
     phase = status.get("phase", "Pending")
@@ -71,7 +72,7 @@ def pod_state(
     being_deleted = deleted or bool(meta.get("deletionTimestamp"))
     base = [s for s in statuses if s.get("name") == identity.BASE_CONTAINER]
     base_end = (base[0].get("state") or {}).get("terminated") if base else None
-    if being_deleted and base_end and base_end.get("exitCode", 0) == 0 and _ended_by_deletion(base_end, meta):
+    if being_deleted and base_end and base_end.get("exitCode", 0) == 0 and _ended_by_deletion(base_end, pod):
         # A task told to stop (SIGTERM) may end cleanly: Airflow 3's task runner fails the task
         # itself and its process then exits 0, which alone would read as a success.
         what = "pod was deleted while running, before its task finished: its process stopped when told to (exit code 0)"
@@ -192,14 +193,22 @@ def _deleted_by_hand(meta: dict[str, Any]) -> str:
     )
 
 
-def _ended_by_deletion(terminated: dict[str, Any], meta: dict[str, Any]) -> bool:
-    """Whether a container ended once its pod's deletion had begun (both times are whole
-    seconds, so an end in the deletion's own second counts as caused by it)."""
+def _ended_by_deletion(terminated: dict[str, Any], pod: dict[str, Any]) -> bool:
+    """Whether a container ended once its pod's deletion had begun.
+
+    The deletion began at `deletionTimestamp` minus its grace period. Kubelet ends a deletion by
+    deleting again with a grace of 0, which moves `deletionTimestamp` to that moment: the original
+    grace is then not in the object, and the pod's own `terminationGracePeriodSeconds` stands for
+    it. Both times are whole seconds, so an end in the deletion's own second counts as caused by it.
+    """
+    meta = pod.get("metadata") or {}
     end = parse_time(meta.get("deletionTimestamp"))
-    grace = meta.get("deletionGracePeriodSeconds")
     finished = parse_time(terminated.get("finishedAt"))
-    if end is None or grace is None or finished is None:
+    if end is None or finished is None:
         return False
+    grace = meta.get("deletionGracePeriodSeconds")
+    if not grace:
+        grace = (pod.get("spec") or {}).get("terminationGracePeriodSeconds", 30)
     return finished >= end - datetime.timedelta(seconds=int(grace))
 
 

@@ -244,6 +244,12 @@ def test_a_task_that_ends_cleanly_once_told_to_stop_was_stopped_by_the_deletion(
                     "pod was deleted while running, before its task finished: its process stopped"
                 )
                 assert "by a person or a tool" in state.reason
+    # Kubelet ends a deletion with a delete of grace 0 at the containers' end, which moves
+    # deletionTimestamp: the pod's own grace period stands for the one that was lost.
+    final = terminating("Succeeded", [terminated(0, "Completed", finished="2026-01-01T11:59:55Z")])
+    final["metadata"].update(deletionTimestamp="2026-01-01T11:59:56Z", deletionGracePeriodSeconds=0)
+    final["spec"] = {"terminationGracePeriodSeconds": 5}
+    assert pod_state(final, now=NOW, deleted=True).cause == "Deleted"
     # A pod that succeeded and was then deleted (by the executor, once it saw the end) succeeded.
     done = terminating("Succeeded", [terminated(0, "Completed", finished="2026-01-01T11:59:40Z")])
     assert pod_state(done, now=NOW, deleted=True).verdict == "success"

@@ -22,6 +22,11 @@ KUBE_BINARIES = {
     # The same release's client, so tests and people need no kubectl from elsewhere.
     "kubectl": "k8s.io/kubernetes/cmd/kubectl",
 }
+# A real node's own programs, built only when a cluster asks for one (runtime=containerd).
+NODE_BINARIES = {
+    "kubelet": "k8s.io/kubernetes/cmd/kubelet",
+    "kube-proxy": "k8s.io/kubernetes/cmd/kube-proxy",
+}
 ETCD_PACKAGE = "go.etcd.io/etcd/server/v3"
 
 
@@ -39,6 +44,25 @@ def kubernetes_version() -> str:
 
 def etcd_version() -> str:
     return _required_version(GO_DIR / "etcd", ETCD_PACKAGE)
+
+
+def kubernetes_module_dir() -> Path:
+    """Where the Go command keeps k8s.io/kubernetes' sources (downloaded if they are not there)."""
+    env = dict(os.environ, GOFLAGS="-mod=mod")
+    out = subprocess.run(
+        ["go", "list", "-m", "-f", "{{.Dir}}", "k8s.io/kubernetes"],
+        cwd=GO_DIR / "kube",
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    if not out:
+        subprocess.run(
+            ["go", "mod", "download", "k8s.io/kubernetes"], cwd=GO_DIR / "kube", env=env, check=True
+        )
+        return kubernetes_module_dir()
+    return Path(out)
 
 
 def cache_root() -> Path:
@@ -95,4 +119,21 @@ def ensure_binaries(log: bool = True) -> Path:
         if log:
             print(f"building etcd {etcd_version()} (first run only)", flush=True)
         _go_build(GO_DIR / "etcd", str(target / "etcd"), [ETCD_PACKAGE], "-s -w")
+    return target
+
+
+def ensure_node_binaries(log: bool = True) -> Path:
+    """Return the directory holding kubelet and kube-proxy (the control plane's version),
+    building what is missing: several minutes on 2 cores the first time."""
+    target = ensure_binaries(log)
+    missing = [name for name in NODE_BINARIES if not (target / name).exists()]
+    if missing:
+        if log:
+            print(f"building {', '.join(missing)} {kubernetes_version()} (first run only)", flush=True)
+        _go_build(
+            GO_DIR / "kube",
+            str(target) + os.sep,
+            [NODE_BINARIES[name] for name in missing],
+            _kube_ldflags(kubernetes_version()),
+        )
     return target

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from devcluster import build, pki
+from devcluster import build, pki, real_node
 
 READY_TIMEOUT_S = 120.0
 
@@ -50,6 +50,16 @@ class ClusterState:
     # Service-account tokens live at most this long, with no extension (None: the API server's defaults).
     token_max_expiration_s: int | None = None
     pids: dict[str, int] = field(default_factory=dict)
+    # Where pods of a real node reach this machine (loopback when there is none).
+    host_ip: str = "127.0.0.1"
+
+    @property
+    def real_nodes(self) -> list[str]:
+        return [
+            real_node.RealNodeSpec.parse(arg.removeprefix("--node=")).name
+            for arg in self.node_args
+            if real_node.is_real(arg.removeprefix("--node="))
+        ]
 
     @property
     def server(self) -> str:
@@ -186,14 +196,21 @@ def _wait(what: str, check, state: ClusterState, timeout: float = READY_TIMEOUT_
     raise TimeoutError(f"{what} not ready after {timeout:.0f}s; see {state.directory}/logs/")
 
 
-def _prepare_pki(directory: Path) -> dict[str, Path]:
+def _prepare_pki(directory: Path, extra_hosts: tuple[str, ...] = ()) -> dict[str, Path]:
     pki_dir = directory / "pki"
     ca, _ = pki.ensure_ca(pki_dir)
     serving, serving_key = pki.ensure_cert(
         pki_dir,
         "apiserver",
         "kube-apiserver",
-        server_hosts=("127.0.0.1", "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"),
+        server_hosts=(
+            "127.0.0.1",
+            "localhost",
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            *extra_hosts,
+        ),
     )
     admin, admin_key = pki.ensure_cert(pki_dir, "admin", "admin", organization="system:masters", client=True)
     kubelet_client, kubelet_client_key = pki.ensure_cert(
@@ -264,14 +281,27 @@ def audit_log(state: ClusterState) -> Path:
 def start_apiserver(state: ClusterState, bins: Path, certs: dict[str, Path]) -> None:
     policy = Path(state.directory) / "audit-policy.yaml"
     policy.write_text(yaml.safe_dump(AUDIT_POLICY))
+    if state.real_nodes:
+        # Pods in network namespaces of their own reach it through the `kubernetes` Service, whose
+        # endpoint is this machine's address: the API server listens there too, and says so.
+        address = [
+            "--bind-address=0.0.0.0",
+            f"--advertise-address={state.host_ip}",
+            "--endpoint-reconciler-type=lease",
+        ]
+    else:
+        address = [
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            "--endpoint-reconciler-type=none",
+        ]
     _spawn(
         state,
         "kube-apiserver",
         [
             str(bins / "kube-apiserver"),
             f"--etcd-servers={state.etcd_url}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            *address,
             f"--secure-port={state.apiserver_port}",
             f"--tls-cert-file={certs['serving']}",
             f"--tls-private-key-file={certs['serving_key']}",
@@ -289,7 +319,6 @@ def start_apiserver(state: ClusterState, bins: Path, certs: dict[str, Path]) -> 
             "--kubelet-preferred-address-types=InternalIP",
             "--allow-privileged=true",
             "--profiling=false",
-            "--endpoint-reconciler-type=none",
             f"--audit-policy-file={policy}",
             f"--audit-log-path={audit_log(state)}",
             # Batched, so recording requests does not slow them down.
@@ -374,9 +403,54 @@ def start_node_agent(state: ClusterState, certs: dict[str, Path]) -> None:
             f"--tls-cert={certs['node_serving']}",
             f"--tls-key={certs['node_serving_key']}",
             f"--client-ca={certs['ca']}",
-            *state.node_args,
+            *(arg for arg in state.node_args if not real_node.is_real(arg.removeprefix("--node="))),
         ],
     )
+
+
+def start_real_node(state: ClusterState, spec: real_node.RealNodeSpec, certs: dict[str, Path]) -> None:
+    """containerd, kubelet and kube-proxy for one real node (see real_node.py)."""
+    directory = Path(state.directory)
+    bins = build.ensure_node_binaries()
+    lay = real_node.layout(directory, spec.name)
+    # A node does not outlive `down`; its image store does, so a warm start imports nothing again.
+    for stale in ("kubelet", "pod-logs", "cni", "containerd/state"):
+        shutil.rmtree(lay.root / stale, ignore_errors=True)
+    serving = pki.ensure_cert(
+        directory / "pki",
+        f"kubelet-{spec.name}",
+        f"system:node:{spec.name}",
+        server_hosts=(state.host_ip, "127.0.0.1", spec.name),
+    )
+    kubelet_kubeconfig = mint_identity(directory, f"system:node:{spec.name}", ("system:nodes",))
+    proxy_kubeconfig = mint_identity(directory, "system:kube-proxy")
+    paths = real_node.write_configs(
+        lay,
+        kubelet_port=free_port(),
+        metrics_port=free_port(),
+        ca=certs["ca"],
+        serving=serving,
+        proxy_kubeconfig=proxy_kubeconfig,
+    )
+    _spawn(state, f"containerd-{spec.name}", ["containerd", f"--config={paths['containerd']}"])
+    real_node.wait_for_containerd(lay)
+    real_node.import_base_images(lay)
+    labels = ",".join(f"{k}={v}" for k, v in spec.labels.items())
+    _spawn(
+        state,
+        f"kubelet-{spec.name}",
+        [
+            str(bins / "kubelet"),
+            f"--config={paths['kubelet']}",
+            f"--kubeconfig={kubelet_kubeconfig}",
+            f"--root-dir={lay.kubelet_dir}",
+            f"--hostname-override={spec.name}",
+            f"--node-ip={state.host_ip}",
+            f"--node-labels={labels}",
+            "--v=1",
+        ],
+    )
+    _spawn(state, f"kube-proxy-{spec.name}", [str(bins / "kube-proxy"), f"--config={paths['kube-proxy']}"])
 
 
 def up(
@@ -392,8 +466,17 @@ def up(
     # A cluster does not outlive `down`: ports change, and etcd's member record would not match.
     for stale in ("etcd-data", "node-agent"):
         shutil.rmtree(directory / stale, ignore_errors=True)
+    real_specs = [
+        real_node.RealNodeSpec.parse(arg.removeprefix("--node="))
+        for arg in node_args or []
+        if real_node.is_real(arg.removeprefix("--node="))
+    ]
+    if real_specs:
+        real_node.preflight()
+        real_node.refuse_second(directory)
     bins = build.ensure_binaries()
-    certs = _prepare_pki(directory)
+    host = real_node.host_ip() if real_specs else "127.0.0.1"
+    certs = _prepare_pki(directory, (host, "10.96.0.1") if real_specs else ())
     state = ClusterState(
         directory=str(directory),
         etcd_port=free_port(),
@@ -402,6 +485,7 @@ def up(
         kubelet_port=free_port(),
         node_args=node_args or [],
         token_max_expiration_s=token_max_expiration_s,
+        host_ip=host,
     )
     write_kubeconfig(state.kubeconfig, state.server, certs["ca"], certs["admin"], certs["admin_key"], "admin")
     try:
@@ -411,6 +495,9 @@ def up(
         start_controller_manager(state, bins, certs)
         start_node_agent(state, certs)
         state.save()
+        for spec in real_specs:
+            start_real_node(state, spec, certs)
+            state.save()
         wait_for_nodes(state)
     except BaseException:
         state.save()
@@ -427,16 +514,21 @@ def wait_for_nodes(state: ClusterState) -> None:
         if status != 200:
             return False
         items = json.loads(body)["items"]
-        return bool(items) and all(
-            any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"].get("conditions", []))
-            for n in items
+        names = {n["metadata"]["name"] for n in items}
+        return (
+            bool(items)
+            and set(state.real_nodes) <= names
+            and all(
+                any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"].get("conditions", []))
+                for n in items
+            )
         )
 
     def default_service_account() -> bool:
         status, _ = _get(f"{state.server}/api/v1/namespaces/default/serviceaccounts/default", ctx)
         return status == 200
 
-    _wait("the node agent's nodes", nodes_ready, state)
+    _wait("the nodes", nodes_ready, state)
     _wait("the default service account", default_service_account, state)
 
 
@@ -445,9 +537,11 @@ def down(directory: Path, grace_s: float = 10.0) -> list[str]:
     state = ClusterState.load(directory)
     if not state:
         return []
+    stopped = []
+    for name in state.real_nodes:
+        stopped += _stop_real_node(state, name, grace_s)
     # The node agent first, so it can still see the API server while it stops its pods.
     order = ["node-agent", "kube-controller-manager", "kube-scheduler", "kube-apiserver", "etcd"]
-    stopped = []
     for name in sorted(state.pids, key=lambda n: order.index(n) if n in order else -1):
         pid = state.pids[name]
         if _alive(pid, state.directory):
@@ -456,6 +550,25 @@ def down(directory: Path, grace_s: float = 10.0) -> list[str]:
     stopped += _kill_orphan_containers(directory)
     state.pids = {}
     state.save()
+    return stopped
+
+
+def _stop_real_node(state: ClusterState, name: str, grace_s: float) -> list[str]:
+    """kubelet and kube-proxy, then every container while containerd still answers, then
+    containerd, then what they leave on the machine (real_node.clean_up)."""
+    stopped = []
+    lay = real_node.layout(Path(state.directory), name)
+    for component in (f"kubelet-{name}", f"kube-proxy-{name}"):
+        pid = state.pids.pop(component, None)
+        if pid is not None and _alive(pid, state.directory):
+            _kill(pid, grace_s)
+            stopped.append(component)
+    real_node.stop_containers(lay)
+    pid = state.pids.pop(f"containerd-{name}", None)
+    if pid is not None and _alive(pid, state.directory):
+        _kill(pid, grace_s)
+        stopped.append(f"containerd-{name}")
+    real_node.clean_up(lay, build.bin_dir())
     return stopped
 
 

@@ -412,7 +412,12 @@ class PodWorker:
             ContainerState(c["name"], c.get("image", ""), restartable=c.get("restartPolicy") == "Always")
             for c in spec.get("initContainers", [])
         ]
-        self.main = [ContainerState(c["name"], c.get("image", "")) for c in spec.get("containers", [])]
+        # Kubelet's default waiting reason (kubelet_pods.go, convertToAPIContainerStatuses).
+        waiting = "PodInitializing" if self.init else "ContainerCreating"
+        self.main = [
+            ContainerState(c["name"], c.get("image", ""), waiting_reason=waiting)
+            for c in spec.get("containers", [])
+        ]
         self.start_time = pod.get("status", {}).get("startTime") or now_iso()
         self.deleting = threading.Event()
         self.grace_s = 30

@@ -126,11 +126,17 @@ def phase_of(
     return "Pending"
 
 
-def _condition(kind: str, ok: bool, since: str, reason: str | None = None) -> dict[str, Any]:
-    cond: dict[str, Any] = {"type": kind, "status": "True" if ok else "False", "lastTransitionTime": since}
-    if reason and not ok:
-        cond["reason"] = reason
-    return cond
+def _condition(
+    kind: str, ok: bool, since: str, reason: str | None = None, reason_if_ok: str | None = None
+) -> dict[str, Any]:
+    # The reason is always written, null when there is none: the status is sent as a strategic
+    # merge patch, which would otherwise keep a reason from the condition's earlier status.
+    return {
+        "type": kind,
+        "status": "True" if ok else "False",
+        "lastTransitionTime": since,
+        "reason": reason_if_ok if ok else reason,
+    }
 
 
 def pod_status(
@@ -148,6 +154,7 @@ def pod_status(
     ready = phase == "Running" and all(c.running for c in main)
     since = now_iso()
     terminal = phase in ("Succeeded", "Failed")
+    unready = {"Succeeded": "PodCompleted", "Failed": "PodFailed"}.get(phase, "ContainersNotReady")
     status: dict[str, Any] = {
         "phase": phase,
         "hostIP": host_ip,
@@ -155,11 +162,19 @@ def pod_status(
         "podIP": host_ip,
         "podIPs": [{"ip": host_ip}],
         "startTime": start_time,
+        # Kubelet's reasons (status/generate.go): a terminal pod's sandbox is gone, its readiness
+        # ended with its phase, and a pod that succeeded completed its initialisation.
         "conditions": [
-            _condition("PodReadyToStartContainers", not terminal, since),
-            _condition("Initialized", initialized(init), since, "ContainersNotInitialized"),
-            _condition("Ready", ready, since, "PodCompleted" if terminal else "ContainersNotReady"),
-            _condition("ContainersReady", ready, since, "PodCompleted" if terminal else "ContainersNotReady"),
+            _condition("PodReadyToStartContainers", not terminal, since, "PodSandboxNotReady"),
+            _condition(
+                "Initialized",
+                initialized(init) or phase == "Succeeded",
+                since,
+                "ContainersNotInitialized",
+                "PodCompleted" if phase == "Succeeded" else None,
+            ),
+            _condition("Ready", ready, since, unready),
+            _condition("ContainersReady", ready, since, unready),
             _condition("PodScheduled", True, since),
         ],
         "containerStatuses": [c.to_status(pod_uid) for c in main],

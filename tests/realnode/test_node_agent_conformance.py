@@ -142,7 +142,10 @@ def run_on(core: client.CoreV1Api, namespace: str, node: str, name: str) -> dict
 
     def follow() -> None:
         for event in watch.Watch().stream(
-            core.list_namespaced_pod, namespace, field_selector=f"metadata.name={pod_name}", timeout_seconds=150
+            core.list_namespaced_pod,
+            namespace,
+            field_selector=f"metadata.name={pod_name}",
+            timeout_seconds=150,
         ):
             raw = client.ApiClient().sanitize_for_serialization(event["object"])
             if event["type"] == "DELETED":
@@ -159,8 +162,13 @@ def run_on(core: client.CoreV1Api, namespace: str, node: str, name: str) -> dict
     core.create_namespaced_pod(namespace, pod)
     if delete:
         wait_for(
-            lambda: last.get("status", {}).get("phase") == "Running"
-            and all("running" in (c.get("state") or {}) for c in last["status"].get("containerStatuses") or [{}]),
+            lambda: (
+                last.get("status", {}).get("phase") == "Running"
+                and all(
+                    "running" in (c.get("state") or {})
+                    for c in last["status"].get("containerStatuses") or [{}]
+                )
+            ),
             f"{pod_name} to run",
             timeout=60,
         )
@@ -170,7 +178,9 @@ def run_on(core: client.CoreV1Api, namespace: str, node: str, name: str) -> dict
     return observed(last)
 
 
-def test_the_node_agent_reports_what_kubelet_reports(real_core: client.CoreV1Api, real_namespace: str) -> None:
+def test_the_node_agent_reports_what_kubelet_reports(
+    real_core: client.CoreV1Api, real_namespace: str
+) -> None:
     differences: dict[tuple[str, str], tuple[Any, Any]] = {}
     for name in SPECS:
         ours = run_on(real_core, real_namespace, PROCESS_NODE, name)
@@ -179,7 +189,9 @@ def test_the_node_agent_reports_what_kubelet_reports(real_core: client.CoreV1Api
         for field in sorted(set(ours) | set(theirs)):
             if ours.get(field) != theirs.get(field):
                 differences[(name, field)] = (ours.get(field), theirs.get(field))
-    report = "\n".join(f"{spec:13} {field:40} agent={a!r} kubelet={b!r}" for (spec, field), (a, b) in differences.items())
+    report = "\n".join(
+        f"{spec:13} {field:40} agent={a!r} kubelet={b!r}" for (spec, field), (a, b) in differences.items()
+    )
     print(report)
     # The executor's verdict is the same on both nodes for every spec, whatever else differs.
     assert not [key for key in differences if key[1] == "verdict"], report

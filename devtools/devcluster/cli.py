@@ -35,6 +35,12 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(in_cluster=args.in_cluster)
 
 
+def _image(args: argparse.Namespace) -> int:
+    from devcluster import image
+
+    return image.build_command(no_cache=args.no_cache)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="k8s-executor-dev")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -55,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         help="install Airflow into the cluster from deploy/in-cluster/ (the scheduler as a pod)",
     )
     demo.set_defaults(func=_demo)
+    image = commands.add_parser("image", help="build the deployable image here (buildah), as OCI archives")
+    image.add_argument("action", choices=["build"])
+    image.add_argument("--no-cache", action="store_true", help="build again even if the archives are cached")
+    image.set_defaults(func=_image)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

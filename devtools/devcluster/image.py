@@ -14,10 +14,12 @@ into them: the constraints and this module's recipe for the base; the base's key
 Dockerfile and the files it copies for the project image. A build with nothing changed builds
 nothing. Building needs root, `mmdebstrap` and `buildah` (Debian packages), and PyPI.
 
-What the stand-in does not have of the official image: Debian's Python 3.11 (not a Python built
-from source in /usr/python), only the `cncf-kubernetes` and `postgres` extras, none of the
-database clients and tools the official image carries (git, ssh, sudo, ...), and its entrypoint
-leaves out the Celery broker wait, `_AIRFLOW_WWW_USER_CREATE` and `_PIP_ADDITIONAL_REQUIREMENTS`.
+Where the stand-in differs from the official image: Debian's Python 3.11 (not a Python built
+from source in /usr/python); only the `cncf-kubernetes` and `postgres` extras; none of the
+database clients and tools the official image carries (git, ssh, sudo, ...); the bytecode pip
+compiled is kept (the official image deletes it); its entrypoint runs a first argument that is
+a program on PATH (the official one hands it to airflow) and leaves out the Celery broker wait,
+`_AIRFLOW_WWW_USER_CREATE` and `_PIP_ADDITIONAL_REQUIREMENTS`.
 """
 
 from __future__ import annotations

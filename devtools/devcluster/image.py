@@ -33,13 +33,16 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 from devcluster import REPOSITORY, build
 
@@ -407,8 +410,16 @@ class _Steps:
         with self.log.open("ab") as out:
             out.write(f"\n$ {shlex.join(argv)}\n".encode())
             out.flush()
+            # Its own process group, so that an interrupted build stops every process it started
+            # (mmdebstrap waits for its hook; pip runs in the chroot under it).
             proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=self.env, cwd=cwd
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=cwd,
+                start_new_session=True,
             )
             try:
                 while True:
@@ -418,12 +429,7 @@ class _Steps:
                     except subprocess.TimeoutExpired:
                         self.say(f"  ... {title}: {time.monotonic() - started:.0f}s, {self._last_line()}")
             except BaseException:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                _stop_group(proc)
                 raise
         if code:
             raise BuildError(f"{title} failed (exit {code}); the end of {self.log}:\n{self._tail(20)}")
@@ -446,6 +452,34 @@ class _Steps:
     def _last_line(self) -> str:
         last = [line for line in self._tail(5).splitlines() if line.strip()]
         return (last[-1].strip()[:110]) if last else "(no output yet)"
+
+
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    for sig, wait_s in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 10.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@contextlib.contextmanager
+def _sigterm_stops_the_build() -> Iterator[None]:
+    """SIGTERM raises, so that the build's cleanup runs (Python's default would end it at once)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise BuildError("stopped by SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class _Buildah:
@@ -644,7 +678,14 @@ def build_images(no_cache: bool = False, say: Callable[[str], None] = print) -> 
     if base_cached and project_cached:
         return Built(BASE_IMAGE, base_archive, 0.0, True), Built(PROJECT_IMAGE, project_archive, 0.0, True)
     ensure_tools()
-    with _build_lock():
+    with _sigterm_stops_the_build(), _build_lock():
+        # Another build may have written them while this one waited for the lock.
+        base_cached = base_archive.exists() and not no_cache
+        project_cached = project_archive.exists() and not no_cache
+        if base_cached and project_cached:
+            return Built(BASE_IMAGE, base_archive, 0.0, True), Built(
+                PROJECT_IMAGE, project_archive, 0.0, True
+            )
         work = Path(tempfile.mkdtemp(prefix=_WORK_PREFIX, dir=images_dir()))
         (work / "tmp").mkdir()
         log = images_dir() / "airflow-image-build.log"

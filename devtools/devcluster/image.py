@@ -94,11 +94,11 @@ AIRFLOW_REQUIREMENT = f"apache-airflow[cncf-kubernetes,postgres]=={AIRFLOW_VERSI
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # Run by mmdebstrap once the packages are installed, with /proc, /sys, /dev and the host's
-# resolv.conf in the chroot: $1 the root, $2 pip's cache on the host, $3 the constraints file,
-# $4 the certificates this machine's pip trusts (a proxy's own authority may be among them).
+# resolv.conf in the chroot: $1 the root, $2 the constraints file, $3 the certificates this
+# machine's pip trusts (a proxy's own authority may be among them), used by pip and removed.
 CUSTOMIZE_SCRIPT = f"""\
 set -eu
-root=$1 pip_cache=$2 constraints=$3 certificates=$4
+root=$1 constraints=$2 certificates=$3
 # The official image's user: airflow, uid {AIRFLOW_UID}, primary group root, also in group root.
 echo "airflow:x:{AIRFLOW_UID}:0:airflow:{USER_HOME}:/bin/bash" >> "$root/etc/passwd"
 echo "airflow:*:19000:0:99999:7:::" >> "$root/etc/shadow"
@@ -106,23 +106,16 @@ sed -i 's/^root:x:0:$/root:x:0:airflow/' "$root/etc/group"
 mkdir -p "$root{USER_HOME}" "$root{AIRFLOW_HOME}/dags" "$root{AIRFLOW_HOME}/logs"
 cp "$constraints" "$root{USER_HOME}/constraints.txt"
 chown -R {AIRFLOW_UID}:0 "$root{USER_HOME}" "$root{AIRFLOW_HOME}"
-# pip's downloads are kept on the host between builds, mounted only while pip runs.
-mkdir -p "$root/tmp/pip-cache"
-mount --bind "$pip_cache" "$root/tmp/pip-cache"
-trap 'umount "$root/tmp/pip-cache"' EXIT
 cp "$certificates" "$root/tmp/build-certificates.crt"
 as_airflow() {{
     chroot --userspec={AIRFLOW_UID}:0 "$root" env -i HOME={USER_HOME} LANG=C.UTF-8 \\
-        PATH={VENV}/bin:{SYSTEM_PATH} PIP_CACHE_DIR=/tmp/pip-cache PIP_CERT=/tmp/build-certificates.crt \\
+        PATH={VENV}/bin:{SYSTEM_PATH} PIP_NO_CACHE_DIR=1 PIP_CERT=/tmp/build-certificates.crt \\
         PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_PROGRESS_BAR=off "$@"
 }}
 as_airflow python3 -m venv {VENV}
 as_airflow pip install "pip=={PIP_VERSION}"
 as_airflow pip install --constraint {USER_HOME}/constraints.txt "{AIRFLOW_REQUIREMENT}"
 as_airflow pip check
-umount "$root/tmp/pip-cache"
-trap - EXIT
-rmdir "$root/tmp/pip-cache"
 rm "$root/tmp/build-certificates.crt"
 # Group 0 may do what the owner may (OpenShift's convention, the official image's), and may add
 # an arbitrary uid to /etc/passwd (the entrypoint does).
@@ -568,14 +561,11 @@ def _build_lock() -> Iterator[None]:
 
 def _build_base(bud: _Buildah, steps: _Steps, work: Path, key: str, archive: Path) -> None:
     """mmdebstrap into a scratch container's root, configure it, commit and push it."""
-    pip_cache = images_dir() / "pip-cache"
-    pip_cache.mkdir(exist_ok=True)
-    os.chown(pip_cache, AIRFLOW_UID, 0)
     script = work / "customize.sh"
     script.write_text(CUSTOMIZE_SCRIPT)
     container = bud("from", "--quiet", "--name", f"airflow-base-{key}", "scratch")
     root = Path(bud("mount", container))
-    arguments = [str(script), '"$1"', str(pip_cache), str(CONSTRAINTS), str(host_certificates())]
+    arguments = [str(script), '"$1"', str(CONSTRAINTS), str(host_certificates())]
     hook = "sh " + " ".join(a if a == '"$1"' else shlex.quote(a) for a in arguments)
     steps.say(f"  base: Debian {SUITE} ({', '.join(PACKAGES)}), then pip install {AIRFLOW_REQUIREMENT}")
     steps.run(

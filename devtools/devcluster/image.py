@@ -276,8 +276,8 @@ def base_key(constraints: bytes, recipe: Mapping[str, object]) -> str:
 
 
 def tree_files(root: Path, paths: tuple[str, ...]) -> list[Path]:
-    """The files under `paths` (relative to `root`) a build copies, in a stable order;
-    bytecode caches are left out (pip builds the wheel from the sources alone)."""
+    """The files under `paths` (relative to `root`) a build copies, in a stable order; bytecode
+    caches and egg-info metadata are left out (pip builds from the sources and writes its own)."""
     found: list[Path] = []
     for name in paths:
         path = root / name
@@ -285,7 +285,7 @@ def tree_files(root: Path, paths: tuple[str, ...]) -> list[Path]:
             found.append(path)
             continue
         for directory, dirs, files in os.walk(path):
-            dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+            dirs[:] = sorted(d for d in dirs if d != "__pycache__" and not d.endswith(".egg-info"))
             found.extend(Path(directory) / f for f in sorted(files) if not f.endswith((".pyc", ".pyo")))
     return found
 

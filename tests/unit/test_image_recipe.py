@@ -56,8 +56,9 @@ def test_base_key_follows_the_constraints_and_the_recipe() -> None:
     assert key != image.base_key(b"apache-airflow==3.3.2\n", {**recipe, "packages": ["python3"]})
 
 
-def test_project_key_follows_the_sources_but_not_their_bytecode(tmp_path: Path) -> None:
+def test_project_key_follows_the_sources_but_not_their_bytecode_or_egg_info(tmp_path: Path) -> None:
     (tmp_path / "src" / "pkg" / "__pycache__").mkdir(parents=True)
+    (tmp_path / "src" / "pkg.egg-info").mkdir()
     (tmp_path / "pyproject.toml").write_text("[project]\n")
     module = tmp_path / "src" / "pkg" / "__init__.py"
     module.write_text("A = 1\n")
@@ -68,6 +69,7 @@ def test_project_key_follows_the_sources_but_not_their_bytecode(tmp_path: Path) 
 
     first = key()
     (tmp_path / "src" / "pkg" / "__pycache__" / "__init__.cpython-311.pyc").write_bytes(b"\0")
+    (tmp_path / "src" / "pkg.egg-info" / "SOURCES.txt").write_text("src/pkg/__init__.py\n")
     assert key() == first
     assert key(base="other base") != first
     assert key(dockerfile=b"FROM y\n") != first

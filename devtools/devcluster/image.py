@@ -553,9 +553,11 @@ def _build_lock() -> Iterator[None]:
     images_dir().mkdir(parents=True, exist_ok=True)
     with (images_dir() / ".airflow-image.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        # Work directories left by a build that was killed: no build runs now but this one.
+        # What a build that was killed left: no build runs now but this one.
         for stale in images_dir().glob(_WORK_PREFIX + "*"):
             _remove_work_dir(stale)
+        for partial in images_dir().glob("airflow-*.oci.tar.partial"):
+            partial.unlink()
         yield
 
 
@@ -663,19 +665,16 @@ def build_images(no_cache: bool = False, say: Callable[[str], None] = print) -> 
     bkey = base_key(CONSTRAINTS.read_bytes(), base_recipe())
     pkey = project_key(bkey, DOCKERFILE.read_bytes(), REPOSITORY, PROJECT_SOURCES)
     base_archive, project_archive = base_archive_path(bkey), project_archive_path(pkey)
-    base_cached = base_archive.exists() and not no_cache
-    project_cached = project_archive.exists() and not no_cache
-    if base_cached and project_cached:
-        return Built(BASE_IMAGE, base_archive, 0.0, True), Built(PROJECT_IMAGE, project_archive, 0.0, True)
+    cached = (Built(BASE_IMAGE, base_archive, 0.0, True), Built(PROJECT_IMAGE, project_archive, 0.0, True))
+    if base_archive.exists() and project_archive.exists() and not no_cache:
+        return cached
     ensure_tools()
     with _sigterm_stops_the_build(), _build_lock():
         # Another build may have written them while this one waited for the lock.
         base_cached = base_archive.exists() and not no_cache
         project_cached = project_archive.exists() and not no_cache
         if base_cached and project_cached:
-            return Built(BASE_IMAGE, base_archive, 0.0, True), Built(
-                PROJECT_IMAGE, project_archive, 0.0, True
-            )
+            return cached
         work = Path(tempfile.mkdtemp(prefix=_WORK_PREFIX, dir=images_dir()))
         (work / "tmp").mkdir()
         log = images_dir() / "airflow-image-build.log"
@@ -683,7 +682,7 @@ def build_images(no_cache: bool = False, say: Callable[[str], None] = print) -> 
         run_dirs = [Path("/run/containers/networks"), Path("/run/containers")]
         created = [d for d in run_dirs if not d.exists()]
         env = dict(os.environ, TMPDIR=str(work / "tmp"), BUILDAH_ISOLATION="chroot")
-        steps = _Steps(log, lambda line: say(line), env)
+        steps = _Steps(log, say, env)
         bud: _Buildah | None = None
         try:
             driver = _choose_driver(steps, work)

@@ -7,8 +7,10 @@ Run inside a mount namespace of its own (`unshare --mount`), it first bind-mount
 the container's volumes at their mount paths (`--mount`), so the mounts are seen
 by this container only, as a runtime's are. It ignores SIGTERM itself, so the agent's SIGTERM to the process group reaches
 the command the way a container's PID 1 receives it. It also plays the cgroup
-memory limit: a command whose resident memory passes the limit is killed with
-SIGKILL and reported as `OOMKilled`.
+memory limit as the kernel's OOM killer does on cgroup v1 (mm/oom_kill.c): when the
+container's processes together pass the limit, the largest one is killed with SIGKILL, and
+the container is reported `OOMKilled` when it ends, whatever its exit code (containerd keeps
+the OOM event's reason). A main process that survives its child's death goes on.
 """
 
 from __future__ import annotations
@@ -54,12 +56,11 @@ def main() -> None:
             break
         except subprocess.TimeoutExpired:
             members = process_tree.tree(child.pid) if args.memory_limit else {}
-            if sum(map(process_tree.resident_bytes, members.values())) > args.memory_limit > 0:
+            sizes = {pid: process_tree.resident_bytes(proc) for pid, proc in members.items()}
+            if sum(sizes.values()) > args.memory_limit > 0:
                 reason = "OOMKilled"
-                # As when a container's cgroup runs out: every process in it goes, not only the first.
-                for pid in members:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(max(sizes, key=lambda pid: sizes[pid]), signal.SIGKILL)
     if code < 0:
         code = 128 - code
     if reason is None:

@@ -24,12 +24,19 @@ def _container_failure(statuses: list[dict[str, Any]]) -> tuple[str, str] | None
     """The first failed container's story, and its reason."""
     for status in statuses:
         terminated = (status.get("state") or {}).get("terminated")
-        if terminated and terminated.get("exitCode", 0) != 0:
+        if terminated and (terminated.get("exitCode", 0) != 0 or terminated.get("reason") == "OOMKilled"):
             reason = terminated.get("reason") or "Error"
-            text = (
-                f"container {status.get('name')!r} exited with code {terminated.get('exitCode')} ({reason})"
-            )
-            if reason == "OOMKilled":
+            code = terminated.get("exitCode", 0)
+            text = f"container {status.get('name')!r} exited with code {code} ({reason})"
+            if reason == "OOMKilled" and code == 0:
+                # The kernel killed the container's largest process (the task's, say) and its main
+                # process went on: containerd keeps the OOM in the reason, with the exit code 0.
+                text = (
+                    f"a process of container {status.get('name')!r} was killed for exceeding the "
+                    "container's memory limit (OOMKilled); the container's main process then exited "
+                    "with code 0"
+                )
+            elif reason == "OOMKilled":
                 text = (
                     f"container {status.get('name')!r} was killed for exceeding its memory limit (OOMKilled)"
                 )
@@ -72,6 +79,10 @@ def pod_state(
     being_deleted = deleted or bool(meta.get("deletionTimestamp"))
     base = [s for s in statuses if s.get("name") == identity.BASE_CONTAINER]
     base_end = (base[0].get("state") or {}).get("terminated") if base else None
+    # Before the phase: a pod whose task process the kernel killed may still have Succeeded.
+    oom = _container_failure(base) if base_end and base_end.get("reason") == "OOMKilled" else None
+    if oom:
+        return _failed(oom[0] + _told(disrupted), oom[1], disrupted)
     if being_deleted and base_end and base_end.get("exitCode", 0) == 0 and _ended_by_deletion(base_end, pod):
         # A task told to stop (SIGTERM) may end cleanly: Airflow 3's task runner fails the task
         # itself and its process then exits 0, which alone would read as a success.

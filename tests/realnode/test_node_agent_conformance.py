@@ -64,6 +64,8 @@ SPECS: dict[str, tuple[str, Any, bool]] = {
     "success": ("echo ok", None, False),
     "failure": ("echo 'disk full'; exit 3", _logs_on_error, False),
     "oom": ('x=$(head -c 200000000 /dev/zero | tr "\\0" a); echo done', _limit, False),
+    # The kernel kills the largest process of the container (cgroup v1); its main process goes on.
+    "child-oom": ('(x=$(head -c 200000000 /dev/zero | tr "\\0" a)); echo survived', _limit, False),
     "bad-image": ("true", _bad_image, False),
     "init-failure": ("echo never", _init_failure, False),
     "deleted": ("trap 'exit 0' TERM; echo ready; while true; do sleep 0.1; done", None, True),
@@ -90,6 +92,7 @@ EXPECTED = {
     "success": ("success", ""),
     "failure": ("failed", "Error"),
     "oom": ("failed", "OOMKilled"),
+    "child-oom": ("failed", "OOMKilled"),
     "bad-image": ("failed", "ImagePullBackOff"),
     "init-failure": ("failed", "Error"),
     "deleted": ("failed", "Deleted"),

@@ -253,3 +253,17 @@ def test_a_task_that_ends_cleanly_once_told_to_stop_was_stopped_by_the_deletion(
     # A pod that succeeded and was then deleted (by the executor, once it saw the end) succeeded.
     done = terminating("Succeeded", [terminated(0, "Completed", finished="2026-01-01T11:59:40Z")])
     assert pod_state(done, now=NOW, deleted=True).verdict == "success"
+
+
+def test_a_task_process_killed_for_memory_fails_its_pod_even_when_the_container_exits_0() -> None:
+    """On cgroup v1 the kernel kills the container's largest process: the task's, under Airflow's
+    supervisor, which reports it and exits 0. containerd keeps the OOM in the reason (seen on the
+    real node: phase Succeeded, exitCode 0, reason OOMKilled)."""
+    state = pod_state(pod("Succeeded", [terminated(0, "OOMKilled")]))
+    assert state.verdict == "failed" and state.cause == "OOMKilled"
+    assert state.reason == (
+        "a process of container 'base' was killed for exceeding the container's memory limit (OOMKilled); "
+        "the container's main process then exited with code 0"
+    )
+    whole = pod_state(pod("Failed", [terminated(137, "OOMKilled")]))
+    assert whole.reason == "container 'base' was killed for exceeding its memory limit (OOMKilled)"

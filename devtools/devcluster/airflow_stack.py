@@ -51,6 +51,12 @@ class AirflowStack:
     pg_port: int = 0
     api_port: int = 0
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # Workers as real containers on the cluster's real node, from this image (docs/real-node.md);
+    # empty: host processes on the process node.
+    worker_image: str = ""
+    # The execution API as workers on the real node reach it: a Service whose endpoint is this
+    # machine's address (no cluster DNS here, so its ClusterIP).
+    api_service_url: str = ""
 
     @property
     def dags_folder(self) -> Path:
@@ -70,6 +76,9 @@ class AirflowStack:
     def pod_template(self) -> Path:
         """The worker pod: host Python, the stack's AIRFLOW_HOME, the same DAG folder."""
         path = self.home / "pod_template.yaml"
+        if self.worker_image:
+            path.write_text(yaml.safe_dump(self.real_node_worker()))
+            return path
         pod = {
             "apiVersion": "v1",
             "kind": "Pod",
@@ -96,6 +105,76 @@ class AirflowStack:
         }
         path.write_text(yaml.safe_dump(pod))
         return path
+
+    def real_node_worker(self) -> dict[str, Any]:
+        """The worker pod on the real node: the built image as the image runs it (user 50000, its
+        own AIRFLOW_HOME), the stack's DAG and log folders mounted where the scheduler has them,
+        as a shared volume would be, and the execution API through its Service."""
+        from devcluster import real_node
+
+        folders = {"dags": self.dags_folder, "logs": self.home / "logs"}
+        settings = {
+            "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
+            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.home / "logs"),
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": self.api_service_url,
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        }
+        return {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "placeholder"},
+            "spec": {
+                "restartPolicy": "Never",
+                "nodeSelector": {real_node.RUNTIME_LABEL: "containerd"},
+                "tolerations": [
+                    {"key": real_node.REAL_NODE_TAINT, "operator": "Exists", "effect": "NoSchedule"}
+                ],
+                "containers": [
+                    {
+                        "name": "base",
+                        "image": self.worker_image,
+                        "imagePullPolicy": "IfNotPresent",
+                        "env": [{"name": k, "value": v} for k, v in settings.items()],
+                        "volumeMounts": [
+                            {"name": name, "mountPath": str(path), "readOnly": name == "dags"}
+                            for name, path in folders.items()
+                        ],
+                    }
+                ],
+                "volumes": [
+                    {"name": name, "hostPath": {"path": str(path)}} for name, path in folders.items()
+                ],
+            },
+        }
+
+    def expose_api_to_pods(self, core: Any) -> None:
+        """A Service without a selector, and its EndpointSlice naming this machine's address: how
+        pods in network namespaces of their own reach the API server running here."""
+        name = "airflow-api"
+        service = core.create_namespaced_service(
+            self.namespace,
+            {
+                "metadata": {"name": name},
+                "spec": {"ports": [{"name": "http", "port": self.api_port, "targetPort": self.api_port}]},
+            },
+        )
+        from kubernetes import client
+
+        client.DiscoveryV1Api(core.api_client).create_namespaced_endpoint_slice(
+            self.namespace,
+            {
+                "metadata": {"name": name, "labels": {"kubernetes.io/service-name": name}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": [self.cluster.host_ip]}],
+                "ports": [{"name": "http", "port": self.api_port, "protocol": "TCP"}],
+            },
+        )
+        self.api_service_url = f"http://{service.spec.cluster_ip}:{self.api_port}/execution/"
+        # The worker writes its log where the scheduler and API server read it, as user 50000.
+        (self.home / "logs").mkdir(exist_ok=True)
+        os.chmod(self.home / "logs", 0o777)
+        os.chmod(self.dags_folder, 0o755)
+        self.pod_template()
 
     def env(self) -> dict[str, str]:
         env = {
@@ -254,6 +333,10 @@ class AirflowStack:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # The real node's workers run as the image's user (50000) and write their logs into the
+            # folders this machine's components make: those must be theirs to write, as on a
+            # shared volume mounted with the workers' group.
+            umask=0 if self.worker_image else -1,
         )
 
     def kill_component(self, component: str, sig: int = signal.SIGKILL) -> None:

@@ -732,13 +732,18 @@ def build_command(no_cache: bool = False) -> int:
 
 def archive_image_names(archive: Path) -> list[str]:
     """The names an OCI archive's index gives its images (`org.opencontainers.image.ref.name`)."""
+    return [name for name, _ in archive_manifests(archive)]
+
+
+def archive_manifests(archive: Path) -> list[tuple[str, str]]:
+    """(name, manifest digest) of each image an OCI archive's index names."""
     with tarfile.open(archive) as tar:
         member = tar.extractfile("index.json")
         if member is None:
             raise ValueError(f"{archive} has no index.json: not an OCI archive")
         index = json.load(member)
     return [
-        name
+        (name, manifest["digest"])
         for manifest in index.get("manifests", [])
         if (name := manifest.get("annotations", {}).get("org.opencontainers.image.ref.name"))
     ]
@@ -755,6 +760,12 @@ def import_into_containerd(archive: Path, address: str, snapshotter: str | None 
     if not names:
         raise ValueError(f"{archive} names no image (no org.opencontainers.image.ref.name)")
     ctr = ["ctr", "--address", address, "--namespace", "k8s.io"]
+    # A node's image store outlives `cluster down`: an image already there under the archive's
+    # digest is not imported again.
+    listed = subprocess.run([*ctr, "images", "ls"], capture_output=True, text=True, check=True)
+    present = {tuple(line.split()[:3:2]) for line in listed.stdout.splitlines()[1:] if line.strip()}
+    if all((name, digest) in present for name, digest in archive_manifests(archive)):
+        return
     options = [f"--snapshotter={snapshotter}"] if snapshotter else []
     done = subprocess.run([*ctr, "images", "import", *options, str(archive)], capture_output=True, text=True)
     if done.returncode:

@@ -1,5 +1,5 @@
-"""Airflow 3's scheduler with this executor, its tasks as real containers on the real node, from
-the image built from deploy/Dockerfile: the specification's forms of executor_config, and the
+"""Airflow 3's scheduler with LocalKubernetesExecutor, its `kubernetes` queue's tasks as real
+containers on the real node, from the image built from deploy/Dockerfile: the specification's forms of executor_config, and the
 endings kubelet and the kernel produce, each explained in its task's log."""
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ def stack(real_cluster: control_plane.ClusterState, real_core: client.CoreV1Api)
         home=Path(tempfile.mkdtemp(prefix="k8s-executor-real-")),
         cluster=real_cluster,
         namespace=namespace,
+        executor="k8s_executor.LocalKubernetesExecutor",
         worker_image=project.name,
         extra_env={
             "AIRFLOW__KUBERNETES_EXECUTOR__CONFIG_FILE": str(kubeconfig),
@@ -100,6 +101,17 @@ def log_saying(stack: AirflowStack, task_id: str, words: str, timeout: float = 9
         timeout=timeout,
         interval=1,
     )
+
+
+def test_the_default_queue_runs_here_and_the_kubernetes_queue_in_pods(
+    stack: AirflowStack, real_core: client.CoreV1Api
+) -> None:
+    assert ended(stack, "local_task") == "success"
+    assert "uid 0" in stack.task_log("real_node", RUN, "local_task")
+    ran_in_pods = {
+        p.metadata.annotations["task_id"] for p in real_core.list_namespaced_pod(stack.namespace).items
+    }
+    assert "local_task" not in ran_in_pods and "hello" in ran_in_pods
 
 
 def test_a_task_over_its_memory_limit_is_oom_killed_and_says_so(stack: AirflowStack) -> None:

@@ -1,5 +1,6 @@
 """Tasks in real containers on the real node, from the image built from deploy/Dockerfile: the
-specification's forms of executor_config, and the endings kubelet and the kernel produce.
+specification's forms of executor_config, and the endings kubelet and the kernel produce. The
+scheduler runs LocalKubernetesExecutor: every task is on the `kubernetes` queue but `local_task`.
 Checked by tests/realnode/test_airflow_on_real_node.py."""
 
 import datetime
@@ -32,7 +33,11 @@ class Killable(BaseOperator):
         marks.write_text(where())
 
 
-with DAG("real_node", max_active_tasks=8, default_args={"retries": 0}, **ARGS):
+with DAG("real_node", max_active_tasks=9, default_args={"retries": 0, "queue": "kubernetes"}, **ARGS):
+
+    @task(queue="default")
+    def local_task() -> None:
+        print("local task in", where(), flush=True)
 
     @task
     def hello() -> None:
@@ -110,6 +115,7 @@ with DAG("real_node", max_active_tasks=8, default_args={"retries": 0}, **ARGS):
     def init_fails() -> None:
         print("not reached")
 
+    local_task()
     hello()
     dict_form()
     override()

@@ -57,6 +57,8 @@ class AirflowStack:
     # The execution API as workers on the real node reach it: a Service whose endpoint is this
     # machine's address (no cluster DNS here, so its ClusterIP).
     api_service_url: str = ""
+    # Where PostgreSQL listens besides loopback: pods of the real node reach it there.
+    pg_host: str = "127.0.0.1"
 
     @property
     def dags_folder(self) -> Path:
@@ -71,7 +73,12 @@ class AirflowStack:
 
     @property
     def sql_conn(self) -> str:
-        return f"postgresql+psycopg2://airflow:airflow@127.0.0.1:{self.pg_port}/airflow"
+        return f"postgresql+psycopg2://airflow:airflow@{self.pg_host}:{self.pg_port}/airflow"
+
+    @property
+    def api_url(self) -> str:
+        """Where this machine reaches Airflow's API server."""
+        return f"http://127.0.0.1:{self.api_port}"
 
     def pod_template(self) -> Path:
         """The worker pod: host Python, the stack's AIRFLOW_HOME, the same DAG folder."""
@@ -183,7 +190,7 @@ class AirflowStack:
             "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.sql_conn,
-            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{self.api_port}",
+            "AIRFLOW__API__BASE_URL": self.api_url,
             "AIRFLOW__API__PORT": str(self.api_port),
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{self.api_port}/execution/",
             "AIRFLOW__API_AUTH__JWT_SECRET": JWT_SECRET,
@@ -262,6 +269,14 @@ class AirflowStack:
                 check=True,
                 capture_output=True,
             )
+        if self.pg_host != "127.0.0.1":
+            from devcluster import real_node
+
+            with open(data / "pg_hba.conf", "a") as hba:
+                # The real node's pods, and this machine's own components by its address.
+                hba.write(
+                    f"host all all {real_node.CLUSTER_CIDR} trust\nhost all all {self.pg_host}/32 trust\n"
+                )
         subprocess.run(
             [
                 *as_pg,
@@ -271,7 +286,8 @@ class AirflowStack:
                 "-l",
                 str(data / "server.log"),
                 "-o",
-                f"-p {self.pg_port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+                f"-p {self.pg_port} -k {data} -c listen_addresses={','.join(dict.fromkeys(['127.0.0.1', self.pg_host]))}"
+                " -c fsync=off -c max_connections=200",
                 "-w",
                 "start",
             ],
@@ -354,7 +370,7 @@ class AirflowStack:
         while time.monotonic() < deadline:
             with (
                 contextlib.suppress(OSError),
-                urllib.request.urlopen(f"http://127.0.0.1:{self.api_port}/api/v2/monitor/health", timeout=2),
+                urllib.request.urlopen(f"{self.api_url}/api/v2/monitor/health", timeout=2),
             ):
                 return
             time.sleep(0.5)
@@ -405,7 +421,7 @@ class AirflowStack:
         self, path: str, body: dict[str, Any] | None = None, headers: dict[str, str] | None = None
     ) -> Any:
         """Airflow 3's REST API, as the UI calls it (every user is an admin in this stack)."""
-        base = f"http://127.0.0.1:{self.api_port}"
+        base = self.api_url
         token = json.loads(urllib.request.urlopen(f"{base}/auth/token", timeout=10).read())["access_token"]
         request = urllib.request.Request(
             f"{base}{path}",

@@ -32,7 +32,12 @@ def _cluster(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from devcluster.demo import run_demo
 
-    return run_demo(in_cluster=args.in_cluster)
+    if args.in_cluster and args.real_node:
+        print(
+            "--in-cluster runs on the process node; --real-node runs the workers on the real node: choose one"
+        )
+        return 2
+    return run_demo(in_cluster=args.in_cluster, real_node=args.real_node)
 
 
 def _image(args: argparse.Namespace) -> int:
@@ -59,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
         "--in-cluster",
         action="store_true",
         help="install Airflow into the cluster from deploy/in-cluster/ (the scheduler as a pod)",
+    )
+    demo.add_argument(
+        "--real-node",
+        action="store_true",
+        help="run the tasks as real containers (kubelet, containerd) from the image built from deploy/Dockerfile",
     )
     demo.set_defaults(func=_demo)
     image = commands.add_parser("image", help="build the deployable image here (buildah), as OCI archives")

@@ -13,7 +13,8 @@ from typing import NamedTuple
 
 from kubernetes import client, config
 
-from devcluster import REPOSITORY, control_plane
+from devcluster import REPOSITORY, control_plane, image
+from devcluster import real_node as real_node_module
 from devcluster.airflow_stack import AirflowStack
 from devcluster.in_cluster import InClusterAirflow, wait_for_rollout
 from k8s_executor import identity
@@ -23,14 +24,30 @@ DEMO_DAG_ID = "k8s_executor_demo"
 NAMESPACE = "airflow-demo"
 
 
-def run_demo(in_cluster: bool = False) -> int:
+# `--real-node`: a cluster of its own, with a real node beside a process node (docs/real-node.md).
+REAL_NODES = [
+    "--node=name=devnode-1,runtime=process,label.disktype=ssd",
+    "--node=name=real-1,runtime=containerd",
+]
+
+
+def run_demo(in_cluster: bool = False, real_node: bool = False) -> int:
     started = time.monotonic()
-    state = control_plane.up(control_plane.default_cluster_dir())
+    directory = control_plane.default_cluster_dir("real" if real_node else "default")
+    state = control_plane.up(directory, node_args=REAL_NODES if real_node else None)
     print(f"cluster ready at {state.server} ({time.monotonic() - started:.1f}s)", flush=True)
     cfg = client.Configuration()
     config.load_kube_config(str(state.kubeconfig), client_configuration=cfg)
     core = client.CoreV1Api(client.ApiClient(cfg))
-    home = control_plane.default_cluster_dir() / ("airflow-in-cluster" if in_cluster else "airflow")
+    worker_image = ""
+    if real_node:
+        _, project = image.build_images(say=print)
+        image.import_into_containerd(
+            project.archive, str(real_node_module.layout(directory, "real-1").socket)
+        )
+        worker_image = project.name
+        print(f"image {worker_image} on node real-1 ({time.monotonic() - started:.1f}s)", flush=True)
+    home = directory / ("airflow-in-cluster" if in_cluster else "airflow")
     shutil.rmtree(home, ignore_errors=True)
     # Pods are kept (marked done) so that the table below can show them.
     keep_pods = {"AIRFLOW__KUBERNETES_EXECUTOR__DELETE_WORKER_PODS": "False"}
@@ -51,10 +68,13 @@ def run_demo(in_cluster: bool = False) -> int:
             cluster=state,
             namespace=NAMESPACE,
             extra_env=keep_pods,
+            worker_image=worker_image,
         )
     namespace = stack.namespace
     try:
         stack.prepare()
+        if worker_image:
+            stack.expose_api_to_pods(core)
         shutil.copy(DEMO_DAG, stack.dags_folder)
         stack.start()
         if isinstance(stack, InClusterAirflow):

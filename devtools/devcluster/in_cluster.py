@@ -14,9 +14,10 @@ from __future__ import annotations
 import configparser
 import io
 import os
+import random
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +130,7 @@ class InClusterAirflow(AirflowStack):
         """The shipped airflow.cfg with this machine's addresses and folders."""
         cfg = configparser.ConfigParser(interpolation=None)
         cfg.read(MANIFESTS / "airflow.cfg")
-        base = f"http://127.0.0.1:{self.api_port}"
+        base = self.api_url
         cfg["core"]["execution_api_server_url"] = f"{base}/execution/"
         cfg["api"]["base_url"] = base
         cfg["api"]["port"] = str(self.api_port)
@@ -208,3 +209,77 @@ def wait_for_rollout(stack: InClusterAirflow, timeout_s: float = 300) -> None:
             f"deployment/airflow-{component}",
             f"--timeout={left}s",
         )
+
+
+@dataclass
+class RealNodeInClusterAirflow(InClusterAirflow):
+    """deploy/in-cluster/ as shipped, on the cluster's real node: every component a pod of the
+    image built from deploy/Dockerfile (`image`), the shipped airflow.cfg's addresses kept. The
+    overlay differs only where this machine does: the DAG and log folders are host directories, the
+    database is PostgreSQL on this machine's address, and with no cluster DNS the `airflow-api-server`
+    name is given to pods as a host alias of its Service's fixed ClusterIP."""
+
+    image: str = ""
+    api_cluster_ip: str = field(default_factory=lambda: f"10.96.200.{random.randint(10, 250)}")
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.api_cluster_ip}:8080"
+
+    def prepare(self) -> None:
+        self.pg_host = self.cluster.host_ip
+        super().prepare()
+        (self.home / "logs").chmod(0o777)
+
+    def airflow_cfg(self) -> str:
+        cfg = configparser.ConfigParser(interpolation=None)
+        cfg.read_string(super().airflow_cfg())
+        shipped = configparser.ConfigParser(interpolation=None)
+        shipped.read(MANIFESTS / "airflow.cfg")
+        cfg["core"]["execution_api_server_url"] = shipped["core"]["execution_api_server_url"]
+        cfg["api"]["base_url"] = shipped["api"]["base_url"]
+        cfg["api"]["port"] = shipped["api"]["port"]
+        text = io.StringIO()
+        cfg.write(text)
+        return text.getvalue()
+
+    def _on_the_real_node(self) -> dict[str, Any]:
+        from devcluster import real_node
+
+        return {
+            "nodeSelector": {real_node.RUNTIME_LABEL: "containerd"},
+            "tolerations": [{"key": real_node.REAL_NODE_TAINT, "operator": "Exists", "effect": "NoSchedule"}],
+            "hostAliases": [{"ip": self.api_cluster_ip, "hostnames": ["airflow-api-server"]}],
+        }
+
+    def write_overlay(self) -> None:
+        super().write_overlay()
+        path = self.overlay / "kustomization.yaml"
+        kustomization = yaml.safe_load(path.read_text())
+        # The shipped port and command stay: only this machine's differences are patched.
+        kustomization["patches"] = [
+            p for p in kustomization["patches"] if p.get("target", {}).get("name") != "airflow-api-server"
+        ]
+        name, tag = self.image.rsplit(":", 1)
+        kustomization["images"] = [
+            {"name": "my-registry/airflow-k8s-executor", "newName": name, "newTag": tag}
+        ]
+        for kind in ("Deployment", "Job"):
+            patch = {
+                "apiVersion": "batch/v1" if kind == "Job" else "apps/v1",
+                "kind": kind,
+                "metadata": {"name": "any"},
+                "spec": {"template": {"spec": self._on_the_real_node()}},
+            }
+            kustomization["patches"].append({"target": {"kind": kind}, "patch": yaml.safe_dump(patch)})
+        service = [{"op": "add", "path": "/spec/clusterIP", "value": self.api_cluster_ip}]
+        kustomization["patches"].append(
+            {"target": {"kind": "Service", "name": "airflow-api-server"}, "patch": yaml.safe_dump(service)}
+        )
+        path.write_text(yaml.safe_dump(kustomization, sort_keys=False))
+
+    def worker_template(self) -> dict[str, Any]:
+        pod = super().worker_template()
+        pod["spec"].update(self._on_the_real_node())
+        pod["spec"]["containers"][0]["image"] = self.image
+        return pod

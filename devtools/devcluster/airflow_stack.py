@@ -115,14 +115,15 @@ class AirflowStack:
 
     def real_node_worker(self) -> dict[str, Any]:
         """The worker pod on the real node: the built image as the image runs it (user 50000, its
-        own AIRFLOW_HOME), the stack's DAG and log folders mounted where the scheduler has them,
-        as a shared volume would be, and the execution API through its Service."""
+        own AIRFLOW_HOME), the stack's DAG and log folders mounted at the image's own folders, as
+        a shared volume would be, and the execution API through its Service. (The host paths may
+        lie where user 50000 cannot go, /root say: the mounts are kubelet's, as root.)"""
         from devcluster import real_node
 
         folders = {"dags": self.dags_folder, "logs": self.home / "logs"}
         settings = {
-            "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
-            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.home / "logs"),
+            "AIRFLOW__CORE__DAGS_FOLDER": "/opt/airflow/dags",
+            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": "/opt/airflow/logs",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": self.api_service_url,
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         }
@@ -143,8 +144,8 @@ class AirflowStack:
                         "imagePullPolicy": "IfNotPresent",
                         "env": [{"name": k, "value": v} for k, v in settings.items()],
                         "volumeMounts": [
-                            {"name": name, "mountPath": str(path), "readOnly": name == "dags"}
-                            for name, path in folders.items()
+                            {"name": name, "mountPath": f"/opt/airflow/{name}", "readOnly": name == "dags"}
+                            for name in folders
                         ],
                     }
                 ],
@@ -157,7 +158,17 @@ class AirflowStack:
     def expose_api_to_pods(self, core: Any) -> None:
         """A Service without a selector, and its EndpointSlice naming this machine's address: how
         pods in network namespaces of their own reach the API server running here."""
+        from kubernetes import client
+
         name = "airflow-api"
+        discovery = client.DiscoveryV1Api(core.api_client)
+        # A namespace used again (the demo's) keeps the last run's, whose port is gone.
+        for delete in (core.delete_namespaced_service, discovery.delete_namespaced_endpoint_slice):
+            try:
+                delete(name, self.namespace)
+            except client.ApiException as exc:
+                if exc.status != 404:
+                    raise
         service = core.create_namespaced_service(
             self.namespace,
             {
@@ -165,9 +176,7 @@ class AirflowStack:
                 "spec": {"ports": [{"name": "http", "port": self.api_port, "targetPort": self.api_port}]},
             },
         )
-        from kubernetes import client
-
-        client.DiscoveryV1Api(core.api_client).create_namespaced_endpoint_slice(
+        discovery.create_namespaced_endpoint_slice(
             self.namespace,
             {
                 "metadata": {"name": name, "labels": {"kubernetes.io/service-name": name}},

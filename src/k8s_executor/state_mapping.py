@@ -95,7 +95,15 @@ def pod_state(
         text = f"pod was evicted: {status.get('message', '').strip()}"
         return _failed(text + _told(disrupted), "Evicted", disrupted)
     if base_end:
-        lingering = phase != "Failed" and not being_deleted
+        # Kept running by another of its containers (a sidecar): kubelet ends the pod's phase
+        # by itself once all have ended, a moment after the task's (its status lags), so a pod
+        # whose other containers have all ended is left to it.
+        others_run = any(
+            "running" in (s.get("state") or {})
+            for s in init_statuses + statuses
+            if s.get("name") != identity.BASE_CONTAINER
+        )
+        lingering = phase not in ("Failed", "Succeeded") and not being_deleted and others_run
         failure = _container_failure(base)
         if failure is None:
             return PodState("success", lingering=lingering)

@@ -83,6 +83,13 @@ def test_tasks_run_as_real_containers_from_the_built_image(
         assert pod.spec.node_name == REAL_NODE
         assert pod.status.container_statuses[0].container_id.startswith("containerd://")
         assert pod.spec.containers[0].image == image.PROJECT_IMAGE
+    # Left to kubelet, which ends the phase a moment after the task's container (a pod stopped
+    # as soon as its task ended would fail with DeadlineExceeded instead).
+    wait_for(
+        lambda: pod_of(real_core, stack, "hello").status.phase == "Succeeded",
+        "the hello pod to succeed",
+        timeout=60,
+    )
     log = stack.task_log("real_node", RUN, "hello")
     # The image's own user and home, as the official image has them.
     assert "uid 50000 image-home /opt/airflow" in log, log

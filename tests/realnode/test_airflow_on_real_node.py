@@ -129,6 +129,13 @@ def test_a_task_over_its_memory_limit_is_oom_killed_and_says_so(stack: AirflowSt
     assert "a process of container 'base' was killed" in log, log
 
 
+def test_a_worker_that_dies_fails_its_task_with_its_exit_code_and_last_words(stack: AirflowStack) -> None:
+    assert ended(stack, "crash") == "failed"
+    # The pod template asks for FallbackToLogsOnError: kubelet's termination message is the log's end.
+    log = log_saying(stack, "crash", "container 'base' exited with code 137 (Error)")
+    assert "the worker is going down" in log.split("container 'base' exited with code 137 (Error)")[1], log
+
+
 def test_an_image_that_does_not_exist_fails_its_task_with_kubelets_words(stack: AirflowStack) -> None:
     assert ended(stack, "bad_image") == "failed"
     log = stack.task_log("real_node", RUN, "bad_image")

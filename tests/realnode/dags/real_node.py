@@ -33,7 +33,7 @@ class Killable(BaseOperator):
         marks.write_text(where())
 
 
-with DAG("real_node", max_active_tasks=9, default_args={"retries": 0, "queue": "kubernetes"}, **ARGS):
+with DAG("real_node", max_active_tasks=10, default_args={"retries": 0, "queue": "kubernetes"}, **ARGS):
 
     @task(queue="default")
     def local_task() -> None:
@@ -91,6 +91,16 @@ with DAG("real_node", max_active_tasks=9, default_args={"retries": 0, "queue": "
         hog = bytearray(2 * 2**30)
         print("not reached", len(hog))
 
+    @task
+    def crash() -> None:
+        # The worker itself dies (its supervisor, killed): nothing of Airflow's reports the end,
+        # the container's exit code and last words are all there is.
+        import signal
+
+        print("the worker is going down", flush=True)
+        os.kill(os.getppid(), signal.SIGKILL)
+        time.sleep(60)
+
     @task(executor_config={"KubernetesExecutor": {"image": "example.invalid/does-not-exist:1"}})
     def bad_image() -> None:
         print("not reached")
@@ -120,6 +130,7 @@ with DAG("real_node", max_active_tasks=9, default_args={"retries": 0, "queue": "
     dict_form()
     override()
     oom()
+    crash()
     bad_image()
     init_fails()
     Killable(task_id="killable")

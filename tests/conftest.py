@@ -7,6 +7,7 @@ warm start of a few seconds.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import uuid
@@ -52,9 +53,10 @@ def core(api_client: client.ApiClient) -> client.CoreV1Api:
     return client.CoreV1Api(api_client)
 
 
-@pytest.fixture
-def namespace(core: client.CoreV1Api) -> Iterator[str]:
-    name = f"t-{uuid.uuid4().hex[:10]}"
+@contextlib.contextmanager
+def fresh_namespace(core: client.CoreV1Api, prefix: str) -> Iterator[str]:
+    """A new namespace, once pods can be made in it; deleted after."""
+    name = f"{prefix}-{uuid.uuid4().hex[:10]}"
     core.create_namespace({"metadata": {"name": name}})
     # Pods are refused until the service-account controller has made `default`, as in any cluster.
     # After a test restarts the API server, the controller manager's informers back off before
@@ -66,6 +68,12 @@ def namespace(core: client.CoreV1Api) -> Iterator[str]:
     )
     yield name
     core.delete_namespace(name)
+
+
+@pytest.fixture
+def namespace(core: client.CoreV1Api) -> Iterator[str]:
+    with fresh_namespace(core, "t") as name:
+        yield name
 
 
 def admin_settings(cluster: control_plane.ClusterState, **values: object) -> ExecutorSettings:

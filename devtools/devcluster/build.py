@@ -101,20 +101,24 @@ def _go_build(module_dir: Path, out: str, packages: list[str], ldflags: str) -> 
     )
 
 
-def ensure_binaries(log: bool = True) -> Path:
-    """Return the directory holding etcd and the Kubernetes binaries, building what is missing."""
-    target = bin_dir()
-    target.mkdir(parents=True, exist_ok=True)
-    missing = [name for name in KUBE_BINARIES if not (target / name).exists()]
+def _ensure_kube(target: Path, binaries: dict[str, str], log: bool) -> None:
+    missing = [name for name in binaries if not (target / name).exists()]
     if missing:
         if log:
             print(f"building {', '.join(missing)} {kubernetes_version()} (first run only)", flush=True)
         _go_build(
             GO_DIR / "kube",
             str(target) + os.sep,
-            [KUBE_BINARIES[name] for name in missing],
+            [binaries[name] for name in missing],
             _kube_ldflags(kubernetes_version()),
         )
+
+
+def ensure_binaries(log: bool = True) -> Path:
+    """Return the directory holding etcd and the Kubernetes binaries, building what is missing."""
+    target = bin_dir()
+    target.mkdir(parents=True, exist_ok=True)
+    _ensure_kube(target, KUBE_BINARIES, log)
     if not (target / "etcd").exists():
         if log:
             print(f"building etcd {etcd_version()} (first run only)", flush=True)
@@ -126,14 +130,5 @@ def ensure_node_binaries(log: bool = True) -> Path:
     """Return the directory holding kubelet and kube-proxy (the control plane's version),
     building what is missing: several minutes on 2 cores the first time."""
     target = ensure_binaries(log)
-    missing = [name for name in NODE_BINARIES if not (target / name).exists()]
-    if missing:
-        if log:
-            print(f"building {', '.join(missing)} {kubernetes_version()} (first run only)", flush=True)
-        _go_build(
-            GO_DIR / "kube",
-            str(target) + os.sep,
-            [NODE_BINARIES[name] for name in missing],
-            _kube_ldflags(kubernetes_version()),
-        )
+    _ensure_kube(target, NODE_BINARIES, log)
     return target

@@ -12,11 +12,14 @@ so the API server is reached at 127.0.0.1 on a free port.
 from __future__ import annotations
 
 import configparser
+import contextlib
 import io
 import os
 import random
+import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -195,6 +198,24 @@ def _free_port() -> int:
     from devcluster.control_plane import free_port
 
     return free_port()
+
+
+@contextlib.contextmanager
+def installed(airflow: InClusterAirflow, dag_file: Path, dag_id: str) -> Iterator[InClusterAirflow]:
+    """`airflow` installed with `dag_file` in its DAG folder, rolled out and the DAG parsed; removed
+    after, its namespace with it (its home stays, for a post-mortem)."""
+    try:
+        airflow.prepare()
+        shutil.copy(dag_file, airflow.dags_folder)
+        airflow.start()
+        wait_for_rollout(airflow)
+        airflow.wait_for_dag(dag_id)
+        yield airflow
+    finally:
+        airflow.stop()
+        airflow.kubectl(
+            "delete", "namespace", airflow.namespace, "--wait=false", "--ignore-not-found", check=False
+        )
 
 
 def wait_for_rollout(stack: InClusterAirflow, timeout_s: float = 300) -> None:

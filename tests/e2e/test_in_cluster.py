@@ -4,15 +4,14 @@ and only the shipped Role."""
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from devcluster import control_plane
-from devcluster.in_cluster import InClusterAirflow, wait_for_rollout
+from devcluster import control_plane, in_cluster
+from devcluster.in_cluster import InClusterAirflow
 from kubernetes import client
 
 from tests.e2e.conftest import DAGS
@@ -23,21 +22,12 @@ DAG = "e2e_credentials"
 
 
 @pytest.fixture(scope="module")
-def installed(cluster: control_plane.ClusterState, core: client.CoreV1Api) -> Iterator[InClusterAirflow]:
-    namespace = f"incluster-{uuid.uuid4().hex[:6]}"
+def installed(cluster: control_plane.ClusterState) -> Iterator[InClusterAirflow]:
     home = Path(tempfile.mkdtemp(prefix="k8s-executor-in-cluster-"))
     home.chmod(0o755)
-    airflow = InClusterAirflow(home=home, cluster=cluster, namespace=namespace)
-    try:
-        airflow.prepare()
-        shutil.copy(DAGS / f"{DAG}.py", airflow.dags_folder)
-        airflow.start()
-        wait_for_rollout(airflow)
-        airflow.wait_for_dag(DAG)
-        yield airflow
-    finally:
-        airflow.stop()
-        core.delete_namespace(namespace)
+    airflow = InClusterAirflow(home=home, cluster=cluster, namespace=f"incluster-{uuid.uuid4().hex[:6]}")
+    with in_cluster.installed(airflow, DAGS / f"{DAG}.py", DAG) as ready:
+        yield ready
 
 
 def test_the_scheduler_runs_as_a_pod_with_its_service_account(

@@ -7,7 +7,6 @@ cluster up and down, and the teardown proves `down` leaves nothing behind.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,8 +14,7 @@ import pytest
 from devcluster import control_plane, real_node
 from kubernetes import client
 
-from tests.conftest import api_client_for
-from tests.helpers import wait_for
+from tests.conftest import api_client_for, fresh_namespace
 
 REAL_CLUSTER_DIR = Path(
     os.environ.get("K8S_EXECUTOR_REAL_TEST_CLUSTER", str(control_plane.default_cluster_dir("tests-real")))
@@ -51,12 +49,5 @@ def real_core(real_cluster: control_plane.ClusterState) -> client.CoreV1Api:
 
 @pytest.fixture
 def real_namespace(real_core: client.CoreV1Api) -> Iterator[str]:
-    name = f"r-{uuid.uuid4().hex[:10]}"
-    real_core.create_namespace({"metadata": {"name": name}})
-    wait_for(
-        lambda: real_core.list_namespaced_service_account(name).items,
-        f"default service account in {name}",
-        timeout=120,
-    )
-    yield name
-    real_core.delete_namespace(name)
+    with fresh_namespace(real_core, "r") as name:
+        yield name

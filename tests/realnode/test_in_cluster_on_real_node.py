@@ -4,15 +4,14 @@ pod's own projected ServiceAccount token and the shipped Role; its workers real 
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from devcluster import control_plane, image, real_node
-from devcluster.in_cluster import RealNodeInClusterAirflow, wait_for_rollout
+from devcluster import control_plane, image, in_cluster, real_node
+from devcluster.in_cluster import RealNodeInClusterAirflow
 from kubernetes import client
 
 from tests.helpers import wait_for
@@ -23,27 +22,16 @@ DAG = "in_cluster_real"
 
 
 @pytest.fixture(scope="module")
-def installed(
-    real_cluster: control_plane.ClusterState, real_core: client.CoreV1Api
-) -> Iterator[RealNodeInClusterAirflow]:
+def installed(real_cluster: control_plane.ClusterState) -> Iterator[RealNodeInClusterAirflow]:
     _, project = image.build_images(say=print)
     image.import_into_containerd(project.archive, str(real_node.layout(REAL_CLUSTER_DIR, REAL_NODE).socket))
-    namespace = f"incluster-{uuid.uuid4().hex[:6]}"
     home = Path(tempfile.mkdtemp(prefix="k8s-executor-in-cluster-real-"))
     home.chmod(0o755)
     airflow = RealNodeInClusterAirflow(
-        home=home, cluster=real_cluster, namespace=namespace, image=project.name
+        home=home, cluster=real_cluster, namespace=f"incluster-{uuid.uuid4().hex[:6]}", image=project.name
     )
-    try:
-        airflow.prepare()
-        shutil.copy(Path(__file__).parent / "dags_in_cluster" / f"{DAG}.py", airflow.dags_folder)
-        airflow.start()
-        wait_for_rollout(airflow)
-        airflow.wait_for_dag(DAG)
-        yield airflow
-    finally:
-        airflow.stop()
-        real_core.delete_namespace(namespace)
+    with in_cluster.installed(airflow, Path(__file__).parent / "dags_in_cluster" / f"{DAG}.py", DAG) as ready:
+        yield ready
 
 
 def test_the_scheduler_pod_from_the_built_image_runs_a_dag_on_the_real_node(

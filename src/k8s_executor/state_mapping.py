@@ -95,15 +95,15 @@ def pod_state(
         text = f"pod was evicted: {status.get('message', '').strip()}"
         return _failed(text + _told(disrupted), "Evicted", disrupted)
     if base_end:
-        # Kept running by another of its containers (a sidecar): kubelet ends the pod's phase
-        # by itself once all have ended, a moment after the task's (its status lags), so a pod
-        # whose other containers have all ended is left to it.
-        others_run = any(
-            "running" in (s.get("state") or {})
+        # Kept by another of its containers (a sidecar, running or still to start): kubelet ends
+        # the pod's phase by itself once all have ended, a moment after the task's (its status
+        # lags), so a pod whose other containers have all ended is left to it.
+        others_left = any(
+            "terminated" not in (s.get("state") or {})
             for s in init_statuses + statuses
             if s.get("name") != identity.BASE_CONTAINER
         )
-        lingering = phase not in ("Failed", "Succeeded") and not being_deleted and others_run
+        lingering = phase not in ("Failed", "Succeeded") and not being_deleted and others_left
         failure = _container_failure(base)
         if failure is None:
             return PodState("success", lingering=lingering)

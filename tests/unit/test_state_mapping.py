@@ -210,6 +210,9 @@ def test_a_pod_whose_sidecar_outlives_its_task_is_told_to_be_stopped() -> None:
     ).lingering
     native = pod("Running", [terminated(0, "Completed")], initContainerStatuses=[running("proxy")])
     assert pod_state(native).lingering
+    # A sidecar not started yet would run once started.
+    waiting = {"name": "proxy", "state": {"waiting": {"reason": "ContainerCreating"}}}
+    assert pod_state(pod("Running", [terminated(0, "Completed"), waiting])).lingering
     assert not pod_state(pod("Succeeded", [terminated(0, "Completed")])).lingering
     assert not pod_state(
         terminating("Running", [terminated(0, "Completed"), running("proxy")]), now=NOW

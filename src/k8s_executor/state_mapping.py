@@ -59,8 +59,11 @@ def pod_state(
     unschedulable_timeout_s: float = 300.0,
     now: datetime.datetime | None = None,
     deleted: bool = False,
+    deletion_seen_first: bool = False,
 ) -> PodState:
-    """The verdict on a pod's task. `deleted` is set when the pod object is gone.
+    """The verdict on a pod's task. `deleted` is set when the pod object is gone;
+    `deletion_seen_first` when an earlier look at the pod saw its deletion begin while its task
+    still ran (`deletion_began_first`), which the last object may no longer show.
 
     The task is the `base` container's: once it has ended, its exit code is the verdict, whatever
     other containers (sidecars) still do. A pod being deleted is judged when its containers end or
@@ -83,7 +86,12 @@ def pod_state(
     oom = _container_failure(base) if base_end and base_end.get("reason") == "OOMKilled" else None
     if oom:
         return _failed(oom[0] + _told(disrupted), oom[1], disrupted)
-    if being_deleted and base_end and base_end.get("exitCode", 0) == 0 and _ended_by_deletion(base_end, pod):
+    if (
+        being_deleted
+        and base_end
+        and base_end.get("exitCode", 0) == 0
+        and (deletion_seen_first or _ended_by_deletion(base_end, meta))
+    ):
         # A task told to stop (SIGTERM) may end cleanly: Airflow 3's task runner fails the task
         # itself and its process then exits 0, which alone would read as a success.
         what = "pod was deleted while running, before its task finished: its process stopped when told to (exit code 0)"
@@ -212,23 +220,30 @@ def _deleted_by_hand(meta: dict[str, Any]) -> str:
     )
 
 
-def _ended_by_deletion(terminated: dict[str, Any], pod: dict[str, Any]) -> bool:
-    """Whether a container ended once its pod's deletion had begun.
-
-    The deletion began at `deletionTimestamp` minus its grace period. Kubelet ends a deletion by
-    deleting again with a grace of 0, which moves `deletionTimestamp` to that moment: the original
-    grace is then not in the object, and the pod's own `terminationGracePeriodSeconds` stands for
-    it. Both times are whole seconds, so an end in the deletion's own second counts as caused by it.
+def _ended_by_deletion(terminated: dict[str, Any], meta: dict[str, Any]) -> bool:
+    """Whether a container ended once its pod's deletion had begun, as far as the pod object
+    tells: the deletion began at `deletionTimestamp` minus its grace period. Kubelet ends a
+    deletion with a second delete of grace 0, which moves `deletionTimestamp` to that moment and
+    loses the first: the object alone then cannot tell, and only an earlier look can
+    (`deletion_began_first`). Both times are whole seconds, so an end in the deletion's own second
+    counts as caused by it.
     """
-    meta = pod.get("metadata") or {}
     end = parse_time(meta.get("deletionTimestamp"))
     finished = parse_time(terminated.get("finishedAt"))
-    if end is None or finished is None:
-        return False
     grace = meta.get("deletionGracePeriodSeconds")
-    if not grace:
-        grace = (pod.get("spec") or {}).get("terminationGracePeriodSeconds", 30)
+    if end is None or finished is None or not grace:
+        return False
     return finished >= end - datetime.timedelta(seconds=int(grace))
+
+
+def deletion_began_first(pod: dict[str, Any]) -> bool:
+    """The pod is being deleted and its task's container has not ended: if that container then
+    ends, even with 0, it was stopped by the deletion."""
+    if not (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    base = [c for c in statuses if c.get("name") == identity.BASE_CONTAINER]
+    return not (base and "terminated" in (base[0].get("state") or {}))
 
 
 def _grace_overrun(meta: dict[str, Any], now: datetime.datetime) -> bool:
@@ -277,6 +292,7 @@ def observe(
     unschedulable_timeout_s: float = 300.0,
     now: datetime.datetime | None = None,
     deleted: bool = False,
+    deletion_seen_first: bool = False,
 ) -> PodSeen:
     """One raw pod, as the watcher, adoption and the log reader all see it."""
     meta = pod["metadata"]
@@ -292,5 +308,6 @@ def observe(
             unschedulable_timeout_s=unschedulable_timeout_s,
             now=now,
             deleted=deleted,
+            deletion_seen_first=deletion_seen_first,
         ),
     )

@@ -32,7 +32,7 @@ from k8s_executor.kube_client import connect_in_helper, json_lines, list_pods, p
 from k8s_executor.processes import Channel
 from k8s_executor.settings import ExecutorSettings
 from k8s_executor.shapes import Bookmark, PodEvent, PodState, Read, Released, Resync
-from k8s_executor.state_mapping import observe, with_events
+from k8s_executor.state_mapping import deletion_began_first, observe, with_events
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,9 @@ class PodWatch:
         # way to Running changes three or four times while its verdict stays "pending": only news
         # is sent, since the scheduler loop that reads it shares its core with Airflow's.
         self.told: dict[str, tuple[PodState, str]] = {}
+        # Pods seen being deleted while their task ran: kubelet's last delete (grace 0) hides
+        # when a deletion began, so a task that then ends with 0 is known stopped only from here.
+        self.deleting_while_running: set[str] = set()
         self.unreported_reads = 0
         self.reads_reported_at = time.monotonic()
 
@@ -116,6 +119,7 @@ class PodWatch:
         body = read_json(self._call())
         rv = body["metadata"]["resourceVersion"]
         self.cache, self.told = {}, {}
+        self.deleting_while_running &= {pod["metadata"]["uid"] for pod in body["items"]}
         names = set()
         self.unreported_reads += len(body["items"])
         for pod in body["items"]:
@@ -241,16 +245,21 @@ class PodWatch:
         self, pod: dict[str, Any], rv: str, deleted: bool = False, only_if_terminal: bool = False
     ) -> None:
         meta = pod["metadata"]
+        if deletion_began_first(pod):
+            self.deleting_while_running.add(meta["uid"])
         seen = observe(
             pod,
             fatal_waiting_reasons=self.fatal_waiting_reasons,
             unschedulable_timeout_s=self.unschedulable_timeout_s,
             now=datetime.datetime.now(datetime.timezone.utc),
             deleted=deleted,
+            deletion_seen_first=meta["uid"] in self.deleting_while_running,
         )
         state, scheduler_id = seen.state, seen.scheduler_id
         if state.terminal or deleted:
             self.cache.pop(meta["uid"], None)
+        if deleted:
+            self.deleting_while_running.discard(meta["uid"])
         elif state.verdict == "pending" or meta.get("deletionTimestamp"):
             # Judged again as time passes: an Unschedulable pod's timeout, a deleted pod's grace.
             self.cache[meta["uid"]] = pod

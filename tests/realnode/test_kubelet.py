@@ -12,7 +12,7 @@ import pytest
 from devcluster import build, control_plane, oci, real_node
 from kubernetes import client, watch
 
-from k8s_executor.state_mapping import pod_state
+from k8s_executor.state_mapping import deletion_began_first, pod_state
 from tests.helpers import pod_log, wait_for
 from tests.realnode.conftest import PROCESS_NODE, REAL_NODE, on_node
 
@@ -85,10 +85,12 @@ def end_of(core: client.CoreV1Api, namespace: str, name: str, timeout: float = 9
     return wait_for(judged, f"pod {name} to end", timeout=timeout, interval=0.5)
 
 
-def run_and_delete(core: client.CoreV1Api, namespace: str, pod: dict, grace: int) -> dict:
-    """Run `pod`, delete it once running with `grace`, and return its last status before it went."""
+def run_and_delete(core: client.CoreV1Api, namespace: str, pod: dict, grace: int) -> tuple[dict, bool]:
+    """Run `pod`, delete it once running with `grace`: its last status before it went, and
+    whether a look at it saw the deletion begin while its task ran."""
     name = pod["metadata"]["name"]
     last: dict[str, Any] = {}
+    seen_first = [False]
     done = threading.Event()
 
     def follow() -> None:
@@ -97,6 +99,8 @@ def run_and_delete(core: client.CoreV1Api, namespace: str, pod: dict, grace: int
             core.list_namespaced_pod, namespace, field_selector=f"metadata.name={name}", timeout_seconds=120
         ):
             raw = client.ApiClient().sanitize_for_serialization(event["object"])
+            # As the executor's watcher does: what the last object no longer shows.
+            seen_first[0] = seen_first[0] or deletion_began_first(raw)
             if event["type"] == "DELETED":
                 break
             last.clear()
@@ -114,7 +118,7 @@ def run_and_delete(core: client.CoreV1Api, namespace: str, pod: dict, grace: int
     )
     core.delete_namespaced_pod(name, namespace, grace_period_seconds=grace)
     assert done.wait(120), f"pod {name} was not removed"
-    return last
+    return last, seen_first[0]
 
 
 # --- endings kubelet and the kernel produce -----------------------------------------------------
@@ -192,15 +196,17 @@ def test_a_graceful_deletion_sends_sigterm_to_the_task(
     real_core: client.CoreV1Api, real_namespace: str
 ) -> None:
     script = "trap 'echo got TERM; exit 0' TERM; echo ready; while true; do sleep 0.1; done"
-    last = run_and_delete(
+    last, seen_first = run_and_delete(
         real_core, real_namespace, on_node(REAL_NODE, busybox_pod("graceful", script)), grace=5
     )
     terminated = last["status"]["containerStatuses"][0]["state"]["terminated"]
     # The trap ran: the shell ended itself with 0 well inside the grace period, not killed (137).
     assert terminated["exitCode"] == 0, terminated
-    # Kubelet's last delete (grace 0) moved deletionTimestamp past the original grace's start.
-    assert last["metadata"]["deletionGracePeriodSeconds"] == 0
-    state = pod_state(last, deleted=True)
+    # Kubelet's last delete (grace 0) moved deletionTimestamp past the original grace's start: the
+    # last object alone reads as a success, the deletion seen first tells the truth.
+    assert last["metadata"]["deletionGracePeriodSeconds"] == 0 and seen_first
+    assert pod_state(last, deleted=True).verdict == "success"
+    state = pod_state(last, deleted=True, deletion_seen_first=seen_first)
     assert state.verdict == "failed" and state.cause == "Deleted"
     assert "its process stopped when told to (exit code 0)" in state.reason
 

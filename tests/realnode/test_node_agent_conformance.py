@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from kubernetes import client, watch
 
-from k8s_executor.state_mapping import pod_state
+from k8s_executor.state_mapping import deletion_began_first, pod_state
 from tests.helpers import wait_for
 from tests.realnode.conftest import PROCESS_NODE, REAL_NODE, on_node
 from tests.realnode.test_kubelet import FATAL_WAITING, busybox_pod
@@ -103,7 +103,7 @@ EXPECTED = {
 KNOWN: dict[tuple[str, str], str] = {}
 
 
-def observed(pod: dict[str, Any]) -> dict[str, Any]:
+def observed(pod: dict[str, Any], deletion_seen_first: bool = False) -> dict[str, Any]:
     """The fields of a pod the executor reads, with times and ids left out."""
     status = pod.get("status") or {}
     fields: dict[str, Any] = {"phase": status.get("phase"), "reason": status.get("reason")}
@@ -119,7 +119,12 @@ def observed(pod: dict[str, Any]) -> dict[str, Any]:
                 fields[f"{container['name']}.message"] = (detail.get("message") or "").strip()
     for condition in status.get("conditions") or []:
         fields[f"condition.{condition['type']}"] = (condition.get("status"), condition.get("reason"))
-    verdict = pod_state(pod, fatal_waiting_reasons=FATAL_WAITING, deleted=bool(pod.get("_deleted")))
+    verdict = pod_state(
+        pod,
+        fatal_waiting_reasons=FATAL_WAITING,
+        deleted=bool(pod.get("_deleted")),
+        deletion_seen_first=deletion_seen_first,
+    )
     fields["verdict"] = (verdict.verdict, verdict.cause)
     return fields
 
@@ -141,6 +146,7 @@ def run_on(core: client.CoreV1Api, namespace: str, node: str, name: str) -> dict
         pod = change(pod)
     pod_name = pod["metadata"]["name"]
     last: dict[str, Any] = {}
+    seen_first = [False]
     done = threading.Event()
 
     def follow() -> None:
@@ -151,6 +157,7 @@ def run_on(core: client.CoreV1Api, namespace: str, node: str, name: str) -> dict
             timeout_seconds=150,
         ):
             raw = client.ApiClient().sanitize_for_serialization(event["object"])
+            seen_first[0] = seen_first[0] or deletion_began_first(raw)
             if event["type"] == "DELETED":
                 last["_deleted"] = True
                 break
@@ -178,7 +185,7 @@ def run_on(core: client.CoreV1Api, namespace: str, node: str, name: str) -> dict
         time.sleep(1)
         core.delete_namespaced_pod(pod_name, namespace, grace_period_seconds=5)
     assert done.wait(150), f"{pod_name} did not end"
-    return observed(last)
+    return observed(last, seen_first[0])
 
 
 def test_the_node_agent_reports_what_kubelet_reports(

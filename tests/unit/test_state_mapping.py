@@ -1,6 +1,6 @@
 import datetime
 
-from k8s_executor.state_mapping import PodState, describe_events, pod_state, with_events
+from k8s_executor.state_mapping import PodState, deletion_began_first, describe_events, pod_state, with_events
 
 NOW = datetime.datetime(2026, 1, 1, 12, 0, tzinfo=datetime.timezone.utc)
 FATAL = {"ErrImagePull", "CreateContainerConfigError"}
@@ -256,11 +256,14 @@ def test_a_task_that_ends_cleanly_once_told_to_stop_was_stopped_by_the_deletion(
                 )
                 assert "by a person or a tool" in state.reason
     # Kubelet ends a deletion with a delete of grace 0 at the containers' end, which moves
-    # deletionTimestamp: the pod's own grace period stands for the one that was lost.
+    # deletionTimestamp: the object alone no longer tells, an earlier look does.
     final = terminating("Succeeded", [terminated(0, "Completed", finished="2026-01-01T11:59:55Z")])
     final["metadata"].update(deletionTimestamp="2026-01-01T11:59:56Z", deletionGracePeriodSeconds=0)
-    final["spec"] = {"terminationGracePeriodSeconds": 5}
-    assert pod_state(final, now=NOW, deleted=True).cause == "Deleted"
+    assert pod_state(final, now=NOW, deleted=True).verdict == "success"
+    assert pod_state(final, now=NOW, deleted=True, deletion_seen_first=True).cause == "Deleted"
+    assert deletion_began_first(terminating("Running", [running()]))
+    assert not deletion_began_first(terminating("Running", [terminated(0, "Completed")]))
+    assert not deletion_began_first(pod("Running", [running()]))
     # A pod that succeeded and was then deleted (by the executor, once it saw the end) succeeded.
     done = terminating("Succeeded", [terminated(0, "Completed", finished="2026-01-01T11:59:40Z")])
     assert pod_state(done, now=NOW, deleted=True).verdict == "success"

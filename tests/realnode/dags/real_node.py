@@ -98,6 +98,7 @@ with DAG("real_node", max_active_tasks=10, default_args={"retries": 0, "queue": 
         import signal
 
         print("the worker is going down", flush=True)
+        time.sleep(3)  # for the supervisor to pass the line on to the container's log
         os.kill(os.getppid(), signal.SIGKILL)
         time.sleep(60)
 

@@ -130,9 +130,9 @@ def layout(cluster_dir: Path, name: str) -> Layout:
 def missing_capabilities() -> list[str]:
     """What this machine lacks for a real node, in words (empty when it has it all)."""
     missing = []
-    if not any(os.access(f"/sys/fs/cgroup/{c}", os.W_OK) for c in ("memory", "unified", "")) or not (
-        os.access("/sys/fs/cgroup/memory", os.W_OK) or Path("/sys/fs/cgroup/cgroup.controllers").exists()
-    ):
+    cgroup_v1 = os.access("/sys/fs/cgroup/memory", os.W_OK)
+    cgroup_v2 = Path("/sys/fs/cgroup/cgroup.controllers").exists() and os.access("/sys/fs/cgroup", os.W_OK)
+    if not (cgroup_v1 or cgroup_v2):
         missing.append("a writable cgroup hierarchy with the memory controller (/sys/fs/cgroup)")
     if "overlay" not in Path("/proc/filesystems").read_text():
         missing.append("overlayfs (not in /proc/filesystems)")
@@ -406,8 +406,10 @@ def stop_containers(lay: Layout) -> None:
     for task in ctr(lay, "tasks", "ls", "-q", check=False).stdout.split():
         ctr(lay, "tasks", "kill", "--signal", "SIGKILL", task, check=False)
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and ctr(lay, "tasks", "ls", "-q", check=False).stdout.split():
-        for task in ctr(lay, "tasks", "ls", "-q", check=False).stdout.split():
+    while (
+        tasks := ctr(lay, "tasks", "ls", "-q", check=False).stdout.split()
+    ) and time.monotonic() < deadline:
+        for task in tasks:
             ctr(lay, "tasks", "delete", "--force", task, check=False)
         time.sleep(0.2)
     for container in ctr(lay, "containers", "ls", "-q", check=False).stdout.split():

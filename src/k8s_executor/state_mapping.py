@@ -80,7 +80,7 @@ def pod_state(
     disrupted = _disruption(status)
     meta = pod.get("metadata") or {}
     being_deleted = deleted or bool(meta.get("deletionTimestamp"))
-    base = [s for s in statuses if s.get("name") == identity.BASE_CONTAINER]
+    base = _base(statuses)
     base_end = (base[0].get("state") or {}).get("terminated") if base else None
     # Before the phase: a pod whose task process the kernel killed may still have Succeeded.
     oom = _container_failure(base) if base_end and base_end.get("reason") == "OOMKilled" else None
@@ -241,9 +241,13 @@ def deletion_began_first(pod: dict[str, Any]) -> bool:
     ends, even with 0, it was stopped by the deletion."""
     if not (pod.get("metadata") or {}).get("deletionTimestamp"):
         return False
-    statuses = (pod.get("status") or {}).get("containerStatuses") or []
-    base = [c for c in statuses if c.get("name") == identity.BASE_CONTAINER]
+    base = _base((pod.get("status") or {}).get("containerStatuses") or [])
     return not (base and "terminated" in (base[0].get("state") or {}))
+
+
+def _base(statuses: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The task's container's status, as a list of one (or none, before kubelet reports it)."""
+    return [s for s in statuses if s.get("name") == identity.BASE_CONTAINER]
 
 
 def _grace_overrun(meta: dict[str, Any], now: datetime.datetime) -> bool:

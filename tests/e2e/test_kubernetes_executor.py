@@ -163,8 +163,15 @@ def test_pod_deleted_by_hand_fails_its_task_with_the_reason(
     core.delete_namespaced_pod(pod.metadata.name, stack.namespace, grace_period_seconds=1)
     assert stack.wait_for_run("e2e_long", "long-1", timeout=180) == "failed"
     assert stack.task_states("e2e_long", "long-1")[("long_task", -1)][0] == "failed"
-    log = (stack.home / "scheduler.log").read_text()
-    assert f"{pod.metadata.name}: pod was deleted while running, before its task finished" in log
+    # The task runner fails its task itself when told to stop, so the run may end before the
+    # executor's heartbeat has read the pod's end: its reason is awaited, not read once.
+    said = f"{pod.metadata.name}: pod was deleted while running, before its task finished"
+    wait_for(
+        lambda: said in (stack.home / "scheduler.log").read_text(),
+        "the executor to log why the pod's task failed",
+        timeout=60,
+        interval=1,
+    )
 
 
 def test_scheduler_killed_mid_run_loses_and_duplicates_nothing(

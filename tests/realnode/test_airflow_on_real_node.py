@@ -167,6 +167,14 @@ def test_a_graceful_deletion_reaches_the_task_and_its_on_kill(
     mark = stack.home / "logs" / "on_kill"
     wait_for(mark.exists, "on_kill's mark", timeout=30)
     assert pod.metadata.name in mark.read_text()
+    # The task runner fails its task itself (on_kill), so the try may end before the executor has
+    # read the pod's end and noted its reason in the task's log: the note is awaited.
+    said = f"{pod.metadata.name}: pod was deleted while running, before its task finished"
+    wait_for(
+        lambda: said in stack.task_log("real_node", RUN, "killable"),
+        "the executor's note of the deletion in the task's log",
+        timeout=60,
+        interval=1,
+    )
     log = stack.task_log("real_node", RUN, "killable")
-    assert f"{pod.metadata.name}: pod was deleted while running, before its task finished" in log, log
     assert "by a person or a tool" in log

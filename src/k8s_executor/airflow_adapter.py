@@ -220,6 +220,13 @@ def ref_of(key: Any) -> TaskRef:
     return TaskRef(key.dag_id, key.task_id, key.run_id, int(key.try_number), int(key.map_index))
 
 
+def with_fresh_token(workload: Any, executor: Any) -> Any:
+    """Airflow 3: the task's workload with a new token, valid for its queued timeout from now (as
+    the scheduler issues one when it queues a task)."""
+    token = type(workload).generate_token(str(workload.ti.id), executor.jwt_generator)
+    return workload.model_copy(update={"token": token})
+
+
 def is_callback(workload: Any) -> bool:
     return type(workload).__name__ == "ExecuteCallback"
 

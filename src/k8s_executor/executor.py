@@ -22,7 +22,7 @@ from k8s_executor import adoption, airflow_adapter, identity, metrics, task_inst
 from k8s_executor.executor_config import ExecutorConfigError
 from k8s_executor.kube_client import core_api, describe_error
 from k8s_executor.launching import REQUEST_ERRORS
-from k8s_executor.ledger import Action, HandedOver, Launch, Relaunch, Withdrawn, live_schedulers
+from k8s_executor.ledger import Action, HandedOver, Launch, Relaunch, Requeue, Withdrawn, live_schedulers
 from k8s_executor.pod_building import PodBuildError, PodRequest
 from k8s_executor.scheduler import AirflowKubernetesScheduler, PodLaunch, TaskResult
 from k8s_executor.settings import ExecutorSettings
@@ -126,6 +126,8 @@ class KubernetesExecutor(BaseExecutor):
             self.log.warning("task %s: %s", action.ref, note)
             self._note_in_task_log(action.ref, note, ends_try=False)
             metrics.incr("pods.relaunched")
+        elif isinstance(action, Requeue):
+            self._requeue(action)
         elif isinstance(action, HandedOver):
             # Adopted by another scheduler (this one stalled past its health check, say).
             self.running.discard(airflow_adapter.to_airflow_key(action.ref))
@@ -142,6 +144,37 @@ class KubernetesExecutor(BaseExecutor):
             key = airflow_adapter.to_airflow_key(action.ref)
             self.queued_tasks.pop(key, None)
             self.running.discard(key)
+
+    def _requeue(self, action: Requeue) -> None:
+        """A try whose pod the cluster disrupted: its task instance back to queued (if nothing of
+        the task recorded its end meanwhile), and a new pod with a fresh workload token."""
+        assert self.kube_scheduler is not None
+        try:
+            requeued = task_instances.requeue(action.ref, action.ti_state, self.scheduler_id)
+        except Exception:
+            self.log.exception("could not put task %s back to queued after its pod's disruption", action.ref)
+            requeued = False
+        payload = None
+        if requeued:
+            payload = self._fresh_payload(action.payload)
+            note = (
+                f"Kubernetes pod {action.pod} was disrupted by the cluster: {action.reason}. The task "
+                f"is launched again in a new pod (disruption {action.disruption} of at most "
+                f"{action.allowed}, [kubernetes_executor] disruption_retries); its retries are untouched."
+            )
+            self.log.warning("task %s: %s", action.ref, note)
+            self._note_in_task_log(action.ref, note, ends_try=False)
+            metrics.incr("pods.disrupted.relaunched")
+        for todo in self.kube_scheduler.requeued(action.ref, payload):
+            self._do(todo)
+
+    def _fresh_payload(self, payload: object) -> object:
+        """What the try's next pod is built from: on Airflow 3 its workload with a new token (the
+        first may have expired while the task ran), on Airflow 2 its command as it was."""
+        if isinstance(payload, functools.partial) and payload.func == self._request_from_workload:
+            workload = airflow_adapter.with_fresh_token(payload.args[0], self)
+            return functools.partial(self._request_from_workload, workload)
+        return payload
 
     def _ask_airflow(self) -> list[Action]:
         """What only Airflow's database knows, when the ledger asks: which schedulers live, whether
@@ -310,7 +343,9 @@ class KubernetesExecutor(BaseExecutor):
             self._refuse(key, PodBuildError(f"its pod could not be built: {type(exc).__name__}: {exc}"))
             return False
         timeout_s = start_timeout_s or airflow_adapter.task_queued_timeout_s()
-        self.task_queue.put(PodLaunch(pod, request.ref, timeout_s, make_request))
+        self.task_queue.put(
+            PodLaunch(pod, request.ref, timeout_s, make_request, request.executor_config.disruption_retries)
+        )
         return True
 
     def _check_watched(self, namespace: str) -> None:

@@ -89,6 +89,9 @@ class KubernetesExecutorConfig(_Strict):
     scheduler_name: str | None = None
     termination_grace_period_seconds: int | None = None
     host_network: bool | None = None
+    # Not part of the pod: how often this task's pods may be disrupted by the cluster and launched
+    # again without spending its retries ([kubernetes_executor] disruption_retries).
+    disruption_retries: int | None = Field(None, ge=0)
 
     # A size that does not parse is named here, by the key the task wrote, not by the API server's
     # decoder ("quantities must match the regular expression ...", without saying which).
@@ -221,6 +224,8 @@ class ParsedExecutorConfig(BaseModel):
 
     pod_template_file: str | None = None
     overrides: list[dict[str, Any]] = Field(default_factory=list)
+    # The task's own disruption_retries, when it sets one.
+    disruption_retries: int | None = None
 
 
 def parse(executor_config: dict[str, Any] | None) -> ParsedExecutorConfig:
@@ -235,6 +240,7 @@ def parse(executor_config: dict[str, Any] | None) -> ParsedExecutorConfig:
             f"expected {', '.join(TOP_LEVEL_KEYS)}"
         )
     overrides: list[tuple[str, dict[str, Any]]] = []
+    disruption_retries: int | None = None
     dict_form = executor_config.get(DICT_FORM_KEY)
     if dict_form is not None:
         if not isinstance(dict_form, dict):
@@ -242,7 +248,9 @@ def parse(executor_config: dict[str, Any] | None) -> ParsedExecutorConfig:
                 f"executor_config[{DICT_FORM_KEY!r}] must be a dict, got {type(dict_form).__name__}"
             )
         try:
-            overrides.append((DICT_FORM_KEY, KubernetesExecutorConfig(**dict_form).to_pod()))
+            parsed = KubernetesExecutorConfig(**dict_form)
+            overrides.append((DICT_FORM_KEY, parsed.to_pod()))
+            disruption_retries = parsed.disruption_retries
         except ValidationError as exc:
             problems = "; ".join(
                 # Our own validators' words, without pydantic's "Value error, " before them.
@@ -270,4 +278,8 @@ def parse(executor_config: dict[str, Any] | None) -> ParsedExecutorConfig:
         raise ExecutorConfigError(
             f"executor_config['pod_template_file'] must be a path string, got {type(template).__name__}"
         )
-    return ParsedExecutorConfig(pod_template_file=template or None, overrides=[o for _, o in overrides])
+    return ParsedExecutorConfig(
+        pod_template_file=template or None,
+        overrides=[o for _, o in overrides],
+        disruption_retries=disruption_retries,
+    )

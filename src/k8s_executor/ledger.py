@@ -26,6 +26,12 @@ The rules, each in one place:
   it has launches left (`RelaunchRule`), after 1, 2, 4 ... 60 s, and never when too little of
   its time to start is left; whether its task started is the database's word (`questions`,
   then `answered`), and until then its failure is held, not reported;
+- a try whose pod the cluster disrupted (`disrupted`) gets a new pod instead of a failure,
+  at once and with a new workload token, while it has disruptions left (`disruption_retries`)
+  and its task instance is still queued or running with this try on this scheduler: then
+  nothing of the task recorded its own end, and the database's state is put back to queued
+  (`Requeue`, a compare-and-set the executor carries out, answered in `requeued`); a try that
+  fails at last lists every disruption before;
 - a try whose pod name an earlier launch's pod still holds is launched under a new name.
 The ledger owns each try launched in this process (`Try`: its relaunches, its one start
 deadline, how its pod is built, opaque here) as well as each pod. What the executor must
@@ -40,7 +46,7 @@ from __future__ import annotations
 import datetime
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from k8s_executor import identity
@@ -145,7 +151,24 @@ class Withdrawn:
     now: TaskRow | None
 
 
-Action = TaskResult | Dispose | Drop | Launch | Relaunch | HandedOver | Withdrawn
+@dataclass(frozen=True)
+class Requeue:
+    """The try's pod `pod` was disrupted by the cluster (`reason`) while its task instance was
+    `ti_state` (queued or running) with this try: put it back to queued, if it still is, and
+    answer with a new payload (a fresh workload token) through `requeued`. It is disruption
+    `disruption` of at most `allowed`; the task's own retries are untouched."""
+
+    ref: identity.TaskRef
+    pod: str
+    reason: str
+    ti_state: str
+    disruption: int
+    allowed: int
+    # What the try's pods were built from (opaque here): the new one is built from it, afresh.
+    payload: object
+
+
+Action = TaskResult | Dispose | Drop | Launch | Relaunch | Requeue | HandedOver | Withdrawn
 
 
 @dataclass(frozen=True)
@@ -154,7 +177,8 @@ class Questions:
     and the tries whose task instance rows it needs (`answered`)."""
 
     liveness: bool
-    # Tries whose pod failed: did their task start (relaunch, or report the failure)?
+    # Tries whose pod failed: did their task start (relaunch, or report the failure)? For a pod
+    # the cluster disrupted: is its task instance still queued or running with this try (requeue)?
     started: frozenset[identity.TaskRef]
     # Tries whose create has been on its way a while: are they still this scheduler's?
     obsolete: frozenset[identity.TaskRef]
@@ -207,6 +231,18 @@ def relaunch(state: PodState, ti_state: str | None, excluded_causes: frozenset[s
         and state.cause not in excluded_causes
         and state.cause not in _NOT_RELAUNCHED
     )
+
+
+def disrupted(state: PodState) -> bool:
+    """Whether a pod's end was the cluster's doing, not its task's: a DisruptionTarget condition
+    (eviction, preemption, a NoExecute taint, its node gone, kubelet stopping it) or kubelet's
+    node-pressure eviction, which older clusters report without the condition."""
+    return state.verdict == "failed" and (bool(state.disruption) or state.cause == "Evicted")
+
+
+# The task instance states in which a disrupted try is launched again: nothing of the task has
+# recorded its own end (a task that succeeded, or failed by itself, keeps what it recorded).
+_REQUEUED_FROM = frozenset({"queued", "running"})
 
 
 def create_obsolete(ref: identity.TaskRef, row: TaskRow | None, scheduler_id: str) -> bool:
@@ -291,8 +327,17 @@ class Try:
     deadline: float
     launch_failures: int = 0
     relaunch_at: float | None = None
-    # A failure before its task started, held until the database says whether it did.
+    # A failure before its task started, or a disruption, held until the database says whether
+    # the task started (or, for a disruption, whether it is still queued or running).
     held: TaskResult | None = None
+    # Held as a disruption (a requeue may follow), not as a failure before the task started.
+    held_as_disruption: bool = False
+    # How often its pods may be disrupted and launched again, and each disruption so far (its
+    # pod, and the verdict's reason).
+    disruption_retries: int = 0
+    disruptions: list[tuple[str, str]] = field(default_factory=list)
+    # A disruption whose requeue the executor is carrying out (`Requeue`, then `requeued`).
+    requeuing: TaskResult | None = None
 
 
 class PodLedger:
@@ -303,11 +348,13 @@ class PodLedger:
         clock: Callable[[], float],
         unclaimed_grace_s: float = 300.0,
         relaunch: RelaunchRule = RelaunchRule(),
+        disruption_retries: int = 0,
     ) -> None:
         self.scheduler_id = scheduler_id
         self.scheduler_label = identity.safe_label_value(scheduler_id)
         self.disposal = disposal
         self.relaunch_rule = relaunch
+        self.disruption_retries = disruption_retries
         self.clock = clock
         self.unclaimed_grace_s = unclaimed_grace_s
         self.pods: dict[PodKey, Entry] = {}
@@ -341,12 +388,15 @@ class PodLedger:
         name: str,
         timeout_s: float,
         payload: object = None,
+        disruption_retries: int | None = None,
     ) -> None:
         """A create is on its way; the pod fails if it has not started within `timeout_s`. The
-        first launch of a try (with what it is built from, `payload`) starts its time to start."""
+        first launch of a try (with what it is built from, `payload`, and the task's own
+        `disruption_retries` if it sets one) starts its time to start."""
         now = self.clock()
         if ref not in self.tries:
-            self.tries[ref] = Try(ref, payload, timeout_s, now + timeout_s)
+            allowed = self.disruption_retries if disruption_retries is None else disruption_retries
+            self.tries[ref] = Try(ref, payload, timeout_s, now + timeout_s, disruption_retries=allowed)
         self.pods[(namespace, name)] = Entry(ref, namespace, name, now + timeout_s, launched_at=now)
 
     def launched(
@@ -518,7 +568,9 @@ class PodLedger:
         waiting = self.waiting_for_create(0.0)
         for ref, row in rows.items():
             t = self.tries.get(ref)
-            if t is not None and t.held is not None:
+            if t is not None and t.held is not None and t.held_as_disruption:
+                actions += self._decide_requeue(t, row)
+            elif t is not None and t.held is not None:
                 actions += self._decide_relaunch(t, row)
             elif ref in waiting and create_obsolete(ref, row, self.scheduler_id):
                 actions += self.revoke(ref)
@@ -532,9 +584,27 @@ class PodLedger:
         for ref in refs:
             t = self.tries.get(ref)
             if t is not None and t.held is not None:
-                actions.append(t.held)
+                actions.append(self._with_disruptions(t, t.held))
                 del self.tries[ref]
         return actions
+
+    def requeued(self, ref: identity.TaskRef, payload: object | None) -> list[Action]:
+        """The executor's answer to `Requeue`: the task instance is queued again and its new pod is
+        built from `payload`, or (None) it was no longer queued or running with this try, and the
+        disruption is the try's end."""
+        t = self.tries.get(ref)
+        if t is None or t.requeuing is None:
+            return []
+        result, t.requeuing = t.requeuing, None
+        if payload is None:
+            del self.tries[ref]
+            return [self._with_disruptions(t, result)]
+        t.disruptions.append((result.pod, result.state.reason))
+        t.payload = payload
+        # A fresh workload token: the try has its whole time to start again.
+        t.deadline = self.clock() + t.timeout_s
+        self.attempts[ref] += 1
+        return [Launch(ref, payload, t.timeout_s)]
 
     def schedulers_alive(self, labels: set[str]) -> None:
         """Which schedulers Airflow holds alive now (`live_schedulers`)."""
@@ -551,9 +621,13 @@ class PodLedger:
                 t.relaunch_at = None
                 self.attempts[t.ref] += 1
                 actions.append(Launch(t.ref, t.payload, max(t.deadline - now, RELAUNCH_MIN_TIME_LEFT_S)))
-            elif t.held is not None and t.deadline - now <= RELAUNCH_MIN_TIME_LEFT_S:
+            elif (
+                t.held is not None
+                and not t.held_as_disruption
+                and t.deadline - now <= RELAUNCH_MIN_TIME_LEFT_S
+            ):
                 # No answer came while a new pod could still have started: the failure stands.
-                actions.append(t.held)
+                actions.append(self._with_disruptions(t, t.held))
                 del self.tries[t.ref]
         for entry in self.pods.values():
             if entry.settled or now < entry.deadline:
@@ -656,11 +730,59 @@ class PodLedger:
         """A pod's end is its try's, unless the try may get a new pod: then the failure is held
         until the database says whether the task started."""
         t = self.tries.get(result.ref)
-        if t is not None and self._may_relaunch(t, result.state):
-            t.held = result
+        if t is not None and (self._may_requeue(t, result.state) or self._may_relaunch(t, result.state)):
+            t.held, t.held_as_disruption = result, self._may_requeue(t, result.state)
             return []
         self.tries.pop(result.ref, None)
-        return [result]
+        return [self._with_disruptions(t, result) if t is not None else result]
+
+    def _may_requeue(self, t: Try, state: PodState) -> bool:
+        # Tries only, built here: a new pod needs what the first was built from.
+        return (
+            isinstance(t.ref, identity.TaskRef)
+            and t.payload is not None
+            and disrupted(state)
+            and len(t.disruptions) < t.disruption_retries
+        )
+
+    def _decide_requeue(self, t: Try, row: TaskRow | None) -> list[Action]:
+        held = t.held
+        assert held is not None and isinstance(t.ref, identity.TaskRef)
+        t.held = None
+        if (
+            row is None
+            or row.try_number != t.ref.try_number
+            or str(row.queued_by) != self.scheduler_id
+            or row.state not in _REQUEUED_FROM
+        ):
+            # Its task recorded its own end (it finished within its pod's grace period, or failed
+            # itself when told to stop), or the try is no longer this scheduler's.
+            del self.tries[t.ref]
+            return [self._with_disruptions(t, held)]
+        t.requeuing = held
+        return [
+            Requeue(
+                t.ref,
+                held.pod,
+                held.state.reason,
+                str(row.state),
+                len(t.disruptions) + 1,
+                t.disruption_retries,
+                t.payload,
+            )
+        ]
+
+    @staticmethod
+    def _with_disruptions(t: Try, result: TaskResult) -> TaskResult:
+        """A try's failure, with each disruption its earlier pods met."""
+        if not t.disruptions or result.state.verdict != "failed":
+            return result
+        earlier = "; ".join(f"({n}) pod {pod}: {reason}" for n, (pod, reason) in enumerate(t.disruptions, 1))
+        reason = (
+            f"{result.state.reason} [after {len(t.disruptions)} disruption(s) of this try's earlier "
+            f"pods, each launched again (disruption_retries {t.disruption_retries}): {earlier}]"
+        )
+        return TaskResult(result.ref, replace(result.state, reason=reason), result.pod)
 
     def _may_relaunch(self, t: Try, state: PodState) -> bool:
         # Tries only: a callback or a connection test has no task instance that could say whether
@@ -689,7 +811,7 @@ class PodLedger:
             or t.deadline - now <= RELAUNCH_MIN_TIME_LEFT_S
         ):
             del self.tries[t.ref]
-            return [held]
+            return [self._with_disruptions(t, held)]
         t.launch_failures += 1
         delay_s = min(RELAUNCH_MAX_DELAY_S, 2.0 ** (t.launch_failures - 1))
         t.relaunch_at = now + delay_s

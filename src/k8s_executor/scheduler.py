@@ -62,6 +62,8 @@ class PodLaunch:
     start_timeout_s: float
     # What the pod was built from: a new pod of the same try is built from it again.
     payload: object = None
+    # The task's own disruption_retries (executor_config), if it sets one.
+    disruption_retries: int | None = None
 
 
 # Adoption and the sweep list pods directly: a failed list is tried again after these waits.
@@ -185,6 +187,7 @@ class AirflowKubernetesScheduler(LoggingMixin):
                 self.settings.pod_launch_failure_retries,
                 frozenset(self.settings.pod_launch_failure_excluded_container_reasons),
             ),
+            disruption_retries=self.settings.disruption_retries,
         )
         self.fatal_waiting_reasons = frozenset(self.settings.worker_pod_pending_fatal_container_state_reasons)
         self.launcher = LauncherProcess(
@@ -241,11 +244,13 @@ class AirflowKubernetesScheduler(LoggingMixin):
         ref: identity.WorkloadRef | None = None,
         start_timeout_s: float | None = None,
         payload: object = None,
+        disruption_retries: int | None = None,
         **kwargs: Any,
     ) -> None:
         """Create `pod` (a V1Pod or its dict) in the background; its outcome comes back through
         `sync`. `start_timeout_s`: how long its pod may take to start before its try fails;
-        `payload`: what it was built from, handed back by the ledger when the try needs a new pod."""
+        `payload`: what it was built from, handed back by the ledger when the try needs a new pod;
+        `disruption_retries`: the task's own, if it sets one."""
         if unknown := kwargs.keys() - self._ignored:
             # Said once per name: a caller passes the same arguments with every pod.
             self._ignored |= unknown
@@ -259,7 +264,7 @@ class AirflowKubernetesScheduler(LoggingMixin):
         if ref is None:
             raise ValueError(f"pod {meta.get('name')!r} carries no task annotations")
         timeout_s = start_timeout_s or DEFAULT_START_TIMEOUT_S
-        self.ledger.launching(ref, meta["namespace"], meta["name"], timeout_s, payload)
+        self.ledger.launching(ref, meta["namespace"], meta["name"], timeout_s, payload, disruption_retries)
         self.launcher.create(pod, time.monotonic() + timeout_s)
 
     def launch_queued(self) -> None:
@@ -270,7 +275,11 @@ class AirflowKubernetesScheduler(LoggingMixin):
             except queue.Empty:
                 return
             self.run_pod_async(
-                launch.pod, ref=launch.ref, start_timeout_s=launch.start_timeout_s, payload=launch.payload
+                launch.pod,
+                ref=launch.ref,
+                start_timeout_s=launch.start_timeout_s,
+                payload=launch.payload,
+                disruption_retries=launch.disruption_retries,
             )
 
     def attempt(self, ref: identity.WorkloadRef) -> int:
@@ -355,6 +364,10 @@ class AirflowKubernetesScheduler(LoggingMixin):
     def answer(self, rows: dict[identity.TaskRef, TaskRow | None]) -> list[Action]:
         """The database's rows for the tries `questions` named; returns what the executor does."""
         return self._carry_out(self.ledger.answered(rows))
+
+    def requeued(self, ref: identity.TaskRef, payload: object | None) -> list[Action]:
+        """The executor's answer to a `Requeue`: the new pod's payload, or None."""
+        return self._carry_out(self.ledger.requeued(ref, payload))
 
     def unanswerable(self, refs: frozenset[identity.TaskRef]) -> list[Action]:
         """The database could not say whether these tries' tasks had started: their held failures

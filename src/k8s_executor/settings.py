@@ -144,6 +144,16 @@ class ExecutorSettings(BaseModel):
         "Unschedulable, Deleted, CreateRefused) that fail the try instead of launching a new pod. "
         "The default, Error, is a container that ran and exited non-zero before its task started.",
     )
+    disruption_retries: int = Field(
+        3,
+        ge=0,
+        description="New pods for a try whose pod the cluster disrupted (a DisruptionTarget "
+        "condition: eviction, preemption, a NoExecute taint, its node gone, kubelet's node-pressure "
+        "eviction or a graceful node shutdown) while its task instance was still queued or running, "
+        "without spending one of the task's retries; each disruption is explained in the task's log. "
+        'A task may set its own in executor_config ({"KubernetesExecutor": {"disruption_retries": '
+        "N}}). 0: a disruption fails the try, as any failure does.",
+    )
     logs_task_metadata: bool = Field(False, description="Accepted for compatibility; not used.")
     termination_grace_period_seconds: int | None = Field(
         None,

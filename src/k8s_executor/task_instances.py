@@ -8,6 +8,7 @@ rows, which the pure ledger takes as they are.
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Sequence
 from typing import Any
 
@@ -99,3 +100,33 @@ def load_unloaded_columns(tis: Sequence[Any], chunk: int = 1000) -> None:
             where = tuple_(*key_columns).in_(part)
         # Rows of objects already in the session fill in only what those objects lack.
         session.scalars(select(model).where(where)).all()
+
+
+def requeue(ref: TaskRef, from_state: str, scheduler_id: str) -> bool:
+    """Put a try whose pod the cluster disrupted back to queued, for a new pod to start it: one
+    compare-and-set, true only if its task instance was still `from_state` (queued or running)
+    with this try, queued by this scheduler. The same try number, so no retry is spent; a fresh
+    `queued_dttm`, so Airflow's queued timeout counts from now. A task that recorded its own end
+    meanwhile (it finished within its grace period, or failed itself) is left as it is."""
+    from airflow.models.taskinstance import TaskInstance as TI
+    from airflow.utils.session import create_session
+    from sqlalchemy import update
+
+    if not scheduler_id.isdigit():
+        return False  # no scheduler job (a test harness): no task instance is queued by it
+    with create_session() as session:
+        result = session.execute(
+            update(TI)
+            .where(
+                TI.dag_id == ref.dag_id,
+                TI.task_id == ref.task_id,
+                TI.run_id == ref.run_id,
+                TI.map_index == ref.map_index,
+                TI.try_number == ref.try_number,
+                TI.state == from_state,
+                TI.queued_by_job_id == int(scheduler_id),
+            )
+            .values(state="queued", queued_dttm=datetime.datetime.now(datetime.timezone.utc))
+            .execution_options(synchronize_session=False)
+        )
+        return bool(getattr(result, "rowcount", 0) == 1)

@@ -3,7 +3,9 @@
 Each seed draws a history: creates answered late, twice (409) or refused; watch events
 duplicated, interleaved across pods, lost to a 410 and made up by a relist; pods that
 succeed, fail, never start, or are deleted by hand; pods that fail before their task starts
-once (relaunched) or every time (past the launch budget); revocations; scheduler restarts with
+once (relaunched) or every time (past the launch budget); pods disrupted by the cluster while
+their task runs, once (launched again) or every time (past `disruption_retries`), or just after
+their task recorded its own end (the race a relaunch must lose); revocations; scheduler restarts with
 adoption by a successor; a neighbour scheduler, alive throughout, whose pods share the watch
 (Airflow's HA mode) and which may adopt a running pod of the live scheduler (a hand-over);
 Airflow's database answering the ledger's questions late or not at all. The invariants are
@@ -13,6 +15,9 @@ checked as it goes and at the end:
   neighbour adopted it;
 - a try whose pods fail before its task starts is launched again while it has launches and
   time left, never past its budget, and its failure is not reported while it had both;
+- a try whose pod is disrupted is launched again while it has disruptions left and its task
+  instance is still queued or running with it, never past its budget and never once its task
+  recorded its own end; its final failure lists every disruption before;
 - no pod is disposed of twice, and none of a scheduler that still lives, but by itself;
 - nothing waits for ever: once time has run past every deadline, every try has its result.
 A failing seed's history is printed, and reproduces with `simulate(seed)`.
@@ -23,6 +28,7 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import pytest
@@ -40,6 +46,7 @@ from k8s_executor.ledger import (
     PodLedger,
     Relaunch,
     RelaunchRule,
+    Requeue,
     TaskResult,
     Withdrawn,
 )
@@ -53,8 +60,24 @@ ADOPTION_DELAY_S = 20.0
 # Its label sorts after every successor's ("s<n>"), so the successor is the one that disposes of
 # dead schedulers' unclaimed pods (ledger.disposer).
 NEIGHBOUR = "z1"
-FATES = ("success", "failure", "unstartable", "refused", "deleted", "relaunched", "unlaunchable")
+FATES = (
+    "success",
+    "failure",
+    "unstartable",
+    "refused",
+    "deleted",
+    "relaunched",
+    "unlaunchable",
+    "disrupted",
+    "overdisrupted",
+    "raced",
+)
 LAUNCH_RETRIES = 2
+DISRUPTION_RETRIES = 2
+# Evicted while its task ran: the cluster's doing, its DisruptionTarget says so.
+DISRUPTED = PodState(
+    "failed", "pod was deleted while running: evicted", "Deleted", disruption="EvictionByEvictionAPI"
+)
 PENDING = PodState("pending", "")
 RUNNING = PodState("running", "")
 FINAL = {"success": PodState("success", ""), "failure": PodState("failed", "exit code 1", "Error")}
@@ -73,7 +96,10 @@ class Try:
     taken_back: bool = False
     handed: bool = False  # adopted by the live neighbour: its end is the neighbour's to report
     finished: bool = False  # its task ended in its pod (success or failure): an end not to lose
-    started: bool = False  # its task started in one of its pods (the database says `running`)
+    started: bool = False  # its task runs in one of its pods (the database says `running`)
+    recorded: str | None = None  # the end its task recorded itself (the database says it)
+    requeues: int = 0  # disruptions after which it was put back to queued
+    disrupted: bool = False  # one of its pods was disrupted
     unanswered: bool = False  # the database could not be read when its failed launch was asked about
     launched_at: float = 0.0
     pods: int = 0  # pods launched for it
@@ -143,6 +169,7 @@ class World:
             clock=lambda: self.now,
             unclaimed_grace_s=UNCLAIMED_GRACE_S,
             relaunch=RelaunchRule(LAUNCH_RETRIES),
+            disruption_retries=DISRUPTION_RETRIES,
         )
         # Airflow holds alive the scheduler that runs and the neighbour, and no other.
         ledger.schedulers_alive({f"s{self.generation}", NEIGHBOUR})
@@ -169,6 +196,9 @@ class World:
             if isinstance(action, Launch):
                 self._launch_pod(self._by_ref(action.ref), action.start_timeout_s)
                 continue
+            if isinstance(action, Requeue):
+                self._requeue(action)
+                continue
             if isinstance(action, Withdrawn):
                 t = self._by_ref(action.ref)
                 if not (t.revoked or t.taken_back):
@@ -188,6 +218,21 @@ class World:
                 raise Violation(f"{action.name} of live scheduler {pod.scheduler} disposed of by another")
             # Deleted, or labelled done and so out of the watch's selector: gone either way.
             self._gone(pod)
+
+    def _requeue(self, action: Requeue) -> None:
+        """The executor's compare-and-set: the task instance back to queued if it still is what
+        the ledger was told."""
+        t = self._by_ref(action.ref)
+        if action.disruption > DISRUPTION_RETRIES:
+            raise Violation(f"{t.name} requeued for disruption {action.disruption}, past its budget")
+        if t.recorded:
+            raise Violation(f"{t.name} requeued although its task recorded {t.recorded}")
+        row = self._row(t)
+        ok = row is not None and row.state == action.ti_state and row.queued_by == self.scheduler.id
+        self.note(f"  -> requeue {t.name} from {action.ti_state}: {ok}")
+        if ok:
+            t.started, t.requeues = False, t.requeues + 1
+        self.carry_out(self.scheduler.ledger.requeued(action.ref, t.name if ok else None))
 
     def _gone(self, pod: Pod) -> None:
         del self.pods[pod.name]
@@ -235,7 +280,7 @@ class World:
         t.pods += 1
         if t.pods > 1:
             self.note(f"  launch {name} again")
-        if t.pods > 1 + LAUNCH_RETRIES:
+        if t.pods > 1 + LAUNCH_RETRIES + t.requeues:
             raise Violation(f"{t.name} launched {t.pods} times, past its budget")
         self.scheduler.ledger.launching(t.ref, NAMESPACE, name, timeout_s, payload=t.name)
         if t.fate == "refused":
@@ -286,6 +331,14 @@ class World:
             pod.state = RUNNING
             self.note(f"{pod.name} running")
             self._send(pod, RUNNING)
+        elif t.fate == "overdisrupted" or (t.fate in ("disrupted", "raced") and not t.disrupted):
+            t.disrupted = True
+            if t.fate == "raced":
+                # Its task ended and said so through the API just before the eviction's SIGKILL.
+                t.recorded = "success"
+            pod.state = DISRUPTED
+            self.note(f"{pod.name} disrupted{' after its task recorded success' if t.recorded else ''}")
+            self._send(pod, DISRUPTED)
         elif t.fate == "deleted":
             # Its task did not end: a successor that finds no pod hands it back to Airflow to run again.
             self.note(f"{pod.name} deleted by hand")
@@ -329,19 +382,22 @@ class World:
         if jump >= START_TIMEOUT_S / 2:
             # Over half a minute every pod that can start does, and the watch and the launcher
             # are heard: a try fails for not starting only when its pod truly cannot.
-            # (A pod launched again meanwhile, under a new name, starts too.)
-            self._hear_everything()
-            while startable := [
-                p
-                for p in self.pods.values()
-                if p.scheduler != NEIGHBOUR
-                and p.state.verdict == "pending"
-                and self._by_ref(p.ref).fate != "unstartable"
-            ]:
+            # (A pod launched again meanwhile, under a new name, starts too, and so does one a
+            # database answer launched.)
+            while True:
+                self._hear_everything()
+                self._database()
+                startable = [
+                    p
+                    for p in self.pods.values()
+                    if p.scheduler != NEIGHBOUR
+                    and p.state.verdict == "pending"
+                    and self._by_ref(p.ref).fate != "unstartable"
+                ]
+                if not (startable or self.stream or self.scheduler.acks):
+                    break
                 for pod in startable:
                     self._progress_pod(pod)
-                self._hear_everything()
-            self._database()
         self.now += jump
         self.note("tick")
         self.carry_out(self.scheduler.ledger.tick())
@@ -376,17 +432,17 @@ class World:
                 self._by_ref(ref).unanswered = True
             self.carry_out(self.scheduler.ledger.unanswerable(questions.started))
             return
-        rows: dict[identity.TaskRef, TaskRow | None] = {}
-        for ref in asked:
-            t = self._by_ref(ref)
-            if t.revoked or t.taken_back:
-                rows[ref] = TaskRow(1, "scheduled", None)
-            elif t.handed:
-                rows[ref] = TaskRow(1, "running", NEIGHBOUR)
-            else:
-                rows[ref] = TaskRow(1, "running" if t.started else "queued", t.launched_by)
+        rows = {ref: self._row(self._by_ref(ref)) for ref in asked}
         self.note(f"database answers {sorted((r.task_id, row and row.state) for r, row in rows.items())}")
         self.carry_out(self.scheduler.ledger.answered(rows))
+
+    def _row(self, t: Try) -> TaskRow | None:
+        """Its task instance as the database holds it now."""
+        if t.revoked or t.taken_back:
+            return TaskRow(1, "scheduled", None)
+        if t.handed:
+            return TaskRow(1, "running", NEIGHBOUR)
+        return TaskRow(1, t.recorded or ("running" if t.started else "queued"), t.launched_by)
 
     def _steal(self) -> None:
         """The neighbour adopts a running pod of the live scheduler (which it took for dead)."""
@@ -534,8 +590,22 @@ class World:
                 continue
             if not got:
                 raise Violation(f"{t.name} ({t.fate}) never reported")
-            expected = "success" if t.fate in ("success", "relaunched") else "failed"
+            expected = "success" if t.fate in ("success", "relaunched", "disrupted") else "failed"
+            # A disruption is the try's end when its pod was a predecessor's (adopted: nothing to
+            # build a new pod from) or the database could not be read.
+            disruption_ends_it = t.launched_by in self.dead or t.unanswered
             if got[0].verdict == expected:
+                if (
+                    t.fate == "overdisrupted"
+                    and not disruption_ends_it
+                    and (
+                        t.requeues != DISRUPTION_RETRIES
+                        or f"after {DISRUPTION_RETRIES} disruption(s)" not in got[0].reason
+                    )
+                ):
+                    raise Violation(f"{t.name} failed after {t.requeues} disruptions: {got[0].reason}")
+                continue
+            if t.fate == "disrupted" and got[0].disruption and disruption_ends_it:
                 continue
             # A try relaunched may run out of its time to start: then, and only then, it fails.
             out_of_time = t.launched_at + START_TIMEOUT_S - RELAUNCH_MIN_TIME_LEFT_S
@@ -669,3 +739,49 @@ def test_the_simulation_catches_a_launch_failure_reported_with_launches_left() -
     with pytest.raises(Violation, match=r"reported failed|with launches and time left"):
         for seed in range(SEEDS):
             simulate(seed, ledger_class=NeverRelaunches)
+
+
+class NeverRequeues(PodLedger):
+    """A broken rule: a disruption is the try's end, as any failure."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.disruption_retries = 0
+
+
+def test_the_simulation_catches_a_disruption_that_spends_the_try() -> None:
+    with pytest.raises(Violation, match=r"\(disrupted\) reported failed|failed after 0 disruptions"):
+        for seed in range(SEEDS):
+            simulate(seed, ledger_class=NeverRequeues)
+
+
+class RequeuesWithoutEnd(PodLedger):
+    """A broken rule: a disrupted try is launched again whatever its budget."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.disruption_retries = 1_000
+
+
+def test_the_simulation_catches_requeues_past_the_budget() -> None:
+    with pytest.raises(Violation, match="past its budget"):
+        for seed in range(SEEDS):
+            simulate(seed, ledger_class=RequeuesWithoutEnd)
+
+
+class TrustsThePodOverTheDatabase(PodLedger):
+    """A broken rule: a disrupted try is requeued even when its task recorded its own end."""
+
+    def answered(self, rows: Mapping[identity.TaskRef, TaskRow | None]) -> list[Action]:
+        return super().answered(
+            {
+                ref: row._replace(state="running") if row and row.state == "success" else row
+                for ref, row in rows.items()
+            }
+        )
+
+
+def test_the_simulation_catches_a_requeue_of_a_task_that_recorded_its_end() -> None:
+    with pytest.raises(Violation, match="requeued although its task recorded success"):
+        for seed in range(SEEDS):
+            simulate(seed, ledger_class=TrustsThePodOverTheDatabase)

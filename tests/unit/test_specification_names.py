@@ -95,6 +95,7 @@ def test_the_scheduler_launches_what_the_task_queue_holds() -> None:
         "ref",
         "start_timeout_s",
         "payload",
+        "disruption_retries",
     ]
     source = inspect.getsource(AirflowKubernetesScheduler.launch_queued)
     assert "self.task_queue.get_nowait()" in source and "run_pod_async" in source

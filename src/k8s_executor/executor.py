@@ -164,7 +164,7 @@ class KubernetesExecutor(BaseExecutor):
             )
             self.log.warning("task %s: %s", action.ref, note)
             self._note_in_task_log(action.ref, note, ends_try=False)
-            metrics.incr("pods.disrupted.relaunched")
+            metrics.incr(f"pods.disrupted.{action.cause}")
         for todo in self.kube_scheduler.requeued(action.ref, payload):
             self._do(todo)
 
@@ -234,6 +234,8 @@ class KubernetesExecutor(BaseExecutor):
         else:
             reason = f"{result.pod}: {result.state.reason}"
             self.log.warning("%s failed in Kubernetes: %s", key, reason)
+            if result.state.disruption or result.state.cause == "Evicted":
+                metrics.incr(f"pods.disrupted.{result.state.disruption or 'Evicted'}")
             self._note_in_task_log(result.ref, f"Kubernetes pod {reason}", ends_try=True)
             self.change_state(key, failure, reason)
 

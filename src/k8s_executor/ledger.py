@@ -166,6 +166,8 @@ class Requeue:
     allowed: int
     # What the try's pods were built from (opaque here): the new one is built from it, afresh.
     payload: object
+    # The DisruptionTarget reason (or Evicted: kubelet's eviction without the condition).
+    cause: str
 
 
 Action = TaskResult | Dispose | Drop | Launch | Relaunch | Requeue | HandedOver | Withdrawn
@@ -769,6 +771,7 @@ class PodLedger:
                 len(t.disruptions) + 1,
                 t.disruption_retries,
                 t.payload,
+                held.state.disruption or held.state.cause,
             )
         ]
 

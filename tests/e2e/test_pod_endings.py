@@ -27,9 +27,19 @@ def stack(cluster: control_plane.ClusterState, core: client.CoreV1Api) -> Iterat
         yield airflow
 
 
-def pod_of(core: client.CoreV1Api, stack: AirflowStack, task_id: str) -> client.V1Pod | None:
+def pod_of(
+    core: client.CoreV1Api, stack: AirflowStack, task_id: str, running: bool = False
+) -> client.V1Pod | None:
     pods = core.list_namespaced_pod(stack.namespace, label_selector=f"run_id={RUN}").items
-    return next((p for p in pods if p.metadata.annotations.get("task_id") == task_id), None)
+    return next(
+        (
+            p
+            for p in pods
+            if p.metadata.annotations.get("task_id") == task_id
+            and not (running and (p.status.phase != "Running" or p.metadata.deletion_timestamp))
+        ),
+        None,
+    )
 
 
 def state_of(stack: AirflowStack, task_id: str) -> str | None:
@@ -39,18 +49,8 @@ def state_of(stack: AirflowStack, task_id: str) -> str | None:
 def test_pods_end_as_their_task_did(stack: AirflowStack, core: client.CoreV1Api) -> None:
     stack.wait_for_dag(DAG)
     stack.trigger(DAG, RUN)
-    for task_id in ("finishes_in_grace", "evicted"):
-        wait_for(
-            lambda t=task_id: state_of(stack, t) == "running", f"{task_id} to run", timeout=240, interval=1
-        )
-        # Running in the database is not yet running its code: the worker first loads the DAG, and
-        # a SIGTERM then ends it before its handler is set (Airflow's own behaviour).
-        wait_for(
-            lambda t=task_id: f"{t} is running" in stack.task_log(DAG, RUN, t),
-            f"{task_id}'s code to run",
-            timeout=120,
-            interval=1,
-        )
+    for task_id in ("finishes_in_grace", "evicted", "evicted_twice"):
+        code_running(stack, task_id)
 
     # Deleted with a grace period longer than the task has left: the task finishes inside it, and
     # its success stands.
@@ -59,16 +59,31 @@ def test_pods_end_as_their_task_did(stack: AirflowStack, core: client.CoreV1Api)
     core.delete_namespaced_pod(graceful.metadata.name, stack.namespace, grace_period_seconds=60)
 
     # Evicted through the Eviction API (a drain): the API server marks it DisruptionTarget first.
+    # Its task (retries=0) is launched again in a new pod, and succeeds there.
     victim = pod_of(core, stack, "evicted")
     assert victim is not None
-    core.create_namespaced_pod_eviction(
-        victim.metadata.name,
-        stack.namespace,
-        client.V1Eviction(
-            metadata=client.V1ObjectMeta(name=victim.metadata.name, namespace=stack.namespace),
-            delete_options=client.V1DeleteOptions(grace_period_seconds=1),
+    evict(core, victim)
+    # Disrupted twice with its own disruption_retries of 1: the second disruption fails it.
+    first_of_two = pod_of(core, stack, "evicted_twice")
+    assert first_of_two is not None
+    evict(core, first_of_two)
+    second_of_two = wait_for(
+        lambda: (
+            (p := pod_of(core, stack, "evicted_twice", running=True)) is not None
+            and p.metadata.name != first_of_two.metadata.name
+            and p
         ),
+        "evicted_twice's new pod to run",
+        timeout=120,
+        interval=1,
     )
+    wait_for(
+        lambda: stack.task_log(DAG, RUN, "evicted_twice").count("evicted_twice is running") >= 2,
+        "evicted_twice's code to run in its new pod",
+        timeout=120,
+        interval=1,
+    )
+    evict(core, second_of_two)
     assert stack.wait_for_run(DAG, RUN, timeout=300) == "failed", stack.explain_run(DAG, RUN)
     states = {task: state for (task, _), (state, _) in stack.task_states(DAG, RUN).items()}
     assert states == {
@@ -76,13 +91,56 @@ def test_pods_end_as_their_task_did(stack: AirflowStack, core: client.CoreV1Api)
         "native_sidecar_ok": "success",
         "sidecar_fails": "failed",
         "finishes_in_grace": "success",
-        "evicted": "failed",
+        "evicted": "success",
+        "evicted_twice": "failed",
     }, stack.explain_run(DAG, RUN)
     assert "finished inside the grace period" in stack.task_log(DAG, RUN, "finishes_in_grace")
 
+    # The same try, its retries untouched; its log says which pod the cluster ended, how, and that
+    # the task was launched again.
+    assert stack.task_states(DAG, RUN)[("evicted", -1)][1] == 1
     evicted_log = stack.task_log(DAG, RUN, "evicted")
-    assert "evicted through the Eviction API" in evicted_log, evicted_log
-    assert "DisruptionTarget EvictionByEvictionAPI" in evicted_log, evicted_log
+    for words in (
+        f"Kubernetes pod {stack.namespace}/{victim.metadata.name} was disrupted by the cluster",
+        "evicted through the Eviction API",
+        "DisruptionTarget EvictionByEvictionAPI",
+        "disruption 1 of at most 3",
+        "its retries are untouched",
+        "evicted is running (a new pod)",
+    ):
+        assert words in evicted_log, f"{words!r} not in:\n{evicted_log}"
+
+    said = f"after 1 disruption(s) of this try's earlier pods, each launched again (disruption_retries 1): (1) pod {stack.namespace}/{first_of_two.metadata.name}"
+    wait_for(
+        lambda: said in stack.task_log(DAG, RUN, "evicted_twice"),
+        "evicted_twice's failure, with its first disruption, in its log",
+        timeout=60,
+        interval=1,
+    )
+    assert stack.task_log(DAG, RUN, "evicted_twice").count("DisruptionTarget EvictionByEvictionAPI") >= 2
+
+
+def code_running(stack: AirflowStack, task_id: str) -> None:
+    wait_for(lambda: state_of(stack, task_id) == "running", f"{task_id} to run", timeout=240, interval=1)
+    # Running in the database is not yet running its code: the worker first loads the DAG, and a
+    # SIGTERM then ends it before its handler is set (Airflow's own behaviour).
+    wait_for(
+        lambda: f"{task_id} is running" in stack.task_log(DAG, RUN, task_id),
+        f"{task_id}'s code to run",
+        timeout=120,
+        interval=1,
+    )
+
+
+def evict(core: client.CoreV1Api, pod: client.V1Pod) -> None:
+    core.create_namespaced_pod_eviction(
+        pod.metadata.name,
+        pod.metadata.namespace,
+        client.V1Eviction(
+            metadata=client.V1ObjectMeta(name=pod.metadata.name, namespace=pod.metadata.namespace),
+            delete_options=client.V1DeleteOptions(grace_period_seconds=1),
+        ),
+    )
 
 
 @pytest.mark.xfail(strict=False, reason=SIDECAR_FLAKE)

@@ -51,6 +51,7 @@ def test_a_disrupted_try_is_requeued_with_a_fresh_payload_until_its_budget_is_sp
         1,
         "first",
     )
+    assert requeue.cause == "EvictionByEvictionAPI"
     # The task's own budget (1) stands over the executor's (3).
     assert ledger.requeued(REF, "second") == [Launch(REF, "second", 600)]
     assert ledger.attempt(REF) == 1

@@ -54,9 +54,22 @@ with DAG("e2e_endings", max_active_tasks=8, default_args={"retries": 0}, **ARGS)
 
     @task
     def evicted() -> None:
+        import pathlib
         import time
 
-        print("evicted is running", flush=True)
+        # Its first pod is evicted while it sleeps; the pod launched again finishes it. (The process
+        # node runs every pod on this machine, so both see the mark.)
+        mark = pathlib.Path(__file__).with_name("evicted.first-pod-ran")
+        first = not mark.exists()
+        mark.touch()
+        print(f"evicted is running ({'first' if first else 'a new'} pod)", flush=True)
+        time.sleep(600 if first else 1)
+
+    @task(executor_config={"KubernetesExecutor": {"disruption_retries": 1}})
+    def evicted_twice() -> None:
+        import time
+
+        print("evicted_twice is running", flush=True)
         time.sleep(600)
 
     sidecar_ok()
@@ -64,3 +77,4 @@ with DAG("e2e_endings", max_active_tasks=8, default_args={"retries": 0}, **ARGS)
     sidecar_fails()
     finishes_in_grace()
     evicted()
+    evicted_twice()

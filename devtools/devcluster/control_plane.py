@@ -572,11 +572,12 @@ def _stop_real_node(state: ClusterState, name: str, grace_s: float) -> list[str]
     return stopped
 
 
-def _kill_orphan_containers(directory: Path) -> list[str]:
+def _kill_orphan_containers(under: Path) -> list[str]:
     """Containers whose node agent did not stop them (killed, or the pod's record already gone)
     must not outlive the cluster. Each runs under a shim whose command line names its exit file
-    in this cluster's directory, so /proc finds them all, whatever the agent remembers."""
-    marker = str(directory / "node-agent" / "pods").encode()
+    in its agent's state directory, so /proc finds all those under `under` (a cluster's
+    directory, or one agent's), whatever the agent remembers."""
+    marker = f"{under}/".encode()
     killed = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
@@ -613,6 +614,49 @@ def stop_component(directory: Path, name: str) -> None:
     pid = state.pids.get(name)
     if pid and _alive(pid, state.directory):
         _kill(pid, 0)
+
+
+def join_node(directory: Path, spec: str) -> str:
+    """A process node joins the running cluster with an agent of its own (`spec` as `--node`
+    takes it), so that it can be lost alone: `leave_node` stops its agent, as a machine that goes
+    away stops its kubelet and its containers. Returns the node's name."""
+    state = ClusterState.load(directory)
+    if state is None:
+        raise RuntimeError(f"no cluster in {directory}")
+    name = dict(part.split("=", 1) for part in spec.split(","))["name"]
+    certs = _prepare_pki(directory)
+    _spawn(
+        state,
+        f"node-agent-{name}",
+        [
+            sys.executable,
+            "-m",
+            "devcluster.node_agent",
+            f"--kubeconfig={state.kubeconfig}",
+            f"--state-dir={state.directory}/node-agent/joined-{name}",
+            f"--port={free_port()}",
+            f"--tls-cert={certs['node_serving']}",
+            f"--tls-key={certs['node_serving_key']}",
+            f"--client-ca={certs['ca']}",
+            f"--node={spec}",
+        ],
+    )
+    state.save()
+    return name
+
+
+def leave_node(directory: Path, name: str) -> None:
+    """A joined node is lost, as a machine that goes away: its agent is killed (no last status
+    is written) and every container it ran with it. Its Node object stays, as a lost machine's
+    does until the node controller or someone deletes it."""
+    state = ClusterState.load(directory)
+    if state is None:
+        raise RuntimeError(f"no cluster in {directory}")
+    pid = state.pids.pop(f"node-agent-{name}", None)
+    if pid and _alive(pid, state.directory):
+        _kill(pid, 0)
+    _kill_orphan_containers(directory / "node-agent" / f"joined-{name}")
+    state.save()
 
 
 def restart_component(directory: Path, name: str) -> ClusterState:

@@ -178,3 +178,31 @@ def test_a_graceful_deletion_reaches_the_task_and_its_on_kill(
     )
     log = stack.task_log("real_node", RUN, "killable")
     assert "by a person or a tool" in log
+
+
+def test_a_task_evicted_by_the_cluster_runs_again_in_a_new_pod_of_the_same_try(
+    stack: AirflowStack, real_core: client.CoreV1Api
+) -> None:
+    """Kubelet's own stop (SIGTERM through dumb-init, SIGKILL at the end of the grace period) of a
+    pod evicted through the Eviction API: its task (retries=0) succeeds in a new pod."""
+    log_saying(stack, "evicted", "evicted running in its first pod", timeout=300)
+    first = pod_of(real_core, stack, "evicted")
+    real_core.create_namespaced_pod_eviction(
+        first.metadata.name,
+        stack.namespace,
+        client.V1Eviction(
+            metadata=client.V1ObjectMeta(name=first.metadata.name, namespace=stack.namespace),
+            delete_options=client.V1DeleteOptions(grace_period_seconds=5),
+        ),
+    )
+    assert ended(stack, "evicted") == "success", stack.task_log("real_node", RUN, "evicted")
+    assert stack.task_states("real_node", RUN)[("evicted", -1)][1] == 1
+    log = stack.task_log("real_node", RUN, "evicted")
+    for words in (
+        f"Kubernetes pod {stack.namespace}/{first.metadata.name} was disrupted by the cluster",
+        "DisruptionTarget EvictionByEvictionAPI",
+        "disruption 1 of at most 3",
+        "its retries are untouched",
+        "evicted running in a new pod",
+    ):
+        assert words in log, f"{words!r} not in:\n{log}"

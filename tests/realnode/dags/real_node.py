@@ -126,6 +126,16 @@ with DAG("real_node", max_active_tasks=10, default_args={"retries": 0, "queue": 
     def init_fails() -> None:
         print("not reached")
 
+    @task
+    def evicted() -> None:
+        # Its first pod is evicted while it runs; the new pod of the same try finishes it. The mark
+        # lies beside the logs, which every pod of the node mounts.
+        mark = Path(os.environ["AIRFLOW__LOGGING__BASE_LOG_FOLDER"]) / "evicted.first-pod-ran"
+        first = not mark.exists()
+        mark.write_text(where())
+        print(f"evicted running in {'its first' if first else 'a new'} pod: {where()}", flush=True)
+        time.sleep(600 if first else 1)
+
     local_task()
     hello()
     dict_form()
@@ -135,3 +145,4 @@ with DAG("real_node", max_active_tasks=10, default_args={"retries": 0, "queue": 
     bad_image()
     init_fails()
     Killable(task_id="killable")
+    evicted()

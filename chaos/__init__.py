@@ -23,6 +23,13 @@ a ResourceQuota that is full for 10-30 s, a scheduler's credential invalidated (
 in its file; the one it holds is refused with 401 from then on) (these three start a DAG run as
 they begin, so that creates meet them), and a PostgreSQL crash and restart (chaos/faults.py).
 
+The cluster's own disruptions, drawn only with `--faults disruptions` (the mixed run keeps its
+schedule): a running pod evicted through the Eviction API (a drain), a NoExecute taint on the node
+with the most long tasks for 10-30 s (a spot node reclaimed), a pod of higher priority that needs
+that whole node (preemption of the long tasks, which request half a CPU each), and that node's
+Node object deleted (the pod garbage collector ends its pods; the node comes back with its
+agent's restart once they are gone).
+
 The invariants, checked once the load has stopped and the runs have ended (bounded wait):
 - lost: every task instance reached what its task was written to reach (success; failed after
   its retries; up_for_retry then success); none stays queued, running or anything else;
@@ -32,6 +39,8 @@ The invariants, checked once the load has stopped and the runs have ended (bound
   recorded as a "state mismatch") names its cause: the task's own message for tries written to
   fail, "deleted" for the tries whose pod a fault deleted, and for any other failed try the words
   of a fault going on then ("quota", "429"); a failed try with no such fault is a wrong reason;
+- retries_spent_on_disruptions: no try a disruption hit failed (its task not written to fail
+  then): the cluster's doing must not spend a task's retries;
 - scheduler_exits: no scheduler exited unless the run killed it (an exit is counted, and the
   scheduler started again, as its Deployment would).
 

@@ -14,6 +14,7 @@ from devcluster.airflow_stack import AirflowStack
 from chaos import load
 from chaos.faults import FAULT_WORDS, Record, TryKey
 from chaos.observe import OUR_POD_TRY, PodWatch, audit_time, task_log_text
+from chaos.schedule import DISRUPTION_KINDS
 
 TERMINAL = ("success", "failed")
 # Airflow's own words when it takes back the tries of a scheduler that is gone, and no executor
@@ -46,6 +47,9 @@ class Findings:
     failed_tries: Counter[str] = field(default_factory=Counter)
     recovery: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     refusals: dict[str, int] = field(default_factory=dict)
+    # Tries a disruption hit that then failed though their task was not written to fail then:
+    # a retry spent on the cluster's doing.
+    retries_spent_on_disruptions: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _epoch(value: Any) -> float | None:
@@ -134,6 +138,13 @@ def check_tasks(
         if attempt.key in victims:
             cause = victims[attempt.key]
             words = FAULT_WORDS[cause]
+            if load.written_to_fail(task_id, number):
+                # It may have failed by itself before the fault reached it.
+                words = (load.WRITTEN_TO_FAIL, *words)
+            if cause in DISRUPTION_KINDS and not load.written_to_fail(task_id, number):
+                findings.retries_spent_on_disruptions.append(
+                    {"try": f"{run_id} {task_id}[{map_index}] try {number}", "disrupted_by": cause}
+                )
         elif any(
             _between(at, attempt.queued, queued_at.get((*attempt.key[:4], number + 1)))
             for at in resets.get((task_id, run_id, map_index), [])
@@ -216,8 +227,9 @@ def check_pods(
         entry = {"try": " ".join(map(str, key)) if isinstance(key, tuple) else key, "pods": names, "ran": ran}
         findings.extra_pods.append(entry)
         # A pod that never started its task (a launch failure, relaunched under a new name by
-        # design) is no second run of the try; two that ran are.
-        if len(ran) > 1:
+        # design) is no second run of the try, nor one the cluster ended (disrupted: its try is
+        # launched again by design, once its containers have ended); two others that ran are.
+        if len([n for n in ran if not ((p := watch.pods.get(n)) and p.disrupted)]) > 1:
             findings.duplicated.append(entry)
     for pod in remaining:
         findings.left_behind.append({"pod": pod.metadata.name, "phase": pod.status.phase})

@@ -24,9 +24,11 @@ from devcluster.airflow_stack import AirflowStack, _pg_bin
 from kubernetes import client
 
 from chaos import identities, load, neighbour
-from chaos.schedule import Fault
+from chaos.schedule import DISRUPTION_KINDS, Fault
 
 OVERLOAD_NAME = "chaos-overload"
+RECLAIM_TAINT = "chaos.k8s-executor.dev/reclaimed"
+PREEMPTOR = "chaos-preemptor"
 QUOTA_NAME = "chaos-quota"
 
 TryKey = tuple[str, str, str, int, int]  # dag_id, task_id, run_id, map_index, try_number
@@ -283,6 +285,136 @@ def _pod_delete(world: World, record: Record, grace: int | None) -> None:
     record.detail = f"{name} ({key[2]} {key[1]}[{key[3]}] try {key[4]})"
 
 
+def pod_evict(world: World, record: Record) -> None:
+    """`kubectl drain` of one pod: the Eviction API marks it DisruptionTarget, then deletes it with
+    its grace period."""
+    # A try another disruption hit may be hit again (it was launched again, its retries kept).
+    candidates = [
+        (name, key)
+        for name, key in _running_long_pods(world)
+        if world.victims.get(key, DISRUPTION_KINDS[0]) in DISRUPTION_KINDS
+    ]
+    if not candidates:
+        record.skipped = "no long task running to hit"
+        return
+    name, key = candidates[int(float(record.fault.params.get("pick", 0)) * len(candidates))]
+    world.victims.setdefault(key, record.fault.kind)
+    namespace = world.stack.namespace
+    world.core.create_namespaced_pod_eviction(
+        name,
+        namespace,
+        client.V1Eviction(metadata=client.V1ObjectMeta(name=name, namespace=namespace)),
+    )
+    record.detail = f"{name} ({key[2]} {key[1]}[{key[3]}] try {key[4]})"
+
+
+def _busiest_node(world: World, record: Record, only_long: bool = False) -> str | None:
+    """The process node with the most long tasks running, every task pod on it (`only_long`: its
+    long tasks') a victim of the fault; None (the fault skipped) when no long task runs."""
+    long_pods = dict(_running_long_pods(world))
+    pods = world.core.list_namespaced_pod(world.stack.namespace).items
+    by_node: dict[str, int] = {}
+    for pod in pods:
+        if pod.metadata.name in long_pods and pod.spec.node_name:
+            by_node[pod.spec.node_name] = by_node.get(pod.spec.node_name, 0) + 1
+    if not by_node:
+        record.skipped = "no long task running to hit"
+        return None
+    node = max(sorted(by_node), key=lambda n: by_node[n])
+    hit = []
+    for pod in pods:
+        a = pod.metadata.annotations or {}
+        if pod.spec.node_name != node or pod.status.phase != "Running" or "try_number" not in a:
+            continue
+        if only_long and pod.metadata.name not in long_pods:
+            continue
+        key: TryKey = (
+            a["dag_id"],
+            a["task_id"],
+            a["run_id"],
+            int(a.get("map_index", -1)),
+            int(a["try_number"]),
+        )
+        world.victims.setdefault(key, record.fault.kind)
+        hit.append(pod.metadata.name)
+    record.detail = f"{node}: {len(hit)} task pods ({by_node[node]} long)"
+    return node
+
+
+def node_taint(world: World, record: Record) -> None:
+    """A spot node reclaimed: a NoExecute taint the task pods do not tolerate, for `hold_s`. The
+    taint manager deletes every pod on it (DisruptionTarget DeletionByTaintManager)."""
+    node = _busiest_node(world, record)
+    if node is None:
+        return
+    taints = world.core.read_node(node).spec.taints or []
+    reclaim = client.V1Taint(key=RECLAIM_TAINT, value="now", effect="NoExecute")
+    world.core.patch_node(node, {"spec": {"taints": [*taints, reclaim]}})
+    try:
+        time.sleep(float(record.fault.params.get("hold_s", 15)))
+    finally:
+        left = [t for t in world.core.read_node(node).spec.taints or [] if t.key != RECLAIM_TAINT]
+        world.core.patch_node(node, {"spec": {"taints": left or None}})
+
+
+def pod_preempt(world: World, record: Record) -> None:
+    """A pod of higher priority that needs a whole node: the scheduler preempts the task pods there
+    that request CPU (the long ones: DisruptionTarget PreemptionByScheduler). It runs `hold_s`."""
+    node = _busiest_node(world, record, only_long=True)
+    if node is None:
+        return
+    scheduling = client.SchedulingV1Api(world.core.api_client)
+    with contextlib.suppress(client.ApiException):
+        scheduling.create_priority_class(
+            client.V1PriorityClass(metadata=client.V1ObjectMeta(name=PREEMPTOR), value=1_000_000)
+        )
+    cpu = world.core.read_node(node).status.allocatable["cpu"]
+    namespace = world.stack.namespace
+    world.core.create_namespaced_pod(
+        namespace,
+        client.V1Pod(
+            metadata=client.V1ObjectMeta(name=PREEMPTOR, namespace=namespace),
+            spec=client.V1PodSpec(
+                priority_class_name=PREEMPTOR,
+                node_selector={"kubernetes.io/hostname": node},
+                termination_grace_period_seconds=0,
+                containers=[
+                    client.V1Container(
+                        name="main",
+                        image="busybox",
+                        command=["sleep", "3600"],
+                        resources=client.V1ResourceRequirements(requests={"cpu": cpu}),
+                    )
+                ],
+            ),
+        ),
+    )
+    try:
+        time.sleep(float(record.fault.params.get("hold_s", 15)))
+    finally:
+        world.core.delete_namespaced_pod(PREEMPTOR, namespace, grace_period_seconds=0)
+
+
+def node_delete(world: World, record: Record) -> None:
+    """A node lost and its Node object deleted: the pod garbage collector deletes its pods
+    (DisruptionTarget DeletionByPodGC) once it has been gone 40 s. The node comes back `hold_s`
+    after its pods are gone, as a new machine of the pool would, registered by its agent's
+    restart."""
+    node = _busiest_node(world, record)
+    if node is None:
+        return
+    world.core.delete_node(node)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and any(
+            p.spec.node_name == node for p in world.core.list_namespaced_pod(world.stack.namespace).items
+        ):
+            time.sleep(2)
+        time.sleep(float(record.fault.params.get("hold_s", 15)))
+    finally:
+        control_plane.restart_component(world.cluster_dir, "node-agent")
+
+
 def pod_delete(world: World, record: Record) -> None:
     # As `kubectl delete pod` does: with the pod's own grace period (SIGTERM, then SIGKILL).
     _pod_delete(world, record, None)
@@ -417,6 +549,10 @@ _HANDLERS = {
     "resource_quota": resource_quota,
     "postgres_restart": postgres_restart,
     "credential_invalidated": credential_invalidated,
+    "pod_evict": pod_evict,
+    "node_taint": node_taint,
+    "pod_preempt": pod_preempt,
+    "node_delete": node_delete,
 }
 
 # What a failure caused by each fault must say (lower case, any of them). Only the faults that
@@ -427,4 +563,10 @@ FAULT_WORDS: dict[str, tuple[str, ...]] = {
     "resource_quota": ("quota",),
     "apiserver_overload": ("429", "too many requests", "toomanyrequests"),
     "credential_invalidated": ("401", "unauthorized"),
+    # Disrupted tries should not fail at all (they are launched again); when they do, their
+    # reason must still say what the cluster did.
+    "pod_evict": ("evict",),
+    "node_taint": ("taint",),
+    "pod_preempt": ("preempt",),
+    "node_delete": ("garbage collector", "node"),
 }

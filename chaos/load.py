@@ -21,8 +21,18 @@ import datetime
 import time
 
 from airflow.sdk import DAG, get_current_context, task
+from kubernetes.client import models as k8s
 
 NO_DELAY = datetime.timedelta(seconds=0)
+HALF_A_CPU = {{
+    "pod_override": k8s.V1Pod(
+        spec=k8s.V1PodSpec(
+            containers=[
+                k8s.V1Container(name="base", resources=k8s.V1ResourceRequirements(requests={{"cpu": "500m"}}))
+            ]
+        )
+    )
+}}
 
 with DAG("{DAG_ID}", start_date=datetime.datetime(2024, 1, 1), schedule=None, catchup=False,
          max_active_runs=64, max_active_tasks=256):
@@ -40,7 +50,9 @@ with DAG("{DAG_ID}", start_date=datetime.datetime(2024, 1, 1), schedule=None, ca
         if get_current_context()["ti"].try_number == 1:
             raise RuntimeError("{WRITTEN_TO_FAIL} (first try only)")
 
-    @task(retries={RETRIES["long"]}, retry_delay=NO_DELAY)
+    # Half a CPU each: a pod of higher priority that needs a whole node preempts them. A
+    # pod_override, which both executors take.
+    @task(retries={RETRIES["long"]}, retry_delay=NO_DELAY, executor_config=HALF_A_CPU)
     def long(i: int) -> None:
         time.sleep({LONG_S})
 

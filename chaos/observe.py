@@ -29,6 +29,8 @@ class PodSeen:
     ended: float | None = None
     deleted: float | None = None
     phase: str = ""
+    # Its DisruptionTarget reason, once a component of the cluster said it ended the pod.
+    disrupted: str = ""
 
 
 def _try_key(meta: dict[str, Any]) -> TryKey | None:
@@ -68,6 +70,9 @@ class PodWatch:
             seen.ran = True
         if seen.phase in ("Succeeded", "Failed") and seen.ended is None:
             seen.ended = now
+        for condition in status.get("conditions") or []:
+            if condition.get("type") == "DisruptionTarget" and condition.get("status") == "True":
+                seen.disrupted = str(condition.get("reason") or "DisruptionTarget")
         if kind == "DELETED" and seen.deleted is None:
             seen.deleted = now
 

@@ -27,6 +27,11 @@ KINDS: tuple[str, ...] = (
     "credential_invalidated",
 )
 
+# The cluster's own disruptions (spot nodes reclaimed, drains, preemption): drawn only when asked
+# for (`--faults disruptions`), so that the mixed run above keeps its schedule and its length.
+DISRUPTION_KINDS: tuple[str, ...] = ("pod_evict", "node_taint", "pod_preempt", "node_delete")
+ALL_KINDS = KINDS + DISRUPTION_KINDS
+
 # The load runs this long before the first fault, so that pods exist to be hit; and no fault
 # starts in the last seconds, so that the last one's effect is seen before the load stops.
 WARMUP_S = 45.0
@@ -55,11 +60,11 @@ def _params(kind: str, rng: random.Random) -> dict[str, Any]:
         return {"scheduler": rng.randrange(2), "down_s": round(rng.uniform(3, 15), 1)}
     if kind == "helper_kill":
         return {"scheduler": rng.randrange(2), "helper": rng.choice(("launcher", "watcher"))}
-    if kind in ("pod_delete", "pod_force_delete"):
+    if kind in ("pod_delete", "pod_force_delete", "pod_evict"):
         # Which of the running pods, as a fraction of their sorted list: the pods themselves
         # only exist at run time.
         return {"pick": round(rng.random(), 4)}
-    if kind in ("apiserver_overload", "resource_quota"):
+    if kind in ("apiserver_overload", "resource_quota", "node_taint", "pod_preempt", "node_delete"):
         return {"hold_s": round(rng.uniform(10, 30), 1)}
     if kind == "postgres_restart":
         return {"down_s": round(rng.uniform(1, 5), 1)}

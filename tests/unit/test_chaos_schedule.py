@@ -110,3 +110,12 @@ def test_refused_requests_are_counted_by_the_fault_that_refused_them() -> None:
     found = Findings()
     count_refusals(entries, {"chaos-ours-a"}, [quota, credential], found)
     assert found.refusals == {"resource_quota@10.0": 1, "credential_invalidated@40.0": 1}
+
+
+def test_the_cluster_s_disruptions_are_drawn_only_when_asked_for() -> None:
+    from chaos.schedule import DISRUPTION_KINDS
+
+    assert not {f.kind for f in draw(1717, 30)} & set(DISRUPTION_KINDS)
+    drawn = draw(1717, 5, DISRUPTION_KINDS)
+    assert {f.kind for f in drawn} == set(DISRUPTION_KINDS)
+    assert all("pick" in f.params or "hold_s" in f.params for f in drawn)

@@ -347,7 +347,8 @@ class Run:
 
     def findings(self, remaining: list[Any], settled: bool) -> dict[str, Any]:
         found = checks.Findings()
-        all_tries = checks.check_tasks(self.stack, self.records, self.world.victims, found)
+        disrupted = frozenset(p.key for p in self.watch.pods.values() if p.disrupted and p.key is not None)
+        all_tries = checks.check_tasks(self.stack, self.records, self.world.victims, found, disrupted)
         entries = audit_entries(self.core, control_plane.audit_log(self.state), self.namespace)
         creates = checks.check_pods(self.args.executor, self.watch, entries, self.users, remaining, found)
         checks.count_refusals(entries, self.users, self.records, found)

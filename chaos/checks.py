@@ -103,8 +103,14 @@ def reset_by_airflow(stack: AirflowStack) -> dict[tuple[str, str, int], list[flo
 
 
 def check_tasks(
-    stack: AirflowStack, records: list[Record], victims: dict[TryKey, str], findings: Findings
+    stack: AirflowStack,
+    records: list[Record],
+    victims: dict[TryKey, str],
+    findings: Findings,
+    disrupted: frozenset[TryKey] = frozenset(),
 ) -> list[Try]:
+    """`disrupted`: the tries of pods the run's watch saw the cluster end (DisruptionTarget), the
+    faults' victims or not (a pod that was still starting, or came to a node while it was hit)."""
     all_tries, instances = tries(stack)
     resets = reset_by_airflow(stack)
     for (run_id, task_id, map_index), (state, number) in sorted(instances.items()):
@@ -145,6 +151,14 @@ def check_tasks(
                 findings.retries_spent_on_disruptions.append(
                     {"try": f"{run_id} {task_id}[{map_index}] try {number}", "disrupted_by": cause}
                 )
+        elif attempt.key in disrupted:
+            cause, words = "a disruption", ("disruptiontarget", *fault_words)
+            if load.written_to_fail(task_id, number):
+                words = (load.WRITTEN_TO_FAIL, *words)
+            else:
+                findings.retries_spent_on_disruptions.append(
+                    {"try": f"{run_id} {task_id}[{map_index}] try {number}", "disrupted_by": cause}
+                )
         elif any(
             _between(at, attempt.queued, queued_at.get((*attempt.key[:4], number + 1)))
             for at in resets.get((task_id, run_id, map_index), [])
@@ -172,6 +186,24 @@ def check_tasks(
                 }
             )
     return all_tries
+
+
+def _ended_before_next(name: str, ran: list[str], watch: PodWatch) -> bool:
+    """Whether `name` was disrupted and gone (ended or deleted) before any later pod of its try
+    first ran."""
+    pod = watch.pods.get(name)
+    if pod is None or not pod.disrupted or pod.ran_at is None:
+        return False
+    gone = min((t for t in (pod.ended, pod.deleted) if t is not None), default=None)
+    later = [
+        p.ran_at
+        for n in ran
+        if n != name
+        and (p := watch.pods.get(n)) is not None
+        and p.ran_at is not None
+        and p.ran_at > pod.ran_at
+    ]
+    return gone is not None and all(gone <= at for at in later)
 
 
 def _between(at: float, since: float | None, until: float | None) -> bool:
@@ -227,9 +259,10 @@ def check_pods(
         entry = {"try": " ".join(map(str, key)) if isinstance(key, tuple) else key, "pods": names, "ran": ran}
         findings.extra_pods.append(entry)
         # A pod that never started its task (a launch failure, relaunched under a new name by
-        # design) is no second run of the try, nor one the cluster ended (disrupted: its try is
-        # launched again by design, once its containers have ended); two others that ran are.
-        if len([n for n in ran if not ((p := watch.pods.get(n)) and p.disrupted)]) > 1:
+        # design) is no second run of the try, nor one the cluster ended before the next pod of
+        # its try ran (disrupted: its try is launched again by design, once it has ended); two
+        # others that ran are.
+        if len([n for n in ran if not _ended_before_next(n, ran, watch)]) > 1:
             findings.duplicated.append(entry)
     for pod in remaining:
         findings.left_behind.append({"pod": pod.metadata.name, "phase": pod.status.phase})

@@ -324,7 +324,8 @@ def _busiest_node(world: World, record: Record, only_long: bool = False) -> str 
     hit = []
     for pod in pods:
         a = pod.metadata.annotations or {}
-        if pod.spec.node_name != node or pod.status.phase != "Running" or "try_number" not in a:
+        # Every pod bound there that has not ended: one still starting is ended too.
+        if pod.spec.node_name != node or pod.status.phase in ("Succeeded", "Failed") or "try_number" not in a:
             continue
         if only_long and pod.metadata.name not in long_pods:
             continue
@@ -568,5 +569,5 @@ FAULT_WORDS: dict[str, tuple[str, ...]] = {
     "pod_evict": ("evict",),
     "node_taint": ("taint",),
     "pod_preempt": ("preempt",),
-    "node_delete": ("garbage collector", "node"),
+    "node_delete": ("garbage collector",),
 }

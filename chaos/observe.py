@@ -26,6 +26,7 @@ class PodSeen:
     key: TryKey | None
     first_seen: float
     ran: bool = False  # a container of it was seen running or ended after starting
+    ran_at: float | None = None  # when it was first seen so
     ended: float | None = None
     deleted: float | None = None
     phase: str = ""
@@ -68,6 +69,7 @@ class PodWatch:
         seen.phase = status.get("phase", "")
         if seen.phase == "Running" or _started(status):
             seen.ran = True
+            seen.ran_at = seen.ran_at or now
         if seen.phase in ("Succeeded", "Failed") and seen.ended is None:
             seen.ended = now
         for condition in status.get("conditions") or []:

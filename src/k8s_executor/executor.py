@@ -149,8 +149,15 @@ class KubernetesExecutor(BaseExecutor):
         """A try whose pod the cluster disrupted: its task instance back to queued (if nothing of
         the task recorded its end meanwhile), and a new pod with a fresh workload token."""
         assert self.kube_scheduler is not None
+        key = airflow_adapter.to_airflow_key(action.ref)
         try:
-            requeued = task_instances.requeue(action.ref, action.ti_state, self.scheduler_id)
+            # Not a try Airflow took back meanwhile (its heartbeat timeout fails it through the
+            # executor, whose event for it is then on its way).
+            requeued = (
+                key in self.running
+                and key not in self.event_buffer
+                and task_instances.requeue(action.ref, action.ti_state, self.scheduler_id)
+            )
         except Exception:
             self.log.exception("could not put task %s back to queued after its pod's disruption", action.ref)
             requeued = False

@@ -238,13 +238,32 @@ def relaunch(state: PodState, ti_state: str | None, excluded_causes: frozenset[s
 def disrupted(state: PodState) -> bool:
     """Whether a pod's end was the cluster's doing, not its task's: a DisruptionTarget condition
     (eviction, preemption, a NoExecute taint, its node gone, kubelet stopping it) or kubelet's
-    node-pressure eviction, which older clusters report without the condition."""
-    return state.verdict == "failed" and (bool(state.disruption) or state.cause == "Evicted")
+    node-pressure eviction, which older clusters report without the condition. Not kubelet's
+    eviction of a pod past its own local storage limits: that is the task's doing, and would be
+    again in a new pod."""
+    return (
+        state.verdict == "failed"
+        and (bool(state.disruption) or state.cause == "Evicted")
+        and not any(words in state.reason for words in _OWN_LIMIT_EVICTIONS)
+    )
 
 
-# The task instance states in which a disrupted try is launched again: nothing of the task has
-# recorded its own end (a task that succeeded, or failed by itself, keeps what it recorded).
-_REQUEUED_FROM = frozenset({"queued", "running"})
+# Kubelet's words when it evicts a pod for exceeding its own limits (pkg/kubelet/eviction/helpers.go).
+_OWN_LIMIT_EVICTIONS = (
+    "exceeds the total limit of containers",
+    "exceeded its local ephemeral storage limit",
+    "Usage of EmptyDir volume",
+)
+
+
+def requeue_from(state: PodState, ti_state: str | None) -> bool:
+    """Whether a disrupted try whose task instance is `ti_state` (with this try, on this scheduler)
+    may be put back to queued. Only while nothing of the task recorded its own end (a task that
+    succeeded, or failed by itself, keeps what it recorded): queued, or running. Running, only
+    once its container was seen to end: the same try keeps its task instance's id and token, so a
+    worker still running on a node cut off from the cluster (the pod gone, its end never reported)
+    could write onto the new run; such a try fails, and spends a retry, as before."""
+    return ti_state == "queued" or (ti_state == "running" and not state.end_unseen)
 
 
 def create_obsolete(ref: identity.TaskRef, row: TaskRow | None, scheduler_id: str) -> bool:
@@ -755,10 +774,11 @@ class PodLedger:
             row is None
             or row.try_number != t.ref.try_number
             or str(row.queued_by) != self.scheduler_id
-            or row.state not in _REQUEUED_FROM
+            or not requeue_from(held.state, row.state)
         ):
             # Its task recorded its own end (it finished within its pod's grace period, or failed
-            # itself when told to stop), or the try is no longer this scheduler's.
+            # itself when told to stop), its worker may still run, or the try is no longer this
+            # scheduler's.
             del self.tries[t.ref]
             return [self._with_disruptions(t, held)]
         t.requeuing = held

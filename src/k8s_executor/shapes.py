@@ -39,6 +39,9 @@ class PodState:
     # The task's container has ended but another container of the pod (a sidecar) runs on: the
     # pod must be stopped, not only left, or it holds its node's resources for ever.
     lingering: bool = False
+    # The pod went (or overran its grace period) with its task's container never seen to end: its
+    # node's kubelet may be cut off, and the container running on there.
+    end_unseen: bool = False
 
     @property
     def terminal(self) -> bool:

@@ -134,7 +134,8 @@ def pod_state(
         what = f"pod was deleted while {phase.lower()}, before its task finished"
         if not deleted:
             what += f" (its containers had not ended {TERMINATING_SLACK_S:.0f} s after its grace period)"
-        return _failed(what + (_told(disrupted) or _deleted_by_hand(meta)), "Deleted", disrupted)
+        failed = _failed(what + (_told(disrupted) or _deleted_by_hand(meta)), "Deleted", disrupted)
+        return dataclasses.replace(failed, end_unseen=True)
     for container in init_statuses + statuses:
         waiting = (container.get("state") or {}).get("waiting") or {}
         reason = waiting.get("reason")

@@ -3,15 +3,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import pytest
 
 from k8s_executor import executor_config
 from k8s_executor.executor_config import ExecutorConfigError
 from k8s_executor.identity import TaskRef
-from k8s_executor.ledger import DisposalRule, Launch, PodLedger, Requeue, TaskResult, disrupted
+from k8s_executor.ledger import DisposalRule, Launch, PodLedger, Requeue, TaskResult, disrupted, requeue_from
 from k8s_executor.settings import ExecutorSettings
 from k8s_executor.shapes import PodEvent, TaskRow
-from k8s_executor.state_mapping import PodState
+from k8s_executor.state_mapping import PodState, pod_state
 
 REF = TaskRef("d", "t", "r", try_number=1)
 EVICTED = PodState(
@@ -107,3 +110,49 @@ def test_the_setting_and_the_task_s_own() -> None:
         ExecutorConfigError, match=r"disruption_retries: Input should be greater than or equal to 0"
     ):
         executor_config.parse({"KubernetesExecutor": {"disruption_retries": -1}})
+
+
+def test_a_running_try_whose_pod_went_unseen_is_not_run_twice() -> None:
+    """The pod is gone (or overran its grace period) with its container never seen to end: its
+    worker may still run on a node cut off from the cluster, and a new pod of the same try would
+    share its task instance. It fails, as before; one that never started is launched again."""
+    unseen = dataclasses.replace(EVICTED, end_unseen=True)
+    assert requeue_from(EVICTED, "running") and requeue_from(unseen, "queued")
+    assert not requeue_from(unseen, "running")
+    assert not requeue_from(EVICTED, "success") and not requeue_from(EVICTED, "up_for_retry")
+    ledger = PodLedger("7", DisposalRule(), clock=lambda: 0.0, disruption_retries=3)
+    ledger.launching(REF, "ns", "p0", 600, payload="first")
+    run(ledger, "p0", unseen)
+    (result,) = ledger.answered({REF: TaskRow(1, "running", 7)})
+    assert isinstance(result, TaskResult) and result.state == unseen
+
+
+def test_the_watcher_marks_a_pod_gone_with_its_container_unseen() -> None:
+    running_pod = {
+        "metadata": {"name": "p", "namespace": "ns", "deletionTimestamp": "2026-12-02T06:00:00Z"},
+        "status": {
+            "phase": "Running",
+            "containerStatuses": [{"name": "base", "state": {"running": {}}}],
+            "conditions": [
+                {"type": "DisruptionTarget", "status": "True", "reason": "DeletionByTaintManager"}
+            ],
+        },
+    }
+    gone = pod_state(running_pod, deleted=True)
+    assert gone.verdict == "failed" and gone.end_unseen and disrupted(gone)
+    ended = json.loads(json.dumps(running_pod))
+    ended["status"]["containerStatuses"][0]["state"] = {"terminated": {"exitCode": 137, "reason": "Error"}}
+    assert not pod_state(ended, deleted=True).end_unseen
+
+
+def test_an_eviction_for_the_pod_s_own_limits_is_not_a_disruption() -> None:
+    # Kubelet's words (pkg/kubelet/eviction/helpers.go): a new pod would meet the same limit.
+    own = PodState(
+        "failed",
+        "pod was evicted: Pod ephemeral local storage usage exceeds the total limit of containers 1Gi.",
+        "Evicted",
+        disruption="TerminationByKubelet",
+    )
+    assert not disrupted(own)
+    pressure = PodState("failed", "pod was evicted: The node was low on resource: memory.", "Evicted")
+    assert disrupted(pressure)

@@ -71,12 +71,22 @@ FATES = (
     "disrupted",
     "overdisrupted",
     "raced",
+    "cutoff",
 )
 LAUNCH_RETRIES = 2
 DISRUPTION_RETRIES = 2
 # Evicted while its task ran: the cluster's doing, its DisruptionTarget says so.
 DISRUPTED = PodState(
     "failed", "pod was deleted while running: evicted", "Deleted", disruption="EvictionByEvictionAPI"
+)
+# Deleted by the taint manager from a node cut off from the cluster: its container's end never
+# reported, its worker may run on.
+CUT_OFF = PodState(
+    "failed",
+    "pod was deleted while running",
+    "Deleted",
+    disruption="DeletionByTaintManager",
+    end_unseen=True,
 )
 PENDING = PodState("pending", "")
 RUNNING = PodState("running", "")
@@ -100,6 +110,7 @@ class Try:
     recorded: str | None = None  # the end its task recorded itself (the database says it)
     requeues: int = 0  # disruptions after which it was put back to queued
     disrupted: bool = False  # one of its pods was disrupted
+    cut_off: bool = False  # its running pod went with its container's end unseen
     unanswered: bool = False  # the database could not be read when its failed launch was asked about
     launched_at: float = 0.0
     pods: int = 0  # pods launched for it
@@ -227,6 +238,8 @@ class World:
             raise Violation(f"{t.name} requeued for disruption {action.disruption}, past its budget")
         if t.recorded:
             raise Violation(f"{t.name} requeued although its task recorded {t.recorded}")
+        if t.cut_off and action.ti_state == "running":
+            raise Violation(f"{t.name} requeued while its worker may still run (its end unseen)")
         row = self._row(t)
         ok = row is not None and row.state == action.ti_state and row.queued_by == self.scheduler.id
         self.note(f"  -> requeue {t.name} from {action.ti_state}: {ok}")
@@ -331,6 +344,11 @@ class World:
             pod.state = RUNNING
             self.note(f"{pod.name} running")
             self._send(pod, RUNNING)
+        elif t.fate == "cutoff" and not t.disrupted:
+            t.disrupted = t.cut_off = True
+            pod.state = CUT_OFF
+            self.note(f"{pod.name} deleted with its node cut off")
+            self._send(pod, CUT_OFF)
         elif t.fate == "overdisrupted" or (t.fate in ("disrupted", "raced") and not t.disrupted):
             t.disrupted = True
             if t.fate == "raced":
@@ -785,3 +803,17 @@ def test_the_simulation_catches_a_requeue_of_a_task_that_recorded_its_end() -> N
     with pytest.raises(Violation, match="requeued although its task recorded success"):
         for seed in range(SEEDS):
             simulate(seed, ledger_class=TrustsThePodOverTheDatabase)
+
+
+def test_the_simulation_catches_a_requeue_while_the_old_worker_may_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import k8s_executor.ledger as ledger_module
+
+    # A broken rule: a disrupted running try is requeued whether its container was seen to end.
+    monkeypatch.setattr(
+        ledger_module, "requeue_from", lambda state, ti_state: ti_state in ("queued", "running")
+    )
+    with pytest.raises(Violation, match="requeued while its worker may still run"):
+        for seed in range(SEEDS):
+            simulate(seed)

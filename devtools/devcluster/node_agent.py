@@ -633,7 +633,23 @@ class ProcessPod(PodWorker):
                     c.finished_at = now_iso()
             self.publish()
         if self.deleting.is_set():
+            self._reap()
             self._remove()
+
+    def _reap(self) -> None:
+        """Containers still running as the pod's thread ends under a deletion (the agent restarted
+        mid-deletion, and found the pod being deleted before it reattached to them): stopped with
+        the grace period, and their ends recorded, before the pod goes. Kubelet restarted under a
+        deletion kills the containers it finds and reports them terminated first (pod_workers.go,
+        then status_manager.go's canBeDeleted)."""
+        running = [state for state in self.init + self.main if state.running and state.name in self.procs]
+        if not running:
+            return
+        self._stop(self._pids({state.name for state in running}), self.grace_s)
+        containers = {c["name"]: c for c in self.pod["spec"].get("initContainers", [])}
+        containers.update({c["name"]: c for c in self.pod["spec"].get("containers", [])})
+        for state in running:
+            self._run_container(containers[state.name], state)
 
     def _remove(self) -> None:
         """Kubelet's status manager deletes a pod's object only once its final status (containers

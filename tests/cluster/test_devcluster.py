@@ -24,7 +24,7 @@ from devcluster.node_agent import (
     SIMULATED_TAINT,
     process_alive,
 )
-from kubernetes import client
+from kubernetes import client, watch
 
 from k8s_executor.state_mapping import pod_state
 from tests.conftest import CLUSTER_DIR, api_client_for
@@ -426,6 +426,43 @@ def test_agent_restart_keeps_running_pods(core: client.CoreV1Api, namespace: str
     victim = wait_for_pod_phase(core, namespace, "victim", ("Failed", "Succeeded"), timeout=30)
     assert victim.status.phase == "Failed"
     assert "lost" in victim.status.container_statuses[0].state.terminated.message
+
+
+def test_a_pod_deleted_while_the_agent_is_away_reports_its_containers_end_before_it_goes(
+    core: client.CoreV1Api, namespace: str
+) -> None:
+    """Kubelet restarted under a deletion stops the containers it finds and reports them
+    terminated before the pod goes: a pod gone with its container still 'running' would read as
+    a node cut off from the cluster, whose worker may run on."""
+    core.create_namespaced_pod(namespace, shell_pod("deleted-meanwhile", "sleep 300"))
+    wait_for_pod_phase(core, namespace, "deleted-meanwhile", ("Running",))
+    state = control_plane.ClusterState.load(CLUSTER_DIR)
+    assert state is not None
+    last: list[client.V1Pod] = []
+    stream = watch.Watch()
+
+    def follow() -> None:
+        for event in stream.stream(
+            core.list_namespaced_pod,
+            namespace,
+            field_selector="metadata.name=deleted-meanwhile",
+            timeout_seconds=120,
+        ):
+            last.append(event["object"])
+            if event["type"] == "DELETED":
+                return
+
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
+    os.kill(state.pids["node-agent"], 9)
+    core.delete_namespaced_pod("deleted-meanwhile", namespace, grace_period_seconds=2)
+    control_plane.restart_component(CLUSTER_DIR, "node-agent")
+    follower.join(timeout=90)
+    stream.stop()
+    assert last, "no event of the pod was seen"
+    final = last[-1]
+    statuses = final.status.container_statuses or []
+    assert statuses and statuses[0].state.terminated is not None, statuses
 
 
 def test_pod_that_ends_while_the_api_server_is_down_is_reported_when_it_is_back(

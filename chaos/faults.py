@@ -24,6 +24,7 @@ from devcluster.airflow_stack import AirflowStack, _pg_bin
 from kubernetes import client
 
 from chaos import identities, load, neighbour
+from chaos.observe import try_key_of
 from chaos.schedule import DISRUPTION_KINDS, Fault
 
 OVERLOAD_NAME = "chaos-overload"
@@ -250,13 +251,8 @@ def _running_long_pods(world: World) -> list[tuple[str, TryKey]]:
             or a.get("task_id") != "long"
         ):
             continue
-        key: TryKey = (
-            a["dag_id"],
-            a["task_id"],
-            a["run_id"],
-            int(a.get("map_index", -1)),
-            int(a["try_number"]),
-        )
+        key = try_key_of(a)
+        assert key is not None
         rows = world.stack.sql(
             "SELECT state, try_number, extract(epoch from now() - start_date) FROM task_instance "
             "WHERE dag_id = %s AND task_id = %s AND run_id = %s AND map_index = %s",
@@ -324,18 +320,12 @@ def _busiest_node(world: World, record: Record, only_long: bool = False) -> str 
     hit = []
     for pod in pods:
         a = pod.metadata.annotations or {}
+        key = try_key_of(a)
         # Every pod bound there that has not ended: one still starting is ended too.
-        if pod.spec.node_name != node or pod.status.phase in ("Succeeded", "Failed") or "try_number" not in a:
+        if pod.spec.node_name != node or pod.status.phase in ("Succeeded", "Failed") or key is None:
             continue
         if only_long and pod.metadata.name not in long_pods:
             continue
-        key: TryKey = (
-            a["dag_id"],
-            a["task_id"],
-            a["run_id"],
-            int(a.get("map_index", -1)),
-            int(a["try_number"]),
-        )
         world.victims.setdefault(key, record.fault.kind)
         hit.append(pod.metadata.name)
     record.detail = f"{node}: {len(hit)} task pods ({by_node[node]} long)"

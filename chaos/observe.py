@@ -34,8 +34,9 @@ class PodSeen:
     disrupted: str = ""
 
 
-def _try_key(meta: dict[str, Any]) -> TryKey | None:
-    a = meta.get("annotations") or {}
+def try_key_of(annotations: dict[str, str] | None) -> TryKey | None:
+    """The try a pod runs, from the annotations both executors give their pods."""
+    a = annotations or {}
     if not {"dag_id", "task_id", "run_id", "try_number"} <= a.keys():
         return None
     return (a["dag_id"], a["task_id"], a["run_id"], int(a.get("map_index", -1)), int(a["try_number"]))
@@ -64,7 +65,7 @@ class PodWatch:
     def _record(self, kind: str, pod: dict[str, Any]) -> None:
         now = time.time()
         meta = pod["metadata"]
-        seen = self.pods.setdefault(meta["name"], PodSeen(_try_key(meta), now))
+        seen = self.pods.setdefault(meta["name"], PodSeen(try_key_of(meta.get("annotations")), now))
         status = pod.get("status") or {}
         seen.phase = status.get("phase", "")
         if seen.phase == "Running" or _started(status):

@@ -123,9 +123,7 @@ class KubernetesExecutor(BaseExecutor):
                 f"Launching a new pod in {action.delay_s:.0f} s (failed launch {action.failures} of "
                 f"at most {allowed}); the task's own retries are untouched."
             )
-            self.log.warning("task %s: %s", action.ref, note)
-            self._note_in_task_log(action.ref, note, ends_try=False)
-            metrics.incr("pods.relaunched")
+            self._say_launched_again(action.ref, note, "pods.relaunched")
         elif isinstance(action, Requeue):
             self._requeue(action)
         elif isinstance(action, HandedOver):
@@ -169,11 +167,15 @@ class KubernetesExecutor(BaseExecutor):
                 f"is launched again in a new pod (disruption {action.disruption} of at most "
                 f"{action.allowed}, [kubernetes_executor] disruption_retries); its retries are untouched."
             )
-            self.log.warning("task %s: %s", action.ref, note)
-            self._note_in_task_log(action.ref, note, ends_try=False)
-            metrics.incr(f"pods.disrupted.{action.cause}")
+            self._say_launched_again(action.ref, note, f"pods.disrupted.{action.cause}")
         for todo in self.kube_scheduler.requeued(action.ref, payload):
             self._do(todo)
+
+    def _say_launched_again(self, ref: identity.TaskRef, note: str, metric: str) -> None:
+        """A try goes on in a new pod: said in the scheduler's log and the try's, and counted."""
+        self.log.warning("task %s: %s", ref, note)
+        self._note_in_task_log(ref, note, ends_try=False)
+        metrics.incr(metric)
 
     def _fresh_payload(self, payload: object) -> object:
         """What the try's next pod is built from: on Airflow 3 its workload with a new token (the

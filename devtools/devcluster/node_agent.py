@@ -564,6 +564,10 @@ class ProcessPod(PodWorker):
         super().__init__(agent, pod)
         self.procs: dict[str, int] = {}
         self.proc_lock = threading.Lock()
+        # Containers run in threads of their own, and each saves the pod's state as it starts and
+        # ends: two saves at once through one temporary file would lose a rename, and with it the
+        # thread that was recording a container's end.
+        self.save_lock = threading.Lock()
         self.sidecars_ending = threading.Event()
         self.thread = threading.Thread(target=self.run, name=f"pod-{self.name}", daemon=True)
         self.volumes = PodVolumes(agent.api, pod, self.dir, time.time)
@@ -606,11 +610,14 @@ class ProcessPod(PodWorker):
 
     # The state file lets a restarted agent find the containers it started.
     def _save(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        state = {"procs": self.procs, "containers": {c.name: c.__dict__ for c in self.init + self.main}}
-        tmp = self.dir / "state.json.tmp"
-        tmp.write_text(json.dumps(state))
-        tmp.rename(self.dir / "state.json")
+        with self.save_lock:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            with self.proc_lock:
+                procs = dict(self.procs)
+            containers = {c.name: dict(c.__dict__) for c in self.init + self.main}
+            tmp = self.dir / "state.json.tmp"
+            tmp.write_text(json.dumps({"procs": procs, "containers": containers}))
+            tmp.rename(self.dir / "state.json")
 
     def _load(self) -> bool:
         path = self.dir / "state.json"

@@ -57,9 +57,6 @@ collect_ignore = (
 )
 collect_ignore.append("dags_airflow2")
 
-# The e2e tests of a sidecar pod's stop, on both lines: an intermittent gap, said where it is met.
-SIDECAR_FLAKE = "Intermittent (one run in three to seven here): the executor sometimes never sees the task container of a pod with a regular sidecar end, so that pod is neither reported nor stopped. Cause not found yet; see the closing note of 2026-12-02."
-
 
 @contextmanager
 def airflow_stack(

@@ -11,7 +11,6 @@ from kubernetes import client
 
 from tests.e2e.conftest import airflow_stack, assert_adapter_queries_answer
 from tests.e2e.test_local_kubernetes_executor import POD_TASKS, check_restart_mid_run, pod_tasks
-from tests.e2e.test_pod_endings import SIDECAR_FLAKE
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -156,7 +155,6 @@ def endings2(cluster: control_plane.ClusterState, core: client.CoreV1Api) -> Ite
         yield airflow
 
 
-@pytest.mark.xfail(strict=False, reason=SIDECAR_FLAKE)
 def test_a_sidecar_neither_holds_its_task_nor_keeps_its_pod_running_on_airflow2(
     endings2: AirflowStack, core: client.CoreV1Api
 ) -> None:

@@ -12,7 +12,7 @@ from devcluster.airflow_stack import AirflowStack
 from kubernetes import client
 
 from k8s_executor import identity
-from tests.e2e.conftest import SIDECAR_FLAKE, airflow_stack
+from tests.e2e.conftest import airflow_stack
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -143,7 +143,6 @@ def evict(core: client.CoreV1Api, pod: client.V1Pod) -> None:
     )
 
 
-@pytest.mark.xfail(strict=False, reason=SIDECAR_FLAKE)
 def test_a_pod_whose_sidecar_outlives_its_task_does_not_run_on(
     stack: AirflowStack, core: client.CoreV1Api
 ) -> None:

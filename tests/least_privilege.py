@@ -18,12 +18,13 @@ from kubernetes import client
 from tests.helpers import wait_for
 
 RBAC_YAML = Path(__file__).resolve().parents[1] / "deploy" / "rbac" / "rbac.yaml"
+WORKER_YAML = RBAC_YAML.with_name("worker.yaml")
 RBAC_GROUP = "rbac.authorization.k8s.io"
 
 
-def manifest(kind: str) -> dict[str, Any]:
-    """The one object of `kind` in deploy/rbac/rbac.yaml, as a fresh dict."""
-    [found] = [doc for doc in yaml.safe_load_all(RBAC_YAML.read_text()) if doc and doc["kind"] == kind]
+def manifest(kind: str, path: Path = RBAC_YAML) -> dict[str, Any]:
+    """The one object of `kind` in deploy/rbac/rbac.yaml (or `path`), as a fresh dict."""
+    [found] = [doc for doc in yaml.safe_load_all(path.read_text()) if doc and doc["kind"] == kind]
     return copy.deepcopy(found)
 
 
@@ -106,6 +107,27 @@ def grant_role(
     )
     # The authorizer reads bindings from a cache: wait for it rather than race the scheduler's first list.
     wait_for(lambda: allowed(api_client, user, "watch", "pods", namespace), f"RBAC for {user} in {namespace}")
+
+
+def grant_workers(api_client: client.ApiClient, namespace: str, service_account: str = "default") -> None:
+    """deploy/rbac/worker.yaml's Role in `namespace`, bound to the workers' service account (the
+    namespace's default one, which the stacks' worker pods run under): the disruption guard reads
+    its own pod with it."""
+    rbac = client.RbacAuthorizationV1Api(api_client)
+    role, binding = manifest("Role", WORKER_YAML), manifest("RoleBinding", WORKER_YAML)
+    binding["subjects"] = [{"kind": "ServiceAccount", "name": service_account, "namespace": namespace}]
+    for body, create, replace in (
+        (role, rbac.create_namespaced_role, rbac.replace_namespaced_role),
+        (binding, rbac.create_namespaced_role_binding, rbac.replace_namespaced_role_binding),
+    ):
+        body["metadata"]["namespace"] = namespace
+        _create_or_replace(
+            lambda b, create=create: create(namespace, b),
+            lambda name, b, replace=replace: replace(name, namespace, b),
+            body,
+        )
+    user = f"system:serviceaccount:{namespace}:{service_account}"
+    wait_for(lambda: allowed(api_client, user, "get", "pods", namespace), f"the workers' RBAC in {namespace}")
 
 
 def grant_cluster_role(api_client: client.ApiClient, user: str) -> str:

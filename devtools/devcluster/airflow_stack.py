@@ -457,6 +457,15 @@ class AirflowStack:
             return content
         return "\n".join(_log_line(line) for line in content)
 
+    def log_file(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> str:
+        """The try's log file as the workers and the executor wrote it (Airflow 2's stacks run no
+        webserver to show it); empty while there is none."""
+        path = self.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
+        try:
+            return (path / f"attempt={try_number}.log").read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
     def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 600) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

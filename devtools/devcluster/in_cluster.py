@@ -118,13 +118,16 @@ class InClusterAirflow(AirflowStack):
                         ]
                     ),
                 },
-                # Kustomize moves every object to the overlay's namespace, but not a binding's subject.
+            ]
+            # Kustomize moves every object to the overlay's namespace, but not a binding's subject.
+            + [
                 {
-                    "target": {"kind": "RoleBinding", "name": "airflow-k8s-executor"},
+                    "target": {"kind": "RoleBinding", "name": binding},
                     "patch": yaml.safe_dump(
                         [{"op": "replace", "path": "/subjects/0/namespace", "value": self.namespace}]
                     ),
-                },
+                }
+                for binding in ("airflow-k8s-executor", "airflow-worker")
             ],
         }
         (self.overlay / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))

@@ -41,7 +41,7 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from urllib3.exceptions import HTTPError
 
-from devcluster import build
+from devcluster import build, process_tree
 from devcluster.list_watch import LIST, list_watch, objects
 from devcluster.pod_status import ContainerState, now_iso, parse_time, pod_status
 from devcluster.status_writer import StatusWriter
@@ -606,7 +606,7 @@ class ProcessPod(PodWorker):
         while time.monotonic() < deadline and any(process_alive(p) for p in pids):
             time.sleep(0.05)
         for pid in pids:
-            signal_group(pid, signal.SIGKILL)
+            kill_container(pid)
 
     # The state file lets a restarted agent find the containers it started.
     def _save(self) -> None:
@@ -1029,7 +1029,18 @@ class ProcessPod(PodWorker):
         with self.proc_lock:
             pids = list(self.procs.values())
         for pid in pids:
-            signal_group(pid, signal.SIGKILL)
+            kill_container(pid)
+
+
+def kill_container(pid: int) -> None:
+    """SIGKILL for every process of a container, those in sessions of their own too (the disruption
+    guard runs its task in one): a container's end takes its whole PID namespace with it (the
+    kernel's zap_pid_ns_processes), where a process group would miss them."""
+    members = process_tree.tree(pid)
+    signal_group(pid, signal.SIGKILL)
+    for member in members:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(member, signal.SIGKILL)
 
 
 def signal_group(pid: int, sig: signal.Signals) -> None:

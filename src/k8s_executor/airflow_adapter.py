@@ -122,6 +122,8 @@ def pod_defaults(settings: ExecutorSettings) -> PodDefaults:
         worker_image=settings.worker_image,
         fallback_image=f"apache/airflow:{AIRFLOW_VERSION}",
         termination_grace_period_seconds=settings.termination_grace_period_seconds,
+        disruption_guard=settings.disruption_guard,
+        disruption_retries=settings.disruption_retries,
     )
 
 

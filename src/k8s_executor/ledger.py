@@ -49,7 +49,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from k8s_executor import identity
+from k8s_executor import disruption_guard, identity
 from k8s_executor.adoption import held_elsewhere
 from k8s_executor.shapes import Orphan, PodEvent, PodSeen, PodState, Resync, SchedulerJob, TaskRow
 
@@ -244,16 +244,8 @@ def disrupted(state: PodState) -> bool:
     return (
         state.verdict == "failed"
         and (bool(state.disruption) or state.cause == "Evicted")
-        and not any(words in state.reason for words in _OWN_LIMIT_EVICTIONS)
+        and not disruption_guard.own_limit_eviction(state.reason)
     )
-
-
-# Kubelet's words when it evicts a pod for exceeding its own limits (pkg/kubelet/eviction/helpers.go).
-_OWN_LIMIT_EVICTIONS = (
-    "exceeds the total limit of containers",
-    "exceeded its local ephemeral storage limit",
-    "Usage of EmptyDir volume",
-)
 
 
 def requeue_from(state: PodState, ti_state: str | None) -> bool:

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from k8s_executor import identity, pod_shape
+from k8s_executor import disruption_guard, identity, pod_shape
 from k8s_executor.executor_config import BASE_CONTAINER, ParsedExecutorConfig
 
 MAX_NAME = 253
@@ -149,6 +149,9 @@ class PodDefaults:
     worker_image: str | None
     fallback_image: str
     termination_grace_period_seconds: int | None = None
+    # [kubernetes_executor] disruption_guard and disruption_retries (a task may set its own).
+    disruption_guard: bool = False
+    disruption_retries: int = 0
 
 
 def template_path(request: PodRequest, defaults: PodDefaults) -> str | None:
@@ -174,12 +177,32 @@ def base_pod(request: PodRequest, defaults: PodDefaults) -> dict[str, Any]:
     return pod
 
 
+def guarded(request: PodRequest, defaults: PodDefaults) -> bool:
+    """Whether a task's command runs under the disruption guard: only a task's (a callback or a
+    connection test is never launched again), and only while a disruption may relaunch it."""
+    own = request.executor_config.disruption_retries
+    retries = defaults.disruption_retries if own is None else own
+    return defaults.disruption_guard and isinstance(request.ref, identity.TaskRef) and retries > 0
+
+
 def build_pod(request: PodRequest, defaults: PodDefaults) -> dict[str, Any]:
     """The pod JSON for one task try, before any mutation hook."""
     pod = base_pod(request, defaults)
     base = next(c for c in pod["spec"]["containers"] if c["name"] == BASE_CONTAINER)
     template_env = {e.get("name") for e in base.get("env") or []}
-    env = [{"name": k, "value": v} for k, v in request.env.items() if k not in template_env]
+    env: list[dict[str, Any]] = [
+        {"name": k, "value": v} for k, v in request.env.items() if k not in template_env
+    ]
+    command = request.command
+    if guarded(request, defaults):
+        command = disruption_guard.guarded(command)
+        env += [
+            {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+            for name, path in (
+                (disruption_guard.POD_NAME_ENV, "metadata.name"),
+                (disruption_guard.POD_NAMESPACE_ENV, "metadata.namespace"),
+            )
+        ]
     executor_layer: dict[str, Any] = {
         "metadata": {
             "name": identity.pod_name(request.ref, request.launch_attempt),
@@ -196,7 +219,7 @@ def build_pod(request: PodRequest, defaults: PodDefaults) -> dict[str, Any]:
             "containers": [
                 {
                     "name": BASE_CONTAINER,
-                    "args": request.command,
+                    "args": command,
                     **({"env": env} if env else {}),
                     **(
                         {"image": image}

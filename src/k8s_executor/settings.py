@@ -154,6 +154,18 @@ class ExecutorSettings(BaseModel):
         'A task may set its own in executor_config ({"KubernetesExecutor": {"disruption_retries": '
         "N}}). 0: a disruption fails the try, as any failure does.",
     )
+    disruption_guard: bool = Field(
+        True,
+        description="Run each task's command under the disruption guard, which keeps SIGTERM from "
+        "the task when its pod carries a DisruptionTarget condition: Airflow 2's LocalTaskJob, and "
+        "on Airflow 3 an operator whose on_kill ends its work (Bash, KubernetesPodOperator), would "
+        "otherwise fail the task, and spend a retry, before the executor can launch it again. The "
+        "task runs on until the grace period ends (a task that finishes meanwhile keeps its end). "
+        "Any other stop (a person's deletion) reaches the task at once, as without it, and on_kill "
+        "runs. Needs `get` on pods for the workers' service account (deploy/rbac/worker.yaml); "
+        "without it, the guard passes SIGTERM on. Not used for a task whose disruption_retries is 0, "
+        "nor for callbacks and connection tests.",
+    )
     logs_task_metadata: bool = Field(False, description="Accepted for compatibility; not used.")
     termination_grace_period_seconds: int | None = Field(
         None,

@@ -11,7 +11,7 @@ import dataclasses
 import datetime
 from typing import Any
 
-from k8s_executor import identity
+from k8s_executor import disruption_guard, identity
 from k8s_executor.shapes import PodSeen, PodState
 
 
@@ -77,7 +77,7 @@ def pod_state(
     phase = status.get("phase", "Pending")
     init_statuses = status.get("initContainerStatuses") or []
     statuses = status.get("containerStatuses") or []
-    disrupted = _disruption(status)
+    disrupted = disruption_guard.disruption(status)
     meta = pod.get("metadata") or {}
     being_deleted = deleted or bool(meta.get("deletionTimestamp"))
     base = _base(statuses)
@@ -169,16 +169,6 @@ def pod_state(
                 )
             return PodState("pending", f"unschedulable: {condition.get('message', '').strip()}")
     return PodState("pending")
-
-
-def _disruption(status: dict[str, Any]) -> dict[str, Any] | None:
-    """The pod's DisruptionTarget condition, when a component of the cluster ended it (Kubernetes
-    1.26+: the Eviction API, the scheduler's preemption, the taint manager, the pod GC, kubelet's
-    node-pressure eviction or graceful node shutdown)."""
-    for condition in status.get("conditions") or []:
-        if condition.get("type") == "DisruptionTarget" and condition.get("status") == "True":
-            return dict(condition)
-    return None
 
 
 # What each DisruptionTarget reason means, in plain words.

@@ -18,7 +18,7 @@ from devcluster import control_plane
 from devcluster.airflow_stack import AIRFLOW_MAJOR, AirflowStack
 from kubernetes import client
 
-from tests.least_privilege import executor_kubeconfig
+from tests.least_privilege import executor_kubeconfig, grant_workers
 
 # Each Airflow line runs its own suite (`./dev test` and `./dev test-airflow2`); DAG files and tests
 # written for one line do not import on the other.
@@ -80,6 +80,10 @@ def airflow_stack(
             cluster, core.api_client, f"airflow-{namespace}", (namespace, *extra_namespaces)
         )
     )
+    # The workers run under the namespace's default service account, bound as deploy/rbac/worker.yaml
+    # says: the disruption guard reads its own pod.
+    for each in (namespace, *extra_namespaces):
+        grant_workers(core.api_client, each)
     home = Path(tempfile.mkdtemp(prefix="k8s-executor-e2e-"))
     extra_env = {
         "AIRFLOW__KUBERNETES_EXECUTOR__CONFIG_FILE": str(kubeconfig),

@@ -189,3 +189,39 @@ def test_a_sidecar_neither_holds_its_task_nor_keeps_its_pod_running_on_airflow2(
         ) from None
     remaining = core.list_namespaced_pod(endings2.namespace, label_selector="run_id=endings2-1").items
     assert {p.metadata.annotations["task_id"] for p in remaining} <= {"sidecar_fails"}
+
+
+def test_a_task_evicted_while_it_runs_succeeds_in_a_new_pod_of_the_same_try_on_airflow2(
+    endings2: AirflowStack, core: client.CoreV1Api
+) -> None:
+    """LocalTaskJob fails its task on SIGTERM, whatever the operator; the disruption guard keeps the
+    signal from it when the cluster disrupted the pod, so the executor launches the same try
+    again and its retries (none) are untouched."""
+    dag_id, run_id = "e2e_evicted", "evicted2-1"
+    endings2.wait_for_dag(dag_id)
+    endings2.trigger(dag_id, run_id)
+    wait_for(
+        lambda: "evicted is running (first pod)" in endings2.log_file(dag_id, run_id, "evicted"),
+        "the task's code to run",
+        timeout=240,
+        interval=1,
+    )
+    (pod,) = core.list_namespaced_pod(endings2.namespace, label_selector=f"dag_id={dag_id}").items
+    core.create_namespaced_pod_eviction(
+        pod.metadata.name,
+        endings2.namespace,
+        client.V1Eviction(metadata=client.V1ObjectMeta(name=pod.metadata.name, namespace=endings2.namespace)),
+    )
+    assert endings2.wait_for_run(dag_id, run_id, timeout=300) == "success", endings2.explain_run(
+        dag_id, run_id
+    )
+    assert endings2.task_states(dag_id, run_id)[("evicted", -1)] == ("success", 1)
+    log = endings2.log_file(dag_id, run_id, "evicted")
+    for words in (
+        f"Kubernetes pod {endings2.namespace}/{pod.metadata.name} was disrupted by the cluster",
+        "DisruptionTarget EvictionByEvictionAPI",
+        "disruption 1 of at most 3",
+        "its retries are untouched",
+        "evicted is running (a new pod)",
+    ):
+        assert words in log, f"{words!r} not in:\n{log}"

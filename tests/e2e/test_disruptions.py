@@ -3,8 +3,8 @@
 lost. Two spot nodes of 1 CPU join the cluster for this (each with an agent of its own, so one can
 be lost alone); each task's first pod fills one, and its new pod goes to the other.
 
-Airflow 3 only: Airflow 2's LocalTaskJob fails its task on SIGTERM, before the executor hears of
-the disruption (docs/workloads.md, "Disruptions: a new pod, the same try")."""
+Airflow 3 here; on Airflow 2, an eviction mid-run is shown by tests/e2e/test_airflow2.py (its
+LocalTaskJob would fail the task on SIGTERM: the disruption guard keeps the signal from it)."""
 
 from __future__ import annotations
 

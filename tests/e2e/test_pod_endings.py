@@ -49,7 +49,7 @@ def state_of(stack: AirflowStack, task_id: str) -> str | None:
 def test_pods_end_as_their_task_did(stack: AirflowStack, core: client.CoreV1Api) -> None:
     stack.wait_for_dag(DAG)
     stack.trigger(DAG, RUN)
-    for task_id in ("finishes_in_grace", "evicted", "evicted_twice"):
+    for task_id in ("finishes_in_grace", "evicted", "evicted_twice", "bash_evicted"):
         code_running(stack, task_id)
 
     # Deleted with a grace period longer than the task has left: the task finishes inside it, and
@@ -63,6 +63,11 @@ def test_pods_end_as_their_task_did(stack: AirflowStack, core: client.CoreV1Api)
     victim = pod_of(core, stack, "evicted")
     assert victim is not None
     evict(core, victim)
+    # A Bash task, whose on_kill would fail it when told to stop: the disruption guard keeps
+    # SIGTERM from it, and it too succeeds in a new pod of the same try.
+    bash_victim = pod_of(core, stack, "bash_evicted")
+    assert bash_victim is not None
+    evict(core, bash_victim)
     # Disrupted twice with its own disruption_retries of 1: the second disruption fails it.
     first_of_two = pod_of(core, stack, "evicted_twice")
     assert first_of_two is not None
@@ -93,6 +98,7 @@ def test_pods_end_as_their_task_did(stack: AirflowStack, core: client.CoreV1Api)
         "finishes_in_grace": "success",
         "evicted": "success",
         "evicted_twice": "failed",
+        "bash_evicted": "success",
     }, stack.explain_run(DAG, RUN)
     assert "finished inside the grace period" in stack.task_log(DAG, RUN, "finishes_in_grace")
 
@@ -109,6 +115,14 @@ def test_pods_end_as_their_task_did(stack: AirflowStack, core: client.CoreV1Api)
         "evicted is running (a new pod)",
     ):
         assert words in evicted_log, f"{words!r} not in:\n{evicted_log}"
+    assert stack.task_states(DAG, RUN)[("bash_evicted", -1)][1] == 1
+    bash_log = stack.task_log(DAG, RUN, "bash_evicted")
+    for words in (
+        f"Kubernetes pod {stack.namespace}/{bash_victim.metadata.name} was disrupted by the cluster",
+        "disruption 1 of at most 3",
+        "bash_evicted is running (a new pod)",
+    ):
+        assert words in bash_log, f"{words!r} not in:\n{bash_log}"
 
     said = f"after 1 disruption(s) of this try's earlier pods, each launched again (disruption_retries 1): (1) pod {stack.namespace}/{first_of_two.metadata.name}"
     wait_for(

@@ -16,7 +16,7 @@ from devcluster.airflow_stack import AirflowStack
 from kubernetes import client
 
 from tests.helpers import wait_for
-from tests.least_privilege import executor_kubeconfig
+from tests.least_privilege import executor_kubeconfig, grant_workers
 from tests.realnode.conftest import REAL_CLUSTER_DIR, REAL_NODE
 
 pytestmark = pytest.mark.realnode
@@ -31,6 +31,7 @@ def stack(real_cluster: control_plane.ClusterState, real_core: client.CoreV1Api)
     namespace = f"real-{uuid.uuid4().hex[:8]}"
     real_core.create_namespace({"metadata": {"name": namespace}})
     kubeconfig = executor_kubeconfig(real_cluster, real_core.api_client, f"airflow-{namespace}", (namespace,))
+    grant_workers(real_core.api_client, namespace)
     airflow = AirflowStack(
         home=Path(tempfile.mkdtemp(prefix="k8s-executor-real-")),
         cluster=real_cluster,
@@ -184,7 +185,8 @@ def test_a_task_evicted_by_the_cluster_runs_again_in_a_new_pod_of_the_same_try(
     stack: AirflowStack, real_core: client.CoreV1Api
 ) -> None:
     """Kubelet's own stop (SIGTERM through dumb-init, SIGKILL at the end of the grace period) of a
-    pod evicted through the Eviction API: its task (retries=0) succeeds in a new pod."""
+    pod evicted through the Eviction API: its Bash task (retries=0), which would fail itself on
+    SIGTERM, is kept from the signal by the disruption guard, and succeeds in a new pod."""
     log_saying(stack, "evicted", "evicted running in its first pod", timeout=300)
     first = pod_of(real_core, stack, "evicted")
     real_core.create_namespaced_pod_eviction(

@@ -2,7 +2,9 @@
 a grace period, evictions. Each task's outcome and log are checked by tests/e2e/test_pod_endings.py."""
 
 import datetime
+import pathlib
 
+from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG, task
 from kubernetes.client import models as k8s
 
@@ -30,6 +32,21 @@ def with_native_sidecar() -> dict:
     }
 
 
+def grace_s(seconds: int, **extra: object) -> dict:
+    """A short grace period: an evicted pod's task runs on through it (the disruption guard)."""
+    return {
+        "pod_override": k8s.V1Pod(
+            spec=k8s.V1PodSpec(
+                containers=[k8s.V1Container(name="base")], termination_grace_period_seconds=seconds
+            )
+        ),
+        **extra,
+    }
+
+
+# The process node runs every pod on this machine: a task's pods all see this mark.
+BASH_MARK = pathlib.Path(__file__).with_name("bash_evicted.first-pod-ran")
+
 with DAG("e2e_endings", max_active_tasks=8, default_args={"retries": 0}, **ARGS):
 
     @task(executor_config=with_sidecar())
@@ -52,7 +69,7 @@ with DAG("e2e_endings", max_active_tasks=8, default_args={"retries": 0}, **ARGS)
         time.sleep(12)
         print("finished inside the grace period", flush=True)
 
-    @task
+    @task(executor_config=grace_s(10))
     def evicted() -> None:
         import pathlib
         import time
@@ -65,13 +82,23 @@ with DAG("e2e_endings", max_active_tasks=8, default_args={"retries": 0}, **ARGS)
         print(f"evicted is running ({'first' if first else 'a new'} pod)", flush=True)
         time.sleep(600 if first else 1)
 
-    @task(executor_config={"KubernetesExecutor": {"disruption_retries": 1}})
+    @task(executor_config=grace_s(10, KubernetesExecutor={"disruption_retries": 1}))
     def evicted_twice() -> None:
         import time
 
         print("evicted_twice is running", flush=True)
         time.sleep(600)
 
+    # An operator whose on_kill ends its work: told to stop, it would fail its task (and spend a
+    # retry) before the executor heard of the disruption. The guard keeps SIGTERM from it.
+    BashOperator(
+        task_id="bash_evicted",
+        executor_config=grace_s(10),
+        bash_command=(
+            f"if [ -e {BASH_MARK} ]; then echo 'bash_evicted is running (a new pod)'; sleep 1; "
+            f"else touch {BASH_MARK}; echo 'bash_evicted is running (first pod)'; sleep 600; fi"
+        ),
+    )
     sidecar_ok()
     native_sidecar_ok()
     sidecar_fails()

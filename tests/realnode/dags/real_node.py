@@ -8,6 +8,7 @@ import os
 import time
 from pathlib import Path
 
+from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG, BaseOperator, task
 from kubernetes.client import models as k8s
 
@@ -126,15 +127,17 @@ with DAG("real_node", max_active_tasks=10, default_args={"retries": 0, "queue": 
     def init_fails() -> None:
         print("not reached")
 
-    @task
-    def evicted() -> None:
-        # Its first pod is evicted while it runs; the new pod of the same try finishes it. The mark
-        # lies beside the logs, which every pod of the node mounts.
-        mark = Path(os.environ["AIRFLOW__LOGGING__BASE_LOG_FOLDER"]) / "evicted.first-pod-ran"
-        first = not mark.exists()
-        mark.write_text(where())
-        print(f"evicted running in {'its first' if first else 'a new'} pod: {where()}", flush=True)
-        time.sleep(600 if first else 1)
+    # Its first pod is evicted while it runs; the new pod of the same try finishes it. A Bash task,
+    # whose on_kill would fail it if SIGTERM reached it: the disruption guard keeps the signal back.
+    # The mark lies beside the logs, which every pod of the node mounts.
+    BashOperator(
+        task_id="evicted",
+        bash_command=(
+            'mark="$AIRFLOW__LOGGING__BASE_LOG_FOLDER/evicted.first-pod-ran"; '
+            'if [ -e "$mark" ]; then echo "evicted running in a new pod: $HOSTNAME"; sleep 1; '
+            'else touch "$mark"; echo "evicted running in its first pod: $HOSTNAME"; sleep 600; fi'
+        ),
+    )
 
     local_task()
     hello()
@@ -145,4 +148,3 @@ with DAG("real_node", max_active_tasks=10, default_args={"retries": 0, "queue": 
     bad_image()
     init_fails()
     Killable(task_id="killable")
-    evicted()

@@ -15,6 +15,20 @@ from pathlib import Path
 
 GO_DIR = Path(__file__).resolve().parent / "go"
 
+
+def apt_install(packages: list[str], why: str) -> None:
+    """Debian's `packages`, installed through apt (a fresh machine of this kind has none of the
+    real node's or the image build's)."""
+    if not packages:
+        return
+    print(f"installing Debian packages for {why}: {' '.join(packages)}", flush=True)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", *packages], check=True, env=env, stdout=subprocess.DEVNULL
+    )
+
+
 KUBE_BINARIES = {
     "kube-apiserver": "k8s.io/kubernetes/cmd/kube-apiserver",
     "kube-scheduler": "k8s.io/kubernetes/cmd/kube-scheduler",

@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from devcluster import oci
+from devcluster import build, oci
 
 RUNTIME_LABEL = "devcluster.k8s-executor.dev/runtime"
 REAL_NODE_TAINT = "devcluster.k8s-executor.dev/real-node"
@@ -150,14 +150,7 @@ def ensure_packages() -> None:
         wanted.append("busybox-static")
     if not shutil.which("gcc"):
         wanted.append("gcc")
-    if not wanted:
-        return
-    print(f"installing Debian packages for the real node: {' '.join(wanted)}", flush=True)
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, stdout=subprocess.DEVNULL)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-qq", *wanted], check=True, env=env, stdout=subprocess.DEVNULL
-    )
+    build.apt_install(wanted, "the real node")
 
 
 def preflight() -> None:

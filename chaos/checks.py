@@ -7,6 +7,7 @@ import re
 import statistics
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from devcluster.airflow_stack import AirflowStack
@@ -23,6 +24,11 @@ _RESET = re.compile(
     r"<TaskInstance: (?P<dag>[^.\s]+)\.(?P<task>\S+) (?P<run>\S+) map_index=(?P<index>-?\d+) \["
 )
 _RESET_HEADER = "Reset the following"
+# Airflow's execution API fails a try outright, retries or not, when its state update meets any
+# exception (routes/task_instances.py, ti_update_state): a database dropping its connections does.
+# Its log line carries the task instance's id (bound to the request's log context).
+_FAILED_BY_EXECUTION_API = "Error updating Task Instance state. Setting the task to failed."
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 # A failed try's reason is looked for in what was written while it ran, and for this long after.
 REASON_WINDOW_S = 120.0
 
@@ -50,6 +56,10 @@ class Findings:
     # Tries a disruption hit that then failed though their task was not written to fail then:
     # a retry spent on the cluster's doing.
     retries_spent_on_disruptions: list[dict[str, Any]] = field(default_factory=list)
+    # Tasks that ended failed short of their retries because Airflow's execution API failed their
+    # try outright on a database error during the PostgreSQL fault (its own log says so): Airflow's
+    # doing, not the executor's, so not lost; counted apart.
+    failed_by_airflow_on_db_error: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _epoch(value: Any) -> float | None:
@@ -62,18 +72,35 @@ def _epoch(value: Any) -> float | None:
     return float(value)
 
 
-def tries(stack: AirflowStack) -> tuple[list[Try], dict[tuple[str, str, int], tuple[str | None, int]]]:
+def tries(stack: AirflowStack) -> tuple[list[Try], dict[tuple[str, str, int], tuple[str | None, int, str]]]:
     """Every try of the load's tasks (earlier ones from task_instance_history), and each task
-    instance's current state and try number."""
+    instance's current state, try number and id."""
     columns = "run_id, task_id, map_index, state, try_number, start_date, end_date, queued_dttm"
-    current = stack.sql(f"SELECT {columns} FROM task_instance WHERE dag_id = %s", load.DAG_ID)
-    history = stack.sql(f"SELECT {columns} FROM task_instance_history WHERE dag_id = %s", load.DAG_ID)
+    current = stack.sql(f"SELECT {columns}, id FROM task_instance WHERE dag_id = %s", load.DAG_ID)
+    history = stack.sql(f"SELECT {columns}, NULL FROM task_instance_history WHERE dag_id = %s", load.DAG_ID)
     found: dict[TryKey, Try] = {}
-    for run_id, task_id, map_index, state, number, start, end, queued in [*history, *current]:
+    for run_id, task_id, map_index, state, number, start, end, queued, _ in [*history, *current]:
         key: TryKey = (load.DAG_ID, task_id, run_id, int(map_index), int(number))
         found[key] = Try(key, state, _epoch(start), _epoch(end), _epoch(queued))
-    instances = {(row[0], row[1], int(row[2])): (row[3], int(row[4])) for row in current}
+    instances = {(row[0], row[1], int(row[2])): (row[3], int(row[4]), str(row[8])) for row in current}
     return list(found.values()), instances
+
+
+def failed_by_execution_api(home: Path, windows: list[tuple[float, float]]) -> set[str]:
+    """The ids of the task instances whose try Airflow's execution API failed outright on an error
+    (its API server's log says so) within one of `windows`."""
+    found: set[str] = set()
+    for path in home.glob("api-server*.log"):
+        for line in path.read_text(errors="replace").splitlines():
+            if _FAILED_BY_EXECUTION_API not in line:
+                continue
+            try:
+                at = audit_time(line.split()[0])
+            except (ValueError, IndexError):
+                continue
+            if any(since <= at <= until for since, until in windows):
+                found.update(_UUID.findall(line))
+    return found
 
 
 def failure_text(stack: AirflowStack, key: TryKey) -> str:
@@ -113,23 +140,27 @@ def check_tasks(
     faults' victims or not (a pod that was still starting, or came to a node while it was hit)."""
     all_tries, instances = tries(stack)
     resets = reset_by_airflow(stack)
-    for (run_id, task_id, map_index), (state, number) in sorted(instances.items()):
-        reached = load.outcome(task_id, state, number)
-        findings.tasks[reached] += 1
-        if reached != load.expected_outcome(task_id):
-            findings.lost.append(
-                {
-                    "task": f"{run_id} {task_id}[{map_index}]",
-                    "state": state,
-                    "try_number": number,
-                    "expected": load.expected_outcome(task_id),
-                }
-            )
     windows = [
         (r.fault.kind, r.started, (r.over or r.started) + REASON_WINDOW_S)
         for r in records
         if r.started is not None and not r.skipped
     ]
+    database_down = [(since, until) for kind, since, until in windows if kind == "postgres_restart"]
+    failed_by_airflow = failed_by_execution_api(stack.home, database_down)
+    for (run_id, task_id, map_index), (state, number, ti_id) in sorted(instances.items()):
+        reached = load.outcome(task_id, state, number)
+        findings.tasks[reached] += 1
+        if reached != load.expected_outcome(task_id):
+            ended = {
+                "task": f"{run_id} {task_id}[{map_index}]",
+                "state": state,
+                "try_number": number,
+                "expected": load.expected_outcome(task_id),
+            }
+            if state == "failed" and ti_id in failed_by_airflow:
+                findings.failed_by_airflow_on_db_error.append(ended)
+            else:
+                findings.lost.append(ended)
     queued_at = {t.key: t.queued for t in all_tries}
     for attempt in all_tries:
         if attempt.state not in ("failed", "up_for_retry"):

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from devcluster.airflow_stack import AIRFLOW_MAJOR
 
+from chaos.__main__ import INVARIANTS
+
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(
@@ -58,6 +60,6 @@ def test_five_minutes_of_mixed_faults_lose_double_leave_and_misexplain_nothing(t
     detail = json.dumps({k: v for k, v in result.items() if k != "fault_log"}, indent=1)[-6000:]
     assert result["runs_triggered"] > 0 and result["runs_settled"], detail
     assert sum(result["faults"].values()) > 0, detail
-    for invariant in ("lost", "duplicated", "left_behind", "wrong_reasons", "scheduler_exits"):
+    for invariant in INVARIANTS:
         assert result[invariant] == 0, f"{invariant}: {detail}"
     assert done.returncode == 0, done.stdout[-3000:]

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from chaos import load
+import datetime
+import uuid
+from pathlib import Path
+
+from chaos import checks, load
 from chaos.schedule import KINDS, QUIET_END_S, WARMUP_S, draw, for_executor
 
 
@@ -119,3 +123,21 @@ def test_the_cluster_s_disruptions_are_drawn_only_when_asked_for() -> None:
     drawn = draw(1717, 5, DISRUPTION_KINDS)
     assert {f.kind for f in drawn} == set(DISRUPTION_KINDS)
     assert all("pick" in f.params or "hold_s" in f.params for f in drawn)
+
+
+def test_a_try_the_execution_api_failed_is_airflows_only_on_its_word_during_the_postgres_fault(
+    tmp_path: Path,
+) -> None:
+    """A task failed short of its retries is counted apart from the lost only where Airflow's API
+    server said it failed that very task instance outright, while the database was down."""
+    inside, outside, other = (str(uuid.uuid4()) for _ in range(3))
+    said = "[error    ] Error updating Task Instance state. Setting the task to failed."
+    (tmp_path / "api-server.log").write_text(
+        f"2026-12-03T07:40:10.000000Z {said} [airflow.api_fastapi] payload=x ti_id={inside}\n"
+        "Traceback (most recent call last):\n"
+        f"2026-12-03T07:59:00.000000Z {said} [airflow.api_fastapi] payload=x ti_id={outside}\n"
+        f"2026-12-03T07:40:11.000000Z [info     ] Task instance state updated ti_id={other}\n"
+    )
+    start = datetime.datetime(2026, 12, 3, 7, 40, tzinfo=datetime.timezone.utc).timestamp()
+    assert checks.failed_by_execution_api(tmp_path, [(start, start + 60)]) == {inside}
+    assert checks.failed_by_execution_api(tmp_path, []) == set()

@@ -128,14 +128,16 @@ def say(text: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    child = subprocess.Popen(argv, start_new_session=True)
     pending: list[int] = []
 
     def note(signum: int, _frame: Any) -> None:
         pending.append(signum)
 
+    # Caught before the task starts, so that no signal ends the guard and leaves the task behind;
+    # the task's exec gives it the default handlers back.
     for sig in (signal.SIGTERM, *FORWARDED):
         signal.signal(sig, note)
+    child = subprocess.Popen(argv, start_new_session=True)
     while (code := child.poll()) is None:
         while pending:
             signum = pending.pop(0)

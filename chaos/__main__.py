@@ -373,6 +373,9 @@ class Run:
             "scheduler_exits": len(unexplained),
             "scheduler_exits_caused_by_faults": len(exits) - len(unexplained),
             "recovery_s": checks.summary(found),
+            **checks.loop_holds(
+                [log.read_text(errors="replace") for log in sorted(self.stack.home.glob("scheduler*.log"))]
+            ),
             "runs_triggered": len(self.triggered),
             "trigger_failures": self.trigger_failures,
             "runs_settled": settled,
@@ -421,6 +424,11 @@ def print_table(result: dict[str, Any]) -> None:
     for key in INVARIANTS:
         print(f"{key:<24}{result[key]:>6}")
     print(f"{'(exits caused by faults':<24}{result['scheduler_exits_caused_by_faults']:>6})")
+    print(
+        f"\nAirflow's loop held at most {result['loop_hold_max_s']:.3f} s by the executor "
+        f"({result['slow_calls']} calls over 100 ms; end at most {result['end_max_s']:.3f} s); p99 by call: "
+        + ", ".join(f"{call} {s:.3f} s" for call, s in result["loop_hold_p99_s"].items())
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

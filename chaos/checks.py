@@ -29,6 +29,11 @@ _RESET_HEADER = "Reset the following"
 # Its log line carries the task instance's id (bound to the request's log context).
 _FAILED_BY_EXECUTION_API = "Error updating Task Instance state. Setting the task to failed."
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+# The executor's words for a call of Airflow's that held its scheduler loop (metrics.CallTimes),
+# and its periodic summary of every call.
+_HELD = re.compile(r"(?P<call>\w+) held Airflow's scheduler loop for (?P<s>[\d.]+) s")
+_CALLS = re.compile(r"executor calls since start: (?P<calls>.*)$")
+_CALL = re.compile(r"(?P<call>\w+) n=(?P<n>\d+) p99=(?P<p99>[\d.]+) s max=(?P<max>[\d.]+) s")
 # A failed try's reason is looked for in what was written while it ran, and for this long after.
 REASON_WINDOW_S = 120.0
 
@@ -359,4 +364,26 @@ def summary(findings: Findings) -> dict[str, Any]:
     return {
         kind: {"n": len(values), "p50": percentile(values, 50), "p99": percentile(values, 99)}
         for kind, values in sorted(findings.recovery.items())
+    }
+
+
+def loop_holds(logs: list[str]) -> dict[str, Any]:
+    """How long the executor held Airflow's scheduler loop, from the schedulers' logs: the longest
+    call (`end`, the scheduler's shutdown, apart), the p99 of each call in each scheduler's last
+    summary (the highest among schedulers), and how many calls took longer than 100 ms."""
+    slow: list[tuple[str, float]] = []
+    longest: list[tuple[str, float]] = []
+    p99: dict[str, float] = {}
+    for text in logs:
+        slow += [(m["call"], float(m["s"])) for m in _HELD.finditer(text)]
+        summaries = [m["calls"] for line in text.splitlines() if (m := _CALLS.search(line))]
+        for m in _CALL.finditer(summaries[-1] if summaries else ""):
+            p99[m["call"]] = max(p99.get(m["call"], 0.0), float(m["p99"]))
+            longest.append((m["call"], float(m["max"])))
+    every = slow + longest
+    return {
+        "loop_hold_max_s": max((s for call, s in every if call != "end"), default=0.0),
+        "loop_hold_p99_s": dict(sorted(p99.items())),
+        "slow_calls": sum(1 for call, _ in slow if call != "end"),
+        "end_max_s": max((s for call, s in every if call == "end"), default=0.0),
     }

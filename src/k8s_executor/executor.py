@@ -56,6 +56,8 @@ class KubernetesExecutor(BaseExecutor):
         self.owner: str | None = None
         self._worker_env: dict[str, str] = {}
         self._notes = task_log.NoteWriter()
+        # How long each of Airflow's calls into the executor held its scheduler loop.
+        self.call_times = metrics.CallTimes()
 
     # --- lifecycle -------------------------------------------------------
     def start(self) -> None:
@@ -88,6 +90,11 @@ class KubernetesExecutor(BaseExecutor):
             self.settings.watched_namespaces,
         )
 
+    @metrics.timed_call("heartbeat")
+    def heartbeat(self) -> None:
+        super().heartbeat()
+
+    @metrics.timed_call("sync")
     def sync(self) -> None:
         if self.kube_scheduler is None:
             return
@@ -248,6 +255,7 @@ class KubernetesExecutor(BaseExecutor):
             self._note_in_task_log(result.ref, f"Kubernetes pod {reason}", ends_try=True)
             self.change_state(key, failure, reason)
 
+    @metrics.timed_call("end")
     def end(self) -> None:
         """Report what has ended, let creates in flight land, and stop.
 
@@ -272,6 +280,7 @@ class KubernetesExecutor(BaseExecutor):
             self.kube_scheduler.terminate()
 
     # --- launching -------------------------------------------------------
+    @metrics.timed_call("trigger_tasks")
     def trigger_tasks(self, open_slots: int) -> None:
         batch = self.settings.worker_pods_creation_batch_size if self.settings else open_slots
         super().trigger_tasks(min(open_slots, batch))
@@ -312,6 +321,7 @@ class KubernetesExecutor(BaseExecutor):
     def _request_from_connection_test(self, workload: Any) -> PodRequest:
         return workloads.request_from_connection_test(workload, self._owner())
 
+    @metrics.timed_call("execute_async")
     def execute_async(
         self,
         key: Any,
@@ -394,6 +404,7 @@ class KubernetesExecutor(BaseExecutor):
         return cli_commands()
 
     # --- adoption, revocation, logs ---------------------------------------
+    @metrics.timed_call("try_adopt_task_instances")
     def try_adopt_task_instances(self, tis: Sequence[Any]) -> Sequence[Any]:
         assert self.kube_scheduler is not None and self.settings is not None
         watch = metrics.Stopwatch()
@@ -449,6 +460,7 @@ class KubernetesExecutor(BaseExecutor):
     def adopt_launched_task(self, ti: Any, last_heartbeat: Any = None, session: Any = None) -> bool:
         return not self.try_adopt_task_instances([ti])
 
+    @metrics.timed_call("revoke_task")
     def revoke_task(self, *, ti: Any) -> None:
         if self.kube_scheduler is None:
             self.queued_tasks.pop(ti.key, None)

@@ -8,8 +8,12 @@ in the name, as Airflow's own metrics do.
 from __future__ import annotations
 
 import datetime
+import functools
+import logging
 import time
-from typing import Any
+from collections import deque
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from k8s_executor.airflow_adapter import stats
 
@@ -24,6 +28,9 @@ NAMES = {
     "watcher.relists": "counter: full relists after a 410 Gone (history compacted)",
     "watcher.events": "counter: watch events and listed pods the watchers read (every scheduler of an executor reads its pods' events)",
     "pods.relaunched": "counter: new pods for tries whose pod failed before their task started (pod_launch_failure_retries)",
+    "pods.disrupted.<cause>": "counter: pods the cluster ended, by their DisruptionTarget reason",
+    "executor_call.<call>": "timer: one call Airflow's scheduler loop made into the executor (heartbeat, sync, trigger_tasks, execute_async, try_adopt_task_instances, revoke_task, end)",
+    "executor_call.slow.<call>": "counter: calls that held Airflow's scheduler loop longer than 100 ms (each also logged)",
     "adoption.pods": "counter: pods taken over from schedulers that died",
     "adoption.duration": "timer: one adoption pass",
     "unclaimed_pods.disposed": "counter: finished pods of a scheduler that is gone, deleted or marked done",
@@ -56,3 +63,65 @@ class Stopwatch:
 
 def http_outcome(kind: str, status: int) -> None:
     incr(f"{kind}.status.{status}", status=status)
+
+
+# A call of Airflow's into the executor that takes longer holds its scheduler loop noticeably.
+SLOW_CALL_S = 0.1
+# How often the executor logs how long Airflow's calls took (count, p99, longest).
+CALL_SUMMARY_EVERY_S = 30.0
+# The p99 is over each call's latest durations: a bounded memory, however long the scheduler runs.
+CALL_WINDOW = 10_000
+
+log = logging.getLogger("k8s_executor.executor")
+_Call = TypeVar("_Call", bound=Callable[..., Any])
+
+
+class CallTimes:
+    """How long each of Airflow's calls into the executor took: a timer per call, a counter and a
+    warning for each slow one, and a summary line every CALL_SUMMARY_EVERY_S."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.recent: dict[str, deque[float]] = {}
+        self.count: dict[str, int] = {}
+        self.longest: dict[str, float] = {}
+        self.summarised = clock()
+
+    def record(self, call: str, seconds: float) -> None:
+        self.recent.setdefault(call, deque(maxlen=CALL_WINDOW)).append(seconds)
+        self.count[call] = self.count.get(call, 0) + 1
+        self.longest[call] = max(self.longest.get(call, 0.0), seconds)
+        timing(f"executor_call.{call}", seconds)
+        if seconds > SLOW_CALL_S:
+            incr(f"executor_call.slow.{call}")
+            log.warning("%s held Airflow's scheduler loop for %.3f s", call, seconds)
+        if self.clock() - self.summarised >= CALL_SUMMARY_EVERY_S:
+            self.summarised = self.clock()
+            log.info("executor calls since start: %s", self.summary())
+
+    def p99(self, call: str) -> float:
+        ordered = sorted(self.recent[call])
+        return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+    def summary(self) -> str:
+        return "; ".join(
+            f"{call} n={self.count[call]} p99={self.p99(call):.3f} s max={self.longest[call]:.3f} s"
+            for call in sorted(self.count)
+        )
+
+
+def timed_call(call: str) -> Callable[[_Call], _Call]:
+    """Times a method Airflow's scheduler loop calls, into its object's `call_times`."""
+
+    def wrap(method: _Call) -> _Call:
+        @functools.wraps(method)
+        def timed(self: Any, *args: Any, **kwargs: Any) -> Any:
+            watch = Stopwatch()
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                self.call_times.record(call, watch.seconds)
+
+        return timed  # type: ignore[return-value]
+
+    return wrap

@@ -141,3 +141,22 @@ def test_a_try_the_execution_api_failed_is_airflows_only_on_its_word_during_the_
     start = datetime.datetime(2026, 12, 3, 7, 40, tzinfo=datetime.timezone.utc).timestamp()
     assert checks.failed_by_execution_api(tmp_path, [(start, start + 60)]) == {inside}
     assert checks.failed_by_execution_api(tmp_path, []) == set()
+
+
+def test_the_loop_holds_are_read_from_the_schedulers_logs() -> None:
+    first = (
+        "2026-12-03T07:40:00Z WARNING - sync held Airflow's scheduler loop for 0.250 s\n"
+        "2026-12-03T07:40:01Z WARNING - end held Airflow's scheduler loop for 5.900 s\n"
+        "2026-12-03T07:40:30Z INFO - executor calls since start: heartbeat n=10 p99=0.020 s max=0.300 s; "
+        "sync n=10 p99=0.010 s max=0.250 s\n"
+        "2026-12-03T07:41:00Z INFO - executor calls since start: heartbeat n=20 p99=0.030 s max=0.300 s; "
+        "sync n=20 p99=0.012 s max=0.250 s\n"
+    )
+    second = "2026-12-03T07:41:00Z INFO - executor calls since start: heartbeat n=5 p99=0.040 s max=0.041 s\n"
+    assert checks.loop_holds([first, second]) == {
+        "loop_hold_max_s": 0.3,
+        "loop_hold_p99_s": {"heartbeat": 0.04, "sync": 0.012},
+        "slow_calls": 1,
+        "end_max_s": 5.9,
+    }
+    assert checks.loop_holds([])["loop_hold_max_s"] == 0.0

@@ -11,7 +11,10 @@ from outside the scheduler (see bench/measure.py): pod times from the API server
 queue times from the metadata database, event times from the scheduler's log, the
 executor's own requests from the API server's audit log, CPU and memory from /proc.
 A separate run per executor kills the scheduler with N pods running and times the
-adoption by its successor. The bare client creates the same pods (the template with what
+adoption by its successor. Runs are interleaved: every configuration's run is followed by the
+bare client's, and each ratio is taken within that adjacent pair (then the median, min and max
+over the rounds), with the machine's load beside it and a bare run far from the others flagged,
+so that the machine's drift between runs minutes apart is not read as the executor's. The bare client creates the same pods (the template with what
 the executor added to it, taken from the executor's first run) with 64 threads from a process
 of its own and nothing around them: the ceiling. It runs with this harness's watch on its
 namespace, as every executor's burst has (`bare_client`, the ceiling the ratios use), without
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import re
 import signal
 import statistics
@@ -396,12 +400,49 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
+def spread(values: list[float | None]) -> dict[str, float | int | None]:
+    """Median, min and max of the values measured (pairs with a run that failed left out)."""
+    kept = [v for v in values if v is not None]
+    return {
+        "median": statistics.median(kept) if kept else None,
+        "min": min(kept, default=None),
+        "max": max(kept, default=None),
+        "n": len(kept),
+    }
+
+
+def _spread_text(s: dict[str, Any]) -> str:
+    if s["median"] is None:
+        return "-"
+    return f"{s['median']:.2f} ({s['min']:.2f}-{s['max']:.2f}, n={s['n']})"
+
+
+# A bare-client run this far from the median of all of them says more about the machine at that
+# moment than about the executor next to it.
+BARE_OUTLIER = 0.2
+
+
+def flag_bare_outliers(pairs: dict[str, list[dict[str, Any]]]) -> None:
+    rates = [p["bare_client_pods_per_s"] for each in pairs.values() for p in each]
+    middle = statistics.median(rates) if rates else 0.0
+    for each in pairs.values():
+        for p in each:
+            p["bare_outlier"] = (
+                bool(middle) and abs(p["bare_client_pods_per_s"] - middle) > BARE_OUTLIER * middle
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument("--adopt-tasks", type=int, default=None, help="pods to adopt (default: --tasks)")
     parser.add_argument("--json", default="bench/out/result.json")
-    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="rounds; each runs every configuration, each followed by the bare client",
+    )
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--timeout", type=float, default=300.0, help="per phase, seconds")
     args = parser.parse_args()
@@ -419,13 +460,30 @@ def main() -> None:
     runs: dict[str, list[dict[str, Any]]] = {}
     adoptions: dict[str, list[dict[str, Any]]] = {}
     samples: dict[str, dict[str, Any]] = {}
-    for _ in range(args.repeat):
+    pairs: dict[str, list[dict[str, Any]]] = {}
+    for round_ in range(args.repeat):
         for name in args.configs.split(","):
+            load = os.getloadavg()[0]
             result, sample = run_executor(name, state, core, args.tasks, args.timeout)
             runs.setdefault(name, []).append(result)
             if sample:
                 samples.setdefault(name, sample)
             print(json.dumps(result), flush=True)
+            # The ceiling measured right after, with the same pods: the machine's state moves
+            # between runs minutes apart, so each executor's run is judged against its neighbour.
+            shape = samples.get("ours_best") or samples.get(name) or next(iter(samples.values()), None)
+            bare_load = os.getloadavg()[0]
+            bare_rate = run_bare(state, core, args.tasks, True, shape)
+            pair = {
+                "round": round_,
+                "pods_per_s": result.get("pods_per_s"),
+                "bare_client_pods_per_s": bare_rate,
+                "share_of_bare": ratio(result.get("pods_per_s"), bare_rate),
+                "load_avg_1m_before": round(load, 2),
+                "bare_load_avg_1m_before": round(bare_load, 2),
+            }
+            pairs.setdefault(name, []).append(pair)
+            print(json.dumps({"config": name, **pair}), flush=True)
         # Each executor adopts with its defaults; the official one launches the pods with its best
         # settings first, or its one pod per loop would take longer than the adoption run itself.
         for name, config_name in (("ours", "ours_default"), ("official", "official_best")):
@@ -435,12 +493,14 @@ def main() -> None:
                 print(json.dumps(result), flush=True)
     # The pods of the configuration the ceiling is compared with; both of ours build the same pods.
     executor_pod = samples.get("ours_best") or next(iter(samples.values()), None)
-    kinds = {"observed": (True, executor_pod), "unobserved": (False, executor_pod), "template": (True, None)}
     bare_runs = {
-        kind: [run_bare(state, core, args.tasks, observed, pod) for _ in range(args.repeat)]
-        for kind, (observed, pod) in kinds.items()
+        "observed": [p["bare_client_pods_per_s"] for each in pairs.values() for p in each],
+        # Once each: what the harness's watch and the executor's additions to the pod cost.
+        "unobserved": [run_bare(state, core, args.tasks, False, executor_pod)],
+        "template": [run_bare(state, core, args.tasks, True, None)],
     }
-    bare, unobserved, template_pods = (statistics.median(bare_runs[kind]) for kind in kinds)
+    bare, unobserved, template_pods = (statistics.median(bare_runs[kind]) for kind in bare_runs)
+    flag_bare_outliers(pairs)
 
     def median(name: str, key: str, source: dict[str, list[dict[str, Any]]] = runs) -> float | None:
         values = [r[key] for r in source.get(name, []) if r.get(key) is not None]
@@ -508,6 +568,22 @@ def main() -> None:
                 for name in ("ours_default", "ours_ha")
             },
         },
+        # Each configuration's share of the bare client run right after it, and ours over the
+        # official provider within each round: the median, min and max over the pairs.
+        "pairs": pairs,
+        "share_of_bare_client": {
+            name: spread([p["share_of_bare"] for p in each]) for name, each in pairs.items()
+        },
+        "ours_over_official_by_round": {
+            f"{ours}_over_{official}": spread(
+                [
+                    ratio(a["pods_per_s"], b["pods_per_s"])
+                    for a, b in zip(pairs[ours], pairs[official], strict=False)
+                ]
+            )
+            for ours, official in (("ours_best", "official_best"), ("ours_default", "official_best"))
+            if ours in pairs and official in pairs
+        },
         "runs": runs,
         "adoptions": adoptions,
         "bare_client_runs": bare_runs,
@@ -534,6 +610,18 @@ def main() -> None:
     print(f"{'bare_client':<18}{bare:>8.1f}  (runs: {bare_runs['observed']})")
     print(f"{'bare, unobserved':<18}{unobserved:>8.1f}  (runs: {bare_runs['unobserved']})")
     print(f"{'bare, template':<18}{template_pods:>8.1f}  (runs: {bare_runs['template']})")
+    print("\nshare of the bare client run right after (median, min-max over rounds; * = bare outlier):")
+    for name, each in pairs.items():
+        shares = " ".join(
+            f"{p['share_of_bare']:.2f}{'*' if p.get('bare_outlier') else ''}" if p["share_of_bare"] else "-"
+            for p in each
+        )
+        s = out["share_of_bare_client"][name]
+        print(
+            f"  {name:<18}{_spread_text(s)}   rounds: {shares}   load: {[p['load_avg_1m_before'] for p in each]}"
+        )
+    for key, s in out["ours_over_official_by_round"].items():
+        print(f"  {key:<34}{_spread_text(s)}")
     for name, results in adoptions.items():
         print(f"adoption {name}: {median(name, 'adoption_s', adoptions)} s (runs: {results})")
     print(f"ratios: {json.dumps(out['ratios'])}")

@@ -68,3 +68,17 @@ def test_the_template_is_left_as_it_was() -> None:
     before = repr(TEMPLATE)
     executor_shaped(TEMPLATE, CREATED)
     assert repr(TEMPLATE) == before
+
+
+def test_each_ratio_is_taken_within_its_pair_and_a_bare_run_far_from_the_rest_is_flagged() -> None:
+    from bench.__main__ import flag_bare_outliers, spread
+
+    pairs = {
+        "ours_best": [{"bare_client_pods_per_s": 150.0}, {"bare_client_pods_per_s": 100.0}],
+        "official_best": [{"bare_client_pods_per_s": 148.0}, {"bare_client_pods_per_s": 152.0}],
+    }
+    flag_bare_outliers(pairs)
+    assert [p["bare_outlier"] for p in pairs["ours_best"]] == [False, True]
+    assert not any(p["bare_outlier"] for p in pairs["official_best"])
+    assert spread([0.8, None, 0.9, 0.7]) == {"median": 0.8, "min": 0.7, "max": 0.9, "n": 3}
+    assert spread([None]) == {"median": None, "min": None, "max": None, "n": 0}

@@ -14,7 +14,7 @@ from devcluster.airflow_stack import AirflowStack
 
 from chaos import load
 from chaos.faults import FAULT_WORDS, Record, TryKey
-from chaos.observe import OUR_POD_TRY, PodWatch, audit_time, task_log_text
+from chaos.observe import OUR_POD_TRY, PodWatch, audit_time
 from chaos.schedule import DISRUPTION_KINDS
 
 TERMINAL = ("success", "failed")
@@ -116,7 +116,9 @@ def failure_text(stack: AirflowStack, key: TryKey) -> str:
         "AND run_id = %s AND map_index = %s AND try_number = %s",
         *key,
     )
-    return task_log_text(stack.home, key) + "\n" + "\n".join(str(extra) for (extra,) in rows)
+    dag_id, task_id, run_id, map_index, try_number = key
+    log = stack.log_file(dag_id, run_id, task_id, try_number, map_index)
+    return log + "\n" + "\n".join(str(extra) for (extra,) in rows)
 
 
 def reset_by_airflow(stack: AirflowStack) -> dict[tuple[str, str, int], list[float]]:

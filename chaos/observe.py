@@ -136,13 +136,3 @@ def audit_entries(
 
 def audit_time(text: str) -> float:
     return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
-def task_log_text(home: Path, key: TryKey) -> str:
-    """The try's log as the worker (and our executor's notes) wrote it: the shared log folder."""
-    dag_id, task_id, run_id, map_index, try_number = key
-    folder = home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
-    if map_index >= 0:
-        folder = folder / f"map_index={map_index}"
-    path = folder / f"attempt={try_number}.log"
-    return path.read_text(errors="replace") if path.exists() else ""

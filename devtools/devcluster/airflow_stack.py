@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -447,22 +448,32 @@ class AirflowStack:
     def task_log(
         self, dag_id: str, run_id: str, task_id: str, try_number: int = 1, map_index: int = -1
     ) -> str:
-        """The try's log as the UI shows it (Airflow 3's REST API), one line per log record."""
-        body = self.rest(
-            f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}"
-            f"?full_content=true&map_index={map_index}"
-        )
+        """The try's log as the UI shows it (Airflow 3's REST API), one line per log record; empty
+        while its task instance is not there yet (a run just triggered)."""
+        try:
+            body = self.rest(
+                f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}"
+                f"?full_content=true&map_index={map_index}"
+            )
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return ""
+            raise
         content = body.get("content") or []
         if isinstance(content, str):
             return content
         return "\n".join(_log_line(line) for line in content)
 
-    def log_file(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> str:
+    def log_file(
+        self, dag_id: str, run_id: str, task_id: str, try_number: int = 1, map_index: int = -1
+    ) -> str:
         """The try's log file as the workers and the executor wrote it (Airflow 2's stacks run no
         webserver to show it); empty while there is none."""
-        path = self.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
+        folder = self.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
+        if map_index >= 0:
+            folder = folder / f"map_index={map_index}"
         try:
-            return (path / f"attempt={try_number}.log").read_text(errors="replace")
+            return (folder / f"attempt={try_number}.log").read_text(errors="replace")
         except FileNotFoundError:
             return ""
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from devcluster import build, pki, real_node
+from devcluster import build, pki, process_tree, real_node
 
 READY_TIMEOUT_S = 120.0
 
@@ -587,6 +587,8 @@ def _kill_orphan_containers(under: Path) -> list[str]:
         except OSError:
             continue
         if b"devcluster.shim" in cmdline and marker in cmdline and _running(int(entry)):
+            # The whole container: its task may run in a session of its own (the guard's).
+            process_tree.kill(int(entry))
             _kill(int(entry), 0)
             killed.append(f"container shim (pid {entry})")
     return killed

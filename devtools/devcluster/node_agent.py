@@ -606,7 +606,7 @@ class ProcessPod(PodWorker):
         while time.monotonic() < deadline and any(process_alive(p) for p in pids):
             time.sleep(0.05)
         for pid in pids:
-            kill_container(pid)
+            process_tree.kill(pid)
 
     # The state file lets a restarted agent find the containers it started.
     def _save(self) -> None:
@@ -1029,18 +1029,7 @@ class ProcessPod(PodWorker):
         with self.proc_lock:
             pids = list(self.procs.values())
         for pid in pids:
-            kill_container(pid)
-
-
-def kill_container(pid: int) -> None:
-    """SIGKILL for every process of a container, those in sessions of their own too (the disruption
-    guard runs its task in one): a container's end takes its whole PID namespace with it (the
-    kernel's zap_pid_ns_processes), where a process group would miss them."""
-    members = process_tree.tree(pid)
-    signal_group(pid, signal.SIGKILL)
-    for member in members:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(member, signal.SIGKILL)
+            process_tree.kill(pid)
 
 
 def signal_group(pid: int, sig: signal.Signals) -> None:

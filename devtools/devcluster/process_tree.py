@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 from pathlib import Path
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -40,3 +42,16 @@ def resident_bytes(fields: list[str]) -> int:
 def cpu_seconds(fields: list[str]) -> float:
     """User and system time, with that of reaped children."""
     return sum(int(f) for f in fields[11:15]) / TICKS
+
+
+def kill(root: int) -> None:
+    """SIGKILL for `root`, its process group and every descendant, those in sessions of their own
+    too (the disruption guard runs its task in one): a container's end takes its whole PID
+    namespace with it (the kernel's zap_pid_ns_processes), where a process group would miss them.
+    The descendants are read first: once `root` is gone, they are no longer its children."""
+    members = tree(root)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(root, signal.SIGKILL)
+    for pid in members:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)

@@ -30,6 +30,12 @@ def wait_for(check: Callable[[], T], what: str, timeout: float = 60.0, interval:
     )
 
 
+def assert_says(text: str, *words: str) -> None:
+    """Each of `words` is in `text` (a task's log), or the failure shows the whole text."""
+    for each in words:
+        assert each in text, f"{each!r} not in:\n{text}"
+
+
 def wait_for_pod_phase(
     core: client.CoreV1Api, namespace: str, name: str, phases: tuple[str, ...], timeout: float = 60.0
 ) -> client.V1Pod:

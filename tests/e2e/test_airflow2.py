@@ -11,7 +11,7 @@ from kubernetes import client
 
 from tests.e2e.conftest import airflow_stack, assert_adapter_queries_answer
 from tests.e2e.test_local_kubernetes_executor import POD_TASKS, check_restart_mid_run, pod_tasks
-from tests.helpers import wait_for
+from tests.helpers import assert_says, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -217,11 +217,11 @@ def test_a_task_evicted_while_it_runs_succeeds_in_a_new_pod_of_the_same_try_on_a
     )
     assert endings2.task_states(dag_id, run_id)[("evicted", -1)] == ("success", 1)
     log = endings2.log_file(dag_id, run_id, "evicted")
-    for words in (
+    assert_says(
+        log,
         f"Kubernetes pod {endings2.namespace}/{pod.metadata.name} was disrupted by the cluster",
         "DisruptionTarget EvictionByEvictionAPI",
         "disruption 1 of at most 3",
         "its retries are untouched",
         "evicted is running (a new pod)",
-    ):
-        assert words in log, f"{words!r} not in:\n{log}"
+    )

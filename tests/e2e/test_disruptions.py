@@ -18,7 +18,7 @@ from kubernetes import client
 
 from tests.conftest import CLUSTER_DIR
 from tests.e2e.conftest import airflow_stack
-from tests.helpers import wait_for
+from tests.helpers import assert_says, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -82,14 +82,14 @@ def relaunched_with_retries_untouched(
     assert stack.wait_for_run(dag_id, RUN, timeout=300) == "success", stack.explain_run(dag_id, RUN)
     assert stack.task_states(dag_id, RUN)[("work", -1)] == ("success", 1)
     log = stack.task_log(dag_id, RUN, "work")
-    for words in (
+    assert_says(
+        log,
         f"Kubernetes pod {stack.namespace}/{pod.metadata.name} was disrupted by the cluster",
         f"DisruptionTarget {cause}",
         "disruption 1 of at most 3",
         "its retries are untouched",
         "work is running (a new pod)",
-    ):
-        assert words in log, f"{words!r} not in:\n{log}"
+    )
 
 
 def test_a_noexecute_taint_on_its_node(stack: AirflowStack, core: client.CoreV1Api) -> None:

@@ -13,7 +13,7 @@ from kubernetes import client
 
 from k8s_executor import identity
 from tests.e2e.conftest import airflow_stack
-from tests.helpers import wait_for
+from tests.helpers import assert_says, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -106,23 +106,23 @@ def test_pods_end_as_their_task_did(stack: AirflowStack, core: client.CoreV1Api)
     # the task was launched again.
     assert stack.task_states(DAG, RUN)[("evicted", -1)][1] == 1
     evicted_log = stack.task_log(DAG, RUN, "evicted")
-    for words in (
+    assert_says(
+        evicted_log,
         f"Kubernetes pod {stack.namespace}/{victim.metadata.name} was disrupted by the cluster",
         "evicted through the Eviction API",
         "DisruptionTarget EvictionByEvictionAPI",
         "disruption 1 of at most 3",
         "its retries are untouched",
         "evicted is running (a new pod)",
-    ):
-        assert words in evicted_log, f"{words!r} not in:\n{evicted_log}"
+    )
     assert stack.task_states(DAG, RUN)[("bash_evicted", -1)][1] == 1
     bash_log = stack.task_log(DAG, RUN, "bash_evicted")
-    for words in (
+    assert_says(
+        bash_log,
         f"Kubernetes pod {stack.namespace}/{bash_victim.metadata.name} was disrupted by the cluster",
         "disruption 1 of at most 3",
         "bash_evicted is running (a new pod)",
-    ):
-        assert words in bash_log, f"{words!r} not in:\n{bash_log}"
+    )
 
     said = f"after 1 disruption(s) of this try's earlier pods, each launched again (disruption_retries 1): (1) pod {stack.namespace}/{first_of_two.metadata.name}"
     wait_for(

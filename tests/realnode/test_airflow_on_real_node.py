@@ -15,7 +15,7 @@ from devcluster import control_plane, image, real_node
 from devcluster.airflow_stack import AirflowStack
 from kubernetes import client
 
-from tests.helpers import wait_for
+from tests.helpers import assert_says, wait_for
 from tests.least_privilege import executor_kubeconfig, grant_workers
 from tests.realnode.conftest import REAL_CLUSTER_DIR, REAL_NODE
 
@@ -200,11 +200,11 @@ def test_a_task_evicted_by_the_cluster_runs_again_in_a_new_pod_of_the_same_try(
     assert ended(stack, "evicted") == "success", stack.task_log("real_node", RUN, "evicted")
     assert stack.task_states("real_node", RUN)[("evicted", -1)][1] == 1
     log = stack.task_log("real_node", RUN, "evicted")
-    for words in (
+    assert_says(
+        log,
         f"Kubernetes pod {stack.namespace}/{first.metadata.name} was disrupted by the cluster",
         "DisruptionTarget EvictionByEvictionAPI",
         "disruption 1 of at most 3",
         "its retries are untouched",
         "evicted running in a new pod",
-    ):
-        assert words in log, f"{words!r} not in:\n{log}"
+    )

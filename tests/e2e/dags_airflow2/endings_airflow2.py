@@ -48,24 +48,19 @@ def fails() -> None:
     raise ValueError("this task fails; its pod is kept, and must not run on")
 
 
-with DAG(
-    "e2e_endings",
-    start_date=datetime.datetime(2024, 1, 1),
-    schedule_interval=None,
-    catchup=False,
-    default_args={"retries": 0},
-):
+ARGS = {
+    "start_date": datetime.datetime(2024, 1, 1),
+    "schedule_interval": None,
+    "catchup": False,
+    "default_args": {"retries": 0},
+}
+
+with DAG("e2e_endings", **ARGS):
     PythonOperator(task_id="sidecar_ok", python_callable=done, executor_config=SIDECAR)
     PythonOperator(task_id="native_sidecar_ok", python_callable=done, executor_config=NATIVE_SIDECAR)
     PythonOperator(task_id="sidecar_fails", python_callable=fails, executor_config=SIDECAR)
 
 
 # Apart from the sidecars' run, which must end failed: this one must succeed.
-with DAG(
-    "e2e_evicted",
-    start_date=datetime.datetime(2024, 1, 1),
-    schedule_interval=None,
-    catchup=False,
-    default_args={"retries": 0},
-):
+with DAG("e2e_evicted", **ARGS):
     PythonOperator(task_id="evicted", python_callable=evicted, executor_config=GRACE_10S)

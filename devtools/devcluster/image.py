@@ -538,10 +538,13 @@ def _choose_driver(steps: _Steps, work: Path) -> str:
 def ensure_tools() -> None:
     if os.geteuid() != 0:
         raise BuildError("building the image needs root (mmdebstrap's root mode, buildah's storage)")
-    build.apt_install([tool for tool in ("mmdebstrap", "buildah") if shutil.which(tool) is None], "the image")
-    missing = [tool for tool in ("mmdebstrap", "buildah") if shutil.which(tool) is None]
-    if missing:
-        raise BuildError(f"missing {', '.join(missing)}, which apt could not install")
+
+    def missing() -> list[str]:
+        return [tool for tool in ("mmdebstrap", "buildah") if shutil.which(tool) is None]
+
+    build.apt_install(missing(), "the image")
+    if still := missing():
+        raise BuildError(f"missing {', '.join(still)}, which apt could not install")
     policy = Path("/etc/containers/policy.json")
     if not policy.exists():
         # buildah refuses to read or write any image without a signature policy.

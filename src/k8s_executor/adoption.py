@@ -70,7 +70,7 @@ def _orphan(seen: PodSeen, ours: bool, legacy: bool = False) -> Orphan:
 
 
 def unadopted_reason(ti_state: object, dead: Iterable[str], adopter: str) -> str:
-    """What the log of a try handed over with no pod says: Airflow resets such a try and runs it
+    """What the log of a try handed over with no pod says: such a try is reset and Airflow runs it
     again, and the try's own log would otherwise end mid-run, with no word of why."""
     held_by = _held_by(dead)
     if getattr(ti_state, "value", ti_state) == "running":
@@ -79,15 +79,16 @@ def unadopted_reason(ti_state: object, dead: Iterable[str], adopter: str) -> str
         what = f"no pod of this try exists ({held_by} may have died before creating it, or it was deleted)"
     return (
         f"scheduler {adopter} took this try over from {held_by} and found no pod: {what}. "
-        "Airflow resets the try and runs the task again."
+        "The try is reset, and Airflow runs the task again."
     )
 
 
 def unlisted_reason(dead: Iterable[str], adopter: str, error: str) -> str:
-    """What the log of a try says when its pod could not be looked for: Airflow resets it too."""
+    """What the log of a try says when its pod could not be looked for, for about a minute: it is
+    reset too."""
     return (
         f"scheduler {adopter} could not take this try over from {_held_by(dead)}: listing its pod "
-        f"failed ({error}). Airflow resets the try and runs the task again; a pod of this try that "
+        f"failed ({error}). The try is reset, and Airflow runs the task again; a pod of this try that "
         "still exists is deleted by a live scheduler's sweep."
     )
 

@@ -222,6 +222,18 @@ def ref_of(key: Any) -> TaskRef:
     return TaskRef(key.dag_id, key.task_id, key.run_id, int(key.try_number), int(key.map_index))
 
 
+def reset_for_next_try(ti: Any, session: Any) -> None:
+    """What Airflow's scheduler does to a try handed over that no executor adopted: Airflow 3 keeps
+    the abandoned try in the task instance's history first; both lines clear its state and queuing
+    scheduler, so the scheduler runs the task again."""
+    if hasattr(ti, "prepare_db_for_next_try"):  # Airflow 3
+        ti.prepare_db_for_next_try(session)
+        ti.external_executor_id = None
+        ti.clear_next_method_args()
+    ti.state = None
+    ti.queued_by_job_id = None
+
+
 def with_fresh_token(workload: Any, executor: Any) -> Any:
     """Airflow 3: the task's workload with a new token, valid for its queued timeout from now (as
     the scheduler issues one when it queues a task)."""

@@ -13,12 +13,22 @@ import functools
 import queue
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 from airflow.executors.base_executor import BaseExecutor
 from airflow.utils.state import TaskInstanceState
 
-from k8s_executor import adoption, airflow_adapter, identity, metrics, task_instances, task_log, workloads
+from k8s_executor import (
+    adoption,
+    airflow_adapter,
+    errands,
+    identity,
+    metrics,
+    task_instances,
+    task_log,
+    workloads,
+)
 from k8s_executor.executor_config import ExecutorConfigError
 from k8s_executor.kube_client import core_api, describe_error
 from k8s_executor.launching import REQUEST_ERRORS
@@ -56,6 +66,10 @@ class KubernetesExecutor(BaseExecutor):
         self.owner: str | None = None
         self._worker_env: dict[str, str] = {}
         self._notes = task_log.NoteWriter()
+        # What needs the database or a pod list runs off Airflow's loop.
+        self._errands = errands.Errands("k8s-executor-errands")
+        # Tries handed over whose pods were not found, to be reset for Airflow to run again.
+        self._to_reset: set[identity.TaskRef] = set()
         # How long each of Airflow's calls into the executor held its scheduler loop.
         self.call_times = metrics.CallTimes()
 
@@ -100,7 +114,9 @@ class KubernetesExecutor(BaseExecutor):
             return
         self.kube_scheduler.check_watchers()
         todo = self.kube_scheduler.sync()
-        todo += self._ask_airflow()
+        todo += self._errands.collect()
+        self._ask_airflow()
+        self._reset_unfound()
         for action in todo:
             self._do(action)
         # Relaunches just built go out now, in the sync that decided them: a revocation between
@@ -152,17 +168,21 @@ class KubernetesExecutor(BaseExecutor):
 
     def _requeue(self, action: Requeue) -> None:
         """A try whose pod the cluster disrupted: its task instance back to queued (if nothing of
-        the task recorded its end meanwhile), and a new pod with a fresh workload token."""
-        assert self.kube_scheduler is not None
+        the task recorded its end meanwhile), and a new pod with a fresh workload token. The
+        database's compare-and-set is an errand; the ledger hears its outcome (`requeued`)."""
         key = airflow_adapter.to_airflow_key(action.ref)
+        # Not a try Airflow took back meanwhile (its heartbeat timeout fails it through the
+        # executor, whose event for it is then on its way).
+        if key in self.running and key not in self.event_buffer:
+            errand = functools.partial(task_instances.requeue, action.ref, action.ti_state, self.scheduler_id)
+        else:
+            errand = functools.partial(bool, False)
+        self._errands.run(f"requeue {action.ref}", errand, functools.partial(self._requeue_done, action))
+
+    def _requeue_done(self, action: Requeue, outcome: Future[bool]) -> list[Action]:
+        assert self.kube_scheduler is not None
         try:
-            # Not a try Airflow took back meanwhile (its heartbeat timeout fails it through the
-            # executor, whose event for it is then on its way).
-            requeued = (
-                key in self.running
-                and key not in self.event_buffer
-                and task_instances.requeue(action.ref, action.ti_state, self.scheduler_id)
-            )
+            requeued = outcome.result()
         except Exception:
             self.log.exception("could not put task %s back to queued after its pod's disruption", action.ref)
             requeued = False
@@ -175,8 +195,7 @@ class KubernetesExecutor(BaseExecutor):
                 f"{action.allowed}, [kubernetes_executor] disruption_retries); its retries are untouched."
             )
             self._say_launched_again(action.ref, note, f"pods.disrupted.{action.cause}")
-        for todo in self.kube_scheduler.requeued(action.ref, payload):
-            self._do(todo)
+        return self.kube_scheduler.requeued(action.ref, payload)
 
     def _say_launched_again(self, ref: identity.TaskRef, note: str, metric: str) -> None:
         """A try goes on in a new pod: said in the scheduler's log and the try's, and counted."""
@@ -192,46 +211,69 @@ class KubernetesExecutor(BaseExecutor):
             return functools.partial(self._request_from_workload, workload)
         return payload
 
-    def _ask_airflow(self) -> list[Action]:
-        """What only Airflow's database knows, when the ledger asks: which schedulers live, whether
-        tries whose pods failed had started, and which creates still on their way are for tries no
-        longer this scheduler's (reset, retried, or queued by another scheduler since: upstream
-        #69760)."""
+    def _ask_airflow(self) -> None:
+        """Ask what only Airflow's database knows, when the ledger asks (an errand, one at a time):
+        which schedulers live, whether tries whose pods failed had started, and which creates
+        still on their way are for tries no longer this scheduler's (reset, retried, or queued by
+        another scheduler since: upstream #69760)."""
         assert self.kube_scheduler is not None
+        if self._errands.busy("airflow"):
+            return
         questions = self.kube_scheduler.questions()
         # Without a scheduler job (a test harness, a backfill) there is no liveness to go by.
         as_scheduler = self.job_id is not None
-        if questions.liveness and as_scheduler:
-            try:
-                jobs = task_instances.scheduler_jobs()
-            except Exception:
-                self.log.exception("could not read which schedulers are alive; asking again later")
-            else:
-                threshold = airflow_adapter.scheduler_health_check_threshold_s()
-                self.kube_scheduler.set_live_schedulers(
-                    live_schedulers(jobs, datetime.datetime.now(datetime.timezone.utc), threshold)
-                )
-                try:
-                    self.kube_scheduler.sweep()
-                except Exception:
-                    self.log.exception(
-                        "could not sweep for the pods dead schedulers left; trying again later"
-                    )
+        liveness = questions.liveness and as_scheduler
         refs = questions.started | (questions.obsolete if as_scheduler else frozenset())
-        if not refs:
-            return []
-        try:
-            rows = task_instances.task_instance_rows(list(refs))
-        except Exception:
-            self.log.exception(
-                "could not read %d task instances the executor asked about; their failed pods' ends are "
-                "reported as they are, and obsolete creates checked again later",
-                len(refs),
+        if liveness or refs:
+            self._errands.run(
+                "airflow",
+                functools.partial(_read_airflow, liveness, list(refs)),
+                functools.partial(self._airflow_said, questions.started),
+            )
+
+    def _airflow_said(
+        self, started: frozenset[identity.TaskRef], outcome: Future[tuple[Any, Any]]
+    ) -> list[Action]:
+        assert self.kube_scheduler is not None
+        jobs, rows = outcome.result()
+        if isinstance(jobs, Exception):
+            self.log.error("could not read which schedulers are alive (%s); asking again later", jobs)
+        elif jobs is not None:
+            threshold = airflow_adapter.scheduler_health_check_threshold_s()
+            self.kube_scheduler.set_live_schedulers(
+                live_schedulers(jobs, datetime.datetime.now(datetime.timezone.utc), threshold)
+            )
+            self._sweep()
+        if isinstance(rows, Exception):
+            self.log.error(
+                "could not read the task instances the executor asked about (%s); their failed pods' "
+                "ends are reported as they are, and obsolete creates checked again later",
+                rows,
             )
             # Whether a failed pod's task had started cannot be known: its failure stands, now.
-            return self.kube_scheduler.unanswerable(questions.started)
-        answers: dict[identity.TaskRef, TaskRow | None] = {ref: rows.get(ref) for ref in refs}
-        return self.kube_scheduler.answer(answers)
+            return self.kube_scheduler.unanswerable(started)
+        return self.kube_scheduler.answer(rows) if rows else []
+
+    def _sweep(self) -> None:
+        """List the pods dead schedulers left (an errand), when this scheduler is the disposer."""
+        assert self.kube_scheduler is not None
+        selector = self.kube_scheduler.sweep_selector()
+        if selector is not None:
+            self._errands.run(
+                "sweep", functools.partial(self.kube_scheduler.list_for_sweep, selector), self._swept
+            )
+
+    def _swept(self, outcome: Future[list[Any]]) -> list[Action]:
+        assert self.kube_scheduler is not None
+        try:
+            sightings = outcome.result()
+        except REQUEST_ERRORS as exc:
+            self.log.warning(
+                "could not sweep for the pods dead schedulers left (%s); trying again later",
+                describe_error(exc),
+            )
+            return []
+        return self.kube_scheduler.swept(sightings)
 
     def _give_up(self, ref: identity.TaskRef) -> None:
         """The try is not this scheduler's any more: nothing is reported for it, its pod goes, and
@@ -268,6 +310,7 @@ class KubernetesExecutor(BaseExecutor):
         self.kube_scheduler.launcher.shutdown(wait=True)
         self.sync()
         self._notes.shutdown(wait=True)
+        self._errands.shutdown()
         self.log.info(
             "stopping with %d pods in flight, left for adoption; the watchers read %d watch events",
             len(self.kube_scheduler.in_flight()),
@@ -406,9 +449,13 @@ class KubernetesExecutor(BaseExecutor):
     # --- adoption, revocation, logs ---------------------------------------
     @metrics.timed_call("try_adopt_task_instances")
     def try_adopt_task_instances(self, tis: Sequence[Any]) -> Sequence[Any]:
+        """Take over the task instances of dead schedulers: all of them are claimed at once and
+        held in the ledger while their pods are looked for, off Airflow's loop (`_found`); a try
+        whose pod is not found is then reset, as Airflow would have reset it."""
         assert self.kube_scheduler is not None and self.settings is not None
         watch = metrics.Stopwatch()
         task_instances.load_unloaded_columns(tis)
+        read_s = watch.seconds
         by_ref: dict[identity.WorkloadRef, Any] = {airflow_adapter.ref_of(ti.key): ti for ti in tis}
         # A scheduler whose loop stalled past its health check is declared dead by itself and
         # handed its own tasks: those still queued here, in flight (created or not yet, or between
@@ -419,43 +466,99 @@ class KubernetesExecutor(BaseExecutor):
         dead = {str(ti.queued_by_job_id) for ti in tis if ti.queued_by_job_id is not None}
         dead.discard(self.scheduler_id)
         wanted = [ref for ref in by_ref if ref not in held]
-        try:
-            orphans = self.kube_scheduler.find_orphans(wanted, dead)
-        except REQUEST_ERRORS as exc:
-            # Their pods cannot be found now: Airflow resets these tries and schedules them again
-            # (their old pods are the disposer's), and the scheduler goes on.
-            self.log.exception(
-                "could not list pods to adopt %d task instances; Airflow resets them", len(wanted)
-            )
-            reason = adoption.unlisted_reason(dead, self.scheduler_id, describe_error(exc))
+        if wanted:
+            self.kube_scheduler.await_adoption(wanted)
             for ref in wanted:
-                self._note_in_task_log(ref, reason, ends_try=True)
-            return [by_ref[ref] for ref in wanted]
-        found_s = watch.seconds
-        start_timeout_s = airflow_adapter.task_queued_timeout_s()
-        for orphan in orphans:
-            # Pods whose task already ended (through the execution API) are taken too, only to be
-            # deleted or marked done: otherwise they would stay in every watch forever.
-            self.kube_scheduler.adopt(orphan, start_timeout_s)
-            if orphan.ours and orphan.ref is not None:
-                self.running.add(by_ref[orphan.ref].key)
-        adopted = held | {orphan.ref for orphan in orphans if orphan.ours and orphan.ref is not None}
-        metrics.incr("adoption.pods", len(orphans))
-        metrics.timing("adoption.duration", took_s := watch.seconds)
+                self.running.add(by_ref[ref].key)
+            states = {ref: by_ref[ref].state for ref in wanted}
+            self._errands.run(
+                f"adopt {uuid.uuid4().hex}",
+                functools.partial(self.kube_scheduler.find_orphans, wanted, dead),
+                functools.partial(self._found, wanted, dead, states, watch),
+            )
         self.log.info(
-            "adopted %d of %d task instances from schedulers %s in %.2f s (%.2f s finding their pods)",
-            len(adopted),
+            "taking over %d task instances from schedulers %s: %d held here already, looking for "
+            "the pods of %d (%.2f s reading their rows)",
             len(tis),
             sorted(dead),
-            took_s,
-            found_s,
+            len(held),
+            len(wanted),
+            read_s,
         )
-        for ref, ti in by_ref.items():
-            if ref not in adopted:
-                self._note_in_task_log(
-                    ref, adoption.unadopted_reason(ti.state, dead, self.scheduler_id), ends_try=True
-                )
-        return [ti for ref, ti in by_ref.items() if ref not in adopted]
+        return []
+
+    def _found(
+        self,
+        wanted: list[identity.WorkloadRef],
+        dead: set[str],
+        states: dict[identity.WorkloadRef, Any],
+        watch: metrics.Stopwatch,
+        outcome: Future[list[Any]],
+    ) -> list[Action]:
+        """What adoption's list found: the pods of the tries still awaited are adopted; the tries
+        whose pods are not there (or could not be listed) go back to Airflow."""
+        assert self.kube_scheduler is not None
+        error: str | None = None
+        try:
+            orphans = outcome.result()
+        except REQUEST_ERRORS as exc:
+            self.log.error(
+                "could not list pods to adopt %d task instances (%s); they are reset for Airflow to "
+                "run again",
+                len(wanted),
+                describe_error(exc),
+            )
+            orphans, error = [], describe_error(exc)
+        adopted, unfound = self.kube_scheduler.adopt_found(
+            orphans, wanted, airflow_adapter.task_queued_timeout_s()
+        )
+        for ref in unfound:
+            reason = (
+                adoption.unlisted_reason(dead, self.scheduler_id, error)
+                if error is not None
+                else adoption.unadopted_reason(states[ref], dead, self.scheduler_id)
+            )
+            self._note_in_task_log(ref, reason, ends_try=True)
+            self.running.discard(airflow_adapter.to_airflow_key(ref))
+            if isinstance(ref, identity.TaskRef):
+                self._to_reset.add(ref)
+        metrics.incr("adoption.pods", len(adopted))
+        metrics.timing("adoption.duration", took_s := watch.seconds)
+        self.log.info(
+            "adopted %d of %d task instances from schedulers %s in %.2f s; %d with no pod are reset",
+            sum(1 for orphan in adopted if orphan.ours),
+            len(wanted),
+            sorted(dead),
+            took_s,
+            len(unfound),
+        )
+        self._reset_unfound()
+        return []
+
+    def _reset_unfound(self) -> None:
+        """Reset the tries handed over with no pod (an errand, tried again until it lands)."""
+        if self._to_reset and not self._errands.busy("reset"):
+            refs = sorted(self._to_reset)
+            self._errands.run(
+                "reset",
+                functools.partial(task_instances.reset, refs, self.scheduler_id),
+                functools.partial(self._reset_done, refs),
+            )
+
+    def _reset_done(
+        self, refs: list[identity.TaskRef], outcome: Future[list[identity.TaskRef]]
+    ) -> list[Action]:
+        try:
+            reset = outcome.result()
+        except Exception as exc:
+            self.log.error("could not reset %d task instances with no pod (%s); trying again", len(refs), exc)
+            return []
+        self._to_reset.difference_update(refs)
+        if reset:
+            self.log.info(
+                "reset %d task instances handed over with no pod, for Airflow to run again", len(reset)
+            )
+        return []
 
     def adopt_launched_task(self, ti: Any, last_heartbeat: Any = None, session: Any = None) -> bool:
         return not self.try_adopt_task_instances([ti])
@@ -476,3 +579,25 @@ class KubernetesExecutor(BaseExecutor):
             self.kube_client = core_api(self.settings)
         ref = airflow_adapter.ref_of(ti.key)._replace(try_number=try_number)
         return task_log.read_pod_log(self.kube_client, self.settings, ref)
+
+
+def _read_airflow(
+    liveness: bool, refs: list[identity.TaskRef]
+) -> tuple[list[Any] | Exception | None, dict[identity.TaskRef, TaskRow | None] | Exception | None]:
+    """The errand behind `_ask_airflow`: the scheduler jobs (if `liveness`) and the rows of `refs`
+    (None for a try the database no longer holds); what could not be read, as its exception."""
+    jobs: list[Any] | Exception | None = None
+    rows: dict[identity.TaskRef, TaskRow | None] | Exception | None = None
+    if liveness:
+        try:
+            jobs = list(task_instances.scheduler_jobs())
+        except Exception as exc:
+            jobs = exc
+    if refs:
+        try:
+            found = task_instances.task_instance_rows(refs)
+        except Exception as exc:
+            rows = exc
+        else:
+            rows = {ref: found.get(ref) for ref in refs}
+    return jobs, rows

@@ -388,6 +388,9 @@ class PodLedger:
         # alive), and since when each other scheduler seen has been known dead.
         self.alive: set[str] | None = None
         self.dead_since: dict[str, float] = {}
+        # Tries Airflow handed over from dead schedulers whose pods are being looked for: claimed
+        # here from the hand-over on, so Airflow's loop never waits for the list.
+        self.adopting: set[identity.WorkloadRef] = set()
 
     # --- inputs ----------------------------------------------------------------------------
     def attempt(self, ref: identity.WorkloadRef) -> int:
@@ -487,10 +490,34 @@ class PodLedger:
                 self._forget(key)
         return actions
 
+    def awaiting_adoption(self, refs: Iterable[identity.WorkloadRef]) -> None:
+        """Airflow handed these tries over: they are this scheduler's while their pods are looked
+        for (`adoptable`, then `unfound`)."""
+        self.adopting.update(refs)
+
+    def adoptable(self, orphans: Iterable[Orphan]) -> list[Orphan]:
+        """Of the pods an adoption's list found, those to adopt now: not already held here (an
+        earlier adoption's), and for a try handed over, only while it is still awaited (Airflow may
+        have taken it back meanwhile)."""
+        return [
+            o
+            for o in orphans
+            if (o.namespace, o.name) not in self.pods and (not o.ours or o.ref in self.adopting)
+        ]
+
+    def unfound(self, refs: Iterable[identity.WorkloadRef]) -> list[identity.WorkloadRef]:
+        """The tries of an adoption whose pods were not found (or not looked for: the list
+        failed): no longer awaited here, and to be reset for Airflow to run again."""
+        missing = [ref for ref in refs if ref in self.adopting]
+        self.adopting.difference_update(missing)
+        return missing
+
     def adopt(self, orphan: Orphan, timeout_s: float) -> list[Action]:
         """Take responsibility for a pod that already exists, judged as last seen (a legacy one is
         out of the watch until the shell has relabelled it: `relabelled`)."""
         assert orphan.ref is not None, "adoption selects pods by the try they run"
+        if orphan.ours:
+            self.adopting.discard(orphan.ref)
         key = (orphan.namespace, orphan.name)
         self.others.pop(key, None)
         self.unclaimed.pop(key, None)
@@ -554,6 +581,7 @@ class PodLedger:
                     # If the create lands anyway, its pod is deleted as late (`launched`).
                     actions.append(Drop(entry.namespace, entry.name))
         self.tries.pop(ref, None)
+        self.adopting.discard(ref)
         # Queued again on the same try number, it gets a pod of a new name.
         self.attempts[ref] += 1
         return actions
@@ -683,12 +711,13 @@ class PodLedger:
     # --- what is known ---------------------------------------------------------------------
     def claimed(self) -> set[identity.WorkloadRef]:
         """Tries whose outcome is this scheduler's to report: awaited (a relaunch due included), or
-        reported and perhaps not yet taken in by Airflow (a pod is kept until it is gone)."""
-        return {e.ref for e in self.pods.values() if e.report} | self.tries.keys()
+        reported and perhaps not yet taken in by Airflow (a pod is kept until it is gone), and
+        handed over with their pods still being looked for."""
+        return {e.ref for e in self.pods.values() if e.report} | self.tries.keys() | self.adopting
 
     def in_flight(self) -> set[identity.WorkloadRef]:
-        """Tries whose pods this scheduler launched or adopted and still awaits."""
-        return {e.ref for e in self.pods.values() if not e.settled} | self.tries.keys()
+        """Tries whose pods this scheduler launched or adopted (or is looking for) and still awaits."""
+        return {e.ref for e in self.pods.values() if not e.settled} | self.tries.keys() | self.adopting
 
     def waiting_for_create(self, older_than_s: float) -> set[identity.TaskRef]:
         """Tries whose create has been on its way (queued in the launcher, or retried) that long."""

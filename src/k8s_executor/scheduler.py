@@ -66,8 +66,9 @@ class PodLaunch:
     disruption_retries: int | None = None
 
 
-# Adoption and the sweep list pods directly: a failed list is tried again after these waits.
-LIST_RETRY_WAITS_S = (1.0, 2.0, 4.0)
+# Adoption lists pods directly, off the scheduler loop (errands.py): a failed list is tried again
+# after each of these waits, about a minute in all, while the tries handed over wait in the ledger.
+LIST_RETRY_WAITS_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 
 
 class KubernetesJobWatcher(multiprocessing.Process, LoggingMixin):
@@ -303,8 +304,7 @@ class AirflowKubernetesScheduler(LoggingMixin):
 
     def _list(self, selector: str, retry_waits_s: Sequence[float] = LIST_RETRY_WAITS_S) -> list[PodSeen]:
         """Pods under `selector`, listed now and judged as listed; a refused or broken list is
-        tried again after each of `retry_waits_s`. The scheduler loop waits meanwhile, so the
-        waits stay short."""
+        tried again after each of `retry_waits_s`. Called from errands only: it waits."""
         waits = iter(retry_waits_s)
         while True:
             try:
@@ -323,6 +323,20 @@ class AirflowKubernetesScheduler(LoggingMixin):
                     "listing pods (%s) failed: %s; trying again in %.0f s", selector, exc, wait_s
                 )
                 time.sleep(wait_s)
+
+    def await_adoption(self, tries: Sequence[identity.WorkloadRef]) -> None:
+        """Tries Airflow handed over: held in the ledger while `find_orphans` looks for their pods."""
+        self.ledger.awaiting_adoption(tries)
+
+    def adopt_found(
+        self, orphans: Sequence[Orphan], tries: Sequence[identity.WorkloadRef], start_timeout_s: float
+    ) -> tuple[list[Orphan], list[identity.WorkloadRef]]:
+        """Adopt what `find_orphans` found for `tries` (those the ledger still awaits); returns the
+        pods adopted and the tries still awaited whose pods were not found, no longer held."""
+        adopted = self.ledger.adoptable(orphans)
+        for orphan in adopted:
+            self.adopt(orphan, start_timeout_s)
+        return adopted, self.ledger.unfound(tries)
 
     def adopt(self, orphan: Orphan, start_timeout_s: float) -> None:
         """Take responsibility for a pod that already exists, judged as last seen."""
@@ -346,16 +360,22 @@ class AirflowKubernetesScheduler(LoggingMixin):
         while it lives (ledger.live_schedulers)."""
         self.ledger.schedulers_alive(labels)
 
-    def sweep(self) -> None:
+    def sweep_selector(self) -> str | None:
         """The disposer (ledger.disposer) lists the pods no live scheduler claims, for the ledger to
-        dispose of those that finished once their grace is over. Pods of live schedulers are left
-        out by the API server, so the list holds only what a dead scheduler left."""
+        dispose of those that finished once their grace is over: their selector, or None when this
+        scheduler is not the disposer. Pods of live schedulers are left out by the API server, so
+        the list holds only what a dead scheduler left."""
         alive = self.ledger.alive
         if not alive or disposer(alive) != self.ledger.scheduler_label:
-            return
-        # Not tried again here: the sweep comes round again, and the loop must not wait for it.
-        sightings = self._list(identity.unclaimed_selector(self.executor_id, alive), retry_waits_s=())
-        self._carry_out(self.ledger.swept(sightings))
+            return None
+        return identity.unclaimed_selector(self.executor_id, alive)
+
+    def list_for_sweep(self, selector: str) -> list[PodSeen]:
+        """The sweep's list (an errand): not tried again here, the sweep comes round again."""
+        return self._list(selector, retry_waits_s=())
+
+    def swept(self, sightings: list[PodSeen]) -> list[Action]:
+        return self._carry_out(self.ledger.swept(sightings))
 
     def questions(self) -> Questions:
         """What the ledger needs to hear from Airflow's database now."""

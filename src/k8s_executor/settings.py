@@ -83,8 +83,12 @@ class ExecutorSettings(BaseModel):
     pod_creation_max_concurrency: int = Field(
         0,
         ge=0,
-        description="Concurrent create requests in flight; 0 means 8. Deletes of finished pods "
-        "go at most 8 at a time.",
+        description="Concurrent create requests in flight; 0 means 32. Each create waits on the "
+        "API server and etcd, not on this process, so it takes many in flight to reach the rate the "
+        "API server can take; 32 is a small part of the seats API Priority and Fairness gives the "
+        "priority level of service accounts (workload-low: about 245 of a default API server's 600), "
+        "shared fairly with the other clients of that level. Deletes of finished pods go at most 8 at "
+        "a time.",
     )
     api_qps: float = Field(
         200.0,
@@ -208,7 +212,7 @@ class ExecutorSettings(BaseModel):
 
     @property
     def creation_concurrency(self) -> int:
-        return self.pod_creation_max_concurrency or 8
+        return self.pod_creation_max_concurrency or 32
 
     @property
     def worker_image(self) -> str | None:

@@ -1,10 +1,15 @@
-"""What the log of a try handed over with no pod says (Airflow resets such a try)."""
+"""Adoption: what the log of a try handed over with no pod says (such a try is reset), and the
+ledger holding tries handed over while their pods are looked for."""
 
 from __future__ import annotations
 
 import enum
 
 from k8s_executor.adoption import unadopted_reason, unlisted_reason
+from k8s_executor.identity import TaskRef
+from k8s_executor.ledger import DisposalRule, PodLedger
+from k8s_executor.shapes import Orphan
+from k8s_executor.state_mapping import PodState
 
 
 class State(str, enum.Enum):  # as Airflow's TaskInstanceState
@@ -16,8 +21,8 @@ def test_a_running_try_without_a_pod_had_its_pod_deleted() -> None:
     text = unadopted_reason(State.RUNNING, {"168", "166"}, "171")
     assert text == (
         "scheduler 171 took this try over from schedulers 166, 168 and found no pod: its pod ran "
-        "this try, and is gone: it was deleted while no scheduler watched it. Airflow resets the "
-        "try and runs the task again."
+        "this try, and is gone: it was deleted while no scheduler watched it. The try is reset, "
+        "and Airflow runs the task again."
     )
 
 
@@ -32,6 +37,42 @@ def test_a_try_whose_pod_could_not_be_listed_says_what_the_api_server_answered()
     text = unlisted_reason({"4"}, "6", "429 Too Many Requests")
     assert text == (
         "scheduler 6 could not take this try over from scheduler 4: listing its pod failed (429 Too "
-        "Many Requests). Airflow resets the try and runs the task again; a pod of this try that still "
-        "exists is deleted by a live scheduler's sweep."
+        "Many Requests). The try is reset, and Airflow runs the task again; a pod of this try that "
+        "still exists is deleted by a live scheduler's sweep."
     )
+
+
+# --- the ledger's part: tries handed over are held while their pods are looked for -------------
+
+FOUND, GONE, TAKEN_BACK = (TaskRef("d", t, "r", try_number=1) for t in ("found", "gone", "taken_back"))
+RUNNING = PodState("running")
+
+
+def orphan(ref: TaskRef, ours: bool = True, state: PodState = RUNNING) -> Orphan:
+    return Orphan("ns", f"pod-{ref.task_id}", ref, "4", state, "1", ours=ours)
+
+
+def test_tries_handed_over_are_claimed_until_their_pods_are_found_or_not() -> None:
+    ledger = PodLedger("6", DisposalRule(), clock=lambda: 0.0)
+    ledger.awaiting_adoption([FOUND, GONE, TAKEN_BACK])
+    # Claimed at once: Airflow's next adoption pass, or a second call, does not hand them again.
+    assert ledger.claimed() >= {FOUND, GONE, TAKEN_BACK}
+    # Airflow takes one back before the list comes: its pod is not adopted, nor is it reset here.
+    ledger.revoke(TAKEN_BACK)
+    adoptable = ledger.adoptable([orphan(FOUND), orphan(TAKEN_BACK)])
+    assert [o.ref for o in adoptable] == [FOUND]
+    for o in adoptable:
+        ledger.adopt(o, 600)
+    assert ledger.unfound([FOUND, GONE, TAKEN_BACK]) == [GONE]
+    assert ledger.claimed() == {FOUND}
+    assert ledger.in_flight() == {FOUND}
+
+
+def test_a_pod_already_held_is_not_adopted_again_by_a_later_list() -> None:
+    ledger = PodLedger("6", DisposalRule(), clock=lambda: 0.0)
+    # A dead scheduler's finished pod, taken to be disposed of by one adoption's list...
+    finished = orphan(GONE, ours=False, state=PodState("success"))
+    assert ledger.adoptable([finished]) == [finished]
+    ledger.adopt(finished, 600)
+    # ...is not taken twice when the next adoption's list still shows it.
+    assert ledger.adoptable([finished]) == []

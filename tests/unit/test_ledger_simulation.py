@@ -525,10 +525,18 @@ class World:
         while self.stream and self.rng.random() < 0.7:
             self._deliver()
         handed = [t for t in self._unreported() if t.launched_by in self.dead]
+        ledger = self.scheduler.ledger
+        # Claimed at once, off Airflow's loop the pods are looked for.
+        ledger.awaiting_adoption([t.ref for t in handed])
+        if not {t.ref for t in handed} <= ledger.claimed():
+            raise Violation("tries handed over are not claimed while their pods are looked for")
         # The successor lists the executor's pods, every scheduler's.
         listed = [PodSeen(NAMESPACE, p.name, p.ref, p.scheduler, p.state) for p in self.pods.values()]
         orphans = select_orphans(listed, [t.ref for t in handed], self.dead)
-        found = {o.ref for o in orphans if o.ours}
+        # The list's outcome reaches the ledger a loop turn or more later.
+        while self.stream and self.rng.random() < 0.5:
+            self._deliver()
+        orphans = ledger.adoptable(orphans)
         self.note(f"adopt {sorted(o.name for o in orphans)}")
         for orphan in orphans:
             self.carry_out(self.scheduler.ledger.adopt(orphan, START_TIMEOUT_S))
@@ -542,8 +550,9 @@ class World:
                 pod.scheduler = self.scheduler.id
                 self._send(pod, pod.state)
                 self.carry_out(self.scheduler.ledger.relabelled(NAMESPACE, orphan.name, found=True))
+        unfound = set(ledger.unfound([t.ref for t in handed]))
         for t in handed:
-            if t.ref not in found:
+            if t.ref in unfound:
                 # Airflow takes a try back whose pod is not found: reset and scheduled again.
                 t.taken_back = True
                 self.note(f"{t.name} taken back by Airflow (no pod found)")

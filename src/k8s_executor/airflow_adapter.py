@@ -12,6 +12,7 @@ and tests/unit/test_airflow_adapter.py fails when it changes.
 
 from __future__ import annotations
 
+import datetime
 import importlib.util
 import inspect
 import os
@@ -220,6 +221,14 @@ def end_states(ref: WorkloadRef) -> tuple[Any, Any]:
 
 def ref_of(key: Any) -> TaskRef:
     return TaskRef(key.dag_id, key.task_id, key.run_id, int(key.try_number), int(key.map_index))
+
+
+def hold_heartbeat(ti: Any) -> None:
+    """A try handed over stays clear of Airflow 3's heartbeat timeout while its pod is looked for:
+    Airflow would otherwise fail a try whose pod is long gone, spending a retry, before the
+    executor resets it. Airflow 2's zombie check goes by the worker's job, not the try."""
+    if hasattr(ti, "last_heartbeat_at"):  # Airflow 3
+        ti.last_heartbeat_at = datetime.datetime.now(datetime.timezone.utc)
 
 
 def reset_for_next_try(ti: Any, session: Any) -> None:

@@ -293,6 +293,11 @@ class RefreshingApiClient(client.ApiClient):
     def __init__(self, configuration: client.Configuration, credential: FreshCredential | None) -> None:
         self.credential = credential
         self._tls_identity: tuple[str | None, str | None] = (None, None)
+        # The files of the identity replaced last: a request already on its way may still open a
+        # connection with them, so they go only at the next replacement.
+        self._retired: list[str] = []
+        # The scheduler's errands (errands.py) share this client with its loop.
+        self._lock = threading.Lock()
         if credential is not None:
             self._use(configuration, credential.get())
         super().__init__(configuration)
@@ -311,10 +316,11 @@ class RefreshingApiClient(client.ApiClient):
 
     def _current(self) -> Credential:
         assert self.credential is not None
-        credential = self.credential.get()
-        if self._use(self.configuration, credential):
-            # A new client certificate takes a new TLS context, and so a new connection pool.
-            self.rest_client = client.rest.RESTClientObject(self.configuration)
+        with self._lock:
+            credential = self.credential.get()
+            if self._use(self.configuration, credential):
+                # A new client certificate takes a new TLS context, and so a new connection pool.
+                self.rest_client = client.rest.RESTClientObject(self.configuration)
         return credential
 
     def _use(self, configuration: client.Configuration, credential: Credential) -> bool:
@@ -331,9 +337,10 @@ class RefreshingApiClient(client.ApiClient):
         self._tls_identity = identity
         configuration.cert_file = _private_file(credential.cert_pem, ".crt")
         configuration.key_file = _private_file(str(credential.key_pem), ".key")
-        for path in replaced:
+        for path in self._retired:
             with contextlib.suppress(OSError):
                 os.unlink(path)
+        self._retired = replaced
         return True
 
 

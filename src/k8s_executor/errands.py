@@ -7,13 +7,17 @@ hold that loop: which schedulers live, task-instance rows, resets and requeues, 
 of adoption and the sweep are each an errand, run on a thread of its own, one errand of a kind at
 a time. The loop starts errands and, on a later turn, hands their outcomes to the ledger through
 the errand's `then`, on the loop's own thread: the ledger is never touched from an errand.
+
+Each errand has a daemon thread of its own, not a pool's: a hung database call or a list retried
+for a minute neither starves the other errands nor holds the scheduler's exit.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
@@ -24,19 +28,30 @@ Then = Callable[["Future[Any]"], list[Any]]
 
 
 class Errands:
-    def __init__(self, name: str, workers: int = 4) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
+    def __init__(self, name: str) -> None:
+        self._name = name
         self._running: dict[str, tuple[Future[Any], Then]] = {}
+        self._stopped = False
 
     def busy(self, kind: str) -> bool:
         return kind in self._running
 
     def run(self, kind: str, errand: Callable[[], T], then: Callable[[Future[T]], list[Any]]) -> bool:
         """Start `errand` unless one of its kind is still out; `then` gets its future on the loop
-        (`collect`) once it is done. False if one of the kind was still out."""
-        if kind in self._running:
+        (`collect`) once it is done. False if one of the kind was still out, or after `shutdown`."""
+        if kind in self._running or self._stopped:
             return False
-        self._running[kind] = (self._pool.submit(errand), then)
+        future: Future[T] = Future()
+
+        def work() -> None:
+            future.set_running_or_notify_cancel()
+            try:
+                future.set_result(errand())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+        self._running[kind] = (future, then)
+        threading.Thread(target=work, name=f"{self._name}: {kind}", daemon=True).start()
         return True
 
     def collect(self) -> list[Any]:
@@ -56,4 +71,4 @@ class Errands:
     def shutdown(self) -> None:
         """Take no more errands; those out are not waited for (what they would have settled is
         asked again by this scheduler's successor)."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._stopped = True

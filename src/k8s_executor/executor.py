@@ -11,8 +11,9 @@ from __future__ import annotations
 import datetime
 import functools
 import queue
+import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -37,6 +38,10 @@ from k8s_executor.pod_building import PodBuildError, PodRequest
 from k8s_executor.scheduler import AirflowKubernetesScheduler, PodLaunch, TaskResult
 from k8s_executor.settings import ExecutorSettings
 from k8s_executor.shapes import TaskRow
+
+# A try handed over with no pod whose reset fails (the database away) is tried again this often.
+RESET_RETRY_S = 5.0
+RESET_ATTEMPTS = 20
 
 
 class KubernetesExecutor(BaseExecutor):
@@ -69,7 +74,8 @@ class KubernetesExecutor(BaseExecutor):
         # What needs the database or a pod list runs off Airflow's loop.
         self._errands = errands.Errands("k8s-executor-errands")
         # Tries handed over whose pods were not found, to be reset for Airflow to run again.
-        self._to_reset: set[identity.TaskRef] = set()
+        self._to_reset: dict[identity.TaskRef, int] = {}
+        self._reset_after = 0.0
         # How long each of Airflow's calls into the executor held its scheduler loop.
         self.call_times = metrics.CallTimes()
 
@@ -187,8 +193,13 @@ class KubernetesExecutor(BaseExecutor):
             self.log.exception("could not put task %s back to queued after its pod's disruption", action.ref)
             requeued = False
         payload = None
-        if requeued:
-            payload = self._fresh_payload(action.payload)
+        if requeued and airflow_adapter.to_airflow_key(action.ref) in self.running:
+            try:
+                payload = self._fresh_payload(action.payload)
+            except Exception:
+                # Queued again with no pod to run it: Airflow's queued timeout takes it back.
+                self.log.exception("could not build the new pod of disrupted task %s", action.ref)
+                return self.kube_scheduler.requeued(action.ref, None)
             note = (
                 f"Kubernetes pod {action.pod} was disrupted by the cluster: {action.reason}. The task "
                 f"is launched again in a new pod (disruption {action.disruption} of at most "
@@ -228,11 +239,14 @@ class KubernetesExecutor(BaseExecutor):
             self._errands.run(
                 "airflow",
                 functools.partial(_read_airflow, liveness, list(refs)),
-                functools.partial(self._airflow_said, questions.started),
+                functools.partial(self._airflow_said, questions.started, questions.attempts),
             )
 
     def _airflow_said(
-        self, started: frozenset[identity.TaskRef], outcome: Future[tuple[Any, Any]]
+        self,
+        started: frozenset[identity.TaskRef],
+        attempts: Mapping[identity.TaskRef, int],
+        outcome: Future[tuple[Any, Any]],
     ) -> list[Action]:
         assert self.kube_scheduler is not None
         jobs, rows = outcome.result()
@@ -252,7 +266,7 @@ class KubernetesExecutor(BaseExecutor):
             )
             # Whether a failed pod's task had started cannot be known: its failure stands, now.
             return self.kube_scheduler.unanswerable(started)
-        return self.kube_scheduler.answer(rows) if rows else []
+        return self.kube_scheduler.answer(rows, attempts) if rows else []
 
     def _sweep(self) -> None:
         """List the pods dead schedulers left (an errand), when this scheduler is the disposer."""
@@ -470,6 +484,7 @@ class KubernetesExecutor(BaseExecutor):
             self.kube_scheduler.await_adoption(wanted)
             for ref in wanted:
                 self.running.add(by_ref[ref].key)
+                airflow_adapter.hold_heartbeat(by_ref[ref])
             states = {ref: by_ref[ref].state for ref in wanted}
             self._errands.run(
                 f"adopt {uuid.uuid4().hex}",
@@ -501,14 +516,15 @@ class KubernetesExecutor(BaseExecutor):
         error: str | None = None
         try:
             orphans = outcome.result()
-        except REQUEST_ERRORS as exc:
+        except Exception as exc:
+            error = describe_error(exc) if isinstance(exc, REQUEST_ERRORS) else f"{type(exc).__name__}: {exc}"
             self.log.error(
                 "could not list pods to adopt %d task instances (%s); they are reset for Airflow to "
                 "run again",
                 len(wanted),
-                describe_error(exc),
+                error,
             )
-            orphans, error = [], describe_error(exc)
+            orphans = []
         adopted, unfound = self.kube_scheduler.adopt_found(
             orphans, wanted, airflow_adapter.task_queued_timeout_s()
         )
@@ -521,7 +537,7 @@ class KubernetesExecutor(BaseExecutor):
             self._note_in_task_log(ref, reason, ends_try=True)
             self.running.discard(airflow_adapter.to_airflow_key(ref))
             if isinstance(ref, identity.TaskRef):
-                self._to_reset.add(ref)
+                self._to_reset.setdefault(ref, 0)
         metrics.incr("adoption.pods", len(adopted))
         metrics.timing("adoption.duration", took_s := watch.seconds)
         self.log.info(
@@ -536,28 +552,47 @@ class KubernetesExecutor(BaseExecutor):
         return []
 
     def _reset_unfound(self) -> None:
-        """Reset the tries handed over with no pod (an errand, tried again until it lands)."""
-        if self._to_reset and not self._errands.busy("reset"):
+        """Reset the tries handed over with no pod (an errand); one that fails is tried again, a
+        few seconds later each time, up to RESET_ATTEMPTS times."""
+        if self._to_reset and not self._errands.busy("reset") and time.monotonic() >= self._reset_after:
             refs = sorted(self._to_reset)
             self._errands.run(
                 "reset",
                 functools.partial(task_instances.reset, refs, self.scheduler_id),
-                functools.partial(self._reset_done, refs),
+                self._reset_done,
             )
 
     def _reset_done(
-        self, refs: list[identity.TaskRef], outcome: Future[list[identity.TaskRef]]
+        self, outcome: Future[tuple[list[identity.TaskRef], dict[identity.TaskRef, str]]]
     ) -> list[Action]:
         try:
-            reset = outcome.result()
+            reset, failed = outcome.result()
         except Exception as exc:
-            self.log.error("could not reset %d task instances with no pod (%s); trying again", len(refs), exc)
-            return []
-        self._to_reset.difference_update(refs)
+            reset, failed = [], {ref: f"{type(exc).__name__}: {exc}" for ref in self._to_reset}
         if reset:
             self.log.info(
                 "reset %d task instances handed over with no pod, for Airflow to run again", len(reset)
             )
+        for ref in list(self._to_reset):
+            if ref not in failed:
+                del self._to_reset[ref]  # reset, or no longer this scheduler's to reset
+                continue
+            self._to_reset[ref] += 1
+            if self._to_reset[ref] >= RESET_ATTEMPTS:
+                del self._to_reset[ref]
+                self.log.error(
+                    "giving up resetting task %s, handed over with no pod (%s): Airflow's own timeouts "
+                    "take it back",
+                    ref,
+                    failed[ref],
+                )
+        if failed:
+            self.log.warning(
+                "could not reset %d task instances handed over with no pod (first: %s); trying again",
+                len(failed),
+                next(iter(failed.values())),
+            )
+            self._reset_after = time.monotonic() + RESET_RETRY_S
         return []
 
     def adopt_launched_task(self, ti: Any, last_heartbeat: Any = None, session: Any = None) -> bool:
@@ -565,6 +600,7 @@ class KubernetesExecutor(BaseExecutor):
 
     @metrics.timed_call("revoke_task")
     def revoke_task(self, *, ti: Any) -> None:
+        self._to_reset.pop(airflow_adapter.ref_of(ti.key), None)
         if self.kube_scheduler is None:
             self.queued_tasks.pop(ti.key, None)
             self.running.discard(ti.key)

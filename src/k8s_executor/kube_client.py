@@ -114,16 +114,20 @@ def list_seen(
     selector: str,
     fatal_waiting_reasons: frozenset[str] = frozenset(),
     unschedulable_timeout_s: float = 300.0,
+    timeout_s: float | None = None,
 ) -> list[PodSeen]:
-    """Every pod under `selector` in `namespaces`, listed now (raw JSON) and judged as listed."""
+    """Every pod under `selector` in `namespaces`, listed now (raw JSON) and judged as listed; each
+    list waits at most `timeout_s` for the API server's answer."""
     return [
         observe(
             pod, fatal_waiting_reasons=fatal_waiting_reasons, unschedulable_timeout_s=unschedulable_timeout_s
         )
         for namespace in namespaces
-        for pod in read_json(list_pods(api, namespace, label_selector=selector, _preload_content=False))[
-            "items"
-        ]
+        for pod in read_json(
+            list_pods(
+                api, namespace, label_selector=selector, _preload_content=False, _request_timeout=timeout_s
+            )
+        )["items"]
     ]
 
 

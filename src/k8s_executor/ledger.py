@@ -184,6 +184,9 @@ class Questions:
     started: frozenset[identity.TaskRef]
     # Tries whose create has been on its way a while: are they still this scheduler's?
     obsolete: frozenset[identity.TaskRef]
+    # How many pods of each obsolete-check try were launched again when asked: an answer that
+    # comes after the try was revoked and launched again speaks of the earlier create, not this one.
+    attempts: Mapping[identity.TaskRef, int] = field(default_factory=dict)
 
 
 def live_schedulers(
@@ -516,8 +519,6 @@ class PodLedger:
         """Take responsibility for a pod that already exists, judged as last seen (a legacy one is
         out of the watch until the shell has relabelled it: `relabelled`)."""
         assert orphan.ref is not None, "adoption selects pods by the try they run"
-        if orphan.ours:
-            self.adopting.discard(orphan.ref)
         key = (orphan.namespace, orphan.name)
         self.others.pop(key, None)
         self.unclaimed.pop(key, None)
@@ -533,7 +534,11 @@ class PodLedger:
             visible=orphan.state.terminal,
         )
         entry.last_state = orphan.state
-        return self._settle(entry, orphan.state) if orphan.state.terminal else []
+        actions = self._settle(entry, orphan.state) if orphan.state.terminal else []
+        # Last: a try whose adoption failed half-way is still awaited, and so reset (`unfound`).
+        if orphan.ours:
+            self.adopting.discard(orphan.ref)
+        return actions
 
     def released(self, namespace: str, name: str) -> list[Action]:
         """Another scheduler adopted this pod: its try is that scheduler's to report and its pod to
@@ -599,11 +604,16 @@ class PodLedger:
         started = frozenset(
             t.ref for t in self.tries.values() if t.held is not None and isinstance(t.ref, identity.TaskRef)
         )
-        return Questions(liveness, started, obsolete)
+        return Questions(liveness, started, obsolete, {ref: self.attempts[ref] for ref in obsolete})
 
-    def answered(self, rows: Mapping[identity.TaskRef, TaskRow | None]) -> list[Action]:
+    def answered(
+        self,
+        rows: Mapping[identity.TaskRef, TaskRow | None],
+        attempts: Mapping[identity.TaskRef, int] | None = None,
+    ) -> list[Action]:
         """The database's word on tries `questions` named: a held failure becomes a relaunch or
-        is reported; a create still on its way for a try no longer this scheduler's is withdrawn.
+        is reported; a create still on its way for a try no longer this scheduler's is withdrawn,
+        unless the try was launched again since it was asked about (`Questions.attempts`).
         A try missing from `rows` was not read, and is asked about again."""
         actions: list[Action] = []
         waiting = self.waiting_for_create(0.0)
@@ -613,6 +623,8 @@ class PodLedger:
                 actions += self._decide_requeue(t, row)
             elif t is not None and t.held is not None:
                 actions += self._decide_relaunch(t, row)
+            elif attempts is not None and attempts.get(ref, self.attempts[ref]) != self.attempts[ref]:
+                continue
             elif ref in waiting and create_obsolete(ref, row, self.scheduler_id):
                 actions += self.revoke(ref)
                 actions.append(Withdrawn(ref, row))
@@ -688,6 +700,8 @@ class PodLedger:
             del self.gone[key]
         for key, since in list(self.unclaimed.items()):
             owner = self.others[key].scheduler_id
+            if self.others[key].ref in self.adopting:
+                continue  # its try was handed here: its pod is being looked for, to be adopted
             if self.alive is None or owner in self.alive:
                 continue  # its scheduler lives (or may): the pod is its own to report and dispose of
             if disposer(self.alive) not in (None, self.scheduler_label):

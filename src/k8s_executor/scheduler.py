@@ -13,7 +13,7 @@ import multiprocessing
 import queue
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +69,8 @@ class PodLaunch:
 # Adoption lists pods directly, off the scheduler loop (errands.py): a failed list is tried again
 # after each of these waits, about a minute in all, while the tries handed over wait in the ledger.
 LIST_RETRY_WAITS_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+# A list that has had no answer this long is broken off, and tried again as a failed one.
+LIST_TIMEOUT_S = 60.0
 
 
 class KubernetesJobWatcher(multiprocessing.Process, LoggingMixin):
@@ -314,6 +316,7 @@ class AirflowKubernetesScheduler(LoggingMixin):
                     selector,
                     self.fatal_waiting_reasons,
                     self.settings.unschedulable_pod_timeout,
+                    timeout_s=LIST_TIMEOUT_S,
                 )
             except REQUEST_ERRORS as exc:
                 wait_s = next(waits, None)
@@ -333,9 +336,15 @@ class AirflowKubernetesScheduler(LoggingMixin):
     ) -> tuple[list[Orphan], list[identity.WorkloadRef]]:
         """Adopt what `find_orphans` found for `tries` (those the ledger still awaits); returns the
         pods adopted and the tries still awaited whose pods were not found, no longer held."""
-        adopted = self.ledger.adoptable(orphans)
-        for orphan in adopted:
-            self.adopt(orphan, start_timeout_s)
+        adopted: list[Orphan] = []
+        for orphan in self.ledger.adoptable(orphans):
+            try:
+                self.adopt(orphan, start_timeout_s)
+            except Exception:
+                # Its try is still awaited, and so reset with the tries not found.
+                self.log.exception("adopting pod %s/%s failed", orphan.namespace, orphan.name)
+            else:
+                adopted.append(orphan)
         return adopted, self.ledger.unfound(tries)
 
     def adopt(self, orphan: Orphan, start_timeout_s: float) -> None:
@@ -381,9 +390,12 @@ class AirflowKubernetesScheduler(LoggingMixin):
         """What the ledger needs to hear from Airflow's database now."""
         return self.ledger.questions()
 
-    def answer(self, rows: dict[identity.TaskRef, TaskRow | None]) -> list[Action]:
-        """The database's rows for the tries `questions` named; returns what the executor does."""
-        return self._carry_out(self.ledger.answered(rows))
+    def answer(
+        self, rows: dict[identity.TaskRef, TaskRow | None], attempts: Mapping[identity.TaskRef, int]
+    ) -> list[Action]:
+        """The database's rows for the tries `questions` named (with its `attempts`); returns what
+        the executor does."""
+        return self._carry_out(self.ledger.answered(rows, attempts))
 
     def requeued(self, ref: identity.TaskRef, payload: object | None) -> list[Action]:
         """The executor's answer to a `Requeue`: the new pod's payload, or None."""

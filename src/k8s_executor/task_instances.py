@@ -132,11 +132,12 @@ def requeue(ref: TaskRef, from_state: str, scheduler_id: str) -> bool:
         return bool(getattr(result, "rowcount", 0) == 1)
 
 
-def reset(refs: Sequence[TaskRef], scheduler_id: str) -> list[TaskRef]:
+def reset(refs: Sequence[TaskRef], scheduler_id: str) -> tuple[list[TaskRef], dict[TaskRef, str]]:
     """Reset the tries handed over to this scheduler whose pods adoption did not find, as Airflow
     resets the tries an executor does not adopt: state and queuing scheduler cleared, for Airflow
-    to schedule the task again. Each is a compare-and-set: only a task instance still at this try,
-    in a state Airflow adopts from, queued by this scheduler. Returns the tries reset."""
+    to schedule the task again. Each is a compare-and-set of its own transaction: only a task
+    instance still at this try, in a state Airflow adopts from, queued by this scheduler. Returns
+    the tries reset, and the error of each that could not be."""
     from airflow.models.taskinstance import TaskInstance as TI
     from airflow.utils.session import create_session
     from airflow.utils.state import State
@@ -145,24 +146,28 @@ def reset(refs: Sequence[TaskRef], scheduler_id: str) -> list[TaskRef]:
     from k8s_executor import airflow_adapter
 
     if not scheduler_id.isdigit():
-        return []  # no scheduler job (a test harness): nothing was handed over in the database
+        return [], {}  # no scheduler job (a test harness): nothing was handed over in the database
     done: list[TaskRef] = []
-    with create_session() as session:
-        for ref in refs:
-            ti = session.scalars(
-                select(TI)
-                .where(
-                    TI.dag_id == ref.dag_id,
-                    TI.task_id == ref.task_id,
-                    TI.run_id == ref.run_id,
-                    TI.map_index == ref.map_index,
-                    TI.try_number == ref.try_number,
-                    TI.state.in_(State.adoptable_states),
-                    TI.queued_by_job_id == int(scheduler_id),
-                )
-                .with_for_update()
-            ).one_or_none()
-            if ti is not None:
-                airflow_adapter.reset_for_next_try(ti, session)
-                done.append(ref)
-    return done
+    failed: dict[TaskRef, str] = {}
+    for ref in refs:
+        try:
+            with create_session() as session:
+                ti = session.scalars(
+                    select(TI)
+                    .where(
+                        TI.dag_id == ref.dag_id,
+                        TI.task_id == ref.task_id,
+                        TI.run_id == ref.run_id,
+                        TI.map_index == ref.map_index,
+                        TI.try_number == ref.try_number,
+                        TI.state.in_(State.adoptable_states),
+                        TI.queued_by_job_id == int(scheduler_id),
+                    )
+                    .with_for_update()
+                ).one_or_none()
+                if ti is not None:
+                    airflow_adapter.reset_for_next_try(ti, session)
+                    done.append(ref)
+        except Exception as exc:
+            failed[ref] = f"{type(exc).__name__}: {exc}"
+    return done, failed

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import enum
 
+import pytest
+
 from k8s_executor.adoption import unadopted_reason, unlisted_reason
 from k8s_executor.identity import TaskRef
 from k8s_executor.ledger import DisposalRule, PodLedger
@@ -76,3 +78,26 @@ def test_a_pod_already_held_is_not_adopted_again_by_a_later_list() -> None:
     ledger.adopt(finished, 600)
     # ...is not taken twice when the next adoption's list still shows it.
     assert ledger.adoptable([finished]) == []
+
+
+def test_a_pod_being_adopted_is_not_disposed_of_as_unclaimed() -> None:
+    now = [0.0]
+    ledger = PodLedger("6", DisposalRule(), clock=lambda: now[0], unclaimed_grace_s=10)
+    ledger.schedulers_alive({"6"})
+    running = orphan(FOUND)
+    # The sweep saw the dead scheduler's pod; then Airflow handed its try here.
+    ledger.swept([running])
+    ledger.awaiting_adoption([FOUND])
+    now[0] = 100.0
+    assert ledger.tick() == []
+    assert ledger.adoptable([running]) == [running]
+
+
+def test_a_try_whose_adoption_failed_half_way_is_still_awaited_and_so_reset() -> None:
+    ledger = PodLedger("6", DisposalRule(), clock=lambda: 0.0)
+    ledger.awaiting_adoption([FOUND])
+    # A pod the ledger cannot judge (no state: a bug elsewhere) fails its adoption part-way.
+    unjudged = Orphan("ns", "pod-found", FOUND, "4", None, "1", ours=True)  # type: ignore[arg-type]
+    with pytest.raises(AttributeError):
+        ledger.adopt(unjudged, 600)
+    assert ledger.unfound([FOUND]) == [FOUND]

@@ -304,7 +304,14 @@ def test_an_exec_plugins_client_certificate_is_used_and_replaced_when_it_expires
     api._current()
     assert api.rest_client is not first_pool
     assert [Path(f).read_text() for f in (cfg.cert_file, cfg.key_file)] == ["cert 2", "key 2"]
+    # A request already on its way (another thread's) may still open a connection with the first
+    # identity's files: they go at the next replacement, never piling up.
+    assert all(Path(f).exists() for f in first_files)
+    second_files = (cfg.cert_file, cfg.key_file)
+    clock.now += 60
+    api._current()
     assert not any(Path(f).exists() for f in first_files)
+    assert all(Path(f).exists() for f in second_files)
 
 
 def test_a_token_is_where_every_client_version_reads_it() -> None:

@@ -118,3 +118,23 @@ def test_a_create_on_its_way_for_a_try_no_longer_this_schedulers_is_withdrawn() 
     assert ledger.questions().obsolete == {REF}
     row = TaskRow(1, "scheduled", None)
     assert ledger.answered({REF: row}) == [Drop("ns", "p0"), Withdrawn(REF, row)]
+
+
+def test_an_answer_that_comes_after_the_try_was_launched_again_does_not_withdraw_the_new_create() -> None:
+    # The database is read off the scheduler's loop: meanwhile Airflow took the try back and
+    # queued it again on the same try number, and its new create is on its way.
+    NOW[0] = 0.0
+    ledger = PodLedger("7", DisposalRule(), clock=lambda: NOW[0])
+    ledger.launching(REF, "ns", "p0", 600, payload="build")
+    NOW[0] = 20.0
+    questions = ledger.questions()
+    assert questions.obsolete == {REF}
+    ledger.revoke(REF)
+    ledger.launching(REF, "ns", "p1", 600, payload="build")
+    stale = TaskRow(1, "scheduled", None)
+    assert ledger.answered({REF: stale}, questions.attempts) == []
+    assert REF in ledger.in_flight()
+    # Asked again, the same row now speaks of this create.
+    NOW[0] = 60.0
+    again = ledger.questions()
+    assert ledger.answered({REF: stale}, again.attempts) == [Drop("ns", "p1"), Withdrawn(REF, stale)]

@@ -104,7 +104,7 @@ _EVENT = re.compile(
 )
 _ADOPTING = re.compile(r"^(\S+Z) .*Adopting or resetting orphaned tasks for active dag runs")
 _ADOPTED = re.compile(
-    r"^(\S+Z) .*adopted (\d+) of \d+ task instances from schedulers (?:.* in ([\d.]+) s[;(])?"
+    r"^(\S+Z) .*adopted (\d+) of \d+ task instances from schedulers (?:.* in ([\d.]+) s\b)?"
 )
 
 

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, TypeVar
 
 from airflow.executors.base_executor import BaseExecutor
 from airflow.utils.state import TaskInstanceState
@@ -38,6 +38,8 @@ from k8s_executor.pod_building import PodBuildError, PodRequest
 from k8s_executor.scheduler import AirflowKubernetesScheduler, PodLaunch, TaskResult
 from k8s_executor.settings import ExecutorSettings
 from k8s_executor.shapes import TaskRow
+
+T = TypeVar("T")
 
 # A try handed over with no pod whose reset fails (the database away) is tried again this often.
 RESET_RETRY_S = 5.0
@@ -488,7 +490,9 @@ class KubernetesExecutor(BaseExecutor):
             states = {ref: by_ref[ref].state for ref in wanted}
             self._errands.run(
                 f"adopt {uuid.uuid4().hex}",
-                functools.partial(self.kube_scheduler.find_orphans, wanted, dead),
+                functools.partial(
+                    _timed, watch, functools.partial(self.kube_scheduler.find_orphans, wanted, dead)
+                ),
                 functools.partial(self._found, wanted, dead, states, watch),
             )
         self.log.info(
@@ -508,14 +512,15 @@ class KubernetesExecutor(BaseExecutor):
         dead: set[str],
         states: dict[identity.WorkloadRef, Any],
         watch: metrics.Stopwatch,
-        outcome: Future[list[Any]],
+        outcome: Future[tuple[list[Any], float]],
     ) -> list[Action]:
         """What adoption's list found: the pods of the tries still awaited are adopted; the tries
         whose pods are not there (or could not be listed) go back to Airflow."""
         assert self.kube_scheduler is not None
         error: str | None = None
+        listed_s = 0.0
         try:
-            orphans = outcome.result()
+            orphans, listed_s = outcome.result()
         except Exception as exc:
             error = describe_error(exc) if isinstance(exc, REQUEST_ERRORS) else f"{type(exc).__name__}: {exc}"
             self.log.error(
@@ -541,11 +546,13 @@ class KubernetesExecutor(BaseExecutor):
         metrics.incr("adoption.pods", len(adopted))
         metrics.timing("adoption.duration", took_s := watch.seconds)
         self.log.info(
-            "adopted %d of %d task instances from schedulers %s in %.2f s; %d with no pod are reset",
+            "adopted %d of %d task instances from schedulers %s in %.2f s (their pods listed at %.2f s); "
+            "%d with no pod are reset",
             sum(1 for orphan in adopted if orphan.ours),
             len(wanted),
             sorted(dead),
             took_s,
+            listed_s,
             len(unfound),
         )
         self._reset_unfound()
@@ -637,3 +644,8 @@ def _read_airflow(
         else:
             rows = {ref: found.get(ref) for ref in refs}
     return jobs, rows
+
+
+def _timed(watch: metrics.Stopwatch, errand: Callable[[], T]) -> tuple[T, float]:
+    """`errand`'s outcome, with the stopwatch's reading when it was done."""
+    return errand(), watch.seconds

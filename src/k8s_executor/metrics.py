@@ -32,7 +32,7 @@ NAMES = {
     "executor_call.<call>": "timer: one call Airflow's scheduler loop made into the executor (heartbeat, sync, trigger_tasks, execute_async, try_adopt_task_instances, revoke_task, end)",
     "executor_call.slow.<call>": "counter: calls that held Airflow's scheduler loop longer than 100 ms (each also logged)",
     "adoption.pods": "counter: pods taken over from schedulers that died",
-    "adoption.duration": "timer: one adoption pass",
+    "adoption.duration": "timer: one adoption pass, from Airflow's hand-over to the pods found adopted",
     "unclaimed_pods.disposed": "counter: finished pods of a scheduler that is gone, deleted or marked done",
 }
 

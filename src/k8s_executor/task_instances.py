@@ -117,15 +117,7 @@ def requeue(ref: TaskRef, from_state: str, scheduler_id: str) -> bool:
     with create_session() as session:
         result = session.execute(
             update(TI)
-            .where(
-                TI.dag_id == ref.dag_id,
-                TI.task_id == ref.task_id,
-                TI.run_id == ref.run_id,
-                TI.map_index == ref.map_index,
-                TI.try_number == ref.try_number,
-                TI.state == from_state,
-                TI.queued_by_job_id == int(scheduler_id),
-            )
+            .where(*_this_try_queued_by(TI, ref, scheduler_id), TI.state == from_state)
             .values(state="queued", queued_dttm=datetime.datetime.now(datetime.timezone.utc))
             .execution_options(synchronize_session=False)
         )
@@ -154,15 +146,7 @@ def reset(refs: Sequence[TaskRef], scheduler_id: str) -> tuple[list[TaskRef], di
             with create_session() as session:
                 ti = session.scalars(
                     select(TI)
-                    .where(
-                        TI.dag_id == ref.dag_id,
-                        TI.task_id == ref.task_id,
-                        TI.run_id == ref.run_id,
-                        TI.map_index == ref.map_index,
-                        TI.try_number == ref.try_number,
-                        TI.state.in_(State.adoptable_states),
-                        TI.queued_by_job_id == int(scheduler_id),
-                    )
+                    .where(*_this_try_queued_by(TI, ref, scheduler_id), TI.state.in_(State.adoptable_states))
                     .with_for_update()
                 ).one_or_none()
                 if ti is not None:
@@ -171,3 +155,16 @@ def reset(refs: Sequence[TaskRef], scheduler_id: str) -> tuple[list[TaskRef], di
         except Exception as exc:
             failed[ref] = f"{type(exc).__name__}: {exc}"
     return done, failed
+
+
+def _this_try_queued_by(model: Any, ref: TaskRef, scheduler_id: str) -> tuple[Any, ...]:
+    """The conditions of a compare-and-set on one try: its task instance still at this try, queued
+    by this scheduler."""
+    return (
+        model.dag_id == ref.dag_id,
+        model.task_id == ref.task_id,
+        model.run_id == ref.run_id,
+        model.map_index == ref.map_index,
+        model.try_number == ref.try_number,
+        model.queued_by_job_id == int(scheduler_id),
+    )

@@ -96,10 +96,18 @@ class ExecutorSettings(BaseModel):
         description=(
             "Client-side rate limit on requests to the API server (per second). The API server "
             "protects itself (priority and fairness, 429 with Retry-After, which the executor "
-            "honours); this limit only keeps a runaway scheduler from flooding a shared cluster."
+            "honours); this limit only keeps a runaway scheduler from flooding a shared cluster. "
+            "200 is above the rate one API server took pods from a bare client on the development "
+            "machine (118-209 creates per second, bench/RESULTS.md), so that the API server, not "
+            "this limit, paces a burst."
         ),
     )
-    api_burst: int = Field(400, ge=1, description="Requests allowed above api_qps in a burst.")
+    api_burst: int = Field(
+        400,
+        ge=1,
+        description="Requests allowed above api_qps in a burst: two seconds' worth, so that a burst "
+        "of tasks goes out at once and the limit only holds a scheduler that keeps on asking.",
+    )
     multi_namespace_mode: bool = Field(False, description="Launch and watch pods in several namespaces.")
     multi_namespace_mode_namespace_list: list[str] = Field(
         default_factory=list,

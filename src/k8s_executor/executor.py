@@ -555,7 +555,6 @@ class KubernetesExecutor(BaseExecutor):
             listed_s,
             len(unfound),
         )
-        self._reset_unfound()
         return []
 
     def _reset_unfound(self) -> None:
@@ -566,21 +565,26 @@ class KubernetesExecutor(BaseExecutor):
             self._errands.run(
                 "reset",
                 functools.partial(task_instances.reset, refs, self.scheduler_id),
-                self._reset_done,
+                functools.partial(self._reset_done, refs),
             )
 
     def _reset_done(
-        self, outcome: Future[tuple[list[identity.TaskRef], dict[identity.TaskRef, str]]]
+        self,
+        sent: list[identity.TaskRef],
+        outcome: Future[tuple[list[identity.TaskRef], dict[identity.TaskRef, str]]],
     ) -> list[Action]:
         try:
             reset, failed = outcome.result()
         except Exception as exc:
-            reset, failed = [], {ref: f"{type(exc).__name__}: {exc}" for ref in self._to_reset}
+            reset, failed = [], {ref: f"{type(exc).__name__}: {exc}" for ref in sent}
         if reset:
             self.log.info(
                 "reset %d task instances handed over with no pod, for Airflow to run again", len(reset)
             )
-        for ref in list(self._to_reset):
+        # Only the tries this errand was sent: those handed over meanwhile wait for the next one.
+        for ref in sent:
+            if ref not in self._to_reset:
+                continue  # taken back by Airflow meanwhile (revoke_task)
             if ref not in failed:
                 del self._to_reset[ref]  # reset, or no longer this scheduler's to reset
                 continue

@@ -107,8 +107,23 @@ CASES: list[Case] = [
         "executor_config",
         "executor",
         "executor_config: unknown key(s) 'KubernetesExcutor'; expected pod_override, pod_template_file, "
-        "KubernetesExecutor",
+        "KubernetesExecutor, cluster",
         {"KubernetesExcutor": {"image": "busybox:1.36"}},
+    ),
+    Case(
+        "ec_unknown_cluster",
+        "executor_config",
+        "executor",
+        "executor_config['cluster'] is 'gpu', which is not one of the executor's clusters (default; "
+        "[kubernetes_executor] clusters)",
+        {"cluster": "gpu"},
+    ),
+    Case(
+        "ec_cluster_not_a_name",
+        "executor_config",
+        "executor",
+        "executor_config['cluster'] must be a cluster's name, got int",
+        {"cluster": 1},
     ),
     Case(
         "ec_unknown_dict_form_key",

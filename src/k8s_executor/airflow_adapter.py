@@ -125,6 +125,7 @@ def pod_defaults(settings: ExecutorSettings) -> PodDefaults:
         termination_grace_period_seconds=settings.termination_grace_period_seconds,
         disruption_guard=settings.disruption_guard,
         disruption_retries=settings.disruption_retries,
+        cluster=settings.cluster,
     )
 
 

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from airflow.executors.base_executor import BaseExecutor
@@ -23,6 +24,7 @@ from airflow.utils.state import TaskInstanceState
 from k8s_executor import (
     adoption,
     airflow_adapter,
+    clusters,
     errands,
     identity,
     metrics,
@@ -30,10 +32,21 @@ from k8s_executor import (
     task_log,
     workloads,
 )
+from k8s_executor.clusters import Cluster
 from k8s_executor.executor_config import ExecutorConfigError
+from k8s_executor.identity import DEFAULT_CLUSTER
 from k8s_executor.kube_client import core_api, describe_error
 from k8s_executor.launching import REQUEST_ERRORS
-from k8s_executor.ledger import Action, HandedOver, Launch, Relaunch, Requeue, Withdrawn, live_schedulers
+from k8s_executor.ledger import (
+    Action,
+    HandedOver,
+    Launch,
+    Questions,
+    Relaunch,
+    Requeue,
+    Withdrawn,
+    live_schedulers,
+)
 from k8s_executor.pod_building import PodBuildError, PodRequest
 from k8s_executor.scheduler import AirflowKubernetesScheduler, PodLaunch, TaskResult
 from k8s_executor.settings import ExecutorSettings
@@ -44,6 +57,24 @@ T = TypeVar("T")
 # A try handed over with no pod whose reset fails (the database away) is tried again this often.
 RESET_RETRY_S = 5.0
 RESET_ATTEMPTS = 20
+# What an errand's outcome leads to: actions, each with the cluster whose ledger decided it.
+Todo = list[tuple[Cluster, Action]]
+
+
+@dataclass
+class _Adoption:
+    """One hand-over from Airflow, while every cluster's list of pods is out."""
+
+    wanted: list[identity.WorkloadRef]
+    dead: set[str]
+    states: dict[identity.WorkloadRef, Any]
+    watch: metrics.Stopwatch
+    waiting: set[str]
+    # The tries no cluster answered with a pod so far; None before the first answer.
+    unfound: set[identity.WorkloadRef] | None = None
+    errors: list[str] = field(default_factory=list)
+    adopted: int = 0
+    listed_s: float = 0.0
 
 
 class KubernetesExecutor(BaseExecutor):
@@ -64,6 +95,9 @@ class KubernetesExecutor(BaseExecutor):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.settings: ExecutorSettings | None = None
+        # Each cluster's own scheduler shell, client and queues ([kubernetes_executor] clusters);
+        # `kube_scheduler`, `kube_client` and the queues below are the default cluster's.
+        self.clusters: dict[str, Cluster] = {}
         self.kube_scheduler: AirflowKubernetesScheduler | None = None
         # Pods built and waiting for the launcher, and the tries' results waiting for Airflow.
         self.task_queue: queue.Queue[PodLaunch] = queue.Queue()
@@ -80,6 +114,8 @@ class KubernetesExecutor(BaseExecutor):
         self._reset_after = 0.0
         # How long each of Airflow's calls into the executor held its scheduler loop.
         self.call_times = metrics.CallTimes()
+        # The UI's log reader's clients, by cluster.
+        self._log_clients: dict[str, tuple[Any, ExecutorSettings]] = {}
 
     # --- lifecycle -------------------------------------------------------
     def start(self) -> None:
@@ -88,29 +124,41 @@ class KubernetesExecutor(BaseExecutor):
         self.settings = ExecutorSettings.parse(airflow_adapter.read_settings(team=team))
         self.scheduler_id = str(self.job_id) if self.job_id is not None else uuid.uuid4().hex[:12]
         self.owner = self.owner or airflow_adapter.executor_identity(self)
-        # The credential is fetched now: one that cannot be had stops the scheduler here, with a
-        # message naming the file or command.
-        self.kube_client = core_api(self.settings)
         self._worker_env = airflow_adapter.worker_env()
-        self._defaults = airflow_adapter.pod_defaults(self.settings)
-        self.kube_scheduler = AirflowKubernetesScheduler(
-            self.settings,
-            self.task_queue,
-            self.result_queue,
-            self.kube_client,
-            self.scheduler_id,
-            # As long as Airflow waits before it hands a dead scheduler's tasks to a successor.
-            unclaimed_grace_s=airflow_adapter.orphan_check_interval_s(),
-            executor_id=self.owner,
-        )
-        self.kube_scheduler.start_watchers()
+        # Every cluster's credential is fetched now, before any helper process starts: one that
+        # cannot be had stops the scheduler here, with a message naming the file or command.
+        every = self.settings.cluster_settings()
+        kube_clients = {name: core_api(settings) for name, settings in every.items()}
+        for name, settings in every.items():
+            default = name == DEFAULT_CLUSTER
+            scheduler = AirflowKubernetesScheduler(
+                settings,
+                self.task_queue if default else queue.Queue(),
+                self.result_queue if default else queue.Queue(),
+                kube_clients[name],
+                self.scheduler_id,
+                # As long as Airflow waits before it hands a dead scheduler's tasks to a successor.
+                unclaimed_grace_s=airflow_adapter.orphan_check_interval_s(),
+                executor_id=self.owner,
+            )
+            self.clusters[name] = Cluster(scheduler, airflow_adapter.pod_defaults(settings))
+        default_cluster = self.clusters[DEFAULT_CLUSTER]
+        self.kube_client, self.kube_scheduler = default_cluster.kube_client, default_cluster.scheduler
+        for cluster in self.clusters.values():
+            cluster.scheduler.start_watchers()
         self.log.info(
             "KubernetesExecutor started: scheduler id %s, pods labelled %s=%s, namespaces %s",
             self.scheduler_id,
             identity.OWNER_LABEL,
             self.owner,
-            self.settings.watched_namespaces,
+            "; ".join(
+                f"{c.settings.watched_namespaces}{c.where(self._several)}" for c in self.clusters.values()
+            ),
         )
+
+    @property
+    def _several(self) -> bool:
+        return len(self.clusters) > 1
 
     @metrics.timed_call("heartbeat")
     def heartbeat(self) -> None:
@@ -118,45 +166,48 @@ class KubernetesExecutor(BaseExecutor):
 
     @metrics.timed_call("sync")
     def sync(self) -> None:
-        if self.kube_scheduler is None:
-            return
-        self.kube_scheduler.check_watchers()
-        todo = self.kube_scheduler.sync()
+        todo: Todo = []
+        for cluster in self.clusters.values():
+            cluster.scheduler.check_watchers()
+            todo += [(cluster, action) for action in cluster.scheduler.sync()]
         todo += self._errands.collect()
+        if not self.clusters:
+            return
         self._ask_airflow()
         self._reset_unfound()
-        for action in todo:
-            self._do(action)
-        # Relaunches just built go out now, in the sync that decided them: a revocation between
-        # two heartbeats must find them in the ledger, not waiting on the task queue.
-        self.kube_scheduler.launch_queued()
-        while True:
-            try:
-                result = self.result_queue.get_nowait()
-            except queue.Empty:
-                break
-            self._apply(result)
+        for cluster, action in todo:
+            self._do(cluster, action)
+        for cluster in self.clusters.values():
+            # Relaunches just built go out now, in the sync that decided them: a revocation
+            # between two heartbeats must find them in the ledger, not waiting on the task queue.
+            cluster.scheduler.launch_queued()
+            while True:
+                try:
+                    result = cluster.scheduler.result_queue.get_nowait()
+                except queue.Empty:
+                    break
+                self._apply(cluster, result)
 
-    def _do(self, action: Action) -> None:
-        """What the ledger decided about a try that is the executor's to carry out."""
-        assert self.kube_scheduler is not None
+    def _do(self, cluster: Cluster, action: Action) -> None:
+        """What a cluster's ledger decided about a try that is the executor's to carry out."""
         if isinstance(action, Launch):
             make_request = action.payload
             assert callable(make_request)
             key = airflow_adapter.to_airflow_key(action.ref)
             if not self._launch(key, make_request, action.start_timeout_s):
                 # Its failure is reported: the ledger holds nothing more of it.
-                self.kube_scheduler.revoke(action.ref)
+                cluster.scheduler.revoke(action.ref)
         elif isinstance(action, Relaunch):
             allowed = action.allowed if action.allowed >= 0 else "unlimited"
             note = (
-                f"Kubernetes pod {action.pod} failed before its task started: {action.reason}. "
+                f"Kubernetes pod {action.pod}{cluster.where(self._several)} failed before its task "
+                f"started: {action.reason}. "
                 f"Launching a new pod in {action.delay_s:.0f} s (failed launch {action.failures} of "
                 f"at most {allowed}); the task's own retries are untouched."
             )
-            self._say_launched_again(action.ref, note, "pods.relaunched")
+            self._say_launched_again(action.ref, note, "pods.relaunched", cluster)
         elif isinstance(action, Requeue):
-            self._requeue(action)
+            self._requeue(cluster, action)
         elif isinstance(action, HandedOver):
             # Adopted by another scheduler (this one stalled past its health check, say).
             self.running.discard(airflow_adapter.to_airflow_key(action.ref))
@@ -174,7 +225,7 @@ class KubernetesExecutor(BaseExecutor):
             self.queued_tasks.pop(key, None)
             self.running.discard(key)
 
-    def _requeue(self, action: Requeue) -> None:
+    def _requeue(self, cluster: Cluster, action: Requeue) -> None:
         """A try whose pod the cluster disrupted: its task instance back to queued (if nothing of
         the task recorded its end meanwhile), and a new pod with a fresh workload token. The
         database's compare-and-set is an errand; the ledger hears its outcome (`requeued`)."""
@@ -185,10 +236,11 @@ class KubernetesExecutor(BaseExecutor):
             errand = functools.partial(task_instances.requeue, action.ref, action.ti_state, self.scheduler_id)
         else:
             errand = functools.partial(bool, False)
-        self._errands.run(f"requeue {action.ref}", errand, functools.partial(self._requeue_done, action))
+        self._errands.run(
+            f"requeue {action.ref}", errand, functools.partial(self._requeue_done, cluster, action)
+        )
 
-    def _requeue_done(self, action: Requeue, outcome: Future[bool]) -> list[Action]:
-        assert self.kube_scheduler is not None
+    def _requeue_done(self, cluster: Cluster, action: Requeue, outcome: Future[bool]) -> Todo:
         try:
             requeued = outcome.result()
         except Exception:
@@ -201,20 +253,21 @@ class KubernetesExecutor(BaseExecutor):
             except Exception:
                 # Queued again with no pod to run it: Airflow's queued timeout takes it back.
                 self.log.exception("could not build the new pod of disrupted task %s", action.ref)
-                return self.kube_scheduler.requeued(action.ref, None)
+                return [(cluster, a) for a in cluster.scheduler.requeued(action.ref, None)]
             note = (
-                f"Kubernetes pod {action.pod} was disrupted by the cluster: {action.reason}. The task "
+                f"Kubernetes pod {action.pod}{cluster.where(self._several)} was disrupted by the "
+                f"cluster: {action.reason}. The task "
                 f"is launched again in a new pod (disruption {action.disruption} of at most "
                 f"{action.allowed}, [kubernetes_executor] disruption_retries); its retries are untouched."
             )
-            self._say_launched_again(action.ref, note, f"pods.disrupted.{action.cause}")
-        return self.kube_scheduler.requeued(action.ref, payload)
+            self._say_launched_again(action.ref, note, f"pods.disrupted.{action.cause}", cluster)
+        return [(cluster, a) for a in cluster.scheduler.requeued(action.ref, payload)]
 
-    def _say_launched_again(self, ref: identity.TaskRef, note: str, metric: str) -> None:
+    def _say_launched_again(self, ref: identity.TaskRef, note: str, metric: str, cluster: Cluster) -> None:
         """A try goes on in a new pod: said in the scheduler's log and the try's, and counted."""
         self.log.warning("task %s: %s", ref, note)
         self._note_in_task_log(ref, note, ends_try=False)
-        metrics.incr(metric)
+        metrics.incr(metric, cluster=cluster.name)
 
     def _fresh_payload(self, payload: object) -> object:
         """What the try's next pod is built from: on Airflow 3 its workload with a new token (the
@@ -229,87 +282,102 @@ class KubernetesExecutor(BaseExecutor):
         which schedulers live, whether tries whose pods failed had started, and which creates
         still on their way are for tries no longer this scheduler's (reset, retried, or queued by
         another scheduler since: upstream #69760)."""
-        assert self.kube_scheduler is not None
         if self._errands.busy("airflow"):
             return
-        questions = self.kube_scheduler.questions()
+        asked = {name: cluster.scheduler.questions() for name, cluster in self.clusters.items()}
         # Without a scheduler job (a test harness, a backfill) there is no liveness to go by.
         as_scheduler = self.job_id is not None
-        liveness = questions.liveness and as_scheduler
-        refs = questions.started | (questions.obsolete if as_scheduler else frozenset())
+        liveness = as_scheduler and any(q.liveness for q in asked.values())
+        refs: set[identity.TaskRef] = set()
+        for questions in asked.values():
+            refs |= questions.started | (questions.obsolete if as_scheduler else frozenset())
         if liveness or refs:
             self._errands.run(
                 "airflow",
                 functools.partial(_read_airflow, liveness, list(refs)),
-                functools.partial(self._airflow_said, questions.started, questions.attempts),
+                functools.partial(self._airflow_said, asked),
             )
 
-    def _airflow_said(
-        self,
-        started: frozenset[identity.TaskRef],
-        attempts: Mapping[identity.TaskRef, int],
-        outcome: Future[tuple[Any, Any]],
-    ) -> list[Action]:
-        assert self.kube_scheduler is not None
+    def _airflow_said(self, asked: Mapping[str, Questions], outcome: Future[tuple[Any, Any]]) -> Todo:
         jobs, rows = outcome.result()
         if isinstance(jobs, Exception):
             self.log.error("could not read which schedulers are alive (%s); asking again later", jobs)
         elif jobs is not None:
             threshold = airflow_adapter.scheduler_health_check_threshold_s()
-            self.kube_scheduler.set_live_schedulers(
-                live_schedulers(jobs, datetime.datetime.now(datetime.timezone.utc), threshold)
-            )
-            self._sweep()
+            alive = live_schedulers(jobs, datetime.datetime.now(datetime.timezone.utc), threshold)
+            for cluster in self.clusters.values():
+                try:
+                    cluster.scheduler.set_live_schedulers(alive)
+                    self._sweep(cluster)
+                except Exception:
+                    self.log.exception("taking in the live schedulers%s failed", cluster.where(self._several))
         if isinstance(rows, Exception):
             self.log.error(
                 "could not read the task instances the executor asked about (%s); their failed pods' "
                 "ends are reported as they are, and obsolete creates checked again later",
                 rows,
             )
-            # Whether a failed pod's task had started cannot be known: its failure stands, now.
-            return self.kube_scheduler.unanswerable(started)
-        return self.kube_scheduler.answer(rows, attempts) if rows else []
+        todo: Todo = []
+        for name, questions in asked.items():
+            cluster = self.clusters[name]
+            # One cluster's trouble must not cost another cluster's ledger the actions it decided.
+            try:
+                if isinstance(rows, Exception):
+                    # Whether a failed pod's task had started cannot be known: its failure stands.
+                    actions = cluster.scheduler.unanswerable(questions.started)
+                else:
+                    asked_here = questions.started | questions.obsolete
+                    mine = {ref: row for ref, row in (rows or {}).items() if ref in asked_here}
+                    actions = cluster.scheduler.answer(mine, questions.attempts) if mine else []
+            except Exception:
+                self.log.exception("handling the database's answers%s failed", cluster.where(self._several))
+                continue
+            todo += [(cluster, action) for action in actions]
+        return todo
 
-    def _sweep(self) -> None:
-        """List the pods dead schedulers left (an errand), when this scheduler is the disposer."""
-        assert self.kube_scheduler is not None
-        selector = self.kube_scheduler.sweep_selector()
+    def _sweep(self, cluster: Cluster) -> None:
+        """List the pods dead schedulers left in `cluster` (an errand), when this scheduler is the
+        disposer."""
+        selector = cluster.scheduler.sweep_selector()
         if selector is not None:
             self._errands.run(
-                "sweep", functools.partial(self.kube_scheduler.list_for_sweep, selector), self._swept
+                f"sweep {cluster.name}",
+                functools.partial(cluster.scheduler.list_for_sweep, selector),
+                functools.partial(self._swept, cluster),
             )
 
-    def _swept(self, outcome: Future[list[Any]]) -> list[Action]:
-        assert self.kube_scheduler is not None
+    def _swept(self, cluster: Cluster, outcome: Future[list[Any]]) -> Todo:
         try:
             sightings = outcome.result()
         except REQUEST_ERRORS as exc:
             self.log.warning(
-                "could not sweep for the pods dead schedulers left (%s); trying again later",
+                "could not sweep%s for the pods dead schedulers left (%s); trying again later",
+                cluster.where(self._several),
                 describe_error(exc),
             )
             return []
-        return self.kube_scheduler.swept(sightings)
+        return [(cluster, action) for action in cluster.scheduler.swept(sightings)]
 
     def _give_up(self, ref: identity.TaskRef) -> None:
         """The try is not this scheduler's any more: nothing is reported for it, its pod goes, and
         if it comes back to this scheduler its next pod has a new name."""
-        assert self.kube_scheduler is not None
         key = airflow_adapter.to_airflow_key(ref)
         self.queued_tasks.pop(key, None)
         self.running.discard(key)
-        self.kube_scheduler.revoke(ref)
+        # Every cluster's ledger counts the try's launches: its next pod's name is new in each.
+        for cluster in self.clusters.values():
+            cluster.scheduler.revoke(ref)
 
-    def _apply(self, result: TaskResult) -> None:
+    def _apply(self, cluster: Cluster, result: TaskResult) -> None:
         key = airflow_adapter.to_airflow_key(result.ref)
         success, failure = airflow_adapter.end_states(result.ref)
         if result.state.verdict == "success":
             self.change_state(key, success, result.pod)
         else:
-            reason = f"{result.pod}: {result.state.reason}"
+            reason = f"{result.pod}{cluster.where(self._several)}: {result.state.reason}"
             self.log.warning("%s failed in Kubernetes: %s", key, reason)
             if result.state.disruption or result.state.cause == "Evicted":
-                metrics.incr(f"pods.disrupted.{result.state.disruption or 'Evicted'}")
+                metrics.incr(f"pods.disrupted.{result.state.disruption or 'Evicted'}", cluster=cluster.name)
             self._note_in_task_log(result.ref, f"Kubernetes pod {reason}", ends_try=True)
             self.change_state(key, failure, reason)
 
@@ -320,33 +388,37 @@ class KubernetesExecutor(BaseExecutor):
         Running pods are not waited for: they outlive the scheduler and its successor adopts
         them. Waiting would hold a stopping scheduler for as long as its longest task.
         """
-        if self.kube_scheduler is None:
+        if not self.clusters:
             return
         self.sync()
-        self.kube_scheduler.launcher.shutdown(wait=True)
+        for cluster in self.clusters.values():
+            try:
+                cluster.scheduler.launcher.shutdown(wait=True)
+            except Exception:
+                self.log.exception("stopping the launcher%s failed", cluster.where(self._several))
         self.sync()
         self._notes.shutdown(wait=True)
         self._errands.shutdown()
         self.log.info(
             "stopping with %d pods in flight, left for adoption; the watchers read %d watch events",
-            len(self.kube_scheduler.in_flight()),
-            self.kube_scheduler.watch_events_read,
+            sum(len(c.scheduler.in_flight()) for c in self.clusters.values()),
+            sum(c.scheduler.watch_events_read for c in self.clusters.values()),
         )
         self.terminate()
 
     def terminate(self) -> None:
-        if self.kube_scheduler is not None:
-            self.kube_scheduler.terminate()
+        for cluster in self.clusters.values():
+            cluster.scheduler.terminate()
 
     # --- launching -------------------------------------------------------
     @metrics.timed_call("trigger_tasks")
     def trigger_tasks(self, open_slots: int) -> None:
         batch = self.settings.worker_pods_creation_batch_size if self.settings else open_slots
         super().trigger_tasks(min(open_slots, batch))
-        # The pods just built go to the launcher now, so the ledger holds their tries before
-        # Airflow could hand them to anyone (adoption asks it which tries are held here).
-        if self.kube_scheduler is not None:
-            self.kube_scheduler.launch_queued()
+        # The pods just built go to the launchers now, so the ledgers hold their tries before
+        # Airflow could hand them to anyone (adoption asks them which tries are held here).
+        for cluster in self.clusters.values():
+            cluster.scheduler.launch_queued()
 
     def _process_workloads(self, workloads: Sequence[Any]) -> None:
         for workload in workloads:
@@ -390,29 +462,42 @@ class KubernetesExecutor(BaseExecutor):
     ) -> None:
         """Airflow 2's entry point: run `command` for `key` in a pod."""
         self.running.add(key)
-        self._launch(key, functools.partial(self._request_from_command, key, command, executor_config))
+        self._launch(key, functools.partial(self._request_from_command, key, command, executor_config, queue))
 
-    def _request_from_command(self, key: Any, command: Any, executor_config: Any) -> PodRequest:
+    def _request_from_command(
+        self, key: Any, command: Any, executor_config: Any, task_queue: str | None
+    ) -> PodRequest:
         attempt = self._attempt(key)
-        return workloads.request_from_command(key, command, executor_config, self._owner(), attempt)
+        return workloads.request_from_command(
+            key, command, executor_config, self._owner(), attempt, queue=task_queue
+        )
 
     def _owner(self) -> workloads.Owner:
         return workloads.Owner(self.scheduler_id, self.owner or identity.DEFAULT_EXECUTOR, self._worker_env)
 
     def _attempt(self, key: Any) -> int:
-        assert self.kube_scheduler is not None
-        return self.kube_scheduler.attempt(airflow_adapter.ref_of(key))
+        ref = airflow_adapter.ref_of(key)
+        return max(cluster.scheduler.attempt(ref) for cluster in self.clusters.values())
+
+    def _cluster_for(self, request: PodRequest) -> Cluster:
+        assert self.settings is not None
+        name = clusters.route(
+            request.executor_config.cluster, request.queue, self.settings.queue_clusters, list(self.clusters)
+        )
+        return self.clusters[name]
 
     def _launch(
         self, key: Any, make_request: Callable[[], PodRequest], start_timeout_s: float | None = None
     ) -> bool:
         """Build the task's pod and hand it to the launcher; bad input fails this task only
         (False)."""
-        assert self.kube_scheduler is not None
         try:
             request = make_request()
-            pod = workloads.pod_for(request, self._defaults)
-            self._check_watched(pod["metadata"]["namespace"])
+            cluster = self._cluster_for(request)
+            pod = workloads.pod_for(request, cluster.defaults)
+            clusters.check_watched(
+                cluster.settings, pod["metadata"]["namespace"], cluster.name, self._several
+            )
         except (ExecutorConfigError, PodBuildError) as exc:
             self._refuse(key, exc)
             return False
@@ -423,21 +508,10 @@ class KubernetesExecutor(BaseExecutor):
             self._refuse(key, PodBuildError(f"its pod could not be built: {type(exc).__name__}: {exc}"))
             return False
         timeout_s = start_timeout_s or airflow_adapter.task_queued_timeout_s()
-        self.task_queue.put(
+        cluster.task_queue.put(
             PodLaunch(pod, request.ref, timeout_s, make_request, request.executor_config.disruption_retries)
         )
         return True
-
-    def _check_watched(self, namespace: str) -> None:
-        """A pod in a namespace no watcher sees would never report back: refuse it up front."""
-        assert self.settings is not None
-        watched = self.settings.watched_namespaces
-        if None not in watched and namespace not in watched:
-            raise PodBuildError(
-                f"metadata.namespace {namespace!r} is not watched by this executor (watching "
-                f"{', '.join(str(n) for n in watched)}); set [kubernetes_executor] multi_namespace_mode = True "
-                f"and add it to multi_namespace_mode_namespace_list"
-            )
 
     def _refuse(self, key: Any, exc: Exception) -> None:
         if not hasattr(key, "dag_id"):  # a callback's or a connection test's key
@@ -466,9 +540,9 @@ class KubernetesExecutor(BaseExecutor):
     @metrics.timed_call("try_adopt_task_instances")
     def try_adopt_task_instances(self, tis: Sequence[Any]) -> Sequence[Any]:
         """Take over the task instances of dead schedulers: all of them are claimed at once and
-        held in the ledger while their pods are looked for, off Airflow's loop (`_found`); a try
-        whose pod is not found is then reset, as Airflow would have reset it."""
-        assert self.kube_scheduler is not None and self.settings is not None
+        held in the ledgers while their pods are looked for in every cluster, off Airflow's loop
+        (`_found`); a try whose pod no cluster has is then reset, as Airflow would have reset it."""
+        assert self.settings is not None
         watch = metrics.Stopwatch()
         task_instances.load_unloaded_columns(tis)
         read_s = watch.seconds
@@ -478,23 +552,30 @@ class KubernetesExecutor(BaseExecutor):
         # two pods) or reported but not yet taken in are ours already; taking them as orphans
         # would launch each a second time.
         queued_here = {airflow_adapter.ref_of(key) for key in self.queued_tasks}
-        held = by_ref.keys() & (self.kube_scheduler.claimed() | queued_here)
+        claimed = set().union(*(c.scheduler.claimed() for c in self.clusters.values()))
+        held = by_ref.keys() & (claimed | queued_here)
         dead = {str(ti.queued_by_job_id) for ti in tis if ti.queued_by_job_id is not None}
         dead.discard(self.scheduler_id)
         wanted = [ref for ref in by_ref if ref not in held]
         if wanted:
-            self.kube_scheduler.await_adoption(wanted)
             for ref in wanted:
                 self.running.add(by_ref[ref].key)
                 airflow_adapter.hold_heartbeat(by_ref[ref])
-            states = {ref: by_ref[ref].state for ref in wanted}
-            self._errands.run(
-                f"adopt {uuid.uuid4().hex}",
-                functools.partial(
-                    _timed, watch, functools.partial(self.kube_scheduler.find_orphans, wanted, dead)
-                ),
-                functools.partial(self._found, wanted, dead, states, watch),
+            handed = _Adoption(
+                wanted, dead, {ref: by_ref[ref].state for ref in wanted}, watch, set(self.clusters)
             )
+            # A try's pod may be in any cluster (the routing may have changed since its launch):
+            # each cluster looks for all of them, on an errand of its own.
+            batch = uuid.uuid4().hex
+            for cluster in self.clusters.values():
+                cluster.scheduler.await_adoption(wanted)
+                self._errands.run(
+                    f"adopt {cluster.name} {batch}",
+                    functools.partial(
+                        _timed, watch, functools.partial(cluster.scheduler.find_orphans, wanted, dead)
+                    ),
+                    functools.partial(self._found, cluster, handed),
+                )
         self.log.info(
             "taking over %d task instances from schedulers %s: %d held here already, looking for "
             "the pods of %d (%.2f s reading their rows)",
@@ -506,54 +587,60 @@ class KubernetesExecutor(BaseExecutor):
         )
         return []
 
-    def _found(
-        self,
-        wanted: list[identity.WorkloadRef],
-        dead: set[str],
-        states: dict[identity.WorkloadRef, Any],
-        watch: metrics.Stopwatch,
-        outcome: Future[tuple[list[Any], float]],
-    ) -> list[Action]:
-        """What adoption's list found: the pods of the tries still awaited are adopted; the tries
-        whose pods are not there (or could not be listed) go back to Airflow."""
-        assert self.kube_scheduler is not None
-        error: str | None = None
-        listed_s = 0.0
+    def _found(self, cluster: Cluster, handed: _Adoption, outcome: Future[tuple[list[Any], float]]) -> Todo:
+        """What one cluster's list found: the pods of the tries its ledger still awaits are
+        adopted there. Once every cluster has answered, the tries no cluster had a pod for (or
+        whose pods could not be listed) go back to Airflow."""
         try:
             orphans, listed_s = outcome.result()
         except Exception as exc:
             error = describe_error(exc) if isinstance(exc, REQUEST_ERRORS) else f"{type(exc).__name__}: {exc}"
+            handed.errors.append(f"cluster {cluster.name}: {error}" if self._several else error)
             self.log.error(
-                "could not list pods to adopt %d task instances (%s); they are reset for Airflow to "
-                "run again",
-                len(wanted),
+                "could not list pods%s to adopt %d task instances (%s); those with no pod found are "
+                "reset for Airflow to run again",
+                cluster.where(self._several),
+                len(handed.wanted),
                 error,
             )
-            orphans = []
-        adopted, unfound = self.kube_scheduler.adopt_found(
-            orphans, wanted, airflow_adapter.task_queued_timeout_s()
-        )
-        for ref in unfound:
+            orphans, listed_s = [], 0.0
+        try:
+            adopted, unfound = cluster.scheduler.adopt_found(
+                orphans, handed.wanted, airflow_adapter.task_queued_timeout_s()
+            )
+        except Exception as exc:
+            # Its tries are not held here any more, whatever was adopted before the error.
+            self.log.exception("adopting the pods found%s failed", cluster.where(self._several))
+            handed.errors.append(f"{type(exc).__name__}: {exc}")
+            adopted, unfound = [], cluster.scheduler.not_found(handed.wanted)
+        metrics.incr("adoption.pods", len(adopted), cluster=cluster.name)
+        handed.adopted += sum(1 for orphan in adopted if orphan.ours)
+        handed.listed_s = max(handed.listed_s, listed_s)
+        # Not found here, and not adopted in a cluster that answered before.
+        handed.unfound = set(unfound) if handed.unfound is None else handed.unfound & set(unfound)
+        handed.waiting.discard(cluster.name)
+        if handed.waiting:
+            return []
+        for ref in handed.unfound:
             reason = (
-                adoption.unlisted_reason(dead, self.scheduler_id, error)
-                if error is not None
-                else adoption.unadopted_reason(states[ref], dead, self.scheduler_id)
+                adoption.unlisted_reason(handed.dead, self.scheduler_id, "; ".join(handed.errors))
+                if handed.errors
+                else adoption.unadopted_reason(handed.states[ref], handed.dead, self.scheduler_id)
             )
             self._note_in_task_log(ref, reason, ends_try=True)
             self.running.discard(airflow_adapter.to_airflow_key(ref))
             if isinstance(ref, identity.TaskRef):
                 self._to_reset.setdefault(ref, 0)
-        metrics.incr("adoption.pods", len(adopted))
-        metrics.timing("adoption.duration", took_s := watch.seconds)
+        metrics.timing("adoption.duration", took_s := handed.watch.seconds)
         self.log.info(
             "adopted %d of %d task instances from schedulers %s in %.2f s (their pods listed at %.2f s); "
             "%d with no pod are reset",
-            sum(1 for orphan in adopted if orphan.ours),
-            len(wanted),
-            sorted(dead),
+            handed.adopted,
+            len(handed.wanted),
+            sorted(handed.dead),
             took_s,
-            listed_s,
-            len(unfound),
+            handed.listed_s,
+            len(handed.unfound),
         )
         return []
 
@@ -612,20 +699,30 @@ class KubernetesExecutor(BaseExecutor):
     @metrics.timed_call("revoke_task")
     def revoke_task(self, *, ti: Any) -> None:
         self._to_reset.pop(airflow_adapter.ref_of(ti.key), None)
-        if self.kube_scheduler is None:
-            self.queued_tasks.pop(ti.key, None)
-            self.running.discard(ti.key)
-            return
         self._give_up(airflow_adapter.ref_of(ti.key))
 
     def get_task_log(self, ti: Any, try_number: int) -> tuple[list[str], list[str]]:
         if self.settings is None:
-            # The UI's log reader holds an executor it never started: it only needs a client.
+            # The UI's log reader holds an executor it never started: it only needs clients.
             team = getattr(self, "team_name", None)
             self.settings = ExecutorSettings.parse(airflow_adapter.read_settings(team=team))
-            self.kube_client = core_api(self.settings)
+        name = self._cluster_of(ti)
+        if name not in self._log_clients:
+            settings = self.settings.cluster_settings()[name]
+            client = self.clusters[name].kube_client if name in self.clusters else core_api(settings)
+            self._log_clients[name] = (client, settings)
+        kube_client, settings = self._log_clients[name]
         ref = airflow_adapter.ref_of(ti.key)._replace(try_number=try_number)
-        return task_log.read_pod_log(self.kube_client, self.settings, ref)
+        return task_log.read_pod_log(kube_client, settings, ref)
+
+    def _cluster_of(self, ti: Any) -> str:
+        """The cluster `ti`'s pods run in, as its executor_config and queue route it now."""
+        assert self.settings is not None
+        known = [DEFAULT_CLUSTER, *self.settings.clusters]
+        try:
+            return clusters.route_task(ti, self.settings.queue_clusters, known)
+        except ExecutorConfigError:
+            return DEFAULT_CLUSTER  # a task that never ran: its own error is in its log already
 
 
 def _read_airflow(

@@ -3,7 +3,8 @@
 Two forms are accepted, and may be combined:
 - `{"pod_override": V1Pod, "pod_template_file": "/path.yaml"}`, as the official provider takes;
 - `{"KubernetesExecutor": {"image": ..., "request_memory": ..., ...}}`, the dict form of the
-  specification, which the official provider refuses.
+  specification, which the official provider refuses;
+- `{"cluster": "gpu"}`: the cluster of `[kubernetes_executor] clusters` the task runs in.
 Unknown keys and wrong types are refused with a message that names them; the
 error fails that one task, never the scheduler.
 """
@@ -18,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from k8s_executor import identity, pod_shape
 
 DICT_FORM_KEY = "KubernetesExecutor"
-TOP_LEVEL_KEYS = ("pod_override", "pod_template_file", DICT_FORM_KEY)
+TOP_LEVEL_KEYS = ("pod_override", "pod_template_file", DICT_FORM_KEY, "cluster")
 BASE_CONTAINER = identity.BASE_CONTAINER
 
 _serializer = ApiClient()
@@ -226,6 +227,8 @@ class ParsedExecutorConfig(BaseModel):
     overrides: list[dict[str, Any]] = Field(default_factory=list)
     # The task's own disruption_retries, when it sets one.
     disruption_retries: int | None = None
+    # The cluster the task asks to run in ([kubernetes_executor] clusters), if it names one.
+    cluster: str | None = None
 
 
 def parse(executor_config: dict[str, Any] | None) -> ParsedExecutorConfig:
@@ -278,7 +281,13 @@ def parse(executor_config: dict[str, Any] | None) -> ParsedExecutorConfig:
         raise ExecutorConfigError(
             f"executor_config['pod_template_file'] must be a path string, got {type(template).__name__}"
         )
+    cluster = executor_config.get("cluster")
+    if cluster is not None and not isinstance(cluster, str):
+        raise ExecutorConfigError(
+            f"executor_config['cluster'] must be a cluster's name, got {type(cluster).__name__}"
+        )
     return ParsedExecutorConfig(
+        cluster=cluster or None,
         pod_template_file=template or None,
         overrides=[o for _, o in overrides],
         disruption_retries=disruption_retries,

@@ -28,6 +28,11 @@ SCHEDULER_LABEL = "airflow-k8s-executor/scheduler"
 LEGACY_EXECUTOR_LABEL = "kubernetes_executor"
 LEGACY_SCHEDULER_LABEL = "airflow-worker"
 DONE_LABEL = "airflow_executor_done"
+# The cluster of `[kubernetes_executor] clusters` a pod was launched in; none on the default
+# cluster's pods (and on every pod launched before there were several clusters). Two entries that
+# reach one API server with overlapping namespaces never see each other's pods.
+CLUSTER_LABEL = "airflow-k8s-executor/cluster"
+DEFAULT_CLUSTER = "default"
 DEFAULT_EXECUTOR = "KubernetesExecutor"
 # The container that runs the task; every other container of its pod (a sidecar) serves it.
 BASE_CONTAINER = "base"
@@ -227,19 +232,28 @@ def executor_pods_selector(executor_id: str | None = DEFAULT_EXECUTOR) -> str:
     return OWNER_LABEL if executor_id is None else f"{OWNER_LABEL}={executor_id}"
 
 
-def selector(executor_id: str, scheduler_id: str | None = None) -> str:
-    """The pods of one configured executor that still await a verdict: one scheduler's (what its
-    watchers see), or every scheduler's (what adoption looks through)."""
-    parts = [executor_pods_selector(executor_id), f"{DONE_LABEL}!=True"]
+def cluster_selector(cluster: str) -> str:
+    """The pods launched in `cluster`, as their label says (the default cluster's carry none)."""
+    return f"!{CLUSTER_LABEL}" if cluster == DEFAULT_CLUSTER else f"{CLUSTER_LABEL}={cluster}"
+
+
+def cluster_labels(cluster: str) -> dict[str, str]:
+    return {} if cluster == DEFAULT_CLUSTER else {CLUSTER_LABEL: cluster}
+
+
+def selector(executor_id: str, scheduler_id: str | None = None, cluster: str = DEFAULT_CLUSTER) -> str:
+    """The pods of one configured executor in one of its clusters that still await a verdict: one
+    scheduler's (what its watchers see), or every scheduler's (what adoption looks through)."""
+    parts = [executor_pods_selector(executor_id), f"{DONE_LABEL}!=True", cluster_selector(cluster)]
     if scheduler_id is not None:
         parts.append(f"{SCHEDULER_LABEL}={safe_label_value(scheduler_id)}")
     return ",".join(parts)
 
 
-def unclaimed_selector(executor_id: str, alive: set[str]) -> str:
-    """The pods of one configured executor whose scheduler is none of the live ones (`alive` holds
-    scheduler label values): the sweep for dead schedulers' finished pods."""
-    return f"{selector(executor_id)},{SCHEDULER_LABEL} notin ({','.join(sorted(alive))})"
+def unclaimed_selector(executor_id: str, alive: set[str], cluster: str = DEFAULT_CLUSTER) -> str:
+    """The pods of one configured executor in one of its clusters whose scheduler is none of the
+    live ones (`alive` holds scheduler label values): the sweep for dead schedulers' finished pods."""
+    return f"{selector(executor_id, cluster=cluster)},{SCHEDULER_LABEL} notin ({','.join(sorted(alive))})"
 
 
 # Pods launched before pods had an owner, by this executor or the official provider's, finished or

@@ -328,9 +328,12 @@ class LauncherProcess:
     counts as created.
     """
 
-    def __init__(self, settings: ExecutorSettings, **options: Any) -> None:
+    def __init__(
+        self, settings: ExecutorSettings, name: str = "k8s-executor-launcher", **options: Any
+    ) -> None:
         # The process builds its own client from the settings: credentials do not cross processes.
         self.settings = settings
+        self.name = name
         self.options = options
         self.results: queue.SimpleQueue[LauncherResult] = queue.SimpleQueue()
         self.unanswered: dict[tuple[str, str], tuple[dict[str, Any], float]] = {}
@@ -345,7 +348,7 @@ class LauncherProcess:
         self.process = Helper(
             "k8s_executor.launching:serve",
             {"settings": self.settings, "options": self.options},
-            name="k8s-executor-launcher",
+            name=self.name,
             on_message=self._receive,
         )
 

@@ -1,7 +1,7 @@
 """What the executor tells metrics dashboards, through Airflow's `Stats` (StatsD or OpenTelemetry).
 
 Every name lives here, so the README's list and the code cannot disagree. Tags carry the
-details (HTTP status, namespace) for backends that keep them; StatsD also gets the status
+details (HTTP status, cluster) for backends that keep them; StatsD also gets the status
 in the name, as Airflow's own metrics do.
 """
 
@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from k8s_executor.airflow_adapter import stats
+from k8s_executor.identity import DEFAULT_CLUSTER
 
 PREFIX = "k8s_executor"
 NAMES = {
@@ -34,19 +35,29 @@ NAMES = {
     "adoption.pods": "counter: pods taken over from schedulers that died",
     "adoption.duration": "timer: one adoption pass, from Airflow's hand-over to the pods found adopted",
     "unclaimed_pods.disposed": "counter: finished pods of a scheduler that is gone, deleted or marked done",
+    "clusters.<cluster>.<name>": "each of the pod, watcher, relaunch, disruption and adoption metrics above, for a cluster of [kubernetes_executor] clusters other than the default (tagged cluster=<cluster> where the backend keeps tags)",
 }
 
 
-def incr(name: str, count: int = 1, **tags: Any) -> None:
-    stats().incr(f"{PREFIX}.{name}", count, tags=tags or None)
+def _name(name: str, cluster: str | None) -> str:
+    # The default cluster's metrics keep the names they had before there were several clusters.
+    if cluster is None or cluster == DEFAULT_CLUSTER:
+        return f"{PREFIX}.{name}"
+    return f"{PREFIX}.clusters.{cluster}.{name}"
 
 
-def gauge(name: str, value: float) -> None:
-    stats().gauge(f"{PREFIX}.{name}", value)
+def incr(name: str, count: int = 1, cluster: str | None = None, **tags: Any) -> None:
+    if cluster is not None and cluster != DEFAULT_CLUSTER:
+        tags["cluster"] = cluster
+    stats().incr(_name(name, cluster), count, tags=tags or None)
 
 
-def timing(name: str, seconds: float) -> None:
-    stats().timing(f"{PREFIX}.{name}", datetime.timedelta(seconds=seconds))
+def gauge(name: str, value: float, cluster: str | None = None) -> None:
+    stats().gauge(_name(name, cluster), value)
+
+
+def timing(name: str, seconds: float, cluster: str | None = None) -> None:
+    stats().timing(_name(name, cluster), datetime.timedelta(seconds=seconds))
 
 
 class Stopwatch:
@@ -61,8 +72,8 @@ class Stopwatch:
         return time.monotonic() - self.started
 
 
-def http_outcome(kind: str, status: int) -> None:
-    incr(f"{kind}.status.{status}", status=status)
+def http_outcome(kind: str, status: int, cluster: str | None = None) -> None:
+    incr(f"{kind}.status.{status}", cluster=cluster, status=status)
 
 
 # A call of Airflow's into the executor that takes longer holds its scheduler loop noticeably.

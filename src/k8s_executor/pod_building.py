@@ -138,6 +138,8 @@ class PodRequest:
     launch_id: str = ""
     env: dict[str, str] = field(default_factory=dict)
     launch_attempt: int = 0
+    # The task's queue: with executor_config's cluster, it routes the pod to a cluster.
+    queue: str | None = None
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,8 @@ class PodDefaults:
     # [kubernetes_executor] disruption_guard and disruption_retries (a task may set its own).
     disruption_guard: bool = False
     disruption_retries: int = 0
+    # The cluster of [kubernetes_executor] clusters the pod is for: its label (identity.py).
+    cluster: str = identity.DEFAULT_CLUSTER
 
 
 def template_path(request: PodRequest, defaults: PodDefaults) -> str | None:
@@ -207,9 +211,16 @@ def build_pod(request: PodRequest, defaults: PodDefaults) -> dict[str, Any]:
         "metadata": {
             "name": identity.pod_name(request.ref, request.launch_attempt),
             "namespace": pod.get("metadata", {}).get("namespace") or defaults.namespace,
-            "labels": identity.labels(
-                request.ref, request.scheduler_id, request.airflow_version, request.ti_id, request.executor_id
-            ),
+            "labels": {
+                **identity.labels(
+                    request.ref,
+                    request.scheduler_id,
+                    request.airflow_version,
+                    request.ti_id,
+                    request.executor_id,
+                ),
+                **identity.cluster_labels(defaults.cluster),
+            },
             "annotations": {
                 **identity.annotations_for(request.ref, request.ti_id),
                 **({identity.LAUNCH_ANNOTATION: request.launch_id} if request.launch_id else {}),
@@ -249,6 +260,8 @@ def build_pod(request: PodRequest, defaults: PodDefaults) -> dict[str, Any]:
     # The executor's identity cannot be overridden: it is how the task is found again.
     pod["metadata"]["name"] = executor_layer["metadata"]["name"]
     pod["metadata"]["labels"].update(executor_layer["metadata"]["labels"])
+    if defaults.cluster == identity.DEFAULT_CLUSTER:
+        pod["metadata"]["labels"].pop(identity.CLUSTER_LABEL, None)
     pod["metadata"]["annotations"].update(executor_layer["metadata"]["annotations"])
     pod.setdefault("apiVersion", "v1")
     pod.setdefault("kind", "Pod")

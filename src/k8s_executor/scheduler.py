@@ -21,6 +21,7 @@ from airflow.utils.log.logging_mixin import LoggingMixin
 from kubernetes import client
 
 from k8s_executor import adoption, identity, metrics, processes
+from k8s_executor.identity import DEFAULT_CLUSTER
 from k8s_executor.kube_client import list_seen
 from k8s_executor.launching import REQUEST_ERRORS, LauncherProcess
 from k8s_executor.ledger import (
@@ -71,6 +72,9 @@ class PodLaunch:
 LIST_RETRY_WAITS_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 # A list that has had no answer this long is broken off, and tried again as a failed one.
 LIST_TIMEOUT_S = 60.0
+# Nor is a list tried for longer than this in all: the tries handed over wait for every cluster's
+# answer, and Airflow 3 fails a try whose heartbeat is older than its heartbeat timeout (300 s).
+LIST_DEADLINE_S = 120.0
 
 
 class KubernetesJobWatcher(multiprocessing.Process, LoggingMixin):
@@ -163,6 +167,9 @@ class AirflowKubernetesScheduler(LoggingMixin):
         **kwargs: Any,
     ) -> None:
         super().__init__()
+        # Which of the executor's clusters this shell speaks to ([kubernetes_executor] clusters).
+        self.cluster = cluster = kube_config.cluster
+        self._cluster_part = "" if cluster == DEFAULT_CLUSTER else f"{cluster}-"
         if kwargs:
             self.log.warning(
                 "AirflowKubernetesScheduler: ignoring arguments it does not take: %s",
@@ -195,6 +202,7 @@ class AirflowKubernetesScheduler(LoggingMixin):
         self.fatal_waiting_reasons = frozenset(self.settings.worker_pod_pending_fatal_container_state_reasons)
         self.launcher = LauncherProcess(
             self.settings,
+            name=f"k8s-executor-launcher{'-' + cluster if cluster != DEFAULT_CLUSTER else ''}",
             concurrency=self.settings.creation_concurrency,
             qps=self.settings.api_qps,
             burst=self.settings.api_burst,
@@ -226,7 +234,7 @@ class AirflowKubernetesScheduler(LoggingMixin):
                 "fatal_waiting_reasons": self.fatal_waiting_reasons,
                 "unschedulable_timeout_s": self.settings.unschedulable_pod_timeout,
             },
-            name=f"k8s-executor-watcher-{namespace or 'all'}",
+            name=f"k8s-executor-watcher-{self._cluster_part}{namespace or 'all'}",
             on_message=self.watcher_queue.put,
         )
 
@@ -237,7 +245,7 @@ class AirflowKubernetesScheduler(LoggingMixin):
                 self.log.error("watcher of %s died (exit code %s); restarting", namespace, watcher.exitcode)
                 watcher.join(timeout=1)  # its pipes and threads go with it
                 self.watcher_restarts += 1
-                metrics.incr("watcher.restarts")
+                metrics.incr("watcher.restarts", cluster=self.cluster)
                 self._start_watcher(namespace)
 
     # --- launching -------------------------------------------------------
@@ -294,8 +302,10 @@ class AirflowKubernetesScheduler(LoggingMixin):
     ) -> list[Orphan]:
         """The pods of `tries` and of the dead schedulers: one list of this executor's pods (the
         watchers see only this scheduler's), and one of legacy pods when tries are still missing."""
-        sightings = self._list(identity.selector(self.executor_id))
-        return self._with_legacy(adoption.select_orphans(sightings, tries, dead_scheduler_ids), tries)
+        sightings = self._list(identity.selector(self.executor_id, cluster=self.cluster))
+        orphans = adoption.select_orphans(sightings, tries, dead_scheduler_ids)
+        # Legacy pods were launched by an executor of one cluster: the section's own.
+        return self._with_legacy(orphans, tries) if self.cluster == DEFAULT_CLUSTER else orphans
 
     def _with_legacy(self, orphans: list[Orphan], tries: Sequence[identity.WorkloadRef]) -> list[Orphan]:
         """`orphans`, and the legacy pods of the tries not found among them (adoption.py)."""
@@ -308,6 +318,7 @@ class AirflowKubernetesScheduler(LoggingMixin):
         """Pods under `selector`, listed now and judged as listed; a refused or broken list is
         tried again after each of `retry_waits_s`. Called from errands only: it waits."""
         waits = iter(retry_waits_s)
+        deadline = time.monotonic() + LIST_DEADLINE_S
         while True:
             try:
                 return list_seen(
@@ -316,16 +327,20 @@ class AirflowKubernetesScheduler(LoggingMixin):
                     selector,
                     self.fatal_waiting_reasons,
                     self.settings.unschedulable_pod_timeout,
-                    timeout_s=LIST_TIMEOUT_S,
+                    timeout_s=max(1.0, min(LIST_TIMEOUT_S, deadline - time.monotonic())),
                 )
             except REQUEST_ERRORS as exc:
                 wait_s = next(waits, None)
-                if wait_s is None:
+                if wait_s is None or time.monotonic() + wait_s >= deadline:
                     raise
                 self.log.warning(
                     "listing pods (%s) failed: %s; trying again in %.0f s", selector, exc, wait_s
                 )
                 time.sleep(wait_s)
+
+    def not_found(self, tries: Sequence[identity.WorkloadRef]) -> list[identity.WorkloadRef]:
+        """Of `tries`, those the ledger still awaits, no longer held: their pods were not found."""
+        return self.ledger.unfound(tries)
 
     def await_adoption(self, tries: Sequence[identity.WorkloadRef]) -> None:
         """Tries Airflow handed over: held in the ledger while `find_orphans` looks for their pods."""
@@ -377,7 +392,7 @@ class AirflowKubernetesScheduler(LoggingMixin):
         alive = self.ledger.alive
         if not alive or disposer(alive) != self.ledger.scheduler_label:
             return None
-        return identity.unclaimed_selector(self.executor_id, alive)
+        return identity.unclaimed_selector(self.executor_id, alive, self.cluster)
 
     def list_for_sweep(self, selector: str) -> list[PodSeen]:
         """The sweep's list (an errand): not tried again here, the sweep comes round again."""
@@ -435,8 +450,8 @@ class AirflowKubernetesScheduler(LoggingMixin):
         todo += self._drain_watchers()
         todo += self._carry_out(self.ledger.tick())
         verdicts = self.ledger.verdicts()
-        metrics.gauge("pods.pending", verdicts.count("pending"))
-        metrics.gauge("pods.running", verdicts.count("running"))
+        metrics.gauge("pods.pending", verdicts.count("pending"), cluster=self.cluster)
+        metrics.gauge("pods.running", verdicts.count("running"), cluster=self.cluster)
         return todo
 
     def _carry_out(self, actions: list[Action]) -> list[Action]:
@@ -467,7 +482,7 @@ class AirflowKubernetesScheduler(LoggingMixin):
                     *where,
                     "unfinished" if action.resource_version else "finished",
                 )
-                metrics.incr("unclaimed_pods.disposed")
+                metrics.incr("unclaimed_pods.disposed", cluster=self.cluster)
             if action.delete:
                 self.delete_pod(action.name, action.namespace, action.resource_version)
             else:
@@ -484,7 +499,7 @@ class AirflowKubernetesScheduler(LoggingMixin):
                 return todo
             # The launcher process has no Airflow to send metrics with: they are sent from here.
             if isinstance(result, DeleteResult):
-                metrics.http_outcome("pod_delete", result.status)
+                metrics.http_outcome("pod_delete", result.status, self.cluster)
                 continue
             if isinstance(result, PatchResult):
                 if result.status in (200, 404):
@@ -501,8 +516,8 @@ class AirflowKubernetesScheduler(LoggingMixin):
                     )
                     self._relabel(result.namespace, result.name)
                 continue
-            metrics.timing("pod_create.duration", result.duration_s)
-            metrics.http_outcome("pod_create", result.status)
+            metrics.timing("pod_create.duration", result.duration_s, self.cluster)
+            metrics.http_outcome("pod_create", result.status, self.cluster)
             todo += self._carry_out(
                 self.ledger.launched(
                     result.namespace, result.name, result.ok, result.error, result.name_taken
@@ -521,7 +536,7 @@ class AirflowKubernetesScheduler(LoggingMixin):
                 todo += self._carry_out(self.ledger.observed(message))
             elif isinstance(message, Resync):
                 if message.namespace in self.listed:
-                    metrics.incr("watcher.relists")
+                    metrics.incr("watcher.relists", cluster=self.cluster)
                 self.listed.add(message.namespace)
                 self._resumes_from(message.namespace, message.resource_version)
                 todo += self._carry_out(self.ledger.resynced(message))
@@ -537,7 +552,7 @@ class AirflowKubernetesScheduler(LoggingMixin):
                 todo += self._carry_out(self.ledger.released(message.namespace, message.name))
             elif isinstance(message, Read):
                 self.watch_events_read += message.events
-                metrics.incr("watcher.events", message.events)
+                metrics.incr("watcher.events", message.events, cluster=self.cluster)
             elif isinstance(message, logging.LogRecord):
                 processes.log_in_parent(message)
 

@@ -11,9 +11,21 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+from k8s_executor.identity import DEFAULT_CLUSTER
 
 SECTION = "kubernetes_executor"
 LOCAL_SECTION = "local_kubernetes_executor"
@@ -42,6 +54,31 @@ def _json_dict(value: Any) -> dict[str, Any]:
     if not isinstance(parsed, dict):
         raise ValueError("must be a JSON object")
     return parsed
+
+
+def _clusters_value(value: Any) -> dict[str, Any]:
+    """`clusters`: a JSON object, or the path of a YAML (or JSON) file holding one."""
+    if value in (None, ""):
+        return {}
+    if isinstance(value, str) and not value.lstrip().startswith(("{", "[")):
+        try:
+            value = yaml.safe_load(Path(value).read_text())
+        except OSError as exc:
+            raise ValueError(f"cannot read the file {value!r} ({exc.strerror})") from None
+        except yaml.YAMLError as exc:
+            raise ValueError(f"the file {value!r} is not YAML ({exc})") from None
+        if value is None:
+            return {}
+    return _json_dict(value)
+
+
+# A connection is a unit, its TLS trust included: a cluster takes none of these from the section.
+CONNECTION_KEYS = ("in_cluster", "config_file", "cluster_context", "verify_ssl", "ssl_ca_cert")
+# So are the namespaces: a cluster that sets any of these takes none of them from the section.
+NAMESPACE_KEYS = ("namespace", "multi_namespace_mode", "multi_namespace_mode_namespace_list")
+# What only the section decides: how clusters are chosen, and how many pods Airflow's loop builds.
+SECTION_ONLY_KEYS = ("clusters", "queue_clusters", "worker_pods_creation_batch_size")
+_CLUSTER_NAME = re.compile(r"^[a-z0-9]([-a-z0-9_]{0,61}[a-z0-9])?$")
 
 
 class ExecutorSettings(BaseModel):
@@ -190,6 +227,29 @@ class ExecutorSettings(BaseModel):
         300, ge=1, description="Seconds a pod may stay Unschedulable before its task fails with the reason."
     )
 
+    # Declared last: their validators read the section's other values (`info.data`).
+    clusters: dict[str, Any] = Field(
+        default_factory=dict,
+        description="More clusters than the section's own (which is the cluster named "
+        '"default"): a JSON object, or the path of a YAML file holding one, from a cluster\'s name to '
+        "its settings. Each cluster has its connection (in_cluster: true, or config_file and "
+        "cluster_context) and may set any other option of this section for itself (namespace, "
+        "multi_namespace_mode_namespace_list, pod_template_file, worker_container_repository and "
+        "worker_container_tag, api_qps, ...); the options it does not set are the section's. A task "
+        'runs in the cluster its executor_config names ({"cluster": "gpu"}), else the one '
+        "queue_clusters gives its queue, else the default. Each cluster has its own credentials, "
+        "watchers, launcher, rate limit, adoption and sweep: one that cannot be reached holds back "
+        "only its own tasks (docs/multi-cluster.md).",
+    )
+    queue_clusters: dict[str, str] = Field(
+        default_factory=dict,
+        description='JSON object from a queue to the cluster its tasks run in, e.g. {"gpu": "gpu"}; '
+        "a task's executor_config cluster comes first.",
+    )
+
+    # Which cluster these settings are for (`cluster_settings`): named by the section, not an option.
+    _cluster: str = PrivateAttr(DEFAULT_CLUSTER)
+
     _csv_fields = field_validator(
         "worker_pod_pending_fatal_container_state_reasons",
         "multi_namespace_mode_namespace_list",
@@ -197,8 +257,35 @@ class ExecutorSettings(BaseModel):
         mode="before",
     )(_csv)
     _json_fields = field_validator(
-        "kube_client_request_args", "delete_option_kwargs", "api_client_retry_configuration", mode="before"
+        "kube_client_request_args",
+        "delete_option_kwargs",
+        "api_client_retry_configuration",
+        "queue_clusters",
+        mode="before",
     )(_json_dict)
+    _clusters_field = field_validator("clusters", mode="before")(_clusters_value)
+
+    @field_validator("clusters")
+    @classmethod
+    def _clusters(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        # Each cluster's settings are checked now, at start, naming the cluster and the key.
+        for name, entry in value.items():
+            _cluster_settings(name, entry, info.data)
+        return value
+
+    @field_validator("queue_clusters")
+    @classmethod
+    def _queue_clusters(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        if "clusters" not in info.data:
+            return value  # the clusters' own error says what is wrong
+        known = [DEFAULT_CLUSTER, *info.data["clusters"]]
+        for queue, cluster in value.items():
+            if cluster not in known:
+                raise ValueError(
+                    f"queue {queue!r} is routed to cluster {cluster!r}, which is not configured "
+                    f"(clusters: {', '.join(known)})"
+                )
+        return value
 
     @field_validator("namespace", "multi_namespace_mode_namespace_list")
     @classmethod
@@ -217,6 +304,19 @@ class ExecutorSettings(BaseModel):
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         return value or None
+
+    def cluster_settings(self) -> dict[str, ExecutorSettings]:
+        """Every cluster's own settings by its name, the default (the section's own) first."""
+        base = self.model_dump()
+        return {
+            DEFAULT_CLUSTER: self,
+            **{name: _cluster_settings(name, entry, base) for name, entry in self.clusters.items()},
+        }
+
+    @property
+    def cluster(self) -> str:
+        """The name of the cluster these settings are for ([kubernetes_executor] clusters)."""
+        return self._cluster
 
     @property
     def creation_concurrency(self) -> int:
@@ -243,15 +343,54 @@ class ExecutorSettings(BaseModel):
         try:
             return cls(**known)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"[{SECTION}] {'.'.join(str(p) for p in err['loc'])}: "
-                # Our validators' own words, without pydantic's "Value error, " before them.
-                f"{err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r})"
-                for err in exc.errors()
-            )
+            problems = "; ".join(_problem(err) for err in exc.errors())
             raise SettingsError(f"invalid executor settings: {problems}") from None
         except json.JSONDecodeError as exc:  # pragma: no cover - pydantic wraps validator errors
             raise SettingsError(str(exc)) from None
+
+
+def _problem(err: Any) -> str:
+    where = ".".join(str(p) for p in err["loc"])
+    # Our validators' own words, without pydantic's "Value error, " before them.
+    message = err["msg"].removeprefix("Value error, ")
+    if message.startswith(f"{where}."):
+        return f"[{SECTION}] {message}"  # a cluster's own problem, which names its key and value
+    return f"[{SECTION}] {where}: {message} (got {err.get('input')!r})"
+
+
+def _cluster_settings(name: str, entry: Any, section: dict[str, Any]) -> ExecutorSettings:
+    """Cluster `name`'s settings: the section's values with the cluster's own over them."""
+    where = f"clusters.{name}"
+    if name == DEFAULT_CLUSTER:
+        raise ValueError(f"{where}: {DEFAULT_CLUSTER!r} is the section's own cluster; name the others")
+    if not _CLUSTER_NAME.match(name):
+        raise ValueError(
+            f"{where}: a cluster's name is at most 63 lower-case letters, digits, '-' and '_', "
+            "starting and ending with a letter or digit (it goes into metric names)"
+        )
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where}: must be an object of settings, got {type(entry).__name__}")
+    if entry.get("in_cluster") is not True and not entry.get("config_file"):
+        raise ValueError(
+            f"{where}: needs its connection: in_cluster: true, or config_file and cluster_context"
+        )
+    if found := [key for key in SECTION_ONLY_KEYS if key in entry]:
+        raise ValueError(f"{where}: {', '.join(found)} can only be set for the whole section")
+    own_keys = {*CONNECTION_KEYS, *SECTION_ONLY_KEYS}
+    if any(key in entry for key in NAMESPACE_KEYS):
+        own_keys |= set(NAMESPACE_KEYS)
+    inherited = {k: v for k, v in section.items() if k not in own_keys}
+    try:
+        settings = ExecutorSettings(**{**inherited, "in_cluster": False, **entry})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{where}.{'.'.join(str(p) for p in err['loc'])}: "
+            f"{err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r})"
+            for err in exc.errors()
+        )
+        raise ValueError(problems) from None
+    settings._cluster = name
+    return settings
 
 
 class LocalKubernetesSettings(BaseModel):

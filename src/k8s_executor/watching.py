@@ -65,8 +65,8 @@ class PodWatch:
         # Only this executor's pods, and only this scheduler's (launched or adopted by it), selected
         # by the API server: never another executor's or team's, and in HA mode a watch traffic
         # proportional to the scheduler's own pods.
-        self.selector = identity.selector(executor_id, scheduler_id)
-        self.executor_selector = identity.selector(executor_id)
+        self.selector = identity.selector(executor_id, scheduler_id, settings.cluster)
+        self.executor_selector = identity.selector(executor_id, cluster=settings.cluster)
         self.scheduler_label = identity.safe_label_value(scheduler_id) if scheduler_id is not None else None
         self.watcher_queue = watcher_queue
         self.resource_version = resource_version

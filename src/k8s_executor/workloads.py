@@ -80,11 +80,17 @@ def request_from_workload(workload: Any, owner: Owner, launch_attempt: int = 0) 
         launch_attempt=launch_attempt,
         coordinator_template=template,
         coordinator_image=image,
+        queue=getattr(ti, "queue", None),
     )
 
 
 def request_from_command(
-    key: Any, command: list[str], executor_config: Any, owner: Owner, launch_attempt: int = 0
+    key: Any,
+    command: list[str],
+    executor_config: Any,
+    owner: Owner,
+    launch_attempt: int = 0,
+    queue: str | None = None,
 ) -> PodRequest:
     """Airflow 2: `execute_async` hands over an `airflow tasks run ...` command."""
     return _request(
@@ -93,6 +99,7 @@ def request_from_command(
         list(command),
         executor_config=executor_config_module.parse(executor_config),
         launch_attempt=launch_attempt,
+        queue=queue,
     )
 
 
@@ -117,6 +124,8 @@ def request_from_connection_test(workload: Any, owner: Owner) -> PodRequest:
         owner,
         ConnectionTestRef(str(workload.connection_test_id), workload.connection_id),
         workload_command(workload),
+        # Its queue, if the test names one, routes it to a cluster as a task's does.
+        queue=getattr(workload, "queue", None),
     )
 
 
@@ -140,6 +149,7 @@ def request_for_rendering(task: Any, run_id: str, executor_config: dict[str, Any
         executor_config=executor_config_module.parse(executor_config),
         coordinator_template=template,
         coordinator_image=image,
+        queue=getattr(task, "queue", None),
     )
 
 

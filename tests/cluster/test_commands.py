@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ from kubernetes import client
 
 from k8s_executor import identity
 from k8s_executor.airflow_adapter import AIRFLOW_VERSION
+from tests.conftest import fresh_namespace
 from tests.helpers import wait_for, wait_for_pod_phase
 
 pytestmark = pytest.mark.cluster
@@ -33,9 +36,15 @@ def pod_mutation_hook(pod):
 PENDING_MINUTES = 0.5
 
 
-def airflow(home: Path, cluster: control_plane.ClusterState, namespace: str, *args: str) -> str:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-    env.update(
+def run_airflow(
+    home: Path,
+    cluster: control_plane.ClusterState,
+    namespace: str,
+    *args: str,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    full_env.update(
         AIRFLOW_HOME=str(home),
         AIRFLOW__CORE__EXECUTOR=f"{EXECUTOR_ALIAS}:k8s_executor.KubernetesExecutor",
         AIRFLOW__CORE__DAGS_FOLDER=str(DAGS),
@@ -44,9 +53,20 @@ def airflow(home: Path, cluster: control_plane.ClusterState, namespace: str, *ar
         AIRFLOW__KUBERNETES_EXECUTOR__CONFIG_FILE=str(cluster.kubeconfig),
         AIRFLOW__KUBERNETES_EXECUTOR__NAMESPACE=namespace,
     )
-    done = subprocess.run(
-        [str(AIRFLOW), "kubernetes", *args], env=env, capture_output=True, text=True, timeout=180
+    full_env.update(env or {})
+    return subprocess.run(
+        [str(AIRFLOW), "kubernetes", *args], env=full_env, capture_output=True, text=True, timeout=180
     )
+
+
+def airflow(
+    home: Path,
+    cluster: control_plane.ClusterState,
+    namespace: str,
+    *args: str,
+    env: dict[str, str] | None = None,
+) -> str:
+    done = run_airflow(home, cluster, namespace, *args, env=env)
     assert done.returncode == 0, f"airflow kubernetes {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout
 
@@ -58,12 +78,15 @@ def home(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def executor_pod(name: str, script: str, ours: bool = True, **spec: Any) -> dict[str, Any]:
+def executor_pod(
+    name: str, script: str, ours: bool = True, cluster: str = identity.DEFAULT_CLUSTER, **spec: Any
+) -> dict[str, Any]:
     ref = identity.TaskRef("cleanup", name, "run")
+    labels = {**identity.labels(ref, "cli-test", AIRFLOW_VERSION), **identity.cluster_labels(cluster)}
     return {
         "metadata": {
             "name": name,
-            "labels": identity.labels(ref, "cli-test", AIRFLOW_VERSION) if ours else {"app": "other"},
+            "labels": labels if ours else {"app": "other"},
             "annotations": identity.annotations_for(ref),
         },
         "spec": {
@@ -185,3 +208,137 @@ def test_explain_names_the_source_of_each_field(
     pod = yaml.safe_load(output[output.index("# pod of cli_render.configured") :])
     assert pod["metadata"]["labels"]["team"] == "platform"
     assert pod["metadata"]["namespace"] == namespace
+
+
+# --- several clusters: a second one on the same control plane, in a namespace of its own ---------
+CLUSTERS_DAG = """
+from __future__ import annotations
+
+import datetime
+
+try:
+    from airflow.providers.standard.operators.bash import BashOperator
+    from airflow.sdk import DAG
+except ImportError:  # Airflow 2
+    from airflow import DAG
+    from airflow.operators.bash import BashOperator
+
+with DAG("cli_clusters", schedule=None, start_date=datetime.datetime(2026, 1, 1), catchup=False):
+    BashOperator(task_id="plain", bash_command="true")
+    BashOperator(task_id="named", bash_command="true", executor_config={"cluster": "x"})
+    BashOperator(task_id="queued", bash_command="true", queue="xq")
+    BashOperator(task_id="lost", bash_command="true", executor_config={"cluster": "nope"})
+"""
+
+
+@pytest.fixture
+def x_namespace(core: client.CoreV1Api) -> Iterator[str]:
+    """The namespace of cluster `x`, which is the development cluster again."""
+    with fresh_namespace(core, "x") as name:
+        yield name
+
+
+def clusters_env(
+    cluster: control_plane.ClusterState, x_namespace: str, dags: Path | None = None
+) -> dict[str, str]:
+    env = {
+        "AIRFLOW__KUBERNETES_EXECUTOR__CLUSTERS": json.dumps(
+            {"x": {"config_file": str(cluster.kubeconfig), "namespace": x_namespace}}
+        ),
+        "AIRFLOW__KUBERNETES_EXECUTOR__QUEUE_CLUSTERS": json.dumps({"xq": "x"}),
+    }
+    if dags:
+        env["AIRFLOW__CORE__DAGS_FOLDER"] = str(dags)
+    return env
+
+
+def by_cluster(output: str, verb: str) -> set[tuple[str, str]]:
+    """(cluster, namespace/pod) of each `cluster NAME: VERB namespace/pod: reason` line."""
+    return set(re.findall(rf"^cluster (\S+): {verb} (\S+): .+$", output, re.MULTILINE))
+
+
+def test_cleanup_pods_cleans_one_cluster_with_cluster_and_every_cluster_without(
+    cluster: control_plane.ClusterState,
+    core: client.CoreV1Api,
+    namespace: str,
+    x_namespace: str,
+    home: Path,
+) -> None:
+    core.create_namespaced_pod(namespace, executor_pod("done", "exit 0"))
+    core.create_namespaced_pod(x_namespace, executor_pod("done", "exit 0", cluster="x"))
+    for ns in (namespace, x_namespace):
+        wait_for_pod_phase(core, ns, "done", ("Succeeded",))
+    env = clusters_env(cluster, x_namespace)
+
+    dry = airflow(home, cluster, namespace, "cleanup-pods", "--dry-run", env=env)
+    assert by_cluster(dry, "would delete") == {("default", f"{namespace}/done"), ("x", f"{x_namespace}/done")}
+    dry_x = airflow(home, cluster, namespace, "cleanup-pods", "--cluster", "x", "--dry-run", env=env)
+    assert by_cluster(dry_x, "would delete") == {("x", f"{x_namespace}/done")}
+    # --namespace narrows every cluster cleaned to that namespace. x is the same control plane,
+    # but it takes only the pods labelled as its own: not the default cluster's pod there.
+    narrowed = airflow(
+        home, cluster, namespace, "cleanup-pods", "--namespace", namespace, "--dry-run", env=env
+    )
+    assert by_cluster(narrowed, "would delete") == {("default", f"{namespace}/done")}
+
+    deleted = airflow(home, cluster, namespace, "cleanup-pods", "--cluster", "x", env=env)
+    assert by_cluster(deleted, "deleted") == {("x", f"{x_namespace}/done")}
+    wait_for(lambda: not core.list_namespaced_pod(x_namespace).items, "cluster x's pod gone", timeout=90)
+    assert [p.metadata.name for p in core.list_namespaced_pod(namespace).items] == ["done"]
+
+    deleted = airflow(home, cluster, namespace, "cleanup-pods", env=env)
+    assert by_cluster(deleted, "deleted") == {("default", f"{namespace}/done")}
+    wait_for(
+        lambda: not core.list_namespaced_pod(namespace).items, "the default cluster's pod gone", timeout=90
+    )
+
+    unknown = run_airflow(home, cluster, namespace, "cleanup-pods", "--cluster", "gpu", env=env)
+    assert unknown.returncode != 0
+    assert "--cluster 'gpu' is not one of the executor's clusters (default, x;" in unknown.stderr
+
+
+def test_tasks_are_rendered_for_the_cluster_they_would_run_in(
+    cluster: control_plane.ClusterState, namespace: str, x_namespace: str, home: Path, tmp_path: Path
+) -> None:
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / "cli_clusters.py").write_text(CLUSTERS_DAG)
+    env = clusters_env(cluster, x_namespace, dags)
+    out = tmp_path / "yaml"
+
+    done = run_airflow(
+        home, cluster, namespace, "generate-dag-yaml", "cli_clusters", "--output-path", str(out), env=env
+    )
+    # The task naming a cluster that is not configured is reported as any refused executor_config.
+    assert done.returncode == 1, done.stderr
+    assert "task lost: executor_config['cluster'] is 'nope'" in done.stderr
+    assert "(default, x;" in done.stderr
+    assert "no pod could be rendered for task(s) lost" in done.stderr
+    assert re.search(r"^named in cluster x: ", done.stdout, re.MULTILINE)
+    rendered = {
+        pod["metadata"]["labels"]["task_id"]: pod["metadata"]["namespace"]
+        for pod in (yaml.safe_load(f.read_text()) for f in out.glob("*.yaml"))
+    }
+    assert rendered == {"plain": namespace, "named": x_namespace, "queued": x_namespace}
+
+    def explained(task_id: str, *args: str) -> dict[str, Any]:
+        output = airflow(home, cluster, namespace, "explain", "cli_clusters", task_id, *args, env=env)
+        start = output.index("# pod of cli_clusters.")
+        return {"header": output[start:].splitlines()[0], **yaml.safe_load(output[start:])}
+
+    named = explained("named")
+    assert named["header"] == "# pod of cli_clusters.named (run rendered, cluster x)"
+    assert named["metadata"]["namespace"] == x_namespace
+    assert explained("queued")["metadata"]["namespace"] == x_namespace
+    # --cluster renders a task for that cluster, whatever its executor_config and queue say.
+    assert explained("queued", "--cluster", "default")["metadata"]["namespace"] == namespace
+
+    lost = run_airflow(home, cluster, namespace, "explain", "cli_clusters", "lost", env=env)
+    assert lost.returncode != 0
+    assert "task lost: executor_config['cluster'] is 'nope'" in lost.stderr
+    assert "(default, x;" in lost.stderr
+    unknown = run_airflow(
+        home, cluster, namespace, "generate-dag-yaml", "cli_clusters", "--cluster", "y", env=env
+    )
+    assert unknown.returncode != 0
+    assert "--cluster 'y' is not one of the executor's clusters (default, x;" in unknown.stderr

@@ -1,6 +1,8 @@
 """The seeded fault run (python -m chaos) for five minutes: nothing lost, doubled, left or misexplained.
 
-It starts its own cluster ("chaos") and Airflow, so it needs neither of this suite's fixtures. It
+It starts its own two clusters ("chaos", and "chaos-east" for `--second-cluster east`: half the
+tasks of every kind run there, and half the faults of a cluster's kind hit it) and Airflow, so it
+needs neither of this suite's fixtures. It
 runs when K8S_EXECUTOR_CHAOS=1: `.ci/run` sets it and runs this test on its own, after the suite,
 so that two clusters do not share the machine (and `./dev test` stays as long as it was).
 """
@@ -32,9 +34,12 @@ pytestmark = [
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = 1717  # its five minutes meet every kind of fault (tests/unit/test_chaos_schedule.py)
+SECOND = "east"
 
 
-def test_five_minutes_of_mixed_faults_lose_double_leave_and_misexplain_nothing(tmp_path: Path) -> None:
+def test_five_minutes_of_mixed_faults_in_two_clusters_lose_double_leave_and_misexplain_nothing(
+    tmp_path: Path,
+) -> None:
     out = tmp_path / "chaos.json"
     done = subprocess.run(
         [
@@ -47,6 +52,8 @@ def test_five_minutes_of_mixed_faults_lose_double_leave_and_misexplain_nothing(t
             str(SEED),
             "--executor",
             "ours",
+            "--second-cluster",
+            SECOND,
             "--json",
             str(out),
         ],
@@ -62,4 +69,12 @@ def test_five_minutes_of_mixed_faults_lose_double_leave_and_misexplain_nothing(t
     assert sum(result["faults"].values()) > 0, detail
     for invariant in INVARIANTS:
         assert result[invariant] == 0, f"{invariant}: {detail}"
+    # The second cluster was used: its runs' tasks, pods created there (its own audit log), and
+    # faults that hit it.
+    assert set(result["clusters"]) == {"default", SECOND}, detail
+    for name, cluster in result["clusters"].items():
+        assert cluster["runs_triggered"] > 0 and cluster["task_instances"] > 0, f"{name}: {detail}"
+        assert cluster["pods_created"] >= cluster["task_instances"], f"{name}: {detail}"
+        assert sum(cluster["faults"].values()) > 0, f"{name}: {detail}"
+    assert result["clusters"][SECOND]["development_cluster"] == f"chaos-{SECOND}", detail
     assert done.returncode == 0, done.stdout[-3000:]

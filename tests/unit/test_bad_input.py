@@ -12,10 +12,9 @@ from typing import Any
 
 import pytest
 
-from k8s_executor import executor_config, identity, workloads
-from k8s_executor.executor import KubernetesExecutor
+from k8s_executor import clusters, executor_config, identity, workloads
 from k8s_executor.executor_config import ExecutorConfigError
-from k8s_executor.identity import TaskRef
+from k8s_executor.identity import DEFAULT_CLUSTER, TaskRef
 from k8s_executor.pod_building import PodBuildError, PodDefaults, PodRequest, validate
 from k8s_executor.settings import ExecutorSettings, SettingsError
 from tests.bad_input import CASES, HOOK_SOURCE, IDS_CASES, SETTINGS_CASES, Case, counts, write_templates
@@ -56,12 +55,10 @@ def launch(
         airflow_version="3.3.2",
         executor_config=executor_config.parse(case.config(templates)),
     )
+    settings = ExecutorSettings.parse({"namespace": NAMESPACE, "multi_namespace_mode": all_namespaces})
+    cluster = clusters.route(request.executor_config.cluster, request.queue, {}, [DEFAULT_CLUSTER])
     pod = workloads.pod_for(request, DEFAULTS)
-    executor = KubernetesExecutor()
-    executor.settings = ExecutorSettings.parse(
-        {"namespace": NAMESPACE, "multi_namespace_mode": all_namespaces}
-    )
-    executor._check_watched(pod["metadata"]["namespace"])
+    clusters.check_watched(settings, pod["metadata"]["namespace"], cluster, several=False)
     return pod
 
 

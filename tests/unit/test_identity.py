@@ -124,8 +124,16 @@ def test_the_watch_selects_one_executors_pods_and_nothing_of_the_official_provid
     assert identity.LEGACY_SCHEDULER_LABEL not in ours and identity.LEGACY_EXECUTOR_LABEL not in ours
     assert (
         identity.selector("team_a.k8s")
-        == "airflow-k8s-executor/executor=team_a.k8s,airflow_executor_done!=True"
+        == "airflow-k8s-executor/executor=team_a.k8s,airflow_executor_done!=True,!airflow-k8s-executor/cluster"
     )
+    # A cluster of [kubernetes_executor] clusters sees only its own pods, even on one API server.
+    assert (
+        identity.selector("k8s", "42", cluster="gpu")
+        == "airflow-k8s-executor/executor=k8s,airflow_executor_done!=True,airflow-k8s-executor/cluster=gpu,"
+        "airflow-k8s-executor/scheduler=42"
+    )
+    assert identity.cluster_labels("gpu") == {identity.CLUSTER_LABEL: "gpu"}
+    assert identity.cluster_labels(identity.DEFAULT_CLUSTER) == {}
     # What readers outside the executor (the demo, the CLI) list: finished pods too.
     assert identity.executor_pods_selector() == "airflow-k8s-executor/executor=KubernetesExecutor"
     assert identity.executor_pods_selector(None) == "airflow-k8s-executor/executor"

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from k8s_executor.settings import ExecutorSettings, SettingsError
@@ -110,3 +112,18 @@ def test_every_option_is_registered_with_airflow() -> None:
     )
     for section, model in ((SECTION, ExecutorSettings), (LOCAL_SECTION, LocalKubernetesSettings)):
         assert set(model.model_fields) <= set(registered[section]["options"]), section
+
+
+def test_each_team_may_have_its_own_clusters(monkeypatch) -> None:
+    from k8s_executor.airflow_adapter import AIRFLOW_V3, read_settings
+
+    if not AIRFLOW_V3:
+        pytest.skip("teams are an Airflow 3 feature: Airflow 2's executors have no team")
+
+    gpu = {"config_file": "/etc/kube/team-a-gpu.yaml", "namespace": "team-a-gpu"}
+    monkeypatch.setenv("AIRFLOW__TEAM_A___KUBERNETES_EXECUTOR__CLUSTERS", json.dumps({"gpu": gpu}))
+    monkeypatch.setenv("AIRFLOW__TEAM_A___KUBERNETES_EXECUTOR__QUEUE_CLUSTERS", '{"cuda": "gpu"}')
+    team_a = ExecutorSettings.parse(read_settings(team="team_a")).cluster_settings()
+    team_b = ExecutorSettings.parse(read_settings(team="team_b")).cluster_settings()
+    assert list(team_a) == ["default", "gpu"] and team_a["gpu"].namespace == "team-a-gpu"
+    assert list(team_b) == ["default"]

@@ -8,6 +8,20 @@ executor, which supports several; one for the official provider's, which does no
 scheduler runs as the Helm chart runs it, with `in_cluster = True`: a ServiceAccount of its own,
 its token in a file at the in-cluster path (chaos/identities.py).
 
+With `--second-cluster east` (our executor only: the official provider cannot route to two
+clusters, so its run stays on one and says so), a second development cluster of its own
+("chaos-east", named after `--cluster`, started and stopped as the first) joins: the schedulers
+reach it with a kubeconfig (`[kubernetes_executor] clusters`, `config_file`), a ServiceAccount's
+token file bound to deploy/rbac/rbac.yaml's Role in its namespace, seen by each scheduler at one
+path as a pod sees a mounted Secret; in_cluster stays the first cluster's connection. Every other
+DAG run is of a second DAG whose tasks are routed there (by their queue through `queue_clusters`,
+the long ones by their executor_config), so half the tasks of every kind run there. Each fault of
+a cluster's kind (helper kill, API server restart, etcd compaction, node agent restart, pod delete
+and force delete, overload, quota, and the disruptions) hits the cluster the schedule draws for it
+(the same seed, the same clusters; the times and kinds are the one-cluster schedule's), and the
+fault log names it. The checks read each cluster's audit log and pod watch, and the JSON has each
+cluster's runs, task instances, pods created, faults, duplicated and left behind.
+
 The load: a DAG run every `--run-every` seconds of mapped tasks written to succeed (in a second),
 to fail after their retries, to fail once and then succeed, and to run for a minute (chaos/load.py).
 
@@ -34,11 +48,13 @@ The invariants, checked once the load has stopped and the runs have ended (bound
 - lost: every task instance reached what its task was written to reach (success; failed after
   its retries; up_for_retry then success); none stays queued, running or anything else;
 - duplicated: no task try had two pods that both ran (creates from the API server's audit log,
-  mapped to their try by the run's own pod watch); left_behind: no pod is left in the namespace;
+  mapped to their try by the run's own pod watch; each cluster's); left_behind: no pod is left in
+  the namespace (of either cluster);
 - wrong_reasons: every failed try's reason (its task log, and the executor's report Airflow
   recorded as a "state mismatch") names its cause: the task's own message for tries written to
   fail, "deleted" for the tries whose pod a fault deleted, and for any other failed try the words
-  of a fault going on then ("quota", "429"); a failed try with no such fault is a wrong reason;
+  of a fault going on then in its cluster ("quota", "429"); a failed try with no such fault is a
+  wrong reason;
 - retries_spent_on_disruptions: no try a disruption hit failed (its task not written to fail
   then): the cluster's doing must not spend a task's retries;
 - scheduler_exits: no scheduler exited unless the run killed it (an exit is counted, and the

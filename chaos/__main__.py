@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import re
 import shutil
 import signal
 import sys
@@ -16,13 +18,22 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import yaml
 from devcluster import control_plane
 from devcluster.airflow_stack import AirflowStack
 from kubernetes import client, config
 
 from chaos import checks, faults, identities, load, neighbour
 from chaos.observe import PodWatch, audit_entries
-from chaos.schedule import ALL_KINDS, DISRUPTION_KINDS, KINDS, Fault, draw, for_executor
+from chaos.schedule import ALL_KINDS, DISRUPTION_KINDS, KINDS, Fault, cluster_hit, draw, for_executor
+
+DEFAULT_CLUSTER = load.DEFAULT_CLUSTER
+# Other runs' development clusters: never this run's, first or second.
+OTHER_RUNS_CLUSTERS = ("tests", "tests-east", "tests-real", "bench")
+# Where a scheduler's mount namespace sees its kubeconfig and token for the second cluster, as a
+# pod mounts a Secret: the same path for every scheduler, so they share one `clusters` setting.
+SECOND_CLUSTER_MOUNT = "/var/run/secrets/k8s-executor-chaos"
+RBAC_YAML = Path(__file__).resolve().parents[1] / "deploy" / "rbac" / "rbac.yaml"
 
 EXECUTORS = {
     "ours": "k8s_executor.KubernetesExecutor",
@@ -60,11 +71,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--settle-s", type=float, default=480.0, help="the longest wait for the runs to end")
     parser.add_argument("--cluster", default="chaos", help="the development cluster's name")
-    parser.add_argument("--keep-cluster", action="store_true", help="leave the cluster running at the end")
+    parser.add_argument(
+        "--second-cluster",
+        default="",
+        metavar="NAME",
+        help="a second cluster for our executor, NAME being the executor's name for it (e.g. east): a "
+        "development cluster of its own (named after --cluster: chaos-east), reached with a kubeconfig "
+        "(the first stays in_cluster); half the DAG runs go there, and each fault of a cluster's kind "
+        "is drawn for either. The official provider cannot route to two clusters: its run stays on one",
+    )
+    parser.add_argument(
+        "--keep-cluster",
+        action="store_true",
+        help="leave the cluster (both, with a second) running at the end",
+    )
     parser.add_argument(
         "--reuse-cluster",
         action="store_true",
-        help="run on the cluster of that name if one is running (left running at the end)",
+        help="run on the cluster of that name (and the second's) if one is running (left running at the end)",
     )
     parser.add_argument("--schedule-only", action="store_true", help="print the schedule and exit")
     return parser.parse_args(argv)
@@ -88,12 +112,11 @@ def wait_until(check: Any, what: str, timeout: float, interval: float = 1.0) -> 
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-def executor_identities(
+def _scheduler_accounts(
     directory: Path, core: client.CoreV1Api, namespace: str, executor: str, count: int
 ) -> list[identities.Identity]:
-    """A ServiceAccount per scheduler (the audit log tells them apart), bound to cluster-admin:
-    what the executors may do is not under test here."""
-    made = [
+    """A ServiceAccount per scheduler in `namespace`, with a first token in the cluster's directory."""
+    return [
         identities.create(
             core,
             namespace,
@@ -103,6 +126,14 @@ def executor_identities(
         )
         for i in range(count)
     ]
+
+
+def executor_identities(
+    directory: Path, core: client.CoreV1Api, namespace: str, executor: str, count: int
+) -> list[identities.Identity]:
+    """A ServiceAccount per scheduler (the audit log tells them apart), bound to cluster-admin:
+    what the executors may do is not under test here."""
+    made = _scheduler_accounts(directory, core, namespace, executor, count)
     rbac = client.RbacAuthorizationV1Api(core.api_client)
     rbac.create_cluster_role_binding(
         {
@@ -115,59 +146,122 @@ def executor_identities(
             "subjects": [{"kind": "ServiceAccount", "namespace": namespace, "name": i.name} for i in made],
         }
     )
-    reviews = client.AuthorizationV1Api(core.api_client)
-
-    def allowed() -> bool:
-        review = reviews.create_subject_access_review(
-            {
-                "spec": {
-                    "user": made[0].username,
-                    "groups": ["system:serviceaccounts", f"system:serviceaccounts:{namespace}"],
-                    "resourceAttributes": {"verb": "create", "resource": "pods", "namespace": namespace},
-                }
-            }
-        )
-        return bool(review.status.allowed)
-
     # The authorizer reads bindings from a cache: the schedulers' first list must not meet a 403.
-    wait_until(allowed, "the executors' RBAC binding", 60)
+    wait_until(lambda: _allowed(core, made[0], "create"), "the executors' RBAC binding", 60)
+    return made
+
+
+def _allowed(core: client.CoreV1Api, identity: identities.Identity, verb: str) -> bool:
+    namespace = identity.namespace
+    review = client.AuthorizationV1Api(core.api_client).create_subject_access_review(
+        {
+            "spec": {
+                "user": identity.username,
+                "groups": ["system:serviceaccounts", f"system:serviceaccounts:{namespace}"],
+                "resourceAttributes": {"verb": verb, "resource": "pods", "namespace": namespace},
+            }
+        }
+    )
+    return bool(review.status.allowed)
+
+
+def second_cluster_identities(
+    directory: Path, core: client.CoreV1Api, namespace: str, executor: str, count: int
+) -> list[identities.Identity]:
+    """A ServiceAccount per scheduler in the second cluster (the audit log tells them apart), bound
+    to what the executor needs there and nothing more: deploy/rbac/rbac.yaml's Role in the namespace
+    its tasks run in, as docs/multi-cluster.md has an operator grant it in each cluster."""
+    made = _scheduler_accounts(directory, core, namespace, executor, count)
+    shipped = {d["kind"]: d for d in yaml.safe_load_all(RBAC_YAML.read_text()) if d}
+    role, binding = shipped["Role"], shipped["RoleBinding"]
+    role["metadata"]["namespace"] = binding["metadata"]["namespace"] = namespace
+    binding["subjects"] = [{"kind": "ServiceAccount", "namespace": namespace, "name": i.name} for i in made]
+    rbac = client.RbacAuthorizationV1Api(core.api_client)
+    rbac.create_namespaced_role(namespace, role)
+    rbac.create_namespaced_role_binding(namespace, binding)
+    for identity in made:
+        wait_until(
+            lambda i=identity: _allowed(core, i, "watch"), "the executors' Role in the second cluster", 60
+        )
     return made
 
 
 class Run:
-    def __init__(self, args: argparse.Namespace, schedule: list[Fault], directory: Path) -> None:
-        self.args, self.schedule, self.directory = args, schedule, directory
-        state = control_plane.ClusterState.load(directory)
-        assert state is not None
-        self.state: control_plane.ClusterState = state
-        self.core = admin_core(self.state.kubeconfig)
+    def __init__(self, args: argparse.Namespace, schedule: list[Fault], directories: dict[str, Path]) -> None:
+        """`directories`: each cluster's development cluster, by the executor's name for it (the
+        first, in_cluster, is `default`)."""
+        self.args, self.schedule, self.directories = args, schedule, directories
+        self.directory = directories[DEFAULT_CLUSTER]
+        self.states: dict[str, control_plane.ClusterState] = {}
+        for name, directory in directories.items():
+            state = control_plane.ClusterState.load(directory)
+            assert state is not None
+            self.states[name] = state
+        self.state = self.states[DEFAULT_CLUSTER]
+        self.cores = {name: admin_core(state.kubeconfig) for name, state in self.states.items()}
+        self.core = self.cores[DEFAULT_CLUSTER]
         self.namespace = f"chaos-{uuid.uuid4().hex[:8]}"
+        # Each cluster's namespace: the second's is named after it, so that logs tell them apart.
+        self.namespaces = {
+            name: self.namespace if name == DEFAULT_CLUSTER else f"{self.namespace}-{name}"
+            for name in directories
+        }
         self.records = [faults.Record(*for_executor(f, args.executor)) for f in schedule]
         self.exits: list[dict[str, Any]] = []
         self.triggered: list[str] = []
+        self.runs_by_cluster: Counter[str] = Counter()
+        self.load_turns = 0
         self.trigger_failures = 0
         # The load and the faults that start a run of their own both trigger.
         self.trigger_lock = threading.Lock()
         self.t0 = 0.0
 
     # --- set-up ------------------------------------------------------------------------------------
-    def start(self) -> None:
-        args = self.args
-        self.core.create_namespace({"metadata": {"name": self.namespace}})
+    def _namespace(self, name: str) -> None:
+        core, namespace = self.cores[name], self.namespaces[name]
+        core.create_namespace({"metadata": {"name": namespace}})
         wait_until(
-            lambda: self.core.list_namespaced_service_account(self.namespace).items,
-            "the namespace's default service account",
+            lambda: core.list_namespaced_service_account(namespace).items,
+            f"the default service account of {namespace}",
             180,
         )
+
+    def start(self) -> None:
+        args = self.args
         count = 2 if args.executor == "ours" else 1
-        made = executor_identities(self.directory, self.core, self.namespace, args.executor, count)
-        self.users = {i.username for i in made}
-        crowd = neighbour.create(
-            self.core,
-            self.namespace,
-            self.directory / "chaos-identities" / self.namespace / "neighbour",
-            self.directory / "pki" / "ca.crt",
-        )
+        names = ["scheduler", *(f"scheduler-{i}" for i in range(2, count + 1))]
+        targets: dict[str, faults.Target] = {}
+        mounts: dict[str, dict[str, Path]] = {}
+        clusters: dict[str, dict[str, Any]] = {}
+        for name, directory in self.directories.items():
+            core, namespace = self.cores[name], self.namespaces[name]
+            self._namespace(name)
+            if name == DEFAULT_CLUSTER:
+                made = executor_identities(directory, core, namespace, args.executor, count)
+            else:
+                made = second_cluster_identities(directory, core, namespace, args.executor, count)
+                # Each scheduler sees its own kubeconfig and token at one path (a Secret of its pod).
+                point = f"{SECOND_CLUSTER_MOUNT}/{name}"
+                for scheduler, identity in zip(names, made, strict=True):
+                    identities.kubeconfig(identity, self.states[name].server, point)
+                    mounts.setdefault(scheduler, {})[point] = identity.directory
+                clusters[name] = {"config_file": f"{point}/kubeconfig", "namespace": namespace}
+            crowd = neighbour.create(
+                core,
+                namespace,
+                directory / "chaos-identities" / namespace / "neighbour",
+                directory / "pki" / "ca.crt",
+            )
+            targets[name] = faults.Target(
+                name=name,
+                development_cluster=directory.name,
+                cluster_dir=directory,
+                core=core,
+                namespace=namespace,
+                scheduler_identities=made,
+                neighbour=crowd,
+            )
+        self.users = {name: {i.username for i in t.scheduler_identities} for name, t in targets.items()}
         env = {
             # In the cluster, as the Helm chart runs a scheduler: its ServiceAccount's token file
             # (chaos/identities.py) and the API server's address from the environment.
@@ -182,6 +276,11 @@ class Run:
                 DISRUPTED_ENV[args.executor] if any(f.kind in DISRUPTION_KINDS for f in self.schedule) else {}
             ),
         }
+        if clusters:
+            # The second cluster by its kubeconfig; its DAG's tasks go there by their queue (named
+            # after it) or their executor_config (chaos/load.py).
+            env["AIRFLOW__KUBERNETES_EXECUTOR__CLUSTERS"] = json.dumps(clusters)
+            env["AIRFLOW__KUBERNETES_EXECUTOR__QUEUE_CLUSTERS"] = json.dumps({c: c for c in clusters})
         home = Path(tempfile.mkdtemp(prefix=f"k8s-executor-chaos-{args.executor}-"))
         self.stack = AirflowStack(
             home=home,
@@ -191,40 +290,43 @@ class Run:
             extra_env=env,
         )
         self.stack.prepare()
-        (self.stack.dags_folder / "chaos.py").write_text(load.DAG)
+        for name in targets:
+            (self.stack.dags_folder / f"{load.dag_id_for(name)}.py").write_text(load.dag_source(name))
         self.stack.start("api-server", "dag-processor")
-        self.stack.wait_for_dag(load.DAG_ID)
-        names = ["scheduler", *(f"scheduler-{i}" for i in range(2, count + 1))]
+        for name in targets:
+            self.stack.wait_for_dag(load.dag_id_for(name))
         self.world = faults.World(
-            cluster_dir=self.directory,
-            core=self.core,
+            targets=targets,
             stack=self.stack,
             executor=args.executor,
-            schedulers=dict(zip(names, made, strict=True)),
-            neighbour=crowd,
+            schedulers=dict(zip(names, targets[DEFAULT_CLUSTER].scheduler_identities, strict=True)),
             trigger=self.trigger,
+            mounts=mounts,
         )
         with self.world.lock:
             for name in names:
                 self.world.start_scheduler(name)
-        self.watch = PodWatch(self.core, self.namespace)
-        print(f"Airflow in {home}, pods in namespace {self.namespace}", flush=True)
+        self.watches = {name: PodWatch(t.core, t.namespace) for name, t in targets.items()}
+        where = ", ".join(f"{t.namespace} in {t.label}" for t in targets.values())
+        print(f"Airflow in {home}, pods in namespace {where}", flush=True)
 
     def stop(self) -> None:
         # Whatever `start` got to: it may have failed half-way.
         if hasattr(self, "world"):
             with self.world.lock:
                 self.world.killing.update(self.world.schedulers)
-        if hasattr(self, "watch"):
-            self.watch.close()
+        for watch in getattr(self, "watches", {}).values():
+            watch.close()
         if hasattr(self, "stack"):
             self.stack.stop()
             shutil.rmtree(self.stack.pg_data, ignore_errors=True)
-        try:
-            self.core.delete_namespace(self.namespace)
-            client.RbacAuthorizationV1Api(self.core.api_client).delete_cluster_role_binding(self.namespace)
-        except Exception as exc:
-            print(f"namespace {self.namespace} not fully cleaned up: {exc}", file=sys.stderr)
+        for name, core in self.cores.items():
+            try:
+                core.delete_namespace(self.namespaces[name])
+                if name == DEFAULT_CLUSTER:
+                    client.RbacAuthorizationV1Api(core.api_client).delete_cluster_role_binding(self.namespace)
+            except Exception as exc:
+                print(f"namespace {self.namespaces[name]} not fully cleaned up: {exc}", file=sys.stderr)
 
     # --- the run -----------------------------------------------------------------------------------
     def inject_all(self, load_end: float, stop: threading.Event) -> None:
@@ -238,29 +340,40 @@ class Run:
                 faults.inject(self.world, record)
             except Exception as exc:
                 record.skipped = f"injection failed: {type(exc).__name__}: {exc}"[:500]
+            if record.cluster and len(self.world.targets) > 1:
+                print(f"          in cluster {record.cluster}", flush=True)
             if record.skipped:
                 print(f"          skipped: {record.skipped}", flush=True)
 
-    def trigger(self) -> None:
+    def trigger(self, cluster: str | None = None) -> None:
+        """A DAG run of `cluster`'s DAG; the load's (None) go to each cluster in turn."""
         with self.trigger_lock:
-            self._trigger()
+            clusters = list(self.directories)
+            turn = cluster is None
+            if cluster is None:
+                cluster = clusters[self.load_turns % len(clusters)]
+            if self._trigger(cluster) and turn:
+                self.load_turns += 1
 
-    def _trigger(self) -> None:
+    def _trigger(self, cluster: str) -> bool:
         run_id = f"chaos-{len(self.triggered) + 1:04d}"
         try:
             self.stack.rest(
-                f"/api/v2/dags/{load.DAG_ID}/dagRuns", {"dag_run_id": run_id, "logical_date": None}
+                f"/api/v2/dags/{load.dag_id_for(cluster)}/dagRuns",
+                {"dag_run_id": run_id, "logical_date": None},
             )
         except urllib.error.HTTPError as exc:
             if exc.code != 409:  # 409: an earlier attempt did create it, its answer was lost
                 self.trigger_failures += 1
-                return
+                return False
         except Exception:
             # Airflow's API server cannot reach its database while PostgreSQL restarts: the
             # next tick tries again.
             self.trigger_failures += 1
-            return
+            return False
         self.triggered.append(run_id)
+        self.runs_by_cluster[cluster] += 1
+        return True
 
     def watch_exits(self) -> None:
         """A scheduler that exited unless the run killed it: counted, and started again."""
@@ -280,12 +393,18 @@ class Run:
     def unfinished_runs(self) -> int:
         try:
             [(count,)] = self.stack.sql(
-                "SELECT count(*) FROM dag_run WHERE dag_id = %s AND state NOT IN ('success', 'failed')",
-                load.DAG_ID,
+                "SELECT count(*) FROM dag_run WHERE dag_id = ANY(%s) AND state NOT IN ('success', 'failed')",
+                [load.dag_id_for(name) for name in self.directories],
             )
         except Exception:
             return -1
         return int(count)
+
+    def pods_left(self) -> dict[str, list[Any]]:
+        """The pods in each cluster's namespace."""
+        return {
+            name: core.list_namespaced_pod(self.namespaces[name]).items for name, core in self.cores.items()
+        }
 
     def execute(self) -> dict[str, Any]:
         args = self.args
@@ -313,14 +432,23 @@ class Run:
             time.sleep(2)
         settled = self.unfinished_runs() == 0
         pods_deadline = time.time() + 120
-        remaining: list[Any] = []
+        remaining: dict[str, list[Any]] = {}
         while time.time() < pods_deadline:
             self.watch_exits()
-            remaining = self.core.list_namespaced_pod(self.namespace).items
-            if not remaining:
-                break
+            with contextlib.suppress(client.ApiException):  # an API server back from the last fault
+                remaining = self.pods_left()
+                if not any(remaining.values()):
+                    break
             time.sleep(2)
-        print(f"[{time.time() - self.t0:6.1f}s] settled: {settled}, pods left: {len(remaining)}", flush=True)
+        remaining = {}
+
+        def listed() -> bool:
+            remaining.update(self.pods_left())
+            return True
+
+        wait_until(listed, "a list of the pods left in each cluster", 60)
+        counts = ", ".join(f"{len(pods)} in {name}" for name, pods in remaining.items())
+        print(f"[{time.time() - self.t0:6.1f}s] settled: {settled}, pods left: {counts}", flush=True)
         return self.findings(remaining, settled)
 
     def explain_exit(self, exit_: dict[str, Any]) -> dict[str, Any]:
@@ -345,15 +473,52 @@ class Run:
             "log": exit_["log"].splitlines()[-12:],
         }
 
-    def findings(self, remaining: list[Any], settled: bool) -> dict[str, Any]:
+    def findings(self, remaining: dict[str, list[Any]], settled: bool) -> dict[str, Any]:
         found = checks.Findings()
-        disrupted = frozenset(p.key for p in self.watch.pods.values() if p.disrupted and p.key is not None)
-        all_tries = checks.check_tasks(self.stack, self.records, self.world.victims, found, disrupted)
-        entries = audit_entries(self.core, control_plane.audit_log(self.state), self.namespace)
-        creates = checks.check_pods(self.args.executor, self.watch, entries, self.users, remaining, found)
-        checks.count_refusals(entries, self.users, self.records, found)
+        disrupted = frozenset(
+            p.key
+            for watch in self.watches.values()
+            for p in watch.pods.values()
+            if p.disrupted and p.key is not None
+        )
+        clusters = tuple(self.directories)
+        all_tries = checks.check_tasks(
+            self.stack, self.records, self.world.victims, found, disrupted, clusters
+        )
+        creates: dict[str, list[float]] = {}
+        per_cluster: dict[str, dict[str, Any]] = {}
+        for name, target in self.world.targets.items():
+            before = (len(found.duplicated), len(found.left_behind))
+            entries = audit_entries(target.core, control_plane.audit_log(self.states[name]), target.namespace)
+            creates[name] = checks.check_pods(
+                self.args.executor,
+                self.watches[name],
+                entries,
+                self.users[name],
+                remaining[name],
+                found,
+                name,
+            )
+            checks.count_refusals(entries, self.users[name], self.records, found, name)
+            per_cluster[name] = {
+                "development_cluster": target.development_cluster,
+                "namespace": target.namespace,
+                "connection": "in_cluster (ServiceAccount token file)"
+                if name == DEFAULT_CLUSTER
+                else "config_file (kubeconfig with a ServiceAccount tokenFile; deploy/rbac/rbac.yaml's Role)",
+                "dag_id": load.dag_id_for(name),
+                "runs_triggered": self.runs_by_cluster[name],
+                "task_instances": found.tasks_by_cluster[name],
+                "pods_created": len(creates[name]),
+                "duplicated": len(found.duplicated) - before[0],
+                "left_behind": len(found.left_behind) - before[1],
+                "watch_gaps": self.watches[name].gaps,
+            }
         checks.recovery(self.records, creates, all_tries, found)
         done = [r for r in self.records if r.started is not None and not r.skipped]
+        for name, figures in per_cluster.items():
+            figures["faults"] = dict(Counter(r.fault.kind for r in done if cluster_hit(r.fault) == name))
+            figures["wrong_reasons"] = sum(1 for w in found.wrong_reasons if w.get("cluster") == name)
         exits = [self.explain_exit(e) for e in self.exits]
         unexplained = [e for e in exits if not e["caused_by"]]
         return {
@@ -363,6 +528,7 @@ class Run:
             "run_every_s": self.args.run_every,
             "schedulers": len(self.world.schedulers),
             "faults": dict(Counter(r.fault.kind for r in done)),
+            "clusters": per_cluster,
             "tasks": dict(found.tasks),
             "lost": len(found.lost),
             "duplicated": len(found.duplicated),
@@ -381,7 +547,7 @@ class Run:
             "runs_settled": settled,
             "failed_tries_by_cause": dict(found.failed_tries),
             "refused_requests": found.refusals,
-            "watch_gaps": self.watch.gaps,
+            "watch_gaps": sum(w.gaps for w in self.watches.values()),
             "lost_tasks": found.lost,
             "duplicated_tries": found.duplicated,
             "tries_with_several_pods": found.extra_pods,
@@ -424,6 +590,14 @@ def print_table(result: dict[str, Any]) -> None:
     for key in INVARIANTS:
         print(f"{key:<24}{result[key]:>6}")
     print(f"{'(exits caused by faults':<24}{result['scheduler_exits_caused_by_faults']:>6})")
+    if len(result["clusters"]) > 1:
+        print(f"\n{'cluster':<28}{'runs':>6}{'tasks':>7}{'pods':>6}{'faults':>8}{'dup.':>6}{'left':>6}")
+        for name, c in result["clusters"].items():
+            where = f"{name} ({c['development_cluster']})"
+            print(
+                f"{where:<28}{c['runs_triggered']:>6}{c['task_instances']:>7}{c['pods_created']:>6}"
+                f"{sum(c['faults'].values()):>8}{c['duplicated']:>6}{c['left_behind']:>6}"
+            )
     print(
         f"\nAirflow's loop held at most {result['loop_hold_max_s']:.3f} s by the executor "
         f"({result['slow_calls']} calls over 100 ms; end at most {result['end_max_s']:.3f} s); p99 by call: "
@@ -437,36 +611,63 @@ def main(argv: list[str] | None = None) -> int:
     if "disruptions" in asked:
         asked |= set(DISRUPTION_KINDS)
     kinds = tuple(k for k in ALL_KINDS if k in asked)
-    schedule = draw(args.seed, args.minutes, kinds)
-    print(f"fault schedule (seed {args.seed}, {args.minutes} min):")
+    second = args.second_cluster
+    if second and args.executor != "ours":
+        print(
+            f"--second-cluster {second}: the official provider cannot route tasks to two clusters; "
+            "this run stays on one cluster",
+            flush=True,
+        )
+        second = ""
+    if second and (
+        second == DEFAULT_CLUSTER or not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?", second)
+    ):
+        print(
+            f"--second-cluster {second!r}: lower-case letters, digits and '-', not 'default'", file=sys.stderr
+        )
+        return 2
+    clusters = {DEFAULT_CLUSTER: args.cluster, **({second: f"{args.cluster}-{second}"} if second else {})}
+    if taken := [c for c in clusters.values() if c in OTHER_RUNS_CLUSTERS]:
+        print(
+            f"cluster {', '.join(taken)}: other runs use it; name this run's with --cluster", file=sys.stderr
+        )
+        return 2
+    schedule = draw(args.seed, args.minutes, kinds, tuple(clusters) if second else ())
+    where = " and ".join(f"{name} ({c})" for name, c in clusters.items())
+    print(f"fault schedule (seed {args.seed}, {args.minutes} min, clusters {where}):")
     for fault in schedule:
         mapped, note = for_executor(fault, args.executor)
         print(f"  {mapped.describe()}" + (f"  [{note}]" if note else ""))
     sys.stdout.flush()
     if args.schedule_only:
         return 0
-    directory = control_plane.default_cluster_dir(args.cluster)
+    directories = {name: control_plane.default_cluster_dir(c) for name, c in clusters.items()}
     # A running cluster of this name may be another run's, whose faults would be this run's too,
     # and whose end would take this run's cluster down: used only when asked, and never stopped.
-    reused = bool(control_plane.status(directory).get("running"))
-    if reused and not args.reuse_cluster:
-        print(
-            f"a cluster named {args.cluster!r} is running ({directory}): another run's? "
-            f"Stop it (k8s-executor-dev cluster down --name {args.cluster}) or pass --reuse-cluster.",
-            file=sys.stderr,
-        )
-        return 2
-    control_plane.up(directory)
-    run = Run(args, schedule, directory)
+    reused = {name: bool(control_plane.status(d).get("running")) for name, d in directories.items()}
+    for name, directory in directories.items():
+        if reused[name] and not args.reuse_cluster:
+            print(
+                f"a cluster named {clusters[name]!r} is running ({directory}): another run's? "
+                f"Stop it (k8s-executor-dev cluster down --name {clusters[name]}) or pass --reuse-cluster.",
+                file=sys.stderr,
+            )
+            return 2
     try:
-        run.start()
+        for directory in directories.values():
+            control_plane.up(directory)
+        run = Run(args, schedule, directories)
         try:
+            run.start()
             result = run.execute()
         finally:
             run.stop()
     finally:
-        if not (args.keep_cluster or reused):
-            control_plane.down(directory)
+        for name, directory in directories.items():
+            if not (args.keep_cluster or reused[name]):
+                control_plane.down(directory)
+    if args.second_cluster and not second:
+        result["second_cluster"] = "not used: the official provider cannot route tasks to two clusters"
     result["schedule"] = [f.describe() for f in schedule]
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2, default=str))

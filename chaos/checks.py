@@ -1,4 +1,8 @@
-"""The invariants, checked at the end from what the run saw (see chaos/__init__.py)."""
+"""The invariants, checked at the end from what the run saw (see chaos/__init__.py).
+
+With two clusters, each is checked from its own audit log and pod watch, and a fault that hit one
+cluster explains only what happened in it (`schedule.cluster_hit`); the tasks' DAG says which
+cluster they ran in (`load.dag_id_for`)."""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from devcluster.airflow_stack import AirflowStack
 from chaos import load
 from chaos.faults import FAULT_WORDS, Record, TryKey
 from chaos.observe import OUR_POD_TRY, PodWatch, audit_time
-from chaos.schedule import DISRUPTION_KINDS
+from chaos.schedule import DISRUPTION_KINDS, cluster_hit
 
 TERMINAL = ("success", "failed")
 # Airflow's own words when it takes back the tries of a scheduler that is gone, and no executor
@@ -24,6 +28,8 @@ _RESET = re.compile(
     r"<TaskInstance: (?P<dag>[^.\s]+)\.(?P<task>\S+) (?P<run>\S+) map_index=(?P<index>-?\d+) \["
 )
 _RESET_HEADER = "Reset the following"
+# The executor's note in the log of a try handed over with no pod (k8s_executor.adoption).
+EXECUTOR_RESET = "the try is reset, and airflow runs the task again"
 # Airflow's execution API fails a try outright, retries or not, when its state update meets any
 # exception (routes/task_instances.py, ti_update_state): a database dropping its connections does.
 # Its log line carries the task instance's id (bound to the request's log context).
@@ -50,6 +56,9 @@ class Try:
 @dataclass
 class Findings:
     tasks: Counter[str] = field(default_factory=Counter)
+    # Task instances (and pods the executors created) by the cluster they ran in.
+    tasks_by_cluster: Counter[str] = field(default_factory=Counter)
+    pods_created_by_cluster: Counter[str] = field(default_factory=Counter)
     lost: list[dict[str, Any]] = field(default_factory=list)
     duplicated: list[dict[str, Any]] = field(default_factory=list)
     extra_pods: list[dict[str, Any]] = field(default_factory=list)
@@ -77,17 +86,23 @@ def _epoch(value: Any) -> float | None:
     return float(value)
 
 
-def tries(stack: AirflowStack) -> tuple[list[Try], dict[tuple[str, str, int], tuple[str | None, int, str]]]:
+Instance = tuple[str, str, str, int]  # dag_id, run_id, task_id, map_index
+
+
+def tries(
+    stack: AirflowStack, dag_ids: tuple[str, ...] = (load.DAG_ID,)
+) -> tuple[list[Try], dict[Instance, tuple[str | None, int, str]]]:
     """Every try of the load's tasks (earlier ones from task_instance_history), and each task
     instance's current state, try number and id."""
-    columns = "run_id, task_id, map_index, state, try_number, start_date, end_date, queued_dttm"
-    current = stack.sql(f"SELECT {columns}, id FROM task_instance WHERE dag_id = %s", load.DAG_ID)
-    history = stack.sql(f"SELECT {columns}, NULL FROM task_instance_history WHERE dag_id = %s", load.DAG_ID)
+    columns = "dag_id, run_id, task_id, map_index, state, try_number, start_date, end_date, queued_dttm"
+    where = "WHERE dag_id = ANY(%s)"
+    current = stack.sql(f"SELECT {columns}, id FROM task_instance {where}", list(dag_ids))
+    history = stack.sql(f"SELECT {columns}, NULL FROM task_instance_history {where}", list(dag_ids))
     found: dict[TryKey, Try] = {}
-    for run_id, task_id, map_index, state, number, start, end, queued, _ in [*history, *current]:
-        key: TryKey = (load.DAG_ID, task_id, run_id, int(map_index), int(number))
+    for dag_id, run_id, task_id, map_index, state, number, start, end, queued, _ in [*history, *current]:
+        key: TryKey = (dag_id, task_id, run_id, int(map_index), int(number))
         found[key] = Try(key, state, _epoch(start), _epoch(end), _epoch(queued))
-    instances = {(row[0], row[1], int(row[2])): (row[3], int(row[4]), str(row[8])) for row in current}
+    instances = {(row[0], row[1], row[2], int(row[3])): (row[4], int(row[5]), str(row[9])) for row in current}
     return list(found.values()), instances
 
 
@@ -121,9 +136,11 @@ def failure_text(stack: AirflowStack, key: TryKey) -> str:
     return log + "\n" + "\n".join(str(extra) for (extra,) in rows)
 
 
-def reset_by_airflow(stack: AirflowStack) -> dict[tuple[str, str, int], list[float]]:
-    """When some scheduler's log says Airflow reset each task instance (task, run, map index)."""
-    found: dict[tuple[str, str, int], list[float]] = defaultdict(list)
+def reset_by_airflow(
+    stack: AirflowStack, dag_ids: tuple[str, ...] = (load.DAG_ID,)
+) -> dict[tuple[str, str, str, int], list[float]]:
+    """When some scheduler's log says Airflow reset each task instance (dag, task, run, map index)."""
+    found: dict[tuple[str, str, str, int], list[float]] = defaultdict(list)
     for log in stack.home.glob("scheduler*.log"):
         at: float | None = None
         for line in log.read_text(errors="replace").splitlines():
@@ -131,8 +148,8 @@ def reset_by_airflow(stack: AirflowStack) -> dict[tuple[str, str, int], list[flo
                 at = datetime.datetime.fromisoformat(line.split()[0].replace("Z", "+00:00")).timestamp()
             elif at is not None and not line.startswith("\t"):
                 at = None
-            if at is not None and (match := _RESET.search(line)) and match["dag"] == load.DAG_ID:
-                found[(match["task"], match["run"], int(match["index"]))].append(at)
+            if at is not None and (match := _RESET.search(line)) and match["dag"] in dag_ids:
+                found[(match["dag"], match["task"], match["run"], int(match["index"]))].append(at)
     return found
 
 
@@ -142,24 +159,30 @@ def check_tasks(
     victims: dict[TryKey, str],
     findings: Findings,
     disrupted: frozenset[TryKey] = frozenset(),
+    clusters: tuple[str, ...] = (load.DEFAULT_CLUSTER,),
 ) -> list[Try]:
     """`disrupted`: the tries of pods the run's watch saw the cluster end (DisruptionTarget), the
-    faults' victims or not (a pod that was still starting, or came to a node while it was hit)."""
-    all_tries, instances = tries(stack)
-    resets = reset_by_airflow(stack)
+    faults' victims or not (a pod that was still starting, or came to a node while it was hit).
+    `clusters`: the executor's names of the clusters the load ran in, each with its DAG."""
+    cluster_of = {load.dag_id_for(c): c for c in clusters}
+    all_tries, instances = tries(stack, tuple(cluster_of))
+    resets = reset_by_airflow(stack, tuple(cluster_of))
+    # Each fault, when it went on, and the cluster it hit (None: what all clusters share).
     windows = [
-        (r.fault.kind, r.started, (r.over or r.started) + REASON_WINDOW_S)
+        (r.fault.kind, r.started, (r.over or r.started) + REASON_WINDOW_S, cluster_hit(r.fault))
         for r in records
         if r.started is not None and not r.skipped
     ]
-    database_down = [(since, until) for kind, since, until in windows if kind == "postgres_restart"]
+    database_down = [(since, until) for kind, since, until, _ in windows if kind == "postgres_restart"]
     failed_by_airflow = failed_by_execution_api(stack.home, database_down)
-    for (run_id, task_id, map_index), (state, number, ti_id) in sorted(instances.items()):
+    for (dag_id, run_id, task_id, map_index), (state, number, ti_id) in sorted(instances.items()):
         reached = load.outcome(task_id, state, number)
         findings.tasks[reached] += 1
+        findings.tasks_by_cluster[cluster_of[dag_id]] += 1
         if reached != load.expected_outcome(task_id):
             ended = {
                 "task": f"{run_id} {task_id}[{map_index}]",
+                "cluster": cluster_of[dag_id],
                 "state": state,
                 "try_number": number,
                 "expected": load.expected_outcome(task_id),
@@ -172,11 +195,16 @@ def check_tasks(
     for attempt in all_tries:
         if attempt.state not in ("failed", "up_for_retry"):
             continue
-        _, task_id, run_id, map_index, number = attempt.key
+        dag_id, task_id, run_id, map_index, number = attempt.key
         text = failure_text(stack, attempt.key).lower()
         begin = attempt.start or attempt.end or 0.0
         end = attempt.end or begin
-        active = [kind for kind, since, until in windows if since <= end and begin <= until]
+        # A fault that hit another cluster explains nothing here.
+        active = [
+            kind
+            for kind, since, until, hit in windows
+            if since <= end and begin <= until and hit in (None, cluster_of[dag_id])
+        ]
         # A fault going on then may have failed any try; its words are then the right reason.
         fault_words = tuple(w for kind in active for w in FAULT_WORDS.get(kind, ()))
         if attempt.key in victims:
@@ -199,12 +227,17 @@ def check_tasks(
                 )
         elif any(
             _between(at, attempt.queued, queued_at.get((*attempt.key[:4], number + 1)))
-            for at in resets.get((task_id, run_id, map_index), [])
+            for at in resets.get((dag_id, task_id, run_id, map_index), [])
         ):
             # Airflow took the try back from a scheduler it held dead (between its queueing and the
             # next try's; it records it as failed) and queued it again: Airflow's log line is the
             # reason, whatever a pod still on its way for it said later.
             findings.failed_tries["reset by Airflow (its scheduler held dead)"] += 1
+            continue
+        elif EXECUTOR_RESET in text:
+            # Handed over by Airflow from a scheduler it held dead, with no pod found: the executor
+            # reset the try as Airflow would have (its note in the try's log is the reason).
+            findings.failed_tries["reset by the executor (handed over with no pod)"] += 1
             continue
         elif load.written_to_fail(task_id, number):
             cause, words = "the task itself", (load.WRITTEN_TO_FAIL, *fault_words)
@@ -218,6 +251,7 @@ def check_tasks(
             findings.wrong_reasons.append(
                 {
                     "try": f"{run_id} {task_id}[{map_index}] try {number}",
+                    "cluster": cluster_of[dag_id],
                     "caused_by": cause,
                     "expected_words": list(words),
                     "reason": _last_lines(text),
@@ -260,9 +294,10 @@ def check_pods(
     users: set[str],
     remaining: list[Any],
     findings: Findings,
+    cluster: str = load.DEFAULT_CLUSTER,
 ) -> list[float]:
     """Two pods that both ran one try (from the audit log's creates, mapped to tries by the
-    watch), pods still there at the end; returns when the executors created pods."""
+    watch), pods still there at the end, in `cluster`; returns when the executors created pods."""
     created: dict[str, float] = {}
     bound: set[str] = set()
     for e in entries:
@@ -294,7 +329,12 @@ def check_pods(
         if len(names) < 2:
             continue
         ran = [n for n in names if (p := watch.pods.get(n)) is None or p.ran]
-        entry = {"try": " ".join(map(str, key)) if isinstance(key, tuple) else key, "pods": names, "ran": ran}
+        entry = {
+            "try": " ".join(map(str, key)) if isinstance(key, tuple) else key,
+            "cluster": cluster,
+            "pods": names,
+            "ran": ran,
+        }
         findings.extra_pods.append(entry)
         # A pod that never started its task (a launch failure, relaunched under a new name by
         # design) is no second run of the try, nor one the cluster ended before the next pod of
@@ -303,7 +343,8 @@ def check_pods(
         if len([n for n in ran if not _ended_before_next(n, ran, watch)]) > 1:
             findings.duplicated.append(entry)
     for pod in remaining:
-        findings.left_behind.append({"pod": pod.metadata.name, "phase": pod.status.phase})
+        findings.left_behind.append({"pod": pod.metadata.name, "cluster": cluster, "phase": pod.status.phase})
+    findings.pods_created_by_cluster[cluster] += len(created)
     return sorted(created.values())
 
 
@@ -317,13 +358,17 @@ def _user(entry: dict[str, Any]) -> str | None:
 
 
 def count_refusals(
-    entries: list[dict[str, Any]], users: set[str], records: list[Record], findings: Findings
+    entries: list[dict[str, Any]],
+    users: set[str],
+    records: list[Record],
+    findings: Findings,
+    cluster: str = load.DEFAULT_CLUSTER,
 ) -> None:
-    """How many of the executors' requests each overload, quota and credential fault refused
-    (429, 403, 401)."""
+    """How many of the executors' requests each overload, quota and credential fault that hit
+    `cluster` refused (429, 403, 401), from that cluster's audit `entries`."""
     codes = {"apiserver_overload": 429, "resource_quota": 403, "credential_invalidated": 401}
     for record in records:
-        if record.fault.kind not in codes or record.started is None:
+        if record.fault.kind not in codes or record.started is None or cluster_hit(record.fault) != cluster:
             continue
         code = codes[record.fault.kind]
         end = record.started + CREDENTIAL_REFUSALS_S if code == 401 else (record.over or record.started) + 1
@@ -340,15 +385,28 @@ def count_refusals(
         )
 
 
-def recovery(records: list[Record], creates: list[float], all_tries: list[Try], findings: Findings) -> None:
+def recovery(
+    records: list[Record],
+    creates: dict[str, list[float]],
+    all_tries: list[Try],
+    findings: Findings,
+) -> None:
     """From the moment a fault was over to the first pod the executors created after it and the
-    first try that ended after it, whichever came later."""
-    ends = sorted(t.end for t in all_tries if t.end is not None)
+    first try that ended after it, whichever came later: in the cluster it hit (`creates` by
+    cluster; a try's cluster is its DAG's), or in any for a fault of what all share."""
+    cluster_of = {load.dag_id_for(c): c for c in creates}
     for record in records:
         if record.over is None or record.skipped:
             continue
+        hit = cluster_hit(record.fault)
+        if hit is not None and hit not in creates:
+            continue
+        ends = sorted(
+            t.end for t in all_tries if t.end is not None and hit in (None, cluster_of.get(t.key[0]))
+        )
+        creates_in = sorted(c for name, times in creates.items() if hit in (None, name) for c in times)
         over = record.over
-        first_create = next((c for c in creates if c >= over), None)
+        first_create = next((c for c in creates_in if c >= over), None)
         first_end = next((e for e in ends if e >= over), None)
         if first_create is not None and first_end is not None:
             findings.recovery[record.fault.kind].append(max(first_create, first_end) - over)

@@ -2,8 +2,10 @@
 
 Components of the cluster are killed and started again by `devcluster.control_plane` (as the
 cluster and end-to-end tests do), pods are deleted through the API server, Airflow's processes
-are the stack's own. Every injection returns when the fault is over (the component is back,
-the limit lifted); `Record.over` marks that moment, from which recovery is timed.
+are the stack's own. A fault of a kind that hits one cluster hits the one its `cluster` parameter
+names (chaos/schedule.py; the first, `default`, when it names none). Every injection returns when
+the fault is over (the component is back, the limit lifted); `Record.over` marks that moment, from
+which recovery is timed.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from kubernetes import client
 
 from chaos import identities, load, neighbour
 from chaos.observe import try_key_of
-from chaos.schedule import DISRUPTION_KINDS, Fault
+from chaos.schedule import DISRUPTION_KINDS, Fault, cluster_hit
 
 OVERLOAD_NAME = "chaos-overload"
 RECLAIM_TAINT = "chaos.k8s-executor.dev/reclaimed"
@@ -34,6 +36,10 @@ QUOTA_NAME = "chaos-quota"
 
 TryKey = tuple[str, str, str, int, int]  # dag_id, task_id, run_id, map_index, try_number
 VICTIM_TIME_LEFT_S = 20
+# A pod fault waits this long at most for a long task to hit in its cluster: with a second cluster
+# each cluster has a run every other `--run-every`.
+VICTIM_WAIT_S = 30.0
+DEFAULT_CLUSTER = load.DEFAULT_CLUSTER
 
 
 @dataclass
@@ -46,10 +52,12 @@ class Record:
     over: float | None = None
     detail: str = ""
     skipped: str = ""
+    cluster: str = ""  # the cluster it hit: the executor's name for it (and the development cluster's)
 
     def as_json(self, t0: float) -> dict[str, Any]:
         return {
             "kind": self.fault.kind,
+            "cluster": self.cluster or None,
             "at_s": self.fault.at_s,
             "params": self.fault.params,
             "started_s": None if self.started is None else round(self.started - t0, 1),
@@ -61,33 +69,65 @@ class Record:
 
 
 @dataclass
-class World:
-    """The installation under fault: the cluster, the Airflow stack, and its schedulers."""
+class Target:
+    """One cluster the executors launch pods in, as the faults reach it."""
 
+    name: str  # the executor's name for it: "default" (the in-cluster connection), or the second's
+    development_cluster: str  # devcluster's name for it: "chaos", "chaos-east"
     cluster_dir: Path
-    core: client.CoreV1Api
-    stack: AirflowStack
-    executor: str  # "ours" or "official"
-    # Scheduler process name -> its identity (a ServiceAccount, its token in a file).
-    schedulers: dict[str, identities.Identity]
+    core: client.CoreV1Api  # the cluster's admin
+    namespace: str
+    # The identities the schedulers reach it with (the overload's FlowSchema matches them).
+    scheduler_identities: list[identities.Identity]
     # The other tenant whose requests crowd the executors' out under the overload fault.
     neighbour: identities.Identity
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.development_cluster})"
+
+
+@dataclass
+class World:
+    """The installation under fault: the clusters, the Airflow stack, and its schedulers."""
+
+    # The executor's name for each cluster -> the cluster; "default" first.
+    targets: dict[str, Target]
+    stack: AirflowStack
+    executor: str  # "ours" or "official"
+    # Scheduler process name -> its identity in the first cluster (a ServiceAccount, its token in
+    # a file at the in-cluster path).
+    schedulers: dict[str, identities.Identity]
     # Taken around every start, kill and poll of a scheduler process, so the watch on exits
     # never mistakes an injected kill for an exit of its own.
     lock: threading.Lock = field(default_factory=threading.Lock)
     killing: set[str] = field(default_factory=set)
     # The try each pod fault hit, and the fault: the reason its failure must give.
     victims: dict[TryKey, str] = field(default_factory=dict)
-    # Triggers a DAG run now: the faults that refuse creates start one, so that creates meet them.
-    trigger: Callable[[], None] = lambda: None
+    # Triggers a DAG run of a cluster's DAG now: the faults that refuse creates start one, so that
+    # creates meet them.
+    trigger: Callable[[str], None] = lambda cluster: None
+    # Scheduler process name -> what its mount namespace sees besides its in-cluster token: mount
+    # point -> directory (its kubeconfig and token for the second cluster).
+    mounts: dict[str, dict[str, Path]] = field(default_factory=dict)
 
     def start_scheduler(self, name: str) -> None:
-        identity = self.schedulers[name]
-        self.stack.start_component("scheduler", name=name, wrap=lambda cmd: identities.in_pod(identity, cmd))
+        identity, mounts = self.schedulers[name], self.mounts.get(name, {})
+        self.stack.start_component(
+            "scheduler", name=name, wrap=lambda cmd: identities.in_pod(identity, cmd, mounts)
+        )
+
+    def target(self, fault: Fault) -> Target:
+        """The cluster `fault` hits (the first for a fault of what all clusters share)."""
+        return self.targets[cluster_hit(fault) or DEFAULT_CLUSTER]
+
+    @property
+    def default(self) -> Target:
+        return self.targets[DEFAULT_CLUSTER]
 
     @property
     def apiserver_port(self) -> int:
-        state = control_plane.ClusterState.load(self.cluster_dir)
+        state = control_plane.ClusterState.load(self.default.cluster_dir)
         assert state is not None
         return state.apiserver_port
 
@@ -95,6 +135,8 @@ class World:
 def inject(world: World, record: Record) -> None:
     fault = record.fault
     record.started = time.time()
+    if cluster_hit(fault) is not None:
+        record.cluster = world.target(fault).label
     handler = _HANDLERS[fault.kind]
     handler(world, record)
     if record.over is None and not record.skipped:
@@ -175,20 +217,26 @@ def _talks_to(pid: int, port: int) -> bool:
     return False
 
 
-def helper_pids(world: World, name: str, helper: str) -> list[int]:
-    """The helper processes of scheduler `name`: ours run `python -m k8s_executor.helper ... NAME`;
-    the official executor's watcher is a forked child holding a connection to the API server
-    (its other children, multiprocessing managers and the log server, hold none)."""
+def helper_pids(world: World, name: str, helper: str, target: Target | None = None) -> list[int]:
+    """The helper processes of scheduler `name` for cluster `target` (the first when None): ours run
+    `python -m k8s_executor.helper ... NAME`, a launcher and a watcher per cluster, named after the
+    cluster but for the first (scheduler.py); the official executor's watcher is a forked child
+    holding a connection to the API server (its other children, multiprocessing managers and the
+    log server, hold none)."""
     proc = world.stack.procs.get(name)
     if proc is None:
         return []
+    target = target or world.default
     children = [pid for pid in process_tree.tree(proc.pid) if pid != proc.pid]
     if world.executor == "ours":
-        wanted = "k8s-executor-launcher" if helper == "launcher" else "k8s-executor-watcher"
+        part = "" if target.name == DEFAULT_CLUSTER else target.name
+        wanted = (
+            "-".join(filter(None, ("k8s-executor-launcher", part)))
+            if helper == "launcher"
+            else "-".join(filter(None, ("k8s-executor-watcher", part, target.namespace)))
+        )
         return [
-            pid
-            for pid in children
-            if "k8s_executor.helper" in (args := _cmdline(pid)) and any(a.startswith(wanted) for a in args)
+            pid for pid in children if "k8s_executor.helper" in (args := _cmdline(pid)) and wanted in args
         ]
     port = world.apiserver_port
     return [pid for pid in children if _talks_to(pid, port)]
@@ -197,12 +245,13 @@ def helper_pids(world: World, name: str, helper: str) -> list[int]:
 def helper_kill(world: World, record: Record) -> None:
     name = _scheduler_name(world, record.fault)
     helper = str(record.fault.params.get("helper", "watcher"))
+    target = world.target(record.fault)
     # A scheduler started a moment ago (after a kill, or its exit on a database restart) has no
     # helper yet: waited for, up to the time a start takes on a loaded machine.
     deadline = time.monotonic() + 60
     while True:
         with world.lock:
-            pids = helper_pids(world, name, helper)
+            pids = helper_pids(world, name, helper, target)
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
@@ -219,35 +268,36 @@ def helper_kill(world: World, record: Record) -> None:
 
 
 def apiserver_restart(world: World, record: Record) -> None:
-    control_plane.restart_component(world.cluster_dir, "kube-apiserver")
+    control_plane.restart_component(world.target(record.fault).cluster_dir, "kube-apiserver")
 
 
 def etcd_compaction(world: World, record: Record) -> None:
     """As tests/e2e/test_kubernetes_executor.py cuts the watch: the API server goes away, etcd moves
     on (lease renewals), its history is compacted, and a restarted API server (with an empty watch
     cache) answers a watch from the old resourceVersion with 410 Gone."""
-    control_plane.restart_component(world.cluster_dir, "kube-apiserver")
+    directory = world.target(record.fault).cluster_dir
+    control_plane.restart_component(directory, "kube-apiserver")
     time.sleep(5)
-    revision = control_plane.compact_etcd(world.cluster_dir)
-    control_plane.restart_component(world.cluster_dir, "kube-apiserver")
+    revision = control_plane.compact_etcd(directory)
+    control_plane.restart_component(directory, "kube-apiserver")
     record.detail = f"compacted at revision {revision}"
 
 
 def node_agent_restart(world: World, record: Record) -> None:
-    control_plane.restart_component(world.cluster_dir, "node-agent")
+    control_plane.restart_component(world.target(record.fault).cluster_dir, "node-agent")
 
 
-def _running_long_pods(world: World) -> list[tuple[str, TryKey]]:
+def _running_long_pods(world: World, target: Target) -> list[tuple[str, TryKey]]:
     """Pods of long tasks that run, whose task runs on that try, with a retry left: a fault that
     fails one leaves its task a way to its outcome, and a try not yet started would be launched
     again without spending a retry (pod_launch_failure_retries), which is not what is hit here."""
     found = []
-    for pod in world.core.list_namespaced_pod(world.stack.namespace).items:
+    for pod in target.core.list_namespaced_pod(target.namespace).items:
         a = pod.metadata.annotations or {}
         if (
             pod.status.phase != "Running"
             or pod.metadata.deletion_timestamp
-            or a.get("dag_id") != load.DAG_ID
+            or not load.is_load_dag(a.get("dag_id"))
             or a.get("task_id") != "long"
         ):
             continue
@@ -270,14 +320,26 @@ def _running_long_pods(world: World) -> list[tuple[str, TryKey]]:
     return sorted(found)
 
 
+def _victims(world: World, target: Target, wanted: Callable[[TryKey], bool]) -> list[tuple[str, TryKey]]:
+    """The long tasks' pods a pod fault may hit in `target`; waited for up to VICTIM_WAIT_S when
+    there is none yet with two clusters (each has a run every other `--run-every`)."""
+    deadline = time.monotonic() + (VICTIM_WAIT_S if len(world.targets) > 1 else 0)
+    while True:
+        candidates = [(name, key) for name, key in _running_long_pods(world, target) if wanted(key)]
+        if candidates or time.monotonic() >= deadline:
+            return candidates
+        time.sleep(2)
+
+
 def _pod_delete(world: World, record: Record, grace: int | None) -> None:
-    candidates = [(name, key) for name, key in _running_long_pods(world) if key not in world.victims]
+    target = world.target(record.fault)
+    candidates = _victims(world, target, lambda key: key not in world.victims)
     if not candidates:
         record.skipped = "no long task running to hit"
         return
     name, key = candidates[int(float(record.fault.params.get("pick", 0)) * len(candidates))]
     world.victims[key] = record.fault.kind
-    world.core.delete_namespaced_pod(name, world.stack.namespace, grace_period_seconds=grace)
+    target.core.delete_namespaced_pod(name, target.namespace, grace_period_seconds=grace)
     record.detail = f"{name} ({key[2]} {key[1]}[{key[3]}] try {key[4]})"
 
 
@@ -285,18 +347,17 @@ def pod_evict(world: World, record: Record) -> None:
     """`kubectl drain` of one pod: the Eviction API marks it DisruptionTarget, then deletes it with
     its grace period."""
     # A try another disruption hit may be hit again (it was launched again, its retries kept).
-    candidates = [
-        (name, key)
-        for name, key in _running_long_pods(world)
-        if world.victims.get(key, DISRUPTION_KINDS[0]) in DISRUPTION_KINDS
-    ]
+    target = world.target(record.fault)
+    candidates = _victims(
+        world, target, lambda key: world.victims.get(key, DISRUPTION_KINDS[0]) in DISRUPTION_KINDS
+    )
     if not candidates:
         record.skipped = "no long task running to hit"
         return
     name, key = candidates[int(float(record.fault.params.get("pick", 0)) * len(candidates))]
     world.victims.setdefault(key, record.fault.kind)
-    namespace = world.stack.namespace
-    world.core.create_namespaced_pod_eviction(
+    namespace = target.namespace
+    target.core.create_namespaced_pod_eviction(
         name,
         namespace,
         client.V1Eviction(metadata=client.V1ObjectMeta(name=name, namespace=namespace)),
@@ -305,10 +366,12 @@ def pod_evict(world: World, record: Record) -> None:
 
 
 def _busiest_node(world: World, record: Record, only_long: bool = False) -> str | None:
-    """The process node with the most long tasks running, every task pod on it (`only_long`: its
-    long tasks') a victim of the fault; None (the fault skipped) when no long task runs."""
-    long_pods = dict(_running_long_pods(world))
-    pods = world.core.list_namespaced_pod(world.stack.namespace).items
+    """The process node of the fault's cluster with the most long tasks running, every task pod on
+    it (`only_long`: its long tasks') a victim of the fault; None (the fault skipped) when no long
+    task runs."""
+    target = world.target(record.fault)
+    long_pods = dict(_victims(world, target, lambda key: True))
+    pods = target.core.list_namespaced_pod(target.namespace).items
     by_node: dict[str, int] = {}
     for pod in pods:
         if pod.metadata.name in long_pods and pod.spec.node_name:
@@ -338,14 +401,15 @@ def node_taint(world: World, record: Record) -> None:
     node = _busiest_node(world, record)
     if node is None:
         return
-    taints = world.core.read_node(node).spec.taints or []
+    core = world.target(record.fault).core
+    taints = core.read_node(node).spec.taints or []
     reclaim = client.V1Taint(key=RECLAIM_TAINT, value="now", effect="NoExecute")
-    world.core.patch_node(node, {"spec": {"taints": [*taints, reclaim]}})
+    core.patch_node(node, {"spec": {"taints": [*taints, reclaim]}})
     try:
         time.sleep(float(record.fault.params.get("hold_s", 15)))
     finally:
-        left = [t for t in world.core.read_node(node).spec.taints or [] if t.key != RECLAIM_TAINT]
-        world.core.patch_node(node, {"spec": {"taints": left or None}})
+        left = [t for t in core.read_node(node).spec.taints or [] if t.key != RECLAIM_TAINT]
+        core.patch_node(node, {"spec": {"taints": left or None}})
 
 
 def pod_preempt(world: World, record: Record) -> None:
@@ -354,14 +418,15 @@ def pod_preempt(world: World, record: Record) -> None:
     node = _busiest_node(world, record, only_long=True)
     if node is None:
         return
-    scheduling = client.SchedulingV1Api(world.core.api_client)
+    target = world.target(record.fault)
+    scheduling = client.SchedulingV1Api(target.core.api_client)
     with contextlib.suppress(client.ApiException):
         scheduling.create_priority_class(
             client.V1PriorityClass(metadata=client.V1ObjectMeta(name=PREEMPTOR), value=1_000_000)
         )
-    cpu = world.core.read_node(node).status.allocatable["cpu"]
-    namespace = world.stack.namespace
-    world.core.create_namespaced_pod(
+    cpu = target.core.read_node(node).status.allocatable["cpu"]
+    namespace = target.namespace
+    target.core.create_namespaced_pod(
         namespace,
         client.V1Pod(
             metadata=client.V1ObjectMeta(name=PREEMPTOR, namespace=namespace),
@@ -383,7 +448,7 @@ def pod_preempt(world: World, record: Record) -> None:
     try:
         time.sleep(float(record.fault.params.get("hold_s", 15)))
     finally:
-        world.core.delete_namespaced_pod(PREEMPTOR, namespace, grace_period_seconds=0)
+        target.core.delete_namespaced_pod(PREEMPTOR, namespace, grace_period_seconds=0)
 
 
 def node_delete(world: World, record: Record) -> None:
@@ -394,16 +459,17 @@ def node_delete(world: World, record: Record) -> None:
     node = _busiest_node(world, record)
     if node is None:
         return
-    world.core.delete_node(node)
+    target = world.target(record.fault)
+    target.core.delete_node(node)
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and any(
-            p.spec.node_name == node for p in world.core.list_namespaced_pod(world.stack.namespace).items
+            p.spec.node_name == node for p in target.core.list_namespaced_pod(target.namespace).items
         ):
             time.sleep(2)
         time.sleep(float(record.fault.params.get("hold_s", 15)))
     finally:
-        control_plane.restart_component(world.cluster_dir, "node-agent")
+        control_plane.restart_component(target.cluster_dir, "node-agent")
 
 
 def pod_delete(world: World, record: Record) -> None:
@@ -422,7 +488,8 @@ def apiserver_overload(world: World, record: Record) -> None:
     level of no nominal seats that rejects rather than queues, matched by a FlowSchema ahead of
     every default one but the exempt, shared with a neighbour that keeps its one seat taken
     (chaos/neighbour.py). A DAG run is started with it, so that creates meet it."""
-    flow = client.FlowcontrolApiserverV1Api(world.core.api_client)
+    target = world.target(record.fault)
+    flow = client.FlowcontrolApiserverV1Api(target.core.api_client)
     level = {
         "metadata": {"name": OVERLOAD_NAME},
         "spec": {
@@ -448,7 +515,7 @@ def apiserver_overload(world: World, record: Record) -> None:
                             "kind": "ServiceAccount",
                             "serviceAccount": {"namespace": i.namespace, "name": i.name},
                         }
-                        for i in [*world.schedulers.values(), world.neighbour]
+                        for i in [*target.scheduler_identities, target.neighbour]
                     ],
                     "resourceRules": [
                         {
@@ -464,14 +531,14 @@ def apiserver_overload(world: World, record: Record) -> None:
             ],
         },
     }
-    crowd = neighbour.Crowd(world.neighbour, world.core.api_client.configuration.host)
+    crowd = neighbour.Crowd(target.neighbour, target.core.api_client.configuration.host)
     flow.create_priority_level_configuration(level)
     try:
         flow.create_flow_schema(schema)
         # APF's configuration reaches the request filter within a second or so.
         time.sleep(2)
         crowd.start()
-        world.trigger()
+        world.trigger(target.name)
         time.sleep(float(record.fault.params.get("hold_s", 15)))
     finally:
         crowd.stop()
@@ -485,31 +552,33 @@ def apiserver_overload(world: World, record: Record) -> None:
 def resource_quota(world: World, record: Record) -> None:
     """A quota of exactly the pods that run now: full at once, so every create is refused (403)
     until it is deleted `hold_s` later. A DAG run is started with it, so that creates meet it."""
-    namespace = world.stack.namespace
+    target = world.target(record.fault)
+    namespace = target.namespace
     pods = [
         p
-        for p in world.core.list_namespaced_pod(namespace).items
+        for p in target.core.list_namespaced_pod(namespace).items
         if p.status.phase not in ("Succeeded", "Failed")
     ]
-    world.core.create_namespaced_resource_quota(
+    target.core.create_namespaced_resource_quota(
         namespace, {"metadata": {"name": QUOTA_NAME}, "spec": {"hard": {"pods": str(len(pods))}}}
     )
     record.detail = f"pods: {len(pods)}"
     try:
-        world.trigger()
+        world.trigger(target.name)
         time.sleep(float(record.fault.params.get("hold_s", 15)))
     finally:
-        world.core.delete_namespaced_resource_quota(QUOTA_NAME, namespace)
+        target.core.delete_namespaced_resource_quota(QUOTA_NAME, namespace)
 
 
 def credential_invalidated(world: World, record: Record) -> None:
     """The token a scheduler holds stops being accepted; a fresh one is already in its token file
-    (chaos/identities.py). A DAG run is started with it, so that creates meet it."""
+    (chaos/identities.py). It is the first cluster's (the in-cluster connection). A DAG run is
+    started with it, so that creates meet it."""
     name = _scheduler_name(world, record.fault)
     identity = world.schedulers[name]
-    old = identities.invalidate(world.core, identity)
+    old = identities.invalidate(world.default.core, identity)
     record.detail = f"{name}: the token bound to Secret {old} invalidated"
-    world.trigger()
+    world.trigger(DEFAULT_CLUSTER)
 
 
 def postgres_restart(world: World, record: Record) -> None:

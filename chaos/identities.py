@@ -11,11 +11,14 @@ dead one; one that reads the file again (client-go reads it once a minute) recov
 A scheduler process is started in a mount namespace of its own with its token directory
 bind-mounted at /var/run/secrets/kubernetes.io/serviceaccount, as a container runtime mounts a
 pod's projected volume, and with KUBERNETES_SERVICE_HOST/PORT set: both executors run with
-`[kubernetes_executor] in_cluster = True`, their production default.
+`[kubernetes_executor] in_cluster = True`, their production default. A second cluster's identity
+(a ServiceAccount there) comes as a kubeconfig whose user is its token file (`kubeconfig`),
+bind-mounted beside it as a pod mounts a Secret.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import uuid
@@ -76,6 +79,25 @@ def rotate(core: client.CoreV1Api, identity: Identity) -> str:
     return old
 
 
+def kubeconfig(identity: Identity, server: str, mount_point: str) -> Path:
+    """A kubeconfig in the identity's directory for a scheduler that sees that directory at
+    `mount_point`: the cluster at `server`, its CA, and the identity's token file (read again as it
+    changes, as a kubeconfig's `tokenFile` is)."""
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {"name": "chaos", "cluster": {"server": server, "certificate-authority": f"{mount_point}/ca.crt"}}
+        ],
+        "users": [{"name": identity.name, "user": {"tokenFile": f"{mount_point}/token"}}],
+        "contexts": [{"name": "chaos", "context": {"cluster": "chaos", "user": identity.name}}],
+        "current-context": "chaos",
+    }
+    path = identity.directory / "kubeconfig"
+    _write(path, json.dumps(config, indent=1).encode())
+    return path
+
+
 def invalidate(core: client.CoreV1Api, identity: Identity) -> str:
     """Rotate, then make the token the scheduler held until now be refused (its Secret goes)."""
     old = rotate(core, identity)
@@ -91,11 +113,26 @@ def _write(path: Path, data: bytes) -> None:
     tmp.rename(path)
 
 
-def in_pod(identity: Identity, command: list[str]) -> list[str]:
+def in_pod(identity: Identity, command: list[str], mounts: dict[str, Path] | None = None) -> list[str]:
     """`command` in a mount namespace of its own that sees the identity's directory at the
-    in-cluster path. `unshare` and `sh` exec, so the process keeps the pid it was started with
-    (a kill of that pid is a kill of the scheduler)."""
-    # The mount point must exist on the host's filesystem, which the namespace shares.
-    Path(SERVICE_ACCOUNT_DIR).mkdir(parents=True, exist_ok=True)
-    script = f'mount --bind {shlex.quote(str(identity.directory))} {SERVICE_ACCOUNT_DIR} && exec "$@"'
-    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *command]
+    in-cluster path, and each of `mounts` (mount point -> directory: another cluster's kubeconfig
+    and token, as a pod mounts a Secret) at its mount point. `unshare` and `sh` exec, so the
+    process keeps the pid it was started with (a kill of that pid is a kill of the scheduler)."""
+    binds = {SERVICE_ACCOUNT_DIR: identity.directory, **(mounts or {})}
+    # The mount points must exist on the host's filesystem, which the namespace shares.
+    for point in binds:
+        Path(point).mkdir(parents=True, exist_ok=True)
+    script = " && ".join(
+        f"mount --bind {shlex.quote(str(source))} {shlex.quote(point)}" for point, source in binds.items()
+    )
+    return [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        f'{script} && exec "$@"',
+        "sh",
+        *command,
+    ]

@@ -8,6 +8,7 @@ executor that lacks the part it hits is decided at injection (`for_executor`).
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,13 @@ KINDS: tuple[str, ...] = (
 # for (`--faults disruptions`), so that the mixed run above keeps its schedule and its length.
 DISRUPTION_KINDS: tuple[str, ...] = ("pod_evict", "node_taint", "pod_preempt", "node_delete")
 ALL_KINDS = KINDS + DISRUPTION_KINDS
+
+# The kinds that hit what all clusters share: a scheduler, PostgreSQL, and the in-cluster
+# credential (the first cluster's connection). Every other kind hits one cluster: with several
+# (`draw(..., clusters=...)`) each such fault names the cluster it hits (a helper kill, that
+# cluster's launcher or watcher).
+SHARED_KINDS: tuple[str, ...] = ("scheduler_kill", "postgres_restart", "credential_invalidated")
+CLUSTER_KINDS: tuple[str, ...] = tuple(kind for kind in ALL_KINDS if kind not in SHARED_KINDS)
 
 # The load runs this long before the first fault, so that pods exist to be hit; and no fault
 # starts in the last seconds, so that the last one's effect is seen before the load stops.
@@ -71,8 +79,12 @@ def _params(kind: str, rng: random.Random) -> dict[str, Any]:
     return {}
 
 
-def draw(seed: int, minutes: float, kinds: tuple[str, ...] = KINDS) -> list[Fault]:
-    """The faults of a run of `minutes` minutes of load, in order."""
+def draw(
+    seed: int, minutes: float, kinds: tuple[str, ...] = KINDS, clusters: tuple[str, ...] = ()
+) -> list[Fault]:
+    """The faults of a run of `minutes` minutes of load, in order. With two `clusters` or more,
+    each fault of a kind that hits one cluster names it (its `cluster` parameter), from
+    `_cluster_of`: the times, kinds and other parameters are those of the one-cluster schedule."""
     rng = random.Random(seed)
     total = minutes * 60.0
     faults: list[Fault] = []
@@ -85,7 +97,45 @@ def draw(seed: int, minutes: float, kinds: tuple[str, ...] = KINDS) -> list[Faul
         kind = round_.pop(0)
         faults.append(Fault(round(at, 1), kind, _params(kind, rng)))
         at += rng.uniform(*GAP_S)
-    return faults
+    if len(clusters) < 2:
+        return faults
+    cluster_of = _cluster_of(seed, kinds, clusters)
+    seen: dict[str, int] = {}
+    placed = []
+    for fault in faults:
+        if fault.kind in CLUSTER_KINDS:
+            nth = seen[fault.kind] = seen.get(fault.kind, -1) + 1
+            fault = Fault(fault.at_s, fault.kind, {**fault.params, "cluster": cluster_of(fault.kind, nth)})
+        placed.append(fault)
+    return placed
+
+
+def _cluster_of(seed: int, kinds: tuple[str, ...], clusters: tuple[str, ...]) -> Callable[[str, int], str]:
+    """Which cluster the `nth` fault (from 0) of `kind` hits. From a generator of its own, so the
+    one-cluster schedule is unchanged: each kind starts at a cluster dealt out evenly (a seeded
+    shuffle of the kinds, dealt in turn), then goes round the clusters, so that the first round
+    hits each cluster with as many kinds as the others (give or take one), and each kind meets
+    every cluster within as many rounds as there are clusters."""
+    rng = random.Random(f"{seed}/clusters")
+    dealt = [k for k in kinds if k in CLUSTER_KINDS]
+    rng.shuffle(dealt)
+    start = {kind: i % len(clusters) for i, kind in enumerate(dealt)}
+
+    def cluster_of(kind: str, nth: int) -> str:
+        return clusters[(start[kind] + nth) % len(clusters)]
+
+    return cluster_of
+
+
+def cluster_hit(fault: Fault) -> str | None:
+    """The cluster `fault` hits (the executor's name for it), or None for what all share (a
+    scheduler, PostgreSQL). A fault of a cluster's kind that names none hits the first, `default`,
+    as does the credential fault: the token it takes away is the in-cluster connection's."""
+    if "cluster" in fault.params:
+        return str(fault.params["cluster"])
+    if fault.kind in CLUSTER_KINDS or fault.kind == "credential_invalidated":
+        return "default"
+    return None
 
 
 # The official provider has one scheduler (it does not support several) and creates its pods

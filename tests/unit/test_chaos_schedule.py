@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import itertools
 import uuid
 from pathlib import Path
 
@@ -160,3 +161,82 @@ def test_the_loop_holds_are_read_from_the_schedulers_logs() -> None:
         "end_max_s": 5.9,
     }
     assert checks.loop_holds([])["loop_hold_max_s"] == 0.0
+
+
+def test_with_two_clusters_each_fault_of_a_clusters_kind_names_one_and_the_rest_is_unchanged() -> None:
+    from chaos.schedule import CLUSTER_KINDS, cluster_hit
+
+    clusters = ("default", "east")
+    one, two = draw(1717, 30), draw(1717, 30, clusters=clusters)
+    assert two == draw(1717, 30, clusters=clusters)
+    # The same times, kinds and parameters as the one-cluster schedule (the official provider's).
+    assert [(f.at_s, f.kind) for f in two] == [(f.at_s, f.kind) for f in one]
+    for a, b in zip(one, two, strict=True):
+        assert {k: v for k, v in b.params.items() if k != "cluster"} == a.params
+        assert ("cluster" in b.params) == (b.kind in CLUSTER_KINDS)
+        assert cluster_hit(a) == ("default" if a.kind in (*CLUSTER_KINDS, "credential_invalidated") else None)
+    # Each kind goes round the clusters: its faults alternate between them.
+    for kind in CLUSTER_KINDS:
+        hit = [f.params["cluster"] for f in two if f.kind == kind]
+        assert all(x != y for x, y in itertools.pairwise(hit)), (kind, hit)
+    # A longer run begins with the shorter's schedule, clusters and all.
+    assert two[: len(draw(1717, 5, clusters=clusters))] == draw(1717, 5, clusters=clusters)
+
+
+def test_the_seed_1717_five_minutes_hit_both_clusters_with_half_the_kinds_each() -> None:
+    from chaos.schedule import CLUSTER_KINDS, cluster_hit
+
+    schedule = draw(1717, 5, clusters=("default", "east"))
+    first_round = [f for f in schedule[: len(KINDS)] if f.kind in CLUSTER_KINDS]
+    by_cluster = {c: sorted(f.kind for f in first_round if cluster_hit(f) == c) for c in ("default", "east")}
+    assert len(first_round) == 8 and [len(k) for k in by_cluster.values()] == [4, 4], by_cluster
+    # The kinds that hit the second cluster in CI's run: faults of the API server, its etcd, its node
+    # agent, its pods and the executor's helper for it.
+    assert {f.kind for f in schedule if cluster_hit(f) == "east"} >= {
+        "pod_delete",
+        "node_agent_restart",
+        "etcd_compaction",
+    }
+
+
+def test_the_second_clusters_dag_routes_every_task_there_by_its_queue_or_executor_config() -> None:
+    east = load.dag_source("east")
+    compile(east, "chaos_east.py", "exec")
+    assert load.dag_id_for("east") == "chaos_east" and 'DAG("chaos_east"' in east
+    assert east.count("@task(queue='east', ") == 3  # ok, fail, flaky
+    assert "), cluster='east'\n)" in east  # long: beside its pod_override
+    assert load.dag_source() == load.DAG and "queue=" not in load.DAG and "cluster=" not in load.DAG
+    assert load.is_load_dag("chaos_east") and load.is_load_dag("chaos") and not load.is_load_dag("other")
+
+
+def test_each_clusters_refusals_are_counted_from_its_own_audit_log() -> None:
+    from chaos.checks import Findings, count_refusals
+    from chaos.faults import Record
+    from chaos.observe import audit_time
+    from chaos.schedule import Fault
+
+    t0 = audit_time("2026-01-01T00:00:00Z")
+    east_quota = Record(Fault(10.0, "resource_quota", {"cluster": "east"}), started=t0, over=t0 + 20)
+    refused = _create("a", code=403, at="2026-01-01T00:00:05Z")
+    found = Findings()
+    count_refusals(refused, {"chaos-ours-a"}, [east_quota], found, "default")
+    assert found.refusals == {}
+    count_refusals(refused, {"chaos-ours-a"}, [east_quota], found, "east")
+    assert found.refusals == {"resource_quota@10.0": 1}
+
+
+def test_a_faults_recovery_is_timed_in_the_cluster_it_hit() -> None:
+    from chaos.checks import Findings, Try, recovery
+    from chaos.faults import Record
+    from chaos.schedule import Fault
+
+    east = Record(Fault(10.0, "apiserver_restart", {"cluster": "east"}), started=100.0, over=110.0)
+    shared = Record(Fault(20.0, "postgres_restart"), started=100.0, over=110.0)
+    tries = [
+        Try(("chaos", "ok", "chaos-0001", 0, 1), "success", 105.0, 112.0),
+        Try(("chaos_east", "ok", "chaos-0002", 0, 1), "success", 105.0, 130.0),
+    ]
+    found = Findings()
+    recovery([east, shared], {"default": [111.0], "east": [125.0]}, tries, found)
+    # East's first create (125) and first end (130); anything's for the shared fault (111, 112).
+    assert dict(found.recovery) == {"apiserver_restart": [20.0], "postgres_restart": [2.0]}

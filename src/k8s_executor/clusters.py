@@ -52,6 +52,15 @@ def where(cluster: str, several: bool) -> str:
     return f" in cluster {cluster}" if several else ""
 
 
+SWEEP_RETRY_MAX_S = 300.0
+
+
+def sweep_retry_s(failures: int) -> float:
+    """How long a cluster's sweep waits after `failures` failed sweeps in a row: none after none,
+    then 10 s, doubling up to five minutes, so a lost cluster is not listed at every liveness check."""
+    return 0.0 if failures <= 0 else min(SWEEP_RETRY_MAX_S, 10.0 * 2 ** (failures - 1))
+
+
 def check_watched(settings: ExecutorSettings, namespace: str, cluster: str, several: bool) -> None:
     """A pod in a namespace no watcher of its cluster sees would never report back: refused up
     front, naming where to add the namespace."""

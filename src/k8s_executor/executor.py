@@ -32,7 +32,7 @@ from k8s_executor import (
     task_log,
     workloads,
 )
-from k8s_executor.clusters import Cluster
+from k8s_executor.clusters import SWEEP_RETRY_MAX_S, Cluster, sweep_retry_s
 from k8s_executor.executor_config import ExecutorConfigError
 from k8s_executor.identity import DEFAULT_CLUSTER
 from k8s_executor.kube_client import core_api, describe_error
@@ -116,6 +116,9 @@ class KubernetesExecutor(BaseExecutor):
         self.call_times = metrics.CallTimes()
         # The UI's log reader's clients, by cluster.
         self._log_clients: dict[str, tuple[Any, ExecutorSettings]] = {}
+        # Per cluster: sweeps failed in a row, and when the next may start.
+        self._sweep_failures: dict[str, int] = {}
+        self._sweep_after: dict[str, float] = {}
 
     # --- lifecycle -------------------------------------------------------
     def start(self) -> None:
@@ -339,7 +342,7 @@ class KubernetesExecutor(BaseExecutor):
         """List the pods dead schedulers left in `cluster` (an errand), when this scheduler is the
         disposer."""
         selector = cluster.scheduler.sweep_selector()
-        if selector is not None:
+        if selector is not None and time.monotonic() >= self._sweep_after.get(cluster.name, 0.0):
             self._errands.run(
                 f"sweep {cluster.name}",
                 functools.partial(cluster.scheduler.list_for_sweep, selector),
@@ -347,15 +350,27 @@ class KubernetesExecutor(BaseExecutor):
             )
 
     def _swept(self, cluster: Cluster, outcome: Future[list[Any]]) -> Todo:
+        failures = self._sweep_failures.get(cluster.name, 0)
         try:
             sightings = outcome.result()
         except REQUEST_ERRORS as exc:
-            self.log.warning(
-                "could not sweep%s for the pods dead schedulers left (%s); trying again later",
-                cluster.where(self._several),
-                describe_error(exc),
-            )
+            self._sweep_failures[cluster.name] = failures + 1
+            wait_s = sweep_retry_s(failures + 1)
+            self._sweep_after[cluster.name] = time.monotonic() + wait_s
+            # A lost cluster would say so at every liveness check: said as the wait grows, then at
+            # each try (every five minutes).
+            if wait_s > sweep_retry_s(failures) or wait_s >= SWEEP_RETRY_MAX_S:
+                self.log.warning(
+                    "could not sweep%s for the pods dead schedulers left (%s); trying again in %.0f s",
+                    cluster.where(self._several),
+                    describe_error(exc),
+                    wait_s,
+                )
             return []
+        if failures:
+            self.log.info("sweeping%s works again, after %d failures", cluster.where(self._several), failures)
+        self._sweep_failures.pop(cluster.name, None)
+        self._sweep_after.pop(cluster.name, None)
         return [(cluster, action) for action in cluster.scheduler.swept(sightings)]
 
     def _give_up(self, ref: identity.TaskRef) -> None:

@@ -239,3 +239,8 @@ def test_a_pod_carries_its_clusters_label_and_the_defaults_carries_none_whatever
     assert identity.CLUSTER_LABEL not in default_pod["metadata"]["labels"]
     assert gpu_pod["metadata"]["labels"][identity.CLUSTER_LABEL] == "gpu"
     assert gpu_pod["metadata"]["namespace"] == "gpu-tasks"
+
+
+def test_a_failing_clusters_sweep_waits_longer_each_time_up_to_five_minutes() -> None:
+    waits = [clusters.sweep_retry_s(n) for n in range(8)]
+    assert waits == [0.0, 10.0, 20.0, 40.0, 80.0, 160.0, 300.0, 300.0]

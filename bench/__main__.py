@@ -435,7 +435,9 @@ def flag_bare_outliers(pairs: dict[str, list[dict[str, Any]]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=1000)
-    parser.add_argument("--adopt-tasks", type=int, default=None, help="pods to adopt (default: --tasks)")
+    parser.add_argument(
+        "--adopt-tasks", type=int, default=None, help="pods to adopt (default: --tasks; 0: no adoption run)"
+    )
     parser.add_argument("--json", default="bench/out/result.json")
     parser.add_argument(
         "--repeat",
@@ -445,6 +447,12 @@ def main() -> None:
     )
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--timeout", type=float, default=300.0, help="per phase, seconds")
+    parser.add_argument(
+        "--paired-ceiling-only",
+        action="store_true",
+        help="only the bare runs paired with each configuration's (at 20,000 tasks the two one-off "
+        "ceilings, without the watch and of the template's pods, take ten minutes)",
+    )
     args = parser.parse_args()
     # Stopped from outside, still stop the Airflow stack and PostgreSQL of the run in progress.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -487,19 +495,24 @@ def main() -> None:
         # Each executor adopts with its defaults; the official one launches the pods with its best
         # settings first, or its one pod per loop would take longer than the adoption run itself.
         for name, config_name in (("ours", "ours_default"), ("official", "official_best")):
-            if config_name in args.configs.split(","):
+            if config_name in args.configs.split(",") and args.adopt_tasks != 0:
                 result = run_adoption(config_name, state, core, args.adopt_tasks or args.tasks, args.timeout)
                 adoptions.setdefault(name, []).append(result)
                 print(json.dumps(result), flush=True)
     # The pods of the configuration the ceiling is compared with; both of ours build the same pods.
     executor_pod = samples.get("ours_best") or next(iter(samples.values()), None)
+    observed = [p["bare_client_pods_per_s"] for each in pairs.values() for p in each]
     bare_runs = {
-        "observed": [p["bare_client_pods_per_s"] for each in pairs.values() for p in each],
+        "observed": observed,
         # Once each: what the harness's watch and the executor's additions to the pod cost.
-        "unobserved": [run_bare(state, core, args.tasks, False, executor_pod)],
-        "template": [run_bare(state, core, args.tasks, True, None)],
+        "unobserved": []
+        if args.paired_ceiling_only
+        else [run_bare(state, core, args.tasks, False, executor_pod)],
+        "template": [] if args.paired_ceiling_only else [run_bare(state, core, args.tasks, True, None)],
     }
-    bare, unobserved, template_pods = (statistics.median(bare_runs[kind]) for kind in bare_runs)
+    bare, unobserved, template_pods = (
+        statistics.median(values) if values else None for values in bare_runs.values()
+    )
     flag_bare_outliers(pairs)
 
     def median(name: str, key: str, source: dict[str, list[dict[str, Any]]] = runs) -> float | None:
@@ -607,9 +620,13 @@ def main() -> None:
                 value = median(name, key)
                 cells.append(f"{value:>{width}.{digits}f}" if value is not None else f"{'-':>{width}}")
             print(f"{name:<18}" + "".join(cells))
-    print(f"{'bare_client':<18}{bare:>8.1f}  (runs: {bare_runs['observed']})")
-    print(f"{'bare, unobserved':<18}{unobserved:>8.1f}  (runs: {bare_runs['unobserved']})")
-    print(f"{'bare, template':<18}{template_pods:>8.1f}  (runs: {bare_runs['template']})")
+    for title, kind, rate in (
+        ("bare_client", "observed", bare),
+        ("bare, unobserved", "unobserved", unobserved),
+        ("bare, template", "template", template_pods),
+    ):
+        if rate is not None:
+            print(f"{title:<18}{rate:>8.1f}  (runs: {bare_runs[kind]})")
     print("\nshare of the bare client run right after (median, min-max over rounds; * = bare outlier):")
     for name, each in pairs.items():
         shares = " ".join(

@@ -59,6 +59,7 @@ from bench.measure import (
     executor_requests,
     percentile,
 )
+from chaos.checks import loop_holds
 
 OFFICIAL = "airflow.providers.cncf.kubernetes.executors.kubernetes_executor.KubernetesExecutor"
 OURS = "k8s_executor.KubernetesExecutor"
@@ -308,6 +309,9 @@ def run_executor(
         for match in _WATCH_READS.finditer(log.read_text(errors="replace"))
     ]
     figures["watch_events_per_task_by_scheduler"] = reads or None
+    if CONFIGS[name][0] == OURS:
+        # How long the executor held Airflow's loop through the burst, as the fault run reports it.
+        figures.update(loop_holds([log.read_text(errors="replace") for log in logs]))
     return figures, sample
 
 
@@ -611,6 +615,7 @@ def main() -> None:
         ("req/task", "api_requests_per_task", 9, 2),
         ("CPU s/task", "cpu_s_per_task", 11, 4),
         ("peak MB", "peak_memory_mb", 8, 0),
+        ("loop hold s", "loop_hold_max_s", 12, 3),
     ]
     print("\n" + f"{'configuration':<18}" + "".join(f"{title:>{width}}" for title, _, width, _ in columns))
     for name in CONFIGS:

@@ -37,7 +37,9 @@ _FAILED_BY_EXECUTION_API = "Error updating Task Instance state. Setting the task
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 # The executor's words for a call of Airflow's that held its scheduler loop (metrics.CallTimes),
 # and its periodic summary of every call.
-_HELD = re.compile(r"(?P<call>\w+) held Airflow's scheduler loop for (?P<s>[\d.]+) s")
+_HELD = re.compile(
+    r"(?P<call>\w+) held Airflow's scheduler loop for (?P<s>[\d.]+) s(?: \((?P<cpu>[\d.]+) s of it on)?"
+)
 _CALLS = re.compile(r"executor calls since start: (?P<calls>.*)$")
 _CALL = re.compile(r"(?P<call>\w+) n=(?P<n>\d+) p99=(?P<p99>[\d.]+) s max=(?P<max>[\d.]+) s")
 # A failed try's reason is looked for in what was written while it ran, and for this long after.
@@ -432,10 +434,13 @@ def loop_holds(logs: list[str]) -> dict[str, Any]:
     call (`end`, the scheduler's shutdown, apart), the p99 of each call in each scheduler's last
     summary (the highest among schedulers), and how many calls took longer than 100 ms."""
     slow: list[tuple[str, float]] = []
+    own_cpu: list[tuple[float, float]] = []
     longest: list[tuple[str, float]] = []
     p99: dict[str, float] = {}
     for text in logs:
+        held = [m for m in _HELD.finditer(text) if m["call"] != "end"]
         slow += [(m["call"], float(m["s"])) for m in _HELD.finditer(text)]
+        own_cpu += [(float(m["s"]), float(m["cpu"])) for m in held if m["cpu"] is not None]
         summaries = [m["calls"] for line in text.splitlines() if (m := _CALLS.search(line))]
         for m in _CALL.finditer(summaries[-1] if summaries else ""):
             p99[m["call"]] = max(p99.get(m["call"], 0.0), float(m["p99"]))
@@ -445,5 +450,7 @@ def loop_holds(logs: list[str]) -> dict[str, Any]:
         "loop_hold_max_s": max((s for call, s in every if call != "end"), default=0.0),
         "loop_hold_p99_s": dict(sorted(p99.items())),
         "slow_calls": sum(1 for call, _ in slow if call != "end"),
+        # Of the slow calls, the loop thread's own CPU in the longest: the rest of it was waiting.
+        "loop_hold_max_own_cpu_s": max(own_cpu)[1] if own_cpu else None,
         "end_max_s": max((s for call, s in every if call == "end"), default=0.0),
     }

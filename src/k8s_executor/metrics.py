@@ -98,14 +98,21 @@ class CallTimes:
         self.longest: dict[str, float] = {}
         self.summarised = clock()
 
-    def record(self, call: str, seconds: float) -> None:
+    def record(self, call: str, seconds: float, cpu_s: float = 0.0) -> None:
+        """`seconds` the call took; `cpu_s` of it the calling thread ran (the rest it waited: on a
+        lock, I/O, the GIL held by another thread, or a CPU of a busy machine)."""
         self.recent.setdefault(call, deque(maxlen=CALL_WINDOW)).append(seconds)
         self.count[call] = self.count.get(call, 0) + 1
         self.longest[call] = max(self.longest.get(call, 0.0), seconds)
         timing(f"executor_call.{call}", seconds)
         if seconds > SLOW_CALL_S:
             incr(f"executor_call.slow.{call}")
-            log.warning("%s held Airflow's scheduler loop for %.3f s", call, seconds)
+            log.warning(
+                "%s held Airflow's scheduler loop for %.3f s (%.3f s of it on the loop's own CPU)",
+                call,
+                seconds,
+                cpu_s,
+            )
         if self.clock() - self.summarised >= CALL_SUMMARY_EVERY_S:
             self.summarised = self.clock()
             log.info("executor calls since start: %s", self.summary())
@@ -127,11 +134,11 @@ def timed_call(call: str) -> Callable[[_Call], _Call]:
     def wrap(method: _Call) -> _Call:
         @functools.wraps(method)
         def timed(self: Any, *args: Any, **kwargs: Any) -> Any:
-            watch = Stopwatch()
+            watch, cpu_before = Stopwatch(), time.thread_time()
             try:
                 return method(self, *args, **kwargs)
             finally:
-                self.call_times.record(call, watch.seconds)
+                self.call_times.record(call, watch.seconds, time.thread_time() - cpu_before)
 
         return timed  # type: ignore[return-value]
 

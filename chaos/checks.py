@@ -438,9 +438,11 @@ def loop_holds(logs: list[str]) -> dict[str, Any]:
     longest: list[tuple[str, float]] = []
     p99: dict[str, float] = {}
     for text in logs:
-        held = [m for m in _HELD.finditer(text) if m["call"] != "end"]
-        slow += [(m["call"], float(m["s"])) for m in _HELD.finditer(text)]
-        own_cpu += [(float(m["s"]), float(m["cpu"])) for m in held if m["cpu"] is not None]
+        held = list(_HELD.finditer(text))
+        slow += [(m["call"], float(m["s"])) for m in held]
+        own_cpu += [
+            (float(m["s"]), float(m["cpu"])) for m in held if m["call"] != "end" and m["cpu"] is not None
+        ]
         summaries = [m["calls"] for line in text.splitlines() if (m := _CALLS.search(line))]
         for m in _CALL.finditer(summaries[-1] if summaries else ""):
             p99[m["call"]] = max(p99.get(m["call"], 0.0), float(m["p99"]))

@@ -32,7 +32,7 @@ from k8s_executor import (
     task_log,
     workloads,
 )
-from k8s_executor.clusters import SWEEP_RETRY_MAX_S, Cluster, sweep_retry_s
+from k8s_executor.clusters import Cluster, sweep_retry_s
 from k8s_executor.executor_config import ExecutorConfigError
 from k8s_executor.identity import DEFAULT_CLUSTER
 from k8s_executor.kube_client import core_api, describe_error
@@ -357,15 +357,14 @@ class KubernetesExecutor(BaseExecutor):
             self._sweep_failures[cluster.name] = failures + 1
             wait_s = sweep_retry_s(failures + 1)
             self._sweep_after[cluster.name] = time.monotonic() + wait_s
-            # A lost cluster would say so at every liveness check: said as the wait grows, then at
-            # each try (every five minutes).
-            if wait_s > sweep_retry_s(failures) or wait_s >= SWEEP_RETRY_MAX_S:
-                self.log.warning(
-                    "could not sweep%s for the pods dead schedulers left (%s); trying again in %.0f s",
-                    cluster.where(self._several),
-                    describe_error(exc),
-                    wait_s,
-                )
+            # Said at each failed try: the growing wait, not a throttle on the log, keeps a lost
+            # cluster from being reported at every liveness check.
+            self.log.warning(
+                "could not sweep%s for the pods dead schedulers left (%s); trying again in %.0f s",
+                cluster.where(self._several),
+                describe_error(exc),
+                wait_s,
+            )
             return []
         if failures:
             self.log.info("sweeping%s works again, after %d failures", cluster.where(self._several), failures)

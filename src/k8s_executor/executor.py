@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import datetime
 import functools
+import itertools
 import queue
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -61,6 +62,23 @@ RESET_ATTEMPTS = 20
 Todo = list[tuple[Cluster, Action]]
 
 
+# A try for the builder: its key, its build's number, how its pod request is made, its start timeout.
+_BuildJob = tuple[Any, int, Callable[[], PodRequest], float | None]
+
+
+@dataclass(frozen=True)
+class _Built:
+    """The builder's outcome for one try: its pod, created or on its way to the launcher, or the
+    error that fails the task. `job` tells an outcome the executor still wants from one of a try
+    given up (and perhaps queued again) while it was being built."""
+
+    key: Any
+    job: int
+    cluster: Cluster | None = None
+    launch: PodLaunch | None = None
+    error: Exception | None = None
+
+
 @dataclass
 class _Adoption:
     """One hand-over from Airflow, while every cluster's list of pods is out."""
@@ -99,6 +117,17 @@ class KubernetesExecutor(BaseExecutor):
         # `kube_scheduler`, `kube_client` and the queues below are the default cluster's.
         self.clusters: dict[str, Cluster] = {}
         self.kube_scheduler: AirflowKubernetesScheduler | None = None
+        # New tries' pods are built and sent to the launcher on a thread of their own: building is
+        # the executor's only per-task CPU work, and a burst of thousands built within Airflow's
+        # call would hold its loop for a second or more. `_building` holds the tries handed to the
+        # builder and not yet in a ledger, with the number of their latest build; `_built` is how
+        # the outcomes come back to the loop, which alone touches the ledgers.
+        self._builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="k8s-executor-pod-builder")
+        self._building: dict[Any, int] = {}
+        self._to_build: list[_BuildJob] = []
+        self._jobs = itertools.count(1)
+        self._built: queue.SimpleQueue[_Built] = queue.SimpleQueue()
+        self._queued_timeout_s = 600.0
         # Pods built and waiting for the launcher, and the tries' results waiting for Airflow.
         self.task_queue: queue.Queue[PodLaunch] = queue.Queue()
         self.result_queue: queue.Queue[TaskResult] = queue.Queue()
@@ -128,6 +157,7 @@ class KubernetesExecutor(BaseExecutor):
         self.scheduler_id = str(self.job_id) if self.job_id is not None else uuid.uuid4().hex[:12]
         self.owner = self.owner or airflow_adapter.executor_identity(self)
         self._worker_env = airflow_adapter.worker_env()
+        self._queued_timeout_s = airflow_adapter.task_queued_timeout_s()
         # Every cluster's credential is fetched now, before any helper process starts: one that
         # cannot be had stops the scheduler here, with a message naming the file or command.
         every = self.settings.cluster_settings()
@@ -169,6 +199,10 @@ class KubernetesExecutor(BaseExecutor):
 
     @metrics.timed_call("sync")
     def sync(self) -> None:
+        # Tries accepted outside `trigger_tasks` (an Airflow 2 caller of execute_async, say).
+        self._start_builds()
+        # Before the launchers' answers: a pod's answer must find its try in the ledger.
+        self._take_built()
         todo: Todo = []
         for cluster in self.clusters.values():
             cluster.scheduler.check_watchers()
@@ -378,6 +412,7 @@ class KubernetesExecutor(BaseExecutor):
         key = airflow_adapter.to_airflow_key(ref)
         self.queued_tasks.pop(key, None)
         self.running.discard(key)
+        self._building.pop(key, None)  # its pod, once built, is dropped (`_take_built`)
         # Every cluster's ledger counts the try's launches: its next pod's name is new in each.
         for cluster in self.clusters.values():
             cluster.scheduler.revoke(ref)
@@ -404,6 +439,9 @@ class KubernetesExecutor(BaseExecutor):
         """
         if not self.clusters:
             return
+        # The tries accepted so far get their pods: building takes no network wait.
+        self._start_builds()
+        self._builder.shutdown(wait=True)
         self.sync()
         for cluster in self.clusters.values():
             try:
@@ -421,6 +459,7 @@ class KubernetesExecutor(BaseExecutor):
         self.terminate()
 
     def terminate(self) -> None:
+        self._builder.shutdown(wait=False, cancel_futures=True)
         for cluster in self.clusters.values():
             cluster.scheduler.terminate()
 
@@ -429,17 +468,14 @@ class KubernetesExecutor(BaseExecutor):
     def trigger_tasks(self, open_slots: int) -> None:
         batch = self.settings.worker_pods_creation_batch_size if self.settings else open_slots
         super().trigger_tasks(min(open_slots, batch))
-        # The pods just built go to the launchers now, so the ledgers hold their tries before
-        # Airflow could hand them to anyone (adoption asks them which tries are held here).
-        for cluster in self.clusters.values():
-            cluster.scheduler.launch_queued()
+        self._start_builds()
 
     def _process_workloads(self, workloads: Sequence[Any]) -> None:
         for workload in workloads:
             if airflow_adapter.is_callback(workload):
                 self.queued_callbacks.pop(workload.key, None)
                 self.running.add(workload.key)
-                self._launch(workload.key, functools.partial(self._request_from_callback, workload))
+                self._build_later(workload.key, functools.partial(self._request_from_callback, workload))
                 continue
             if airflow_adapter.is_connection_test(workload):
                 self.queued_connection_tests.pop(workload.key, None)
@@ -447,14 +483,14 @@ class KubernetesExecutor(BaseExecutor):
                 make = functools.partial(self._request_from_connection_test, workload)
                 # Airflow's reaper fails a test that has not ended by its timeout and a grace of
                 # at least 30 s: a pod not started by then is of no use.
-                self._launch(
+                self._build_later(
                     workload.key, make, start_timeout_s=workload.timeout + max(30, workload.timeout // 2)
                 )
                 continue
             key = workload.ti.key
             self.queued_tasks.pop(key, None)
             self.running.add(key)
-            self._launch(key, functools.partial(self._request_from_workload, workload))
+            self._build_later(key, functools.partial(self._request_from_workload, workload))
 
     def _request_from_workload(self, workload: Any) -> PodRequest:
         attempt = self._attempt(workload.ti.key)
@@ -476,7 +512,9 @@ class KubernetesExecutor(BaseExecutor):
     ) -> None:
         """Airflow 2's entry point: run `command` for `key` in a pod."""
         self.running.add(key)
-        self._launch(key, functools.partial(self._request_from_command, key, command, executor_config, queue))
+        self._build_later(
+            key, functools.partial(self._request_from_command, key, command, executor_config, queue)
+        )
 
     def _request_from_command(
         self, key: Any, command: Any, executor_config: Any, task_queue: str | None
@@ -500,11 +538,82 @@ class KubernetesExecutor(BaseExecutor):
         )
         return self.clusters[name]
 
+    def _build_later(
+        self, key: Any, make_request: Callable[[], PodRequest], start_timeout_s: float | None = None
+    ) -> None:
+        """A new try: its pod is built and sent on the builder's thread (`_build_and_send`), and
+        the try is held here (`_building`) until the loop takes the outcome (`_take_built`)."""
+        job = next(self._jobs)
+        self._building[key] = job
+        self._to_build.append((key, job, make_request, start_timeout_s))
+
+    def _start_builds(self) -> None:
+        """Hand the tries accepted in this call to the builder, as one job: built while Airflow's
+        call ran, they would take the GIL from it every few milliseconds."""
+        if self._to_build:
+            self._builder.submit(self._build_and_send_all, self._to_build)
+            self._to_build = []
+
+    def _build_and_send_all(self, jobs: list[_BuildJob]) -> None:
+        for job in jobs:
+            self._build_and_send(*job)
+
+    def _build_and_send(
+        self, key: Any, job: int, make_request: Callable[[], PodRequest], start_timeout_s: float | None
+    ) -> None:
+        """On the builder's thread. The outcome is queued for the loop before the create goes to
+        the launcher, and the loop takes the outcomes before the launchers' answers (`sync`), so
+        an answer always finds its try in the ledger."""
+        try:
+            cluster, launch = self._prepare(key, make_request, start_timeout_s)
+        except (ExecutorConfigError, PodBuildError) as exc:
+            self._built.put(_Built(key, job, error=exc))
+            return
+        self._built.put(_Built(key, job, cluster, launch))
+        try:
+            cluster.scheduler.send_create(launch)
+        except Exception:
+            # The ledger holds the try: with no create, its start timeout fails it.
+            self.log.exception("handing the pod of %s to the launcher failed", key)
+
+    def _take_built(self) -> None:
+        """The builder's outcomes, on the loop: into the ledgers, or the task failed. A try given
+        up while its pod was being built has that pod dropped, or deleted once created."""
+        while True:
+            try:
+                built = self._built.get_nowait()
+            except queue.Empty:
+                return
+            wanted = self._building.get(built.key) == built.job
+            if wanted:
+                del self._building[built.key]
+            if built.error is not None:
+                if wanted:
+                    self._refuse(built.key, built.error)
+                continue
+            assert built.cluster is not None and built.launch is not None
+            built.cluster.scheduler.launching(built.launch)
+            if not wanted:
+                built.cluster.scheduler.revoke(built.launch.ref)
+
     def _launch(
         self, key: Any, make_request: Callable[[], PodRequest], start_timeout_s: float | None = None
     ) -> bool:
-        """Build the task's pod and hand it to the launcher; bad input fails this task only
-        (False)."""
+        """A new pod for a try the ledger holds (a relaunch, a requeue), built on the loop and
+        handed to the launcher; bad input fails this task only (False)."""
+        try:
+            cluster, launch = self._prepare(key, make_request, start_timeout_s)
+        except (ExecutorConfigError, PodBuildError) as exc:
+            self._refuse(key, exc)
+            return False
+        cluster.task_queue.put(launch)
+        return True
+
+    def _prepare(
+        self, key: Any, make_request: Callable[[], PodRequest], start_timeout_s: float | None
+    ) -> tuple[Cluster, PodLaunch]:
+        """The try's pod and the cluster it goes to. Bad input raises ExecutorConfigError or
+        PodBuildError, naming the field."""
         try:
             request = make_request()
             cluster = self._cluster_for(request)
@@ -512,20 +621,18 @@ class KubernetesExecutor(BaseExecutor):
             clusters.check_watched(
                 cluster.settings, pod["metadata"]["namespace"], cluster.name, self._several
             )
-        except (ExecutorConfigError, PodBuildError) as exc:
-            self._refuse(key, exc)
-            return False
+        except (ExecutorConfigError, PodBuildError):
+            raise
         except Exception as exc:
             # An input of a shape nobody foresaw (say `pod_override={"spec": 1}`) is still the
             # task's input: it fails the task, never the scheduler loop.
             self.log.exception("building the pod of %s failed", key)
-            self._refuse(key, PodBuildError(f"its pod could not be built: {type(exc).__name__}: {exc}"))
-            return False
-        timeout_s = start_timeout_s or airflow_adapter.task_queued_timeout_s()
-        cluster.task_queue.put(
-            PodLaunch(pod, request.ref, timeout_s, make_request, request.executor_config.disruption_retries)
+            raise PodBuildError(f"its pod could not be built: {type(exc).__name__}: {exc}") from exc
+        timeout_s = start_timeout_s or self._queued_timeout_s
+        launch = PodLaunch(
+            pod, request.ref, timeout_s, make_request, request.executor_config.disruption_retries
         )
-        return True
+        return cluster, launch
 
     def _refuse(self, key: Any, exc: Exception) -> None:
         if not hasattr(key, "dag_id"):  # a callback's or a connection test's key
@@ -565,7 +672,11 @@ class KubernetesExecutor(BaseExecutor):
         # handed its own tasks: those still queued here, in flight (created or not yet, or between
         # two pods) or reported but not yet taken in are ours already; taking them as orphans
         # would launch each a second time.
-        queued_here = {airflow_adapter.ref_of(key) for key in self.queued_tasks}
+        queued_here = {
+            airflow_adapter.ref_of(key)
+            for key in itertools.chain(self.queued_tasks, self._building)
+            if hasattr(key, "dag_id")  # not a callback's or a connection test's
+        }
         claimed = set().union(*(c.scheduler.claimed() for c in self.clusters.values()))
         held = by_ref.keys() & (claimed | queued_here)
         dead = {str(ti.queued_by_job_id) for ti in tis if ti.queued_by_job_id is not None}
@@ -619,9 +730,7 @@ class KubernetesExecutor(BaseExecutor):
             )
             orphans, listed_s = [], 0.0
         try:
-            adopted, unfound = cluster.scheduler.adopt_found(
-                orphans, handed.wanted, airflow_adapter.task_queued_timeout_s()
-            )
+            adopted, unfound = cluster.scheduler.adopt_found(orphans, handed.wanted, self._queued_timeout_s)
         except Exception as exc:
             # Its tries are not held here any more, whatever was adopted before the error.
             self.log.exception("adopting the pods found%s failed", cluster.where(self._several))

@@ -274,9 +274,27 @@ class AirflowKubernetesScheduler(LoggingMixin):
         ref = ref or identity.ref_from_annotations(meta.get("annotations"))
         if ref is None:
             raise ValueError(f"pod {meta.get('name')!r} carries no task annotations")
-        timeout_s = start_timeout_s or DEFAULT_START_TIMEOUT_S
-        self.ledger.launching(ref, meta["namespace"], meta["name"], timeout_s, payload, disruption_retries)
-        self.launcher.create(pod, time.monotonic() + timeout_s)
+        launch = PodLaunch(pod, ref, start_timeout_s or DEFAULT_START_TIMEOUT_S, payload, disruption_retries)
+        self.launching(launch)
+        self.send_create(launch)
+
+    def launching(self, launch: PodLaunch) -> None:
+        """The ledger holds `launch`'s try from now on: its create is on its way."""
+        meta = launch.pod["metadata"]
+        self.ledger.launching(
+            launch.ref,
+            meta["namespace"],
+            meta["name"],
+            launch.start_timeout_s,
+            launch.payload,
+            launch.disruption_retries,
+        )
+
+    def send_create(self, launch: PodLaunch) -> None:
+        """Hand `launch`'s pod to the launcher. It touches nothing but the launcher, which takes
+        requests from any thread: the executor's pod builder calls it, after queueing the launch
+        for `launching` on the loop."""
+        self.launcher.create(launch.pod, time.monotonic() + launch.start_timeout_s)
 
     def launch_queued(self) -> None:
         """Create the pods the executor put on the task queue, in the order it put them."""

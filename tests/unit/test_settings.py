@@ -76,7 +76,7 @@ def test_only_values_the_operator_set_are_read_not_another_providers_defaults(mo
     assert raw["namespace"] == "team-a"
     # With the official provider installed, Airflow answers this unset option with its default of 1.
     assert "worker_pods_creation_batch_size" not in raw
-    assert ExecutorSettings.parse(raw).worker_pods_creation_batch_size == 1024
+    assert ExecutorSettings.parse(raw).worker_pods_creation_batch_size == 8192
 
 
 def test_a_teams_own_values_override_the_installations_and_the_rest_is_shared(monkeypatch) -> None:

@@ -62,8 +62,10 @@ RESET_ATTEMPTS = 20
 Todo = list[tuple[Cluster, Action]]
 
 
-# A try for the builder: its key, its build's number, how its pod request is made, its start timeout.
-_BuildJob = tuple[Any, int, Callable[[], PodRequest], float | None]
+# A try for the builder: its key, its build's number, how its pod request is made, its start
+# timeout, and its launch attempt as read on the loop (None for callbacks and connection tests,
+# whose pods are named by their ids).
+_BuildJob = tuple[Any, int, Callable[..., PodRequest], float | None, int | None]
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,7 @@ class KubernetesExecutor(BaseExecutor):
         self._builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="k8s-executor-pod-builder")
         self._building: dict[Any, int] = {}
         self._to_build: list[_BuildJob] = []
+        self._builder_stopped = False
         self._jobs = itertools.count(1)
         self._built: queue.SimpleQueue[_Built] = queue.SimpleQueue()
         self._queued_timeout_s = 600.0
@@ -201,12 +204,15 @@ class KubernetesExecutor(BaseExecutor):
     def sync(self) -> None:
         # Tries accepted outside `trigger_tasks` (an Airflow 2 caller of execute_async, say).
         self._start_builds()
-        # Before the launchers' answers: a pod's answer must find its try in the ledger.
+        # The launchers' answers are read before the builder's outcomes are taken, and applied
+        # after: the builder queues a launch's outcome before it sends the create, so the try of
+        # every answer read is in its ledger by the time the answer is applied.
+        answers = {name: cluster.scheduler.launch_answers() for name, cluster in self.clusters.items()}
         self._take_built()
         todo: Todo = []
-        for cluster in self.clusters.values():
+        for name, cluster in self.clusters.items():
             cluster.scheduler.check_watchers()
-            todo += [(cluster, action) for action in cluster.scheduler.sync()]
+            todo += [(cluster, action) for action in cluster.scheduler.sync(answers[name])]
         todo += self._errands.collect()
         if not self.clusters:
             return
@@ -442,6 +448,7 @@ class KubernetesExecutor(BaseExecutor):
         # The tries accepted so far get their pods: building takes no network wait.
         self._start_builds()
         self._builder.shutdown(wait=True)
+        self._builder_stopped = True
         self.sync()
         for cluster in self.clusters.values():
             try:
@@ -459,6 +466,7 @@ class KubernetesExecutor(BaseExecutor):
         self.terminate()
 
     def terminate(self) -> None:
+        self._builder_stopped = True
         self._builder.shutdown(wait=False, cancel_futures=True)
         for cluster in self.clusters.values():
             cluster.scheduler.terminate()
@@ -492,8 +500,9 @@ class KubernetesExecutor(BaseExecutor):
             self.running.add(key)
             self._build_later(key, functools.partial(self._request_from_workload, workload))
 
-    def _request_from_workload(self, workload: Any) -> PodRequest:
-        attempt = self._attempt(workload.ti.key)
+    def _request_from_workload(self, workload: Any, attempt: int | None = None) -> PodRequest:
+        if attempt is None:
+            attempt = self._attempt(workload.ti.key)
         return workloads.request_from_workload(workload, self._owner(), attempt)
 
     def _request_from_callback(self, workload: Any) -> PodRequest:
@@ -517,9 +526,10 @@ class KubernetesExecutor(BaseExecutor):
         )
 
     def _request_from_command(
-        self, key: Any, command: Any, executor_config: Any, task_queue: str | None
+        self, key: Any, command: Any, executor_config: Any, task_queue: str | None, attempt: int | None = None
     ) -> PodRequest:
-        attempt = self._attempt(key)
+        if attempt is None:
+            attempt = self._attempt(key)
         return workloads.request_from_command(
             key, command, executor_config, self._owner(), attempt, queue=task_queue
         )
@@ -539,33 +549,53 @@ class KubernetesExecutor(BaseExecutor):
         return self.clusters[name]
 
     def _build_later(
-        self, key: Any, make_request: Callable[[], PodRequest], start_timeout_s: float | None = None
+        self, key: Any, make_request: Callable[..., PodRequest], start_timeout_s: float | None = None
     ) -> None:
         """A new try: its pod is built and sent on the builder's thread (`_build_and_send`), and
-        the try is held here (`_building`) until the loop takes the outcome (`_take_built`)."""
+        the try is held here (`_building`) until the loop takes the outcome (`_take_built`). Its
+        launch attempt, which names its pod, is read now, on the loop: a try taken back and queued
+        again before its first build gets a pod of another name."""
         job = next(self._jobs)
         self._building[key] = job
-        self._to_build.append((key, job, make_request, start_timeout_s))
+        attempt = self._attempt(key) if hasattr(key, "dag_id") else None
+        self._to_build.append((key, job, make_request, start_timeout_s, attempt))
 
     def _start_builds(self) -> None:
         """Hand the tries accepted in this call to the builder, as one job: built while Airflow's
         call ran, they would take the GIL from it every few milliseconds."""
-        if self._to_build:
-            self._builder.submit(self._build_and_send_all, self._to_build)
+        if self._to_build and not self._builder_stopped:
+            self._builder.submit(self._build_and_send_all, self._to_build).add_done_callback(
+                self._log_builder_failure
+            )
             self._to_build = []
 
     def _build_and_send_all(self, jobs: list[_BuildJob]) -> None:
-        for job in jobs:
-            self._build_and_send(*job)
+        for key, job, make_request, start_timeout_s, attempt in jobs:
+            if self._builder_stopped:
+                return  # terminated: the successor adopts or resets what was not launched
+            try:
+                self._build_and_send(key, job, make_request, start_timeout_s, attempt)
+            except Exception as exc:
+                # Its outcome must reach the loop all the same, or the try would wait unreported.
+                self.log.exception("building the pod of %s failed", key)
+                self._built.put(_Built(key, job, error=PodBuildError(f"its pod could not be built: {exc}")))
+
+    def _log_builder_failure(self, future: Future[None]) -> None:
+        if not future.cancelled() and (exc := future.exception()) is not None:
+            self.log.error("the pod builder stopped on an error", exc_info=exc)
 
     def _build_and_send(
-        self, key: Any, job: int, make_request: Callable[[], PodRequest], start_timeout_s: float | None
+        self,
+        key: Any,
+        job: int,
+        make_request: Callable[..., PodRequest],
+        start_timeout_s: float | None,
+        attempt: int | None,
     ) -> None:
-        """On the builder's thread. The outcome is queued for the loop before the create goes to
-        the launcher, and the loop takes the outcomes before the launchers' answers (`sync`), so
-        an answer always finds its try in the ledger."""
+        """On the builder's thread: the outcome is queued for the loop before the create goes to
+        the launcher (see `sync` for why that order matters)."""
         try:
-            cluster, launch = self._prepare(key, make_request, start_timeout_s)
+            cluster, launch = self._prepare(key, make_request, start_timeout_s, attempt)
         except (ExecutorConfigError, PodBuildError) as exc:
             self._built.put(_Built(key, job, error=exc))
             return
@@ -573,12 +603,14 @@ class KubernetesExecutor(BaseExecutor):
         try:
             cluster.scheduler.send_create(launch)
         except Exception:
-            # The ledger holds the try: with no create, its start timeout fails it.
+            # The loop puts the try in the ledger all the same: with no create, its start timeout
+            # fails it.
             self.log.exception("handing the pod of %s to the launcher failed", key)
 
     def _take_built(self) -> None:
-        """The builder's outcomes, on the loop: into the ledgers, or the task failed. A try given
-        up while its pod was being built has that pod dropped, or deleted once created."""
+        """The builder's outcomes, on the loop: into the ledgers, or the task failed. The pod of a
+        try given up while it was being built is dropped, or deleted once created, and nothing is
+        reported for it; the try itself, if Airflow handed it back meanwhile, is left alone."""
         while True:
             try:
                 built = self._built.get_nowait()
@@ -592,12 +624,13 @@ class KubernetesExecutor(BaseExecutor):
                     self._refuse(built.key, built.error)
                 continue
             assert built.cluster is not None and built.launch is not None
-            built.cluster.scheduler.launching(built.launch)
-            if not wanted:
-                built.cluster.scheduler.revoke(built.launch.ref)
+            if wanted:
+                built.cluster.scheduler.launching(built.launch)
+            else:
+                built.cluster.scheduler.abandon(built.launch)
 
     def _launch(
-        self, key: Any, make_request: Callable[[], PodRequest], start_timeout_s: float | None = None
+        self, key: Any, make_request: Callable[..., PodRequest], start_timeout_s: float | None = None
     ) -> bool:
         """A new pod for a try the ledger holds (a relaunch, a requeue), built on the loop and
         handed to the launcher; bad input fails this task only (False)."""
@@ -610,12 +643,17 @@ class KubernetesExecutor(BaseExecutor):
         return True
 
     def _prepare(
-        self, key: Any, make_request: Callable[[], PodRequest], start_timeout_s: float | None
+        self,
+        key: Any,
+        make_request: Callable[..., PodRequest],
+        start_timeout_s: float | None,
+        attempt: int | None = None,
     ) -> tuple[Cluster, PodLaunch]:
-        """The try's pod and the cluster it goes to. Bad input raises ExecutorConfigError or
+        """The try's pod and the cluster it goes to; with `attempt`, its pod is named with that
+        launch attempt rather than the ledger's count now. Bad input raises ExecutorConfigError or
         PodBuildError, naming the field."""
         try:
-            request = make_request()
+            request = make_request() if attempt is None else make_request(attempt=attempt)
             cluster = self._cluster_for(request)
             pod = workloads.pod_for(request, cluster.defaults)
             clusters.check_watched(
@@ -629,6 +667,8 @@ class KubernetesExecutor(BaseExecutor):
             self.log.exception("building the pod of %s failed", key)
             raise PodBuildError(f"its pod could not be built: {type(exc).__name__}: {exc}") from exc
         timeout_s = start_timeout_s or self._queued_timeout_s
+        # What later pods of the try are built from: the request itself, which reads the ledger's
+        # count of attempts then.
         launch = PodLaunch(
             pod, request.ref, timeout_s, make_request, request.executor_config.disruption_retries
         )

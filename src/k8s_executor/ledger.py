@@ -418,6 +418,18 @@ class PodLedger:
             self.tries[ref] = Try(ref, payload, timeout_s, now + timeout_s, disruption_retries=allowed)
         self.pods[(namespace, name)] = Entry(ref, namespace, name, now + timeout_s, launched_at=now)
 
+    def abandoned(
+        self, ref: identity.WorkloadRef, namespace: str, name: str, timeout_s: float
+    ) -> list[Action]:
+        """A create sent for a try given up before it reached the ledger: settled from the start, so
+        that nothing is reported for it and its pod is deleted as late if the create lands. The try
+        itself is untouched: Airflow may have handed it back here since."""
+        now = self.clock()
+        self.pods[(namespace, name)] = Entry(
+            ref, namespace, name, now + timeout_s, launched_at=now, settled=True, report=False
+        )
+        return [Drop(namespace, name)]
+
     def launched(
         self, namespace: str, name: str, ok: bool, error: str = "", name_taken: bool = False
     ) -> list[Action]:

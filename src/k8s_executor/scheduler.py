@@ -42,6 +42,7 @@ from k8s_executor.settings import ExecutorSettings
 from k8s_executor.shapes import (
     Bookmark,
     DeleteResult,
+    LauncherResult,
     Orphan,
     PatchResult,
     PodEvent,
@@ -290,6 +291,14 @@ class AirflowKubernetesScheduler(LoggingMixin):
             launch.disruption_retries,
         )
 
+    def abandon(self, launch: PodLaunch) -> None:
+        """`launch`'s try was given up before the ledger heard of it: its create is dropped, its pod
+        deleted if it lands anyway, and nothing is reported for it."""
+        meta = launch.pod["metadata"]
+        self._carry_out(
+            self.ledger.abandoned(launch.ref, meta["namespace"], meta["name"], launch.start_timeout_s)
+        )
+
     def send_create(self, launch: PodLaunch) -> None:
         """Hand `launch`'s pod to the launcher. It touches nothing but the launcher, which takes
         requests from any thread: the executor's pod builder calls it, after queueing the launch
@@ -459,12 +468,13 @@ class AirflowKubernetesScheduler(LoggingMixin):
         return identity.pod_name(identity.TaskRef(safe_dag_id, safe_task_id, safe_run_id))
 
     # --- results ---------------------------------------------------------
-    def sync(self) -> list[Action]:
-        """Take in what the launcher and the watchers said, and what time decided: results go onto
-        the result queue; what the executor must do about its tries is returned."""
+    def sync(self, answers: list[LauncherResult] | None = None) -> list[Action]:
+        """Take in what the launcher (its `answers`, read now if not given) and the watchers said,
+        and what time decided: results go onto the result queue; what the executor must do about
+        its tries is returned."""
         self.launch_queued()
         self.launcher.check()
-        todo = self._drain_launches()
+        todo = self._apply_answers(self.launch_answers() if answers is None else answers)
         todo += self._drain_watchers()
         todo += self._carry_out(self.ledger.tick())
         verdicts = self.ledger.verdicts()
@@ -508,13 +518,18 @@ class AirflowKubernetesScheduler(LoggingMixin):
                 self.patch_pod_executor_done(action.name, action.namespace, stop=action.stop)
         return todo
 
-    def _drain_launches(self) -> list[Action]:
-        todo: list[Action] = []
+    def launch_answers(self) -> list[LauncherResult]:
+        """What the launcher answered since the last call."""
+        answers: list[LauncherResult] = []
         while True:
             try:
-                result = self.launcher.results.get_nowait()
+                answers.append(self.launcher.results.get_nowait())
             except queue.Empty:
-                return todo
+                return answers
+
+    def _apply_answers(self, answers: list[LauncherResult]) -> list[Action]:
+        todo: list[Action] = []
+        for result in answers:
             # The launcher process has no Airflow to send metrics with: they are sent from here.
             if isinstance(result, DeleteResult):
                 metrics.http_outcome("pod_delete", result.status, self.cluster)
@@ -541,6 +556,7 @@ class AirflowKubernetesScheduler(LoggingMixin):
                     result.namespace, result.name, result.ok, result.error, result.name_taken
                 )
             )
+        return todo
 
     def _drain_watchers(self) -> list[Action]:
         todo: list[Action] = []

@@ -1,12 +1,13 @@
 """The executor builds new tries' pods on a thread of its own, off Airflow's loop. A try Airflow
 takes back while its pod is being built must end with no pod and no report, and the same try
-queued again meanwhile must get exactly one pod, whose end is reported: the executor whole, against
-a real API server and node."""
+queued again meanwhile must get a pod of a name of its own, whose end is reported: the executor
+whole, against a real API server and node."""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from types import SimpleNamespace
 
 import pytest
@@ -16,6 +17,7 @@ from devcluster import control_plane
 from kubernetes import client
 
 from k8s_executor.executor import KubernetesExecutor
+from tests.helpers import audit_entries
 
 pytestmark = pytest.mark.cluster
 
@@ -72,5 +74,14 @@ def test_a_try_taken_back_while_its_pod_is_built_gets_no_pod_and_no_report(
             executor.sync()
             time.sleep(0.2)
         assert set(executor.event_buffer) == {queued_again}
+        # The try queued again got a pod of its own name: no name was asked for twice.
+        creates = Counter(
+            (e.get("objectRef") or {}).get("name")
+            for e in audit_entries(core, control_plane.audit_log(cluster), namespace)
+            if e["verb"] == "create"
+            and e.get("stage") == "ResponseComplete"
+            and "subresource" not in e.get("objectRef", {})
+        )
+        assert creates and max(creates.values()) == 1, creates
     finally:
         executor.end()

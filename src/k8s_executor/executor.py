@@ -204,15 +204,15 @@ class KubernetesExecutor(BaseExecutor):
     def sync(self) -> None:
         # Tries accepted outside `trigger_tasks` (an Airflow 2 caller of execute_async, say).
         self._start_builds()
-        # The launchers' answers are read before the builder's outcomes are taken, and applied
-        # after: the builder queues a launch's outcome before it sends the create, so the try of
-        # every answer read is in its ledger by the time the answer is applied.
-        answers = {name: cluster.scheduler.launch_answers() for name, cluster in self.clusters.items()}
+        # What the launchers answered and the watchers saw is read before the builder's outcomes
+        # are taken, and applied after: the builder queues a launch's outcome before it sends the
+        # create, so every answer or event read about a pod finds the pod in its ledger.
+        incoming = {name: cluster.scheduler.take_incoming() for name, cluster in self.clusters.items()}
         self._take_built()
         todo: Todo = []
         for name, cluster in self.clusters.items():
             cluster.scheduler.check_watchers()
-            todo += [(cluster, action) for action in cluster.scheduler.sync(answers[name])]
+            todo += [(cluster, action) for action in cluster.scheduler.sync(incoming[name])]
         todo += self._errands.collect()
         if not self.clusters:
             return
@@ -603,8 +603,8 @@ class KubernetesExecutor(BaseExecutor):
         try:
             cluster.scheduler.send_create(launch)
         except Exception:
-            # The loop puts the try in the ledger all the same: with no create, its start timeout
-            # fails it.
+            # The loop puts the try in the ledger all the same (unless it was given up meanwhile):
+            # with no create, its start timeout fails it.
             self.log.exception("handing the pod of %s to the launcher failed", key)
 
     def _take_built(self) -> None:

@@ -917,7 +917,7 @@ class PodLedger:
 
     def _remove_late(self, entry: Entry) -> list[Action]:
         """A pod that appeared after its try was settled (expired or revoked while its create was on
-        its way, or the create's answer was lost): its try is over, it goes."""
+        its way, abandoned, or the create's answer was lost): its try is over, it goes."""
         entry.created = True
         return [Dispose(entry.namespace, entry.name, delete=True, why="late")]
 

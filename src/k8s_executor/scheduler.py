@@ -68,6 +68,25 @@ class PodLaunch:
     disruption_retries: int | None = None
 
 
+@dataclass
+class Incoming:
+    """What the launcher answered and the watchers sent, read but not yet applied: the executor
+    reads it before it takes its pod builder's outcomes (executor.py, `sync`)."""
+
+    answers: list[LauncherResult]
+    watched: list[Any]
+
+
+def _drain(source: Any) -> list[Any]:
+    """Everything `source` (a queue) holds now."""
+    out: list[Any] = []
+    while True:
+        try:
+            out.append(source.get_nowait())
+        except queue.Empty:
+            return out
+
+
 # Adoption lists pods directly, off the scheduler loop (errands.py): a failed list is tried again
 # after each of these waits, about a minute in all, while the tries handed over wait in the ledger.
 LIST_RETRY_WAITS_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
@@ -302,7 +321,7 @@ class AirflowKubernetesScheduler(LoggingMixin):
     def send_create(self, launch: PodLaunch) -> None:
         """Hand `launch`'s pod to the launcher. It touches nothing but the launcher, which takes
         requests from any thread: the executor's pod builder calls it, after queueing the launch
-        for `launching` on the loop."""
+        for the loop (`launching`, or `abandon` if its try was given up meanwhile)."""
         self.launcher.create(launch.pod, time.monotonic() + launch.start_timeout_s)
 
     def launch_queued(self) -> None:
@@ -468,14 +487,15 @@ class AirflowKubernetesScheduler(LoggingMixin):
         return identity.pod_name(identity.TaskRef(safe_dag_id, safe_task_id, safe_run_id))
 
     # --- results ---------------------------------------------------------
-    def sync(self, answers: list[LauncherResult] | None = None) -> list[Action]:
-        """Take in what the launcher (its `answers`, read now if not given) and the watchers said,
-        and what time decided: results go onto the result queue; what the executor must do about
-        its tries is returned."""
+    def sync(self, incoming: Incoming | None = None) -> list[Action]:
+        """Take in what the launcher and the watchers said (`incoming`, read now if not given) and
+        what time decided: results go onto the result queue; what the executor must do about its
+        tries is returned."""
         self.launch_queued()
         self.launcher.check()
-        todo = self._apply_answers(self.launch_answers() if answers is None else answers)
-        todo += self._drain_watchers()
+        incoming = incoming or self.take_incoming()
+        todo = self._apply_answers(incoming.answers)
+        todo += self._apply_watched(incoming.watched)
         todo += self._carry_out(self.ledger.tick())
         verdicts = self.ledger.verdicts()
         metrics.gauge("pods.pending", verdicts.count("pending"), cluster=self.cluster)
@@ -518,14 +538,9 @@ class AirflowKubernetesScheduler(LoggingMixin):
                 self.patch_pod_executor_done(action.name, action.namespace, stop=action.stop)
         return todo
 
-    def launch_answers(self) -> list[LauncherResult]:
-        """What the launcher answered since the last call."""
-        answers: list[LauncherResult] = []
-        while True:
-            try:
-                answers.append(self.launcher.results.get_nowait())
-            except queue.Empty:
-                return answers
+    def take_incoming(self) -> Incoming:
+        """What the launcher and the watchers said since the last call, to be applied by `sync`."""
+        return Incoming(_drain(self.launcher.results), _drain(self.watcher_queue))
 
     def _apply_answers(self, answers: list[LauncherResult]) -> list[Action]:
         todo: list[Action] = []
@@ -558,13 +573,9 @@ class AirflowKubernetesScheduler(LoggingMixin):
             )
         return todo
 
-    def _drain_watchers(self) -> list[Action]:
+    def _apply_watched(self, watched: list[Any]) -> list[Action]:
         todo: list[Action] = []
-        while True:
-            try:
-                message = self.watcher_queue.get_nowait()
-            except queue.Empty:
-                return todo
+        for message in watched:
             if isinstance(message, PodEvent):
                 self._resumes_from(self._watch_key(message.namespace), message.resource_version)
                 todo += self._carry_out(self.ledger.observed(message))
@@ -589,6 +600,7 @@ class AirflowKubernetesScheduler(LoggingMixin):
                 metrics.incr("watcher.events", message.events, cluster=self.cluster)
             elif isinstance(message, logging.LogRecord):
                 processes.log_in_parent(message)
+        return todo
 
     def _watch_key(self, namespace: str) -> str | None:
         return namespace if namespace in self.watchers else None

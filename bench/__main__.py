@@ -616,6 +616,7 @@ def main() -> None:
         ("CPU s/task", "cpu_s_per_task", 11, 4),
         ("peak MB", "peak_memory_mb", 8, 0),
         ("loop hold s", "loop_hold_max_s", 12, 3),
+        ("loop turn p99", "airflow_loop_turn_p99_s", 14, 2),
     ]
     print("\n" + f"{'configuration':<18}" + "".join(f"{title:>{width}}" for title, _, width, _ in columns))
     for name in CONFIGS:

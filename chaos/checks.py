@@ -38,10 +38,12 @@ _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 # The executor's words for a call of Airflow's that held its scheduler loop (metrics.CallTimes),
 # and its periodic summary of every call.
 _HELD = re.compile(
-    r"(?P<call>\w+) held Airflow's scheduler loop for (?P<s>[\d.]+) s(?: \((?P<cpu>[\d.]+) s of it on)?"
+    r"(?P<call>\w+) held Airflow's scheduler loop for (?P<s>[\d.]+) s"
+    r"(?: \((?P<cpu>[\d.]+) s of it on the loop's own CPU(?:, (?P<queued>[\d.]+) s waiting for a CPU)?)?"
 )
 _CALLS = re.compile(r"executor calls since start: (?P<calls>.*)$")
 _CALL = re.compile(r"(?P<call>\w+) n=(?P<n>\d+) p99=(?P<p99>[\d.]+) s max=(?P<max>[\d.]+) s")
+_TURN = re.compile(r"Airflow's loop turn p99=(?P<p99>[\d.]+) s max=(?P<max>[\d.]+) s")
 # A failed try's reason is looked for in what was written while it ran, and for this long after.
 REASON_WINDOW_S = 120.0
 
@@ -434,25 +436,37 @@ def loop_holds(logs: list[str]) -> dict[str, Any]:
     call (`end`, the scheduler's shutdown, apart), the p99 of each call in each scheduler's last
     summary (the highest among schedulers), and how many calls took longer than 100 ms."""
     slow: list[tuple[str, float]] = []
-    own_cpu: list[tuple[float, float]] = []
+    own_cpu: list[tuple[float, float, float | None]] = []
     longest: list[tuple[str, float]] = []
     p99: dict[str, float] = {}
+    turns: list[tuple[float, float]] = []
     for text in logs:
         held = list(_HELD.finditer(text))
         slow += [(m["call"], float(m["s"])) for m in held]
         own_cpu += [
-            (float(m["s"]), float(m["cpu"])) for m in held if m["call"] != "end" and m["cpu"] is not None
+            (float(m["s"]), float(m["cpu"]), float(m["queued"]) if m["queued"] else None)
+            for m in held
+            if m["call"] != "end" and m["cpu"] is not None
         ]
         summaries = [m["calls"] for line in text.splitlines() if (m := _CALLS.search(line))]
         for m in _CALL.finditer(summaries[-1] if summaries else ""):
             p99[m["call"]] = max(p99.get(m["call"], 0.0), float(m["p99"]))
             longest.append((m["call"], float(m["max"])))
+        if summaries and (turn := _TURN.search(summaries[-1])):
+            turns.append((float(turn["p99"]), float(turn["max"])))
     every = slow + longest
+    worst = max(own_cpu, key=lambda hold: hold[0], default=None)
     return {
         "loop_hold_max_s": max((s for call, s in every if call != "end"), default=0.0),
         "loop_hold_p99_s": dict(sorted(p99.items())),
         "slow_calls": sum(1 for call, _ in slow if call != "end"),
         # Of the slow calls, the loop thread's own CPU in the longest: the rest of it was waiting.
-        "loop_hold_max_own_cpu_s": max(own_cpu)[1] if own_cpu else None,
+        "loop_hold_max_own_cpu_s": worst[1] if worst else None,
+        # And how much of it the loop's thread was ready to run while the machine's CPUs were busy.
+        "loop_hold_max_cpu_wait_s": worst[2] if worst else None,
         "end_max_s": max((s for call, s in every if call == "end"), default=0.0),
+        # How often Airflow's loop came round, from one heartbeat to the next: the executor's
+        # events reach Airflow once a turn.
+        "airflow_loop_turn_p99_s": max((p for p, _ in turns), default=None),
+        "airflow_loop_turn_max_s": max((m for _, m in turns), default=None),
     }

@@ -458,6 +458,7 @@ class KubernetesExecutor(BaseExecutor):
         self.sync()
         self._notes.shutdown(wait=True)
         self._errands.shutdown()
+        self.call_times.log_summary()
         self.log.info(
             "stopping with %d pods in flight, left for adoption; the watchers read %d watch events",
             sum(len(c.scheduler.in_flight()) for c in self.clusters.values()),

@@ -13,6 +13,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from k8s_executor.airflow_adapter import stats
@@ -89,7 +90,9 @@ _Call = TypeVar("_Call", bound=Callable[..., Any])
 
 class CallTimes:
     """How long each of Airflow's calls into the executor took: a timer per call, a counter and a
-    warning for each slow one, and a summary line every CALL_SUMMARY_EVERY_S."""
+    warning for each slow one, and a summary line every CALL_SUMMARY_EVERY_S. The summary also
+    gives how often Airflow's loop came round (from one `heartbeat` to the next): the executor's
+    events reach Airflow once a turn, so a long turn delays them, whatever the executor does."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
@@ -97,35 +100,71 @@ class CallTimes:
         self.count: dict[str, int] = {}
         self.longest: dict[str, float] = {}
         self.summarised = clock()
+        self.turns: deque[float] = deque(maxlen=CALL_WINDOW)
+        self.longest_turn = 0.0
+        self.last_heartbeat: float | None = None
 
-    def record(self, call: str, seconds: float, cpu_s: float = 0.0) -> None:
-        """`seconds` the call took; `cpu_s` of it the calling thread ran (the rest it waited: on a
-        lock, I/O, the GIL held by another thread, or a CPU of a busy machine)."""
+    def heartbeat_started(self, at: float) -> None:
+        if self.last_heartbeat is not None:
+            self.turns.append(at - self.last_heartbeat)
+            self.longest_turn = max(self.longest_turn, at - self.last_heartbeat)
+        self.last_heartbeat = at
+
+    def record(self, call: str, seconds: float, cpu_s: float = 0.0, cpu_wait_s: float | None = None) -> None:
+        """`seconds` the call took; `cpu_s` of it the calling thread ran; `cpu_wait_s` of it the
+        thread was ready to run and waited for a CPU of a busy machine (None where the system does
+        not tell). The rest it waited on a lock, I/O or the GIL held by another thread."""
         self.recent.setdefault(call, deque(maxlen=CALL_WINDOW)).append(seconds)
         self.count[call] = self.count.get(call, 0) + 1
         self.longest[call] = max(self.longest.get(call, 0.0), seconds)
         timing(f"executor_call.{call}", seconds)
         if seconds > SLOW_CALL_S:
             incr(f"executor_call.slow.{call}")
+            waited = "" if cpu_wait_s is None else f", {cpu_wait_s:.3f} s waiting for a CPU"
             log.warning(
-                "%s held Airflow's scheduler loop for %.3f s (%.3f s of it on the loop's own CPU)",
+                "%s held Airflow's scheduler loop for %.3f s (%.3f s of it on the loop's own CPU%s)",
                 call,
                 seconds,
                 cpu_s,
+                waited,
             )
         if self.clock() - self.summarised >= CALL_SUMMARY_EVERY_S:
-            self.summarised = self.clock()
+            self.log_summary()
+
+    def log_summary(self) -> None:
+        self.summarised = self.clock()
+        if self.count:
             log.info("executor calls since start: %s", self.summary())
 
     def p99(self, call: str) -> float:
-        ordered = sorted(self.recent[call])
-        return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+        return _p99(self.recent[call])
 
     def summary(self) -> str:
-        return "; ".join(
+        calls = "; ".join(
             f"{call} n={self.count[call]} p99={self.p99(call):.3f} s max={self.longest[call]:.3f} s"
             for call in sorted(self.count)
         )
+        if not self.turns:
+            return calls
+        return f"{calls}; Airflow's loop turn p99={_p99(self.turns):.3f} s max={self.longest_turn:.3f} s"
+
+
+def _p99(values: deque[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+# Linux's scheduler statistics of the calling thread: its second field is the nanoseconds the
+# thread has been ready to run but waited for a CPU.
+_SCHEDSTAT = Path("/proc/thread-self/schedstat")
+
+
+def cpu_wait_s() -> float | None:
+    """Seconds the calling thread has waited, ready to run, for a CPU; None where not told."""
+    try:
+        return int(_SCHEDSTAT.read_text().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def timed_call(call: str) -> Callable[[_Call], _Call]:
@@ -134,11 +173,19 @@ def timed_call(call: str) -> Callable[[_Call], _Call]:
     def wrap(method: _Call) -> _Call:
         @functools.wraps(method)
         def timed(self: Any, *args: Any, **kwargs: Any) -> Any:
-            watch, cpu_before = Stopwatch(), time.thread_time()
+            watch, cpu_before, wait_before = Stopwatch(), time.thread_time(), cpu_wait_s()
+            if call == "heartbeat":
+                self.call_times.heartbeat_started(watch.started)
             try:
                 return method(self, *args, **kwargs)
             finally:
-                self.call_times.record(call, watch.seconds, time.thread_time() - cpu_before)
+                wait_after = cpu_wait_s()
+                self.call_times.record(
+                    call,
+                    watch.seconds,
+                    time.thread_time() - cpu_before,
+                    None if wait_before is None or wait_after is None else wait_after - wait_before,
+                )
 
         return timed  # type: ignore[return-value]
 

@@ -147,21 +147,26 @@ def test_a_try_the_execution_api_failed_is_airflows_only_on_its_word_during_the_
 def test_the_loop_holds_are_read_from_the_schedulers_logs() -> None:
     first = (
         "2026-12-03T07:40:00Z WARNING - sync held Airflow's scheduler loop for 0.250 s "
-        "(0.040 s of it on the loop's own CPU)\n"
+        "(0.040 s of it on the loop's own CPU, 0.150 s waiting for a CPU)\n"
         "2026-12-03T07:40:00Z WARNING - sync held Airflow's scheduler loop for 0.120 s\n"
+        "2026-12-03T07:40:00Z WARNING - heartbeat held Airflow's scheduler loop for 0.110 s "
+        "(0.100 s of it on the loop's own CPU)\n"
         "2026-12-03T07:40:01Z WARNING - end held Airflow's scheduler loop for 5.900 s\n"
         "2026-12-03T07:40:30Z INFO - executor calls since start: heartbeat n=10 p99=0.020 s max=0.300 s; "
         "sync n=10 p99=0.010 s max=0.250 s\n"
         "2026-12-03T07:41:00Z INFO - executor calls since start: heartbeat n=20 p99=0.030 s max=0.300 s; "
-        "sync n=20 p99=0.012 s max=0.250 s\n"
+        "sync n=20 p99=0.012 s max=0.250 s; Airflow's loop turn p99=1.200 s max=4.500 s\n"
     )
     second = "2026-12-03T07:41:00Z INFO - executor calls since start: heartbeat n=5 p99=0.040 s max=0.041 s\n"
     assert checks.loop_holds([first, second]) == {
         "loop_hold_max_s": 0.3,
         "loop_hold_p99_s": {"heartbeat": 0.04, "sync": 0.012},
-        "slow_calls": 2,
+        "slow_calls": 3,
         "loop_hold_max_own_cpu_s": 0.04,
+        "loop_hold_max_cpu_wait_s": 0.15,
         "end_max_s": 5.9,
+        "airflow_loop_turn_p99_s": 1.2,
+        "airflow_loop_turn_max_s": 4.5,
     }
     assert checks.loop_holds([])["loop_hold_max_s"] == 0.0
 

@@ -181,6 +181,13 @@ def cpu_seconds(root: int) -> float:
     return sum(map(process_tree.cpu_seconds, process_tree.tree(root).values()))
 
 
+def own_cpu_seconds(pid: int) -> float:
+    """CPU of the process alone, without its descendants: for a scheduler, Airflow's loop and the
+    executor's part inside it, but not the executor's launcher and watcher processes."""
+    fields = process_tree.stat_fields(pid)
+    return process_tree.cpu_seconds(fields) if fields is not None else 0.0
+
+
 def rss_bytes(root: int) -> int:
     return sum(map(process_tree.resident_bytes, process_tree.tree(root).values()))
 

@@ -299,7 +299,7 @@ def run_executor(
             / handled,
             "cpu_s_per_task": cpu / handled,
             # Of it, the scheduler's own process (Airflow's loop, and the executor's part inside it)
-            # and its helper processes (our launcher and watchers; the official provider has none).
+            # and its helper processes (our launcher and watchers; the official provider's job watcher).
             "cpu_s_per_task_scheduler_process": own_cpu / handled,
             "cpu_s_per_task_helpers": (cpu - own_cpu) / handled,
             "peak_memory_mb": memory.peak / 2**20,

@@ -1,7 +1,7 @@
 """Instruments that look at a run from outside the scheduler: the API server, /proc, the logs.
 
 Every figure comes from the system itself: pod times from the API server's watch, requests
-from its audit log, CPU and memory from /proc, task events from the scheduler's own log.
+and the moment each create was answered from its audit log, CPU and memory from /proc, task events from the scheduler's own log.
 """
 
 from __future__ import annotations
@@ -149,9 +149,34 @@ def adoption_passes(scheduler_log: Path) -> list[float]:
     ]
 
 
-def executor_requests(audit_log: Path, namespace: str, since: float, until: float) -> dict[str, int]:
-    """Requests on pods the executor made in `namespace` during the window, by verb (audit log)."""
+@dataclass
+class AuditedRequests:
+    """What the audit log has of the executor's pod requests in a run's namespace."""
+
+    by_verb: dict[str, int]
+    # Each pod the executor created, by name: when the API server answered its create (the
+    # `stageTimestamp` of its ResponseComplete entry, to the microsecond).
+    created: dict[str, float]
+    # Each pod's first status write (by the node) from `ended_after` on: when it ended.
+    ended: dict[str, float]
+
+
+def executor_requests(
+    audit_log: Path, namespace: str, since: float, until: float, ended_after: float | None = None
+) -> AuditedRequests:
+    """Requests on pods the executor made in `namespace` during the window, by verb; when each
+    pod's create was answered; and when each pod's status was first written from `ended_after`, the
+    moment the harness told every pod to end (audit log).
+
+    Both are the API server's own record, as the bare client's burst is timed by the answers it
+    gets: this harness's watch falls behind in a burst, by 0.7-1.7 s at the end of a 1,000-pod one
+    on this machine (bench/RESULTS.md), which would be charged to the executor at launch and
+    credited to it at completion. A pod not yet started when told to end has its start written
+    first: its end then counts from that earlier write, against the executor.
+    """
     counts: dict[str, int] = {}
+    created: dict[str, float] = {}
+    ended: dict[str, float] = {}
     # The API server rotates the log into `audit-<time>.log` beside it (seen: a 5,000-task run
     # whose first 1,663 creates had moved there before the window was read).
     for path in sorted(audit_log.parent.glob(f"{audit_log.stem}*{audit_log.suffix}")):
@@ -163,13 +188,23 @@ def executor_requests(audit_log: Path, namespace: str, since: float, until: floa
                 ref = entry.get("objectRef") or {}
                 if entry.get("stage") != "ResponseComplete" or ref.get("namespace") != namespace:
                     continue
+                received = _audit_time(entry["requestReceivedTimestamp"])
+                if (
+                    ended_after is not None
+                    and received >= ended_after
+                    and ref.get("subresource") == "status"
+                    and "name" in ref
+                ):
+                    ended.setdefault(ref["name"], _audit_time(entry["stageTimestamp"]))
                 if not str(entry.get("userAgent", "")).startswith(EXECUTOR_USER_AGENT_PREFIXES):
                     continue
-                received = _audit_time(entry["requestReceivedTimestamp"])
                 if since <= received <= until:
                     verb = entry["verb"] + (f" {ref['subresource']}" if ref.get("subresource") else "")
                     counts[verb] = counts.get(verb, 0) + 1
-    return counts
+                    answered = (entry.get("responseStatus") or {}).get("code") == 201
+                    if verb == "create" and ref.get("resource") == "pods" and answered and "name" in ref:
+                        created.setdefault(ref["name"], _audit_time(entry["stageTimestamp"]))
+    return AuditedRequests(counts, created, ended)
 
 
 def _audit_time(text: str) -> float:

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
+from k8s_executor.own_cpu import OWN_CPU
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -45,10 +47,11 @@ class Errands:
 
         def work() -> None:
             future.set_running_or_notify_cancel()
-            try:
-                future.set_result(errand())
-            except BaseException as exc:
-                future.set_exception(exc)
+            with OWN_CPU.counted():
+                try:
+                    future.set_result(errand())
+                except BaseException as exc:
+                    future.set_exception(exc)
 
         self._running[kind] = (future, then)
         threading.Thread(target=work, name=f"{self._name}: {kind}", daemon=True).start()

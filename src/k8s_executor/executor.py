@@ -48,6 +48,7 @@ from k8s_executor.ledger import (
     Withdrawn,
     live_schedulers,
 )
+from k8s_executor.own_cpu import OWN_CPU
 from k8s_executor.pod_building import PodBuildError, PodRequest
 from k8s_executor.scheduler import AirflowKubernetesScheduler, PodLaunch, TaskResult
 from k8s_executor.settings import ExecutorSettings
@@ -460,9 +461,11 @@ class KubernetesExecutor(BaseExecutor):
         self._errands.shutdown()
         self.call_times.log_summary()
         self.log.info(
-            "stopping with %d pods in flight, left for adoption; the watchers read %d watch events",
+            "stopping with %d pods in flight, left for adoption; the watchers read %d watch events; "
+            "the executor's own CPU in this process: %s",
             sum(len(c.scheduler.in_flight()) for c in self.clusters.values()),
             sum(c.scheduler.watch_events_read for c in self.clusters.values()),
+            OWN_CPU.summary(),
         )
         self.terminate()
 
@@ -571,6 +574,10 @@ class KubernetesExecutor(BaseExecutor):
             self._to_build = []
 
     def _build_and_send_all(self, jobs: list[_BuildJob]) -> None:
+        with OWN_CPU.counted():
+            self._build_and_send_each(jobs)
+
+    def _build_and_send_each(self, jobs: list[_BuildJob]) -> None:
         for key, job, make_request, start_timeout_s, attempt in jobs:
             if self._builder_stopped:
                 return  # terminated: the successor adopts or resets what was not launched

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from k8s_executor.airflow_adapter import stats
 from k8s_executor.identity import DEFAULT_CLUSTER
+from k8s_executor.own_cpu import OWN_CPU
 
 PREFIX = "k8s_executor"
 NAMES = {
@@ -96,6 +97,9 @@ class CallTimes:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
+        # How deep the loop is in timed calls: Airflow's `heartbeat` calls `trigger_tasks` and
+        # `sync`, and only the outermost call's CPU counts towards the executor's own.
+        self.depth = 0
         self.recent: dict[str, deque[float]] = {}
         self.count: dict[str, int] = {}
         self.longest: dict[str, float] = {}
@@ -176,14 +180,19 @@ def timed_call(call: str) -> Callable[[_Call], _Call]:
             watch, cpu_before, wait_before = Stopwatch(), time.thread_time(), cpu_wait_s()
             if call == "heartbeat":
                 self.call_times.heartbeat_started(watch.started)
+            self.call_times.depth += 1
             try:
                 return method(self, *args, **kwargs)
             finally:
+                self.call_times.depth -= 1
                 wait_after = cpu_wait_s()
+                cpu_s = time.thread_time() - cpu_before
+                if not self.call_times.depth:
+                    OWN_CPU.add_calls(cpu_s)
                 self.call_times.record(
                     call,
                     watch.seconds,
-                    time.thread_time() - cpu_before,
+                    cpu_s,
                     None if wait_before is None or wait_after is None else wait_after - wait_before,
                 )
 

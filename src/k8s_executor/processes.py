@@ -30,6 +30,8 @@ from logging.handlers import QueueHandler
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from k8s_executor.own_cpu import ThreadCpuMeter
+
 log = logging.getLogger(__name__)
 
 # Where `k8s_executor` is imported from, so `python -m k8s_executor.helper` finds the same copy.
@@ -84,8 +86,10 @@ class Helper:
         self._outbox.put(message)
 
     def _write(self) -> None:
+        meter = ThreadCpuMeter()
         with self._down:
             while (message := self._outbox.get()) is not _CLOSE:
+                meter.tick()
                 try:
                     data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
                 except Exception:
@@ -100,6 +104,7 @@ class Helper:
                     return  # the child is gone: whoever owns this helper sees it dead and decides
 
     def _read(self, up: BinaryIO, on_message: Callable[[Any], None]) -> None:
+        meter = ThreadCpuMeter()
         with up:
             while True:
                 try:
@@ -107,6 +112,7 @@ class Helper:
                 except (EOFError, OSError, pickle.UnpicklingError):
                     return
                 on_message(message)
+                meter.tick()
 
     def is_alive(self) -> bool:
         return self.popen.poll() is None

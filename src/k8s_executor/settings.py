@@ -122,28 +122,31 @@ class ExecutorSettings(BaseModel):
     pod_creation_max_concurrency: int = Field(
         0,
         ge=0,
-        description="Concurrent create requests in flight; 0 means 32. Each create waits on the "
+        description="Concurrent create requests in flight; 0 means 64. Each create waits on the "
         "API server and etcd, not on this process, so it takes many in flight to reach the rate the "
-        "API server can take; 32 is a small part of the seats API Priority and Fairness gives the "
-        "priority level of service accounts (workload-low: about 245 of a default API server's 600), "
-        "shared fairly with the other clients of that level. Deletes of finished pods go at most 8 at "
-        "a time.",
+        "API server can take: with 32 the development cluster's API server held 22 of them at a time "
+        "on average and answered each in about 0.1 s, below what it could take; with 64 it held 45, "
+        "as many as the bare client's 64 threads got there (bench/RESULTS.md). 64 is about a quarter "
+        "of the seats API Priority and Fairness gives the priority level of service accounts "
+        "(workload-low: about 245 of a default API server's 600), which it shares fairly among that "
+        "level's clients, so one scheduler's burst does not shut the others out. Deletes of finished "
+        "pods go at most 8 at a time.",
     )
     api_qps: float = Field(
-        200.0,
+        400.0,
         gt=0,
         description=(
             "Client-side rate limit on requests to the API server (per second). The API server "
             "protects itself (priority and fairness, 429 with Retry-After, which the executor "
             "honours); this limit only keeps a runaway scheduler from flooding a shared cluster. "
-            "200 is near the rate one API server took pods from a bare client on the development "
-            "machine (118-258 creates per second, bench/RESULTS.md), and with api_burst the API "
-            "server, not this limit, paces a burst: at 1,000 and 5,000 tasks the executor went no "
-            "faster at 400 than at 200."
+            "400 is above the rate one API server took pods from a bare client on the development "
+            "machine (200-370 creates per second, bench/RESULTS.md), so that the API server, not "
+            "this limit, paces a burst: at 200 (and api_burst 400) a burst of 5,000 could go no "
+            "faster than 217 pods per second, below that rate."
         ),
     )
     api_burst: int = Field(
-        400,
+        800,
         ge=1,
         description="Requests allowed above api_qps in a burst: two seconds' worth, so that a burst "
         "of tasks goes out at once and the limit only holds a scheduler that keeps on asking.",
@@ -323,7 +326,7 @@ class ExecutorSettings(BaseModel):
 
     @property
     def creation_concurrency(self) -> int:
-        return self.pod_creation_max_concurrency or 32
+        return self.pod_creation_max_concurrency or 64
 
     @property
     def worker_image(self) -> str | None:

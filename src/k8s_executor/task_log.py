@@ -22,6 +22,7 @@ from kubernetes import client
 from k8s_executor import airflow_adapter, identity
 from k8s_executor.executor_config import BASE_CONTAINER
 from k8s_executor.kube_client import error_message, list_pods, pod_events, read_body
+from k8s_executor.own_cpu import OWN_CPU
 from k8s_executor.settings import ExecutorSettings
 from k8s_executor.state_mapping import describe_events, observe
 
@@ -41,11 +42,16 @@ class NoteWriter:
     def submit(self, ref: identity.WorkloadRef, text: str, ends_try: bool) -> None:
         if not isinstance(ref, identity.TaskRef):
             return  # a callback's failure reason is the callback's output in Airflow
-        self._pool.submit(self._write, ref, text, ends_try)
+        self._pool.submit(self._counted_write, ref, text, ends_try)
 
     def shutdown(self, wait: bool = True) -> None:
         """Wait for the notes submitted so far (with `wait`), and take no more."""
         self._pool.shutdown(wait=wait)
+
+    @classmethod
+    def _counted_write(cls, ref: identity.TaskRef, text: str, ends_try: bool) -> None:
+        with OWN_CPU.counted():
+            cls._write(ref, text, ends_try)
 
     @staticmethod
     def _write(ref: identity.TaskRef, text: str, ends_try: bool) -> None:

@@ -658,6 +658,7 @@ def main() -> None:
         ("end->delete p99", "completion_to_delete_p99_s", 16, 2),
         ("req/task", "api_requests_per_task", 9, 2),
         ("CPU s/task", "cpu_s_per_task", 11, 4),
+        ("executor's", "executor_cpu_s_per_task", 11, 4),
         ("peak MB", "peak_memory_mb", 8, 0),
         ("loop hold s", "loop_hold_max_s", 12, 3),
         ("loop turn p99", "airflow_loop_turn_p99_s", 14, 2),

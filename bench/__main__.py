@@ -86,8 +86,10 @@ CONFIGS = {
 SCHEDULERS = {"ours_ha": 2}
 # What the executor logs when it stops: the watch events and listed pods its watchers read.
 _WATCH_READS = re.compile(r"the watchers read (\d+) watch events")
+# What it logs of its own CPU in the scheduler's process when Airflow's scheduler gets SIGUSR2 (its
+# debug dump): the harness asks at the start and at the end of the measured window.
 _OWN_CPU = re.compile(
-    r"the executor's own CPU in this process: ([\d.]+) s in Airflow's calls, ([\d.]+) s on its threads"
+    r"the executor's own CPU in this process so far: ([\d.]+) s in Airflow's calls, ([\d.]+) s on its threads"
 )
 
 # Airflow's own defaults for its liveness timers, which the test stack shortens so that a
@@ -192,6 +194,13 @@ def start_stack(
     return stack, finish_file
 
 
+def ask_own_cpu(name: str, pids: list[int]) -> None:
+    """Have each of our schedulers log its executor's own CPU so far (Airflow's debug dump, SIGUSR2)."""
+    if CONFIGS[name][0] == OURS:
+        for pid in pids:
+            os.kill(pid, signal.SIGUSR2)
+
+
 def delete_namespace(core: client.CoreV1Api, namespace: str, timeout: float = 600) -> None:
     """Delete a run's namespace and wait until it is gone: the API server deleting thousands of
     pods must not share the machine with the next run's burst."""
@@ -226,6 +235,7 @@ def run_executor(
         memory = PeakMemory(pids[0])
         cpu_before = sum(cpu_seconds(pid) for pid in pids)
         own_cpu_before = sum(own_cpu_seconds(pid) for pid in pids)
+        ask_own_cpu(name, pids)
         counted_before = apiserver_pod_requests(core.api_client)
         window_start = time.time()
         stack.trigger("bench", "bench-1")
@@ -261,6 +271,7 @@ def run_executor(
         window_end = time.time()
         cpu = sum(cpu_seconds(pid) for pid in pids) - cpu_before
         own_cpu = sum(own_cpu_seconds(pid) for pid in pids) - own_cpu_before
+        ask_own_cpu(name, pids)
         memory.stop.set()
         clock.stop.set()
         audited = executor_requests(
@@ -343,12 +354,14 @@ def run_executor(
     figures["watch_events_per_task_by_scheduler"] = reads or None
     # And the CPU its own work took in the scheduler's process (its calls and its threads there),
     # which with its helper processes is the executor's CPU; the rest of the process is Airflow's.
-    own = [
-        float(match.group(1)) + float(match.group(2))
-        for log in logs
-        for match in _OWN_CPU.finditer(log.read_text(errors="replace"))
-    ]
-    if own:
+    own = []
+    for log in logs:
+        dumps = [
+            float(m.group(1)) + float(m.group(2)) for m in _OWN_CPU.finditer(log.read_text(errors="replace"))
+        ]
+        if len(dumps) >= 2:
+            own.append(dumps[1] - dumps[0])
+    if own and len(own) == len(logs):
         helpers = figures["cpu_s_per_task_helpers"] * handled
         scheduler_process = figures["cpu_s_per_task_scheduler_process"] * handled
         figures["executor_cpu_s_per_task"] = (sum(own) + helpers) / handled

@@ -194,6 +194,7 @@ def executor_requests(
                     and received >= ended_after
                     and ref.get("subresource") == "status"
                     and "name" in ref
+                    and (entry.get("responseStatus") or {}).get("code", 500) < 300
                 ):
                     ended.setdefault(ref["name"], _audit_time(entry["stageTimestamp"]))
                 if not str(entry.get("userAgent", "")).startswith(EXECUTOR_USER_AGENT_PREFIXES):

@@ -43,6 +43,8 @@ class OwnCpu:
             self.add_thread(time.thread_time() - before)
 
     def summary(self) -> str:
+        # Read without the lock: Airflow's SIGUSR2 handler asks for it on the loop's thread, which
+        # may be holding the lock at that moment.
         return f"{self.calls_s:.2f} s in Airflow's calls, {self.threads_s:.2f} s on its threads"
 
 

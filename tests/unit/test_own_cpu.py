@@ -3,8 +3,11 @@ its threads, apart from the CPU of Airflow's loop around them."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+
+import pytest
 
 from k8s_executor import metrics
 from k8s_executor.own_cpu import OWN_CPU, OwnCpu, ThreadCpuMeter
@@ -72,3 +75,16 @@ def test_a_long_lived_threads_meter_counts_what_ran_since_its_last_tick() -> Non
     spin(0.02)
     meter.tick()
     assert 0.04 <= OWN_CPU.threads_s - before < 0.07
+
+
+def test_airflows_debug_dump_gives_the_executors_own_cpu_so_far(caplog: pytest.LogCaptureFixture) -> None:
+    from k8s_executor import KubernetesExecutor
+
+    caplog.set_level(logging.INFO, logger="k8s_executor.test_dump")
+    OWN_CPU.add_thread(0.25)
+    executor = KubernetesExecutor()
+    executor._log = logging.getLogger("k8s_executor.test_dump")  # Airflow 3 logs through structlog
+    executor.debug_dump()
+    (line,) = [r.getMessage() for r in caplog.records if "own CPU" in r.getMessage()]
+    assert line == f"the executor's own CPU in this process so far: {OWN_CPU.summary()}"
+    assert float(line.split(", ")[1].split()[0]) >= 0.25

@@ -109,7 +109,8 @@ _ADOPTED = re.compile(
 
 
 def _stamp(text: str) -> float:
-    return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.UTC).timestamp()
+    # A log line's time, in UTC; one that falls on a whole second is written without a fraction.
+    return _audit_time(text)
 
 
 def executor_events(scheduler_log: Path, run_id: str) -> dict[int, float]:

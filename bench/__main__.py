@@ -7,9 +7,10 @@ instances) on one mapped task of N instances whose pods land on the simulated no
 development cluster, so the API server, not task processes, is the bottleneck. A run has
 two phases: the burst launch (until every pod exists), then the completion burst (every
 pod ends at one moment; until each task's event is taken and its pod deleted). Measured
-from outside the scheduler (see bench/measure.py): each pod's creation and the executor's
-own requests from the API server's audit log, pod ends from its watch, queue times from the
-metadata database, event times from the scheduler's log, CPU and memory from /proc.
+from outside the scheduler (see bench/measure.py): each pod's creation and end and the
+executor's own requests from the API server's audit log, deletions from its watch, queue times
+from the metadata database, event times from the scheduler's log, CPU and memory from /proc (the
+executor's own share from two debug dumps it logs on SIGUSR2).
 A separate run per executor kills the scheduler with N pods running and times the
 adoption by its successor. Runs are interleaved: every configuration's run is followed by the
 bare client's, and each ratio is taken within that adjacent pair (then the median, min and max

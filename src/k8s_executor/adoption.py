@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from k8s_executor import identity
-from k8s_executor.shapes import Orphan, PodSeen
+from k8s_executor.shapes import HandedTry, Orphan, PodSeen
 
 
 def held_elsewhere(holder: str | None, scheduler_label: str | None) -> bool:
@@ -48,6 +48,13 @@ def select_orphans(
         if ours or (seen.scheduler_id in dead and seen.state.terminal):
             orphans.append(_orphan(seen, ours=ours))
     return orphans
+
+
+def dead_schedulers(tries: Iterable[HandedTry], own_id: str) -> set[str]:
+    """The schedulers that had queued the tries handed over. A try whose row already names this
+    scheduler (Airflow wrote its hand-over before the row was read) names none: the finished pods
+    of its old scheduler are then left to the sweep of unclaimed pods (ledger.py)."""
+    return {str(t.queued_by) for t in tries if t.queued_by is not None} - {own_id}
 
 
 def legacy_orphans(sightings: Iterable[PodSeen], tries: Iterable[identity.WorkloadRef]) -> list[Orphan]:

@@ -29,6 +29,23 @@ T = TypeVar("T")
 Then = Callable[["Future[Any]"], list[Any]]
 
 
+def in_background(name: str, work: Callable[[], T]) -> Future[T]:
+    """`work`'s outcome, to come: run on a daemon thread of its own, its CPU counted as the
+    executor's."""
+    future: Future[T] = Future()
+
+    def run() -> None:
+        future.set_running_or_notify_cancel()
+        with OWN_CPU.counted():
+            try:
+                future.set_result(work())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
+
+
 class Errands:
     def __init__(self, name: str) -> None:
         self._name = name
@@ -43,18 +60,7 @@ class Errands:
         (`collect`) once it is done. False if one of the kind was still out, or after `shutdown`."""
         if kind in self._running or self._stopped:
             return False
-        future: Future[T] = Future()
-
-        def work() -> None:
-            future.set_running_or_notify_cancel()
-            with OWN_CPU.counted():
-                try:
-                    future.set_result(errand())
-                except BaseException as exc:
-                    future.set_exception(exc)
-
-        self._running[kind] = (future, then)
-        threading.Thread(target=work, name=f"{self._name}: {kind}", daemon=True).start()
+        self._running[kind] = (in_background(f"{self._name}: {kind}", errand), then)
         return True
 
     def collect(self) -> list[Any]:

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from airflow.executors.base_executor import BaseExecutor
 from airflow.utils.state import TaskInstanceState
@@ -52,13 +52,14 @@ from k8s_executor.own_cpu import OWN_CPU
 from k8s_executor.pod_building import PodBuildError, PodRequest
 from k8s_executor.scheduler import AirflowKubernetesScheduler, PodLaunch, TaskResult
 from k8s_executor.settings import ExecutorSettings
-from k8s_executor.shapes import TaskRow
-
-T = TypeVar("T")
+from k8s_executor.shapes import HandedTry, TaskRow
 
 # A try handed over with no pod whose reset fails (the database away) is tried again this often.
 RESET_RETRY_S = 5.0
 RESET_ATTEMPTS = 20
+# Adoption's read of the rows handed over, refused by the database, is tried again after each wait
+# (two minutes in all, as long as the resets of RESET_ATTEMPTS are tried for).
+ROW_READ_RETRY_WAITS_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
 # What an errand's outcome leads to: actions, each with the cluster whose ledger decided it.
 Todo = list[tuple[Cluster, Action]]
 
@@ -84,18 +85,34 @@ class _Built:
 
 @dataclass
 class _Adoption:
-    """One hand-over from Airflow, while every cluster's list of pods is out."""
+    """One hand-over from Airflow, while the rows of its task instances are read and every
+    cluster's list of pods is out (`_found`)."""
 
-    wanted: list[identity.WorkloadRef]
-    dead: set[str]
-    states: dict[identity.WorkloadRef, Any]
+    handed: int
     watch: metrics.Stopwatch
     waiting: set[str]
+    # Filled from the rows read, by the first cluster to answer (`_take_over`): the tries to adopt
+    # (those not held here already), the schedulers that had queued them, and their states.
+    wanted: list[identity.WorkloadRef] | None = None
+    dead: set[str] = field(default_factory=set)
+    states: dict[identity.WorkloadRef, Any] = field(default_factory=dict)
+    # Tries Airflow took back (revoke_task) before their rows were read.
+    revoked: set[identity.WorkloadRef] = field(default_factory=set)
     # The tries no cluster answered with a pod so far; None before the first answer.
     unfound: set[identity.WorkloadRef] | None = None
     errors: list[str] = field(default_factory=list)
     adopted: int = 0
     listed_s: float = 0.0
+
+
+@dataclass
+class _Looked:
+    """What one cluster's adoption errand brings back: the tries handed over, as their rows were
+    read, and the pods found for them (or why none could be listed)."""
+
+    tries: list[HandedTry]
+    orphans: list[Any] | Exception
+    listed_s: float
 
 
 class KubernetesExecutor(BaseExecutor):
@@ -144,6 +161,8 @@ class KubernetesExecutor(BaseExecutor):
         self._errands = errands.Errands("k8s-executor-errands")
         # Tries handed over whose pods were not found, to be reset for Airflow to run again.
         self._to_reset: dict[identity.TaskRef, int] = {}
+        # Hand-overs whose rows are still being read (`_take_over`).
+        self._unread: list[_Adoption] = []
         self._reset_after = 0.0
         # How long each of Airflow's calls into the executor held its scheduler loop.
         self.call_times = metrics.CallTimes()
@@ -714,110 +733,138 @@ class KubernetesExecutor(BaseExecutor):
     # --- adoption, revocation, logs ---------------------------------------
     @metrics.timed_call("try_adopt_task_instances")
     def try_adopt_task_instances(self, tis: Sequence[Any]) -> Sequence[Any]:
-        """Take over the task instances of dead schedulers: all of them are claimed at once and
-        held in the ledgers while their pods are looked for in every cluster, off Airflow's loop
-        (`_found`); a try whose pod no cluster has is then reset, as Airflow would have reset it."""
+        """Take over the task instances of dead schedulers without a query or a request in Airflow's
+        loop: their rows are read and their pods looked for in every cluster on errands, and each
+        cluster adopts what it found (`_found`); a try whose pod no cluster has is then reset, as
+        Airflow would have reset it. Nothing is handed back here."""
         assert self.settings is not None
+        if not tis:
+            return []
         watch = metrics.Stopwatch()
-        task_instances.load_unloaded_columns(tis)
-        read_s = watch.seconds
-        by_ref: dict[identity.WorkloadRef, Any] = {airflow_adapter.ref_of(ti.key): ti for ti in tis}
-        # A scheduler whose loop stalled past its health check is declared dead by itself and
-        # handed its own tasks: those still queued here, in flight (created or not yet, or between
-        # two pods) or reported but not yet taken in are ours already; taking them as orphans
-        # would launch each a second time.
+        handed = task_instances.handed_over(tis)
+        for ti in tis:
+            airflow_adapter.hold_heartbeat(ti)
+        taking = _Adoption(len(handed), watch, set(self.clusters))
+        self._unread.append(taking)
+        # One read of the rows for every cluster. A try's pod may be in any cluster (the routing
+        # may have changed since its launch): each cluster looks for all of them, on an errand of
+        # its own that waits for the read.
+        rows = errands.in_background("read handed over", functools.partial(_read_rows, handed))
+        batch = uuid.uuid4().hex
+        for cluster in self.clusters.values():
+            self._errands.run(
+                f"adopt {cluster.name} {batch}",
+                functools.partial(_look_for_pods, cluster.scheduler, rows, watch, self.scheduler_id),
+                functools.partial(self._found, cluster, taking),
+            )
+        self.log.info(
+            "taking over %d task instances from schedulers that died: reading their rows and looking "
+            "for their pods",
+            len(handed),
+        )
+        return []
+
+    def _take_over(self, taking: _Adoption, tries: Sequence[HandedTry]) -> None:
+        """The rows read: the tries to adopt are held in every cluster's ledger until their pods
+        are found. A scheduler whose loop stalled past its health check is declared dead by itself
+        and handed its own tasks: those still queued here, in flight (created or not yet, or
+        between two pods) or reported but not yet taken in are ours already; taking them as
+        orphans would launch each a second time."""
+        self._unread.remove(taking)
         queued_here = {
             airflow_adapter.ref_of(key)
             for key in itertools.chain(self.queued_tasks, self._building)
             if hasattr(key, "dag_id")  # not a callback's or a connection test's
         }
         claimed = set().union(*(c.scheduler.claimed() for c in self.clusters.values()))
-        held = by_ref.keys() & (claimed | queued_here)
-        dead = {str(ti.queued_by_job_id) for ti in tis if ti.queued_by_job_id is not None}
-        dead.discard(self.scheduler_id)
-        wanted = [ref for ref in by_ref if ref not in held]
-        if wanted:
-            for ref in wanted:
-                self.running.add(by_ref[ref].key)
-                airflow_adapter.hold_heartbeat(by_ref[ref])
-            handed = _Adoption(
-                wanted, dead, {ref: by_ref[ref].state for ref in wanted}, watch, set(self.clusters)
-            )
-            # A try's pod may be in any cluster (the routing may have changed since its launch):
-            # each cluster looks for all of them, on an errand of its own.
-            batch = uuid.uuid4().hex
-            for cluster in self.clusters.values():
-                cluster.scheduler.await_adoption(wanted)
-                self._errands.run(
-                    f"adopt {cluster.name} {batch}",
-                    functools.partial(
-                        _timed, watch, functools.partial(cluster.scheduler.find_orphans, wanted, dead)
-                    ),
-                    functools.partial(self._found, cluster, handed),
-                )
+        held = claimed | queued_here | taking.revoked
+        taking.wanted = [t.ref for t in tries if t.ref not in held]
+        taking.dead = adoption.dead_schedulers(tries, self.scheduler_id)
+        taking.states = {t.ref: t.state for t in tries}
+        for ref in taking.wanted:
+            self.running.add(airflow_adapter.to_airflow_key(ref))
+        for cluster in self.clusters.values():
+            cluster.scheduler.await_adoption(taking.wanted)
         self.log.info(
-            "taking over %d task instances from schedulers %s: %d held here already, looking for "
-            "the pods of %d (%.2f s reading their rows)",
-            len(tis),
-            sorted(dead),
-            len(held),
-            len(wanted),
-            read_s,
+            "%d task instances handed over by schedulers %s: %d held here already, adopting the pods "
+            "of %d (their rows read at %.2f s)",
+            len(tries),
+            sorted(taking.dead),
+            len(tries) - len(taking.wanted),
+            len(taking.wanted),
+            taking.watch.seconds,
         )
-        return []
 
-    def _found(self, cluster: Cluster, handed: _Adoption, outcome: Future[tuple[list[Any], float]]) -> Todo:
-        """What one cluster's list found: the pods of the tries its ledger still awaits are
+    def _found(self, cluster: Cluster, taking: _Adoption, outcome: Future[_Looked]) -> Todo:
+        """What one cluster's errand found: the pods of the tries its ledger still awaits are
         adopted there. Once every cluster has answered, the tries no cluster had a pod for (or
         whose pods could not be listed) go back to Airflow."""
         try:
-            orphans, listed_s = outcome.result()
+            looked = outcome.result()
         except Exception as exc:
-            error = describe_error(exc) if isinstance(exc, REQUEST_ERRORS) else f"{type(exc).__name__}: {exc}"
-            handed.errors.append(f"cluster {cluster.name}: {error}" if self._several else error)
+            # The rows could not be read: which tries were handed over is not known here.
+            taking.waiting.discard(cluster.name)
+            if taking in self._unread:
+                self._unread.remove(taking)
+                self.log.error(
+                    "could not read the rows of %d task instances handed over (%s): their pods are "
+                    "not adopted, and Airflow's own timeouts take them back",
+                    taking.handed,
+                    _described(exc),
+                )
+            return []
+        if taking.wanted is None:
+            self._take_over(taking, looked.tries)
+        assert taking.wanted is not None
+        orphans, listed_s = [], looked.listed_s
+        if isinstance(looked.orphans, Exception):
+            error = _described(looked.orphans)
+            taking.errors.append(f"cluster {cluster.name}: {error}" if self._several else error)
             self.log.error(
                 "could not list pods%s to adopt %d task instances (%s); those with no pod found are "
                 "reset for Airflow to run again",
                 cluster.where(self._several),
-                len(handed.wanted),
+                len(taking.wanted),
                 error,
             )
-            orphans, listed_s = [], 0.0
+        else:
+            orphans = looked.orphans
         try:
-            adopted, unfound = cluster.scheduler.adopt_found(orphans, handed.wanted, self._queued_timeout_s)
+            adopted, unfound = cluster.scheduler.adopt_found(orphans, taking.wanted, self._queued_timeout_s)
         except Exception as exc:
             # Its tries are not held here any more, whatever was adopted before the error.
             self.log.exception("adopting the pods found%s failed", cluster.where(self._several))
-            handed.errors.append(f"{type(exc).__name__}: {exc}")
-            adopted, unfound = [], cluster.scheduler.not_found(handed.wanted)
+            taking.errors.append(f"{type(exc).__name__}: {exc}")
+            adopted, unfound = [], cluster.scheduler.not_found(taking.wanted)
         metrics.incr("adoption.pods", len(adopted), cluster=cluster.name)
-        handed.adopted += sum(1 for orphan in adopted if orphan.ours)
-        handed.listed_s = max(handed.listed_s, listed_s)
+        taking.adopted += sum(1 for orphan in adopted if orphan.ours)
+        taking.listed_s = max(taking.listed_s, listed_s)
         # Not found here, and not adopted in a cluster that answered before.
-        handed.unfound = set(unfound) if handed.unfound is None else handed.unfound & set(unfound)
-        handed.waiting.discard(cluster.name)
-        if handed.waiting:
+        taking.unfound = set(unfound) if taking.unfound is None else taking.unfound & set(unfound)
+        taking.waiting.discard(cluster.name)
+        if taking.waiting:
             return []
-        for ref in handed.unfound:
+        assert taking.unfound is not None
+        for ref in taking.unfound:
             reason = (
-                adoption.unlisted_reason(handed.dead, self.scheduler_id, "; ".join(handed.errors))
-                if handed.errors
-                else adoption.unadopted_reason(handed.states[ref], handed.dead, self.scheduler_id)
+                adoption.unlisted_reason(taking.dead, self.scheduler_id, "; ".join(taking.errors))
+                if taking.errors
+                else adoption.unadopted_reason(taking.states[ref], taking.dead, self.scheduler_id)
             )
             self._note_in_task_log(ref, reason, ends_try=True)
             self.running.discard(airflow_adapter.to_airflow_key(ref))
             if isinstance(ref, identity.TaskRef):
                 self._to_reset.setdefault(ref, 0)
-        metrics.timing("adoption.duration", took_s := handed.watch.seconds)
+        metrics.timing("adoption.duration", took_s := taking.watch.seconds)
         self.log.info(
             "adopted %d of %d task instances from schedulers %s in %.2f s (their pods listed at %.2f s); "
             "%d with no pod are reset",
-            handed.adopted,
-            len(handed.wanted),
-            sorted(handed.dead),
+            taking.adopted,
+            len(taking.wanted),
+            sorted(taking.dead),
             took_s,
-            handed.listed_s,
-            len(handed.unfound),
+            taking.listed_s,
+            len(taking.unfound),
         )
         return []
 
@@ -875,8 +922,11 @@ class KubernetesExecutor(BaseExecutor):
 
     @metrics.timed_call("revoke_task")
     def revoke_task(self, *, ti: Any) -> None:
-        self._to_reset.pop(airflow_adapter.ref_of(ti.key), None)
-        self._give_up(airflow_adapter.ref_of(ti.key))
+        ref = airflow_adapter.ref_of(ti.key)
+        self._to_reset.pop(ref, None)
+        for taking in self._unread:
+            taking.revoked.add(ref)
+        self._give_up(ref)
 
     def get_task_log(self, ti: Any, try_number: int) -> tuple[list[str], list[str]]:
         if self.settings is None:
@@ -924,6 +974,37 @@ def _read_airflow(
     return jobs, rows
 
 
-def _timed(watch: metrics.Stopwatch, errand: Callable[[], T]) -> tuple[T, float]:
-    """`errand`'s outcome, with the stopwatch's reading when it was done."""
-    return errand(), watch.seconds
+def _described(exc: Exception) -> str:
+    return describe_error(exc) if isinstance(exc, REQUEST_ERRORS) else f"{type(exc).__name__}: {exc}"
+
+
+def _read_rows(handed: task_instances.HandedOver) -> list[HandedTry]:
+    """The errand behind adoption's read of the rows handed over: a database that refuses is asked
+    again after each of ROW_READ_RETRY_WAITS_S."""
+    waits = iter(ROW_READ_RETRY_WAITS_S)
+    while True:
+        try:
+            return handed.read()
+        except Exception:
+            wait_s = next(waits, None)
+            if wait_s is None:
+                raise
+            time.sleep(wait_s)
+
+
+def _look_for_pods(
+    scheduler: AirflowKubernetesScheduler,
+    rows: Future[list[HandedTry]],
+    watch: metrics.Stopwatch,
+    own_id: str,
+) -> _Looked:
+    """The errand behind one cluster's part of an adoption: the rows handed over (read once for
+    every cluster), then the pods of their tries, and of the schedulers that had queued them."""
+    tries = rows.result()
+    refs = [t.ref for t in tries]
+    orphans: list[Any] | Exception
+    try:
+        orphans = scheduler.find_orphans(refs, adoption.dead_schedulers(tries, own_id))
+    except Exception as exc:
+        orphans = exc
+    return _Looked(tries, orphans, watch.seconds)

@@ -165,6 +165,15 @@ class TaskRow(NamedTuple):
     queued_by: object
 
 
+class HandedTry(NamedTuple):
+    """A try Airflow handed over from a scheduler it took for dead, as its row was read: its state,
+    and the scheduler that had queued it (this one's, if Airflow's hand-over was written first)."""
+
+    ref: identity.TaskRef
+    state: object
+    queued_by: object
+
+
 class SchedulerJob(NamedTuple):
     """A scheduler job as the database holds it: what liveness is judged from."""
 

@@ -9,11 +9,13 @@ rows, which the pure ledger takes as they are.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from typing import Any
 
 from k8s_executor.identity import TaskRef
-from k8s_executor.shapes import SchedulerJob, TaskRow
+from k8s_executor.shapes import HandedTry, SchedulerJob, TaskRow
 
 
 def scheduler_jobs() -> list[SchedulerJob]:
@@ -68,38 +70,91 @@ def task_instance_rows(refs: Sequence[TaskRef], chunk: int = 500) -> dict[TaskRe
     return {ref: row for ref, row in found.items() if row is not None}
 
 
-def load_unloaded_columns(tis: Sequence[Any], chunk: int = 1000) -> None:
-    """Load, a thousand rows per query, the columns Airflow's orphan query left unloaded.
+@dataclass(frozen=True)
+class HandedOver:
+    """Task instances Airflow handed over, as its orphan query left them: either read in full
+    already (`tries`), or known by their rows' primary keys only (`model`, `keys`), to be read off
+    the loop (`read`)."""
 
-    That query loads only a few columns of each task instance (Airflow 2.11 and 3.x alike).
-    Adoption reads the try number and the scheduler that queued each one, and every column
-    left out costs a query per task instance when first read: seconds for a few thousand, in
-    the scheduler's loop. Loaded here, for the scheduler's own use after adoption too. Task
-    instances that are not rows of a session are left as they are.
+    tries: list[HandedTry]
+    model: Any = None
+    keys: list[tuple[Any, ...]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.tries) + len(self.keys)
+
+    def read(
+        self, chunk: int = 1000, session_scope: Callable[[], AbstractContextManager[Any]] | None = None
+    ) -> list[HandedTry]:
+        """Every try handed over: those of `keys` read now, a query per `chunk` rows, in a session
+        of its own (Airflow's, unless `session_scope` makes another). A row the database no longer
+        holds is left out (Airflow took it back)."""
+        if not self.keys:
+            return self.tries
+        from sqlalchemy import inspect, select, tuple_
+
+        if session_scope is None:
+            from airflow.utils.session import create_session
+
+            session_scope = create_session
+        model = self.model
+        key_columns = inspect(model).primary_key
+        read: list[HandedTry] = list(self.tries)
+        with session_scope() as session:
+            for start in range(0, len(self.keys), chunk):
+                part = self.keys[start : start + chunk]
+                if len(key_columns) == 1:
+                    where = key_columns[0].in_([key[0] for key in part])
+                else:
+                    where = tuple_(*key_columns).in_(part)
+                rows = session.execute(
+                    select(
+                        model.dag_id,
+                        model.task_id,
+                        model.run_id,
+                        model.try_number,
+                        model.map_index,
+                        model.state,
+                        model.queued_by_job_id,
+                    ).where(where)
+                ).all()
+                read += [
+                    HandedTry(
+                        TaskRef(dag_id, task_id, run_id, int(try_number), int(map_index)), state, queued_by
+                    )
+                    for dag_id, task_id, run_id, try_number, map_index, state, queued_by in rows
+                ]
+        return read
+
+
+def handed_over(tis: Sequence[Any]) -> HandedOver:
+    """What Airflow's orphan query handed over, without a query on the caller's thread.
+
+    That query loads only a few columns of each task instance (Airflow 2.11 and 3.x alike): the
+    try number and the scheduler that queued it are not among them, and reading one would cost a
+    query per task instance in Airflow's loop. Rows of a session are therefore kept by their
+    primary keys, which the session holds without a query, for `HandedOver.read` to read off the
+    loop; task instances that are not rows of a session are read as they are.
     """
-    from sqlalchemy import inspect, select, tuple_
-    from sqlalchemy.orm import object_session
-    from sqlalchemy.orm.exc import UnmappedInstanceError
+    from sqlalchemy import inspect
+    from sqlalchemy.exc import NoInspectionAvailable
 
-    try:
-        session = object_session(tis[0]) if tis else None
-    except UnmappedInstanceError:
-        return
-    if session is None:
-        return
-    model = type(tis[0])
-    mapper = inspect(model)
-    columns = {attribute.key for attribute in mapper.column_attrs}
-    identities = [inspect(ti).identity for ti in tis if inspect(ti).unloaded & columns]
-    key_columns = mapper.primary_key
-    for start in range(0, len(identities), chunk):
-        part = identities[start : start + chunk]
-        if len(key_columns) == 1:
-            where = key_columns[0].in_([identity[0] for identity in part])
+    from k8s_executor import airflow_adapter
+
+    tries: list[HandedTry] = []
+    model: Any = None
+    keys: list[tuple[Any, ...]] = []
+    for ti in tis:
+        try:
+            row = inspect(ti)
+        except NoInspectionAvailable:
+            row = None
+        if row is not None and row.persistent and row.identity is not None:
+            model = type(ti)
+            keys.append(row.identity)
         else:
-            where = tuple_(*key_columns).in_(part)
-        # Rows of objects already in the session fill in only what those objects lack.
-        session.scalars(select(model).where(where)).all()
+            tries.append(HandedTry(airflow_adapter.ref_of(ti.key), ti.state, ti.queued_by_job_id))
+    return HandedOver(tries, model, keys)
 
 
 def requeue(ref: TaskRef, from_state: str, scheduler_id: str) -> bool:

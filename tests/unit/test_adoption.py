@@ -7,10 +7,10 @@ import enum
 
 import pytest
 
-from k8s_executor.adoption import unadopted_reason, unlisted_reason
+from k8s_executor.adoption import dead_schedulers, unadopted_reason, unlisted_reason
 from k8s_executor.identity import TaskRef
 from k8s_executor.ledger import DisposalRule, PodLedger
-from k8s_executor.shapes import Orphan
+from k8s_executor.shapes import HandedTry, Orphan
 from k8s_executor.state_mapping import PodState
 
 
@@ -101,3 +101,14 @@ def test_a_try_whose_adoption_failed_half_way_is_still_awaited_and_so_reset() ->
     with pytest.raises(AttributeError):
         ledger.adopt(unjudged, 600)
     assert ledger.unfound([FOUND]) == [FOUND]
+
+
+def test_the_dead_schedulers_are_those_that_queued_the_tries_handed_over_but_this_one() -> None:
+    def handed(queued_by: object) -> HandedTry:
+        return HandedTry(TaskRef("d", "t", "r", 1), "running", queued_by)
+
+    # Airflow writes the hand-over (queued by this scheduler, 171) in its own transaction: a row
+    # read after it names this scheduler, which is not dead, and no other.
+    tries = [handed(166), handed(168), handed(171), handed(None), handed(166)]
+    assert dead_schedulers(tries, "171") == {"166", "168"}
+    assert dead_schedulers([], "171") == set()

@@ -1,14 +1,18 @@
-"""Adoption reads what Airflow's orphan query left unloaded with a query per thousand rows, not per row."""
+"""Adoption takes what Airflow hands over without a query in Airflow's loop, and reads the rows
+off it with a query per thousand rows, not per row."""
 
 from __future__ import annotations
 
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, NamedTuple
 
 import pytest
 from sqlalchemy import Column, Integer, String, create_engine, event, select
 from sqlalchemy.orm import Session, declarative_base, load_only
 
-from k8s_executor.task_instances import load_unloaded_columns
+from k8s_executor.identity import TaskRef
+from k8s_executor.shapes import HandedTry
+from k8s_executor.task_instances import handed_over
 
 # The SQLAlchemy of Airflow 2.11 (1.4) and of Airflow 3 (2.x) both take this form.
 Base: Any = declarative_base()
@@ -19,8 +23,12 @@ class ById(Base):
 
     __tablename__ = "by_id"
     id = Column(Integer, primary_key=True)
+    dag_id = Column(String)
     task_id = Column(String)
+    run_id = Column(String)
+    map_index = Column(Integer)
     try_number = Column(Integer)
+    state = Column(String)
     queued_by_job_id = Column(Integer)
 
 
@@ -28,42 +36,56 @@ class ByComposite(Base):
     """Keyed as Airflow 2's are."""
 
     __tablename__ = "by_composite"
+    dag_id = Column(String, primary_key=True)
     task_id = Column(String, primary_key=True)
+    run_id = Column(String, primary_key=True)
     map_index = Column(Integer, primary_key=True)
     try_number = Column(Integer)
+    state = Column(String)
     queued_by_job_id = Column(Integer)
 
 
-@pytest.mark.parametrize(
-    ("model", "row"),
-    [
-        (ById, lambda i: ById(id=i, task_id=f"t{i}", try_number=1, queued_by_job_id=7)),
-        (ByComposite, lambda i: ByComposite(task_id="t", map_index=i, try_number=1, queued_by_job_id=7)),
-    ],
-)
-def test_columns_left_unloaded_are_loaded_a_thousand_rows_per_query(model: Any, row: Any) -> None:
+def _row(model: Any, i: int) -> Any:
+    fields = dict(dag_id="d", task_id="t", run_id="r", map_index=i, try_number=2, state="running")
+    return model(id=i, **fields, queued_by_job_id=7) if model is ById else model(**fields, queued_by_job_id=7)
+
+
+@pytest.mark.parametrize("model", [ById, ByComposite])
+def test_the_rows_are_kept_by_key_in_the_loop_and_read_a_thousand_per_query_off_it(model: Any) -> None:
     engine = create_engine("sqlite://")
     Base.metadata.create_all(engine)
     with Session(engine) as session:
-        session.add_all([row(i) for i in range(2500)])
+        session.add_all([_row(model, i) for i in range(2500)])
         session.commit()
     statements: list[str] = []
     event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
     with Session(engine) as session:
-        tis = list(session.scalars(select(model).options(load_only(model.task_id))))
+        # As Airflow's orphan query loads them: neither the try number nor who queued it.
+        tis = list(session.scalars(select(model).options(load_only(model.dag_id, model.map_index))))
         statements.clear()
-        load_unloaded_columns(tis)
-        assert len(statements) == 3
-        statements.clear()
-        assert {(ti.try_number, ti.queued_by_job_id) for ti in tis} == {(1, 7)}
-        assert statements == [], "reading the columns after the load must not query again"
-        load_unloaded_columns(tis)
-        assert statements == [], "rows with every column loaded need no query"
+        handed = handed_over(tis)
+        assert statements == [], "nothing is read in Airflow's loop"
+        assert len(handed) == 2500
+        read = handed.read(session_scope=lambda: Session(engine))
+    assert len(statements) == 3
+    assert sorted(read) == sorted(HandedTry(TaskRef("d", "t", "r", 2, i), "running", 7) for i in range(2500))
 
 
-def test_task_instances_outside_a_session_are_left_as_they_are() -> None:
-    detached = ById(id=1, task_id="t", try_number=1, queued_by_job_id=7)
-    load_unloaded_columns([detached])
-    load_unloaded_columns([])
-    load_unloaded_columns([object()])
-    assert detached.try_number == 1
+class _Key(NamedTuple):
+    dag_id: str
+    task_id: str
+    run_id: str
+    try_number: int
+    map_index: int
+
+
+def test_task_instances_outside_a_session_are_read_as_they_are() -> None:
+    detached = ById(id=1, dag_id="d", task_id="t", run_id="r", map_index=-1, try_number=1, queued_by_job_id=7)
+    detached.key = _Key("d", "t", "r", 1, -1)  # Airflow's TaskInstance has it as a property
+    plain = SimpleNamespace(key=_Key("d", "u", "r", 3, 0), state="queued", queued_by_job_id=None)
+    handed = handed_over([detached, plain])
+    assert handed.read() == [
+        HandedTry(TaskRef("d", "t", "r", 1, -1), None, 7),
+        HandedTry(TaskRef("d", "u", "r", 3, 0), "queued", None),
+    ]
+    assert len(handed_over([])) == 0

@@ -395,7 +395,10 @@ class LauncherProcess:
         if self.closed or self.process.is_alive():
             return
         log.error("launcher process died (exit code %s); restarting", self.process.exitcode)
-        self.process.join(timeout=1)  # its pipes and threads go with it
+        # Not joined: waiting for its reader to hand on its last answers would hold Airflow's loop
+        # on a busy machine. A create sent again whose answer was among them meets 409 and is
+        # found to be this launch's (`_landed`).
+        self.process.forget()
         self.restarts += 1
         self._start()
         with self.lock:

@@ -125,6 +125,11 @@ class Helper:
             self._reader.join(timeout=5)
             self._outbox.put(_CLOSE)
 
+    def forget(self) -> None:
+        """The child has exited: its writer stops. Nothing is waited for: the reader still hands on
+        what the child sent before it died, and ends by itself at the end of the pipe."""
+        self._outbox.put(_CLOSE)
+
     def terminate(self) -> None:
         """Stop the helper now (it ignores SIGTERM, which a process group's shutdown sends it)."""
         self.kill()

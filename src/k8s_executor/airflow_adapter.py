@@ -227,8 +227,10 @@ def ref_of(key: Any) -> TaskRef:
 def hold_heartbeat(ti: Any) -> None:
     """A try handed over stays clear of Airflow 3's heartbeat timeout while its pod is looked for:
     Airflow would otherwise fail a try whose pod is long gone, spending a retry, before the
-    executor resets it. Airflow 2's zombie check goes by the worker's job, not the try."""
-    if hasattr(ti, "last_heartbeat_at"):  # Airflow 3
+    executor resets it. Airflow 2's zombie check goes by the worker's job, not the try. Asked of
+    the class: asked of the row, it would read the column, a query per row Airflow's orphan query
+    left it unloaded in."""
+    if hasattr(type(ti), "last_heartbeat_at"):  # Airflow 3
         ti.last_heartbeat_at = datetime.datetime.now(datetime.timezone.utc)
 
 

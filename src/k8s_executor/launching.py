@@ -342,6 +342,8 @@ class LauncherProcess:
         self.lock = threading.Lock()
         self.closed = False
         self.restarts = 0
+        # A dead process whose last answers are still being read, and what it had not answered.
+        self._draining: tuple[Helper, set[tuple[str, str]], set[tuple[str, str]]] | None = None
         self._start()
 
     def _start(self) -> None:
@@ -371,9 +373,11 @@ class LauncherProcess:
         self.process.send((verb, args))
 
     def create(self, pod: dict[str, Any], deadline: float) -> None:
+        # Recorded and sent under the lock: to the process that dies (then sent again once its
+        # last answers are in) or to its successor, never lost between the two.
         with self.lock:
             self.unanswered[(pod["metadata"]["namespace"], pod["metadata"]["name"])] = (pod, deadline)
-        self._send("create", pod, deadline)
+            self._send("create", pod, deadline)
 
     def delete(self, namespace: str, name: str, resource_version: str | None = None) -> None:
         self._send("delete", namespace, name, resource_version)
@@ -383,7 +387,7 @@ class LauncherProcess:
     ) -> None:
         with self.lock:
             self.unanswered_patches[(namespace, name)] = (labels, stop)
-        self._send("patch_labels", namespace, name, labels, stop)
+            self._send("patch_labels", namespace, name, labels, stop)
 
     def drop(self, namespace: str, name: str) -> None:
         with self.lock:
@@ -391,28 +395,44 @@ class LauncherProcess:
         self._send("drop", namespace, name)
 
     def check(self) -> None:
-        """Restart a launcher process that died, and send its unanswered creates and patches again."""
+        """Restart a launcher process that died, and send its unanswered creates and patches again
+        once the dead one's last answers are in. Nothing here waits (on a busy machine, waiting for
+        them held Airflow's loop): the dead process's own reader hands them on, and a later check
+        sends what they left unanswered."""
+        if self._draining is not None:
+            dead, creates, patches = self._draining
+            if not dead.drained:
+                return
+            self._draining = None
+            with self.lock:
+                pending = [self.unanswered[key] for key in creates if key in self.unanswered]
+                patched = [
+                    (key, self.unanswered_patches[key]) for key in patches if key in self.unanswered_patches
+                ]
+            for pod, deadline in pending:
+                self._send("create", pod, deadline)
+            for (namespace, name), (labels, stop) in patched:
+                self._send("patch_labels", namespace, name, labels, stop)
+            return
         if self.closed or self.process.is_alive():
             return
         log.error("launcher process died (exit code %s); restarting", self.process.exitcode)
-        # Not joined: waiting for its reader to hand on its last answers would hold Airflow's loop
-        # on a busy machine. A create sent again whose answer was among them meets 409 and is
-        # found to be this launch's (`_landed`).
         self.process.forget()
-        self.restarts += 1
-        self._start()
         with self.lock:
-            pending = list(self.unanswered.values())
-            patches = list(self.unanswered_patches.items())
-        for pod, deadline in pending:
-            self._send("create", pod, deadline)
-        for (namespace, name), (labels, stop) in patches:
-            self._send("patch_labels", namespace, name, labels, stop)
+            # What the dead process had not answered: what is sent from now on goes to the new one.
+            self._draining = (self.process, set(self.unanswered), set(self.unanswered_patches))
+            self.restarts += 1
+            self._start()
+        self.check()
 
     def shutdown(self, wait: bool) -> None:
         """Stop retrying; with `wait`, requests already handed over are still sent, once each."""
         if self.closed:
             return
+        if self._draining is not None:
+            # A process that died just before: what it left unanswered goes to its successor first.
+            self._draining[0].join(timeout=5)
+            self.check()
         self.closed = True
         self.process.send(("shutdown", (wait,)))
         self.process.join(timeout=60 if wait else 5)

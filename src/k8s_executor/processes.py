@@ -127,8 +127,13 @@ class Helper:
 
     def forget(self) -> None:
         """The child has exited: its writer stops. Nothing is waited for: the reader still hands on
-        what the child sent before it died, and ends by itself at the end of the pipe."""
+        what the child sent before it died, and ends by itself at the end of the pipe (`drained`)."""
         self._outbox.put(_CLOSE)
+
+    @property
+    def drained(self) -> bool:
+        """Whether everything the child sent has been handed on (its pipe is at its end)."""
+        return not self._reader.is_alive()
 
     def terminate(self) -> None:
         """Stop the helper now (it ignores SIGTERM, which a process group's shutdown sends it)."""

@@ -57,6 +57,20 @@ def dead_schedulers(tries: Iterable[HandedTry], own_id: str) -> set[str]:
     return {str(t.queued_by) for t in tries if t.queued_by is not None} - {own_id}
 
 
+def still_handed(tries: Iterable[HandedTry], alive: set[str], own_id: str) -> list[HandedTry]:
+    """Of the rows read after a hand-over, the tries still this scheduler's: a row queued since by
+    another live scheduler (`alive`, by label) is that scheduler's, its try retried or queued
+    again between the hand-over and the read."""
+    own = identity.safe_label_value(own_id)
+    return [
+        t
+        for t in tries
+        if t.queued_by is None
+        or (label := identity.safe_label_value(str(t.queued_by))) == own
+        or label not in alive
+    ]
+
+
 def legacy_orphans(sightings: Iterable[PodSeen], tries: Iterable[identity.WorkloadRef]) -> list[Orphan]:
     """The legacy pods (identity.LEGACY_SELECTOR) that run one of `tries`: handed over, so ours."""
     wanted = set(tries)

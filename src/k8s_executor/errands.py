@@ -52,6 +52,11 @@ class Errands:
         self._running: dict[str, tuple[Future[Any], Then]] = {}
         self._stopped = False
 
+    @property
+    def stopped(self) -> bool:
+        """Whether `shutdown` was called: an errand that waits in a loop gives up then."""
+        return self._stopped
+
     def busy(self, kind: str) -> bool:
         return kind in self._running
 

@@ -57,9 +57,9 @@ from k8s_executor.shapes import HandedTry, TaskRow
 # A try handed over with no pod whose reset fails (the database away) is tried again this often.
 RESET_RETRY_S = 5.0
 RESET_ATTEMPTS = 20
-# Adoption's read of the rows handed over, refused by the database, is tried again after each wait
-# (two minutes in all, as long as the resets of RESET_ATTEMPTS are tried for).
-ROW_READ_RETRY_WAITS_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
+# Adoption's read of the rows handed over, refused by the database, is tried again after each wait,
+# then every last one.
+ROW_READ_RETRY_WAITS_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 # What an errand's outcome leads to: actions, each with the cluster whose ledger decided it.
 Todo = list[tuple[Cluster, Action]]
 
@@ -90,7 +90,9 @@ class _Adoption:
 
     handed: int
     watch: metrics.Stopwatch
-    waiting: set[str]
+    # The clusters looked in, and those whose answer has been taken.
+    clusters: set[str]
+    answered: set[str] = field(default_factory=set)
     # Filled from the rows read, by the first cluster to answer (`_take_over`): the tries to adopt
     # (those not held here already), the schedulers that had queued them, and their states.
     wanted: list[identity.WorkloadRef] | None = None
@@ -112,6 +114,7 @@ class _Looked:
 
     tries: list[HandedTry]
     orphans: list[Any] | Exception
+    read_s: float
     listed_s: float
 
 
@@ -746,10 +749,20 @@ class KubernetesExecutor(BaseExecutor):
             airflow_adapter.hold_heartbeat(ti)
         taking = _Adoption(len(handed), watch, set(self.clusters))
         self._unread.append(taking)
+        for cluster in self.clusters.values():
+            cluster.scheduler.reading_handed_over(True)
         # One read of the rows for every cluster. A try's pod may be in any cluster (the routing
         # may have changed since its launch): each cluster looks for all of them, on an errand of
         # its own that waits for the read.
-        rows = errands.in_background("read handed over", functools.partial(_read_rows, handed))
+        read = functools.partial(
+            _read_rows,
+            handed,
+            self.scheduler_id,
+            airflow_adapter.scheduler_health_check_threshold_s(),
+            lambda: self._errands.stopped,
+            self.log,
+        )
+        rows = errands.in_background("read handed over", read)
         batch = uuid.uuid4().hex
         for cluster in self.clusters.values():
             self._errands.run(
@@ -764,7 +777,7 @@ class KubernetesExecutor(BaseExecutor):
         )
         return []
 
-    def _take_over(self, taking: _Adoption, tries: Sequence[HandedTry]) -> None:
+    def _take_over(self, taking: _Adoption, looked: _Looked) -> None:
         """The rows read: the tries to adopt are held in every cluster's ledger until their pods
         are found. A scheduler whose loop stalled past its health check is declared dead by itself
         and handed its own tasks: those still queued here, in flight (created or not yet, or
@@ -778,45 +791,61 @@ class KubernetesExecutor(BaseExecutor):
         }
         claimed = set().union(*(c.scheduler.claimed() for c in self.clusters.values()))
         held = claimed | queued_here | taking.revoked
-        taking.wanted = [t.ref for t in tries if t.ref not in held]
-        taking.dead = adoption.dead_schedulers(tries, self.scheduler_id)
-        taking.states = {t.ref: t.state for t in tries}
+        taking.wanted = [t.ref for t in looked.tries if t.ref not in held]
+        taking.dead = adoption.dead_schedulers(looked.tries, self.scheduler_id)
+        taking.states = {t.ref: t.state for t in looked.tries}
         for ref in taking.wanted:
             self.running.add(airflow_adapter.to_airflow_key(ref))
         for cluster in self.clusters.values():
             cluster.scheduler.await_adoption(taking.wanted)
+            cluster.scheduler.reading_handed_over(bool(self._unread))
         self.log.info(
             "%d task instances handed over by schedulers %s: %d held here already, adopting the pods "
-            "of %d (their rows read at %.2f s)",
-            len(tries),
+            "of %d (their rows read in %.2f s)",
+            taking.handed,
             sorted(taking.dead),
-            len(tries) - len(taking.wanted),
+            taking.handed - len(taking.wanted),
             len(taking.wanted),
-            taking.watch.seconds,
+            looked.read_s,
         )
 
     def _found(self, cluster: Cluster, taking: _Adoption, outcome: Future[_Looked]) -> Todo:
         """What one cluster's errand found: the pods of the tries its ledger still awaits are
         adopted there. Once every cluster has answered, the tries no cluster had a pod for (or
-        whose pods could not be listed) go back to Airflow."""
+        whose pods could not be listed) go back to Airflow. Whatever fails on the way, the cluster
+        counts as answered, with no pod found, so that no try stays held."""
+        try:
+            self._adopt_in(cluster, taking, outcome)
+        finally:
+            if taking.wanted is not None and cluster.name not in taking.answered:
+                error = "adopting the pods found failed"
+                taking.errors.append(f"cluster {cluster.name}: {error}" if self._several else error)
+                unfound = cluster.scheduler.not_found(taking.wanted)
+                taking.unfound = set(unfound) if taking.unfound is None else taking.unfound & set(unfound)
+            taking.answered.add(cluster.name)
+            if taking.wanted is not None and taking.answered >= taking.clusters:
+                self._conclude_adoption(taking)
+        return []
+
+    def _adopt_in(self, cluster: Cluster, taking: _Adoption, outcome: Future[_Looked]) -> None:
         try:
             looked = outcome.result()
         except Exception as exc:
-            # The rows could not be read: which tries were handed over is not known here.
-            taking.waiting.discard(cluster.name)
+            # The read gave up: the executor is stopping. Its successor is handed these tries.
             if taking in self._unread:
                 self._unread.remove(taking)
-                self.log.error(
-                    "could not read the rows of %d task instances handed over (%s): their pods are "
-                    "not adopted, and Airflow's own timeouts take them back",
+                for each in self.clusters.values():
+                    each.scheduler.reading_handed_over(bool(self._unread))
+                self.log.warning(
+                    "stopped before the rows of %d task instances handed over were read (%s)",
                     taking.handed,
                     _described(exc),
                 )
-            return []
+            return
         if taking.wanted is None:
-            self._take_over(taking, looked.tries)
+            self._take_over(taking, looked)
         assert taking.wanted is not None
-        orphans, listed_s = [], looked.listed_s
+        orphans: Sequence[Any] = []
         if isinstance(looked.orphans, Exception):
             error = _described(looked.orphans)
             taking.errors.append(f"cluster {cluster.name}: {error}" if self._several else error)
@@ -838,14 +867,16 @@ class KubernetesExecutor(BaseExecutor):
             adopted, unfound = [], cluster.scheduler.not_found(taking.wanted)
         metrics.incr("adoption.pods", len(adopted), cluster=cluster.name)
         taking.adopted += sum(1 for orphan in adopted if orphan.ours)
-        taking.listed_s = max(taking.listed_s, listed_s)
+        taking.listed_s = max(taking.listed_s, looked.listed_s)
         # Not found here, and not adopted in a cluster that answered before.
         taking.unfound = set(unfound) if taking.unfound is None else taking.unfound & set(unfound)
-        taking.waiting.discard(cluster.name)
-        if taking.waiting:
-            return []
-        assert taking.unfound is not None
-        for ref in taking.unfound:
+        taking.answered.add(cluster.name)
+
+    def _conclude_adoption(self, taking: _Adoption) -> None:
+        """Every cluster has answered: the tries no cluster had a pod for are reset."""
+        assert taking.wanted is not None
+        unfound = taking.unfound or set()
+        for ref in unfound:
             reason = (
                 adoption.unlisted_reason(taking.dead, self.scheduler_id, "; ".join(taking.errors))
                 if taking.errors
@@ -864,9 +895,8 @@ class KubernetesExecutor(BaseExecutor):
             sorted(taking.dead),
             took_s,
             taking.listed_s,
-            len(taking.unfound),
+            len(unfound),
         )
-        return []
 
     def _reset_unfound(self) -> None:
         """Reset the tries handed over with no pod (an errand); one that fails is tried again, a
@@ -978,17 +1008,36 @@ def _described(exc: Exception) -> str:
     return describe_error(exc) if isinstance(exc, REQUEST_ERRORS) else f"{type(exc).__name__}: {exc}"
 
 
-def _read_rows(handed: task_instances.HandedOver) -> list[HandedTry]:
-    """The errand behind adoption's read of the rows handed over: a database that refuses is asked
-    again after each of ROW_READ_RETRY_WAITS_S."""
-    waits = iter(ROW_READ_RETRY_WAITS_S)
+def _read_rows(
+    handed: task_instances.HandedOver,
+    own_id: str,
+    threshold_s: float,
+    stopped: Callable[[], bool],
+    log: Any,
+) -> list[HandedTry]:
+    """The errand behind adoption's read of the rows handed over: those still this scheduler's
+    (adoption.still_handed). Airflow has written the hand-over, and hands these tries to no one
+    else: a database that refuses is asked again, after each of ROW_READ_RETRY_WAITS_S and then
+    every last one of them, until it answers or the executor stops."""
+    waits = itertools.chain(ROW_READ_RETRY_WAITS_S, itertools.repeat(ROW_READ_RETRY_WAITS_S[-1]))
     while True:
         try:
-            return handed.read()
-        except Exception:
-            wait_s = next(waits, None)
-            if wait_s is None:
+            tries = handed.read()
+            if not own_id.isdigit():
+                return tries  # no scheduler job (a test harness): no other scheduler either
+            jobs = task_instances.scheduler_jobs()
+            alive = live_schedulers(jobs, datetime.datetime.now(datetime.timezone.utc), threshold_s)
+            return adoption.still_handed(tries, alive, own_id)
+        except Exception as exc:
+            if stopped():
                 raise
+            wait_s = next(waits)
+            log.warning(
+                "could not read the rows of %d task instances handed over (%s); trying again in %.0f s",
+                len(handed),
+                _described(exc),
+                wait_s,
+            )
             time.sleep(wait_s)
 
 
@@ -1001,10 +1050,10 @@ def _look_for_pods(
     """The errand behind one cluster's part of an adoption: the rows handed over (read once for
     every cluster), then the pods of their tries, and of the schedulers that had queued them."""
     tries = rows.result()
-    refs = [t.ref for t in tries]
+    read_s = watch.seconds
     orphans: list[Any] | Exception
     try:
-        orphans = scheduler.find_orphans(refs, adoption.dead_schedulers(tries, own_id))
+        orphans = scheduler.find_orphans([t.ref for t in tries], adoption.dead_schedulers(tries, own_id))
     except Exception as exc:
         orphans = exc
-    return _Looked(tries, orphans, watch.seconds)
+    return _Looked(tries, orphans, read_s, watch.seconds)

@@ -392,8 +392,11 @@ class PodLedger:
         self.alive: set[str] | None = None
         self.dead_since: dict[str, float] = {}
         # Tries Airflow handed over from dead schedulers whose pods are being looked for: claimed
-        # here from the hand-over on, so Airflow's loop never waits for the list.
+        # here once their rows are read, so Airflow's loop never waits for the read or the list.
         self.adopting: set[identity.WorkloadRef] = set()
+        # A hand-over whose rows are still being read: which tries it holds is not known yet, so
+        # no dead scheduler's pod is disposed of meanwhile (it may be one of theirs).
+        self.rows_unread = False
 
     # --- inputs ----------------------------------------------------------------------------
     def attempt(self, ref: identity.WorkloadRef) -> int:
@@ -504,6 +507,10 @@ class PodLedger:
             if entry.settled and (entry.created or entry.answered):
                 self._forget(key)
         return actions
+
+    def reading_handed_over(self, unread: bool) -> None:
+        """Whether a hand-over's rows are being read: unclaimed pods wait for them (`tick`)."""
+        self.rows_unread = unread
 
     def awaiting_adoption(self, refs: Iterable[identity.WorkloadRef]) -> None:
         """Airflow handed these tries over: they are this scheduler's while their pods are looked
@@ -711,6 +718,8 @@ class PodLedger:
                 break  # in the order they went
             del self.gone[key]
         for key, since in list(self.unclaimed.items()):
+            if self.rows_unread:
+                break  # the pod may be a try's just handed here; decided once the rows are read
             owner = self.others[key].scheduler_id
             if self.others[key].ref in self.adopting:
                 continue  # its try was handed here: its pod is being looked for, to be adopted

@@ -388,6 +388,11 @@ class AirflowKubernetesScheduler(LoggingMixin):
         """Of `tries`, those the ledger still awaits, no longer held: their pods were not found."""
         return self.ledger.unfound(tries)
 
+    def reading_handed_over(self, unread: bool) -> None:
+        """Whether a hand-over's rows are being read: no dead scheduler's pod is disposed of
+        meanwhile (ledger.PodLedger.reading_handed_over)."""
+        self.ledger.reading_handed_over(unread)
+
     def await_adoption(self, tries: Sequence[identity.WorkloadRef]) -> None:
         """Tries Airflow handed over: held in the ledger while `find_orphans` looks for their pods."""
         self.ledger.awaiting_adoption(tries)

@@ -9,7 +9,7 @@ rows, which the pure ledger takes as they are.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
@@ -84,11 +84,15 @@ class HandedOver:
         return len(self.tries) + len(self.keys)
 
     def read(
-        self, chunk: int = 1000, session_scope: Callable[[], AbstractContextManager[Any]] | None = None
+        self,
+        chunk: int = 1000,
+        session_scope: Callable[[], AbstractContextManager[Any]] | None = None,
+        adoptable: Collection[str] | None = None,
     ) -> list[HandedTry]:
         """Every try handed over: those of `keys` read now, a query per `chunk` rows, in a session
         of its own (Airflow's, unless `session_scope` makes another). A row the database no longer
-        holds is left out (Airflow took it back)."""
+        holds, or no longer in a state Airflow adopts from (`adoptable`, Airflow's unless given),
+        is left out: Airflow took it back since."""
         if not self.keys:
             return self.tries
         from sqlalchemy import inspect, select, tuple_
@@ -97,6 +101,10 @@ class HandedOver:
             from airflow.utils.session import create_session
 
             session_scope = create_session
+        if adoptable is None:
+            from airflow.utils.state import State
+
+            adoptable = [str(getattr(state, "value", state)) for state in State.adoptable_states]
         model = self.model
         key_columns = inspect(model).primary_key
         read: list[HandedTry] = list(self.tries)
@@ -116,7 +124,7 @@ class HandedOver:
                         model.map_index,
                         model.state,
                         model.queued_by_job_id,
-                    ).where(where)
+                    ).where(where, model.state.in_(list(adoptable)))
                 ).all()
                 read += [
                     HandedTry(

@@ -56,8 +56,10 @@ def test_a_try_taken_back_while_its_pod_is_built_leaves_no_pod_and_no_report(
         executor.revoke_task(ti=SimpleNamespace(key=queued_again))
         # Airflow queues the same try again before its first pod was built.
         executor.execute_async(queued_again, ["sh", "-c", "echo done"])
-        # Held here while it waits for the builder: adoption must not take it for an orphan.
-        assert executor.try_adopt_task_instances([]) == []
+        # Handed over to this scheduler while it waits for the builder (a scheduler that took
+        # itself for dead): held here already, adoption must not take it for an orphan.
+        handed = SimpleNamespace(key=queued_again, state="queued", queued_by_job_id=None)
+        assert executor.try_adopt_task_instances([handed]) == []
         gate.set()
         deadline = time.monotonic() + 90
         while queued_again not in executor.event_buffer and time.monotonic() < deadline:

@@ -7,7 +7,7 @@ import enum
 
 import pytest
 
-from k8s_executor.adoption import dead_schedulers, unadopted_reason, unlisted_reason
+from k8s_executor.adoption import dead_schedulers, still_handed, unadopted_reason, unlisted_reason
 from k8s_executor.identity import TaskRef
 from k8s_executor.ledger import DisposalRule, PodLedger
 from k8s_executor.shapes import HandedTry, Orphan
@@ -57,7 +57,7 @@ def orphan(ref: TaskRef, ours: bool = True, state: PodState = RUNNING) -> Orphan
 def test_tries_handed_over_are_claimed_until_their_pods_are_found_or_not() -> None:
     ledger = PodLedger("6", DisposalRule(), clock=lambda: 0.0)
     ledger.awaiting_adoption([FOUND, GONE, TAKEN_BACK])
-    # Claimed at once: Airflow's next adoption pass, or a second call, does not hand them again.
+    # Claimed once their rows are read: a second hand-over of the same tries does not take them again.
     assert ledger.claimed() >= {FOUND, GONE, TAKEN_BACK}
     # Airflow takes one back before the list comes: its pod is not adopted, nor is it reset here.
     ledger.revoke(TAKEN_BACK)
@@ -93,6 +93,31 @@ def test_a_pod_being_adopted_is_not_disposed_of_as_unclaimed() -> None:
     assert ledger.adoptable([running]) == [running]
 
 
+def test_no_dead_schedulers_pod_is_disposed_of_while_a_hand_over_is_read() -> None:
+    now = [0.0]
+    finished = orphan(FOUND, state=PodState("success"))
+
+    def swept_ledger() -> PodLedger:
+        ledger = PodLedger("6", DisposalRule(), clock=lambda: now[0], unclaimed_grace_s=10)
+        ledger.schedulers_alive({"6"})
+        ledger.swept([finished])
+        return ledger
+
+    # Airflow hands tries over as the pod's grace runs out; which tries, the rows will say.
+    handed, read = swept_ledger(), swept_ledger()
+    handed.reading_handed_over(True)
+    for now[0] in (100.0, 111.0):
+        assert handed.tick() == []
+        unclaimed = read.tick()
+    # Without a hand-over being read, the same pod is disposed of once its grace is over.
+    assert [a.why for a in unclaimed] == ["unclaimed"]
+    # Read, its try handed here: it is adopted, not disposed of.
+    handed.reading_handed_over(False)
+    handed.awaiting_adoption([FOUND])
+    assert handed.tick() == []
+    assert handed.adoptable([finished]) == [finished]
+
+
 def test_a_try_whose_adoption_failed_half_way_is_still_awaited_and_so_reset() -> None:
     ledger = PodLedger("6", DisposalRule(), clock=lambda: 0.0)
     ledger.awaiting_adoption([FOUND])
@@ -112,3 +137,11 @@ def test_the_dead_schedulers_are_those_that_queued_the_tries_handed_over_but_thi
     tries = [handed(166), handed(168), handed(171), handed(None), handed(166)]
     assert dead_schedulers(tries, "171") == {"166", "168"}
     assert dead_schedulers([], "171") == set()
+
+
+def test_a_row_queued_since_by_another_live_scheduler_is_no_longer_handed_here() -> None:
+    def handed(task: str, queued_by: object) -> HandedTry:
+        return HandedTry(TaskRef("d", task, "r", 1), "queued", queued_by)
+
+    tries = [handed("dead", 166), handed("mine", 171), handed("retried", 170), handed("none", None)]
+    assert [t.ref.task_id for t in still_handed(tries, {"170", "171"}, "171")] == ["dead", "mine", "none"]

@@ -15,7 +15,9 @@ from __future__ import annotations
 import datetime
 import importlib.util
 import inspect
+import logging
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from airflow import __version__ as AIRFLOW_VERSION
@@ -27,6 +29,7 @@ from k8s_executor.identity import CallbackRef, ConnectionTestRef, TaskRef, Workl
 from k8s_executor.pod_building import PodDefaults
 from k8s_executor.settings import SECTION, ExecutorSettings
 
+log = logging.getLogger(__name__)
 AIRFLOW_V3 = Version(Version(AIRFLOW_VERSION).base_version) >= Version("3.0.0")
 
 
@@ -222,6 +225,22 @@ def end_states(ref: WorkloadRef) -> tuple[Any, Any]:
 
 def ref_of(key: Any) -> TaskRef:
     return TaskRef(key.dag_id, key.task_id, key.run_id, int(key.try_number), int(key.map_index))
+
+
+def spare_run_reads(tis: Sequence[Any]) -> None:
+    """Airflow 3's pass over the task instances an executor adopted reads each one's dag run (to
+    default its conf), which its orphan query leaves to a lazy load: a query per task instance, in
+    the loop, right after the executor's call (2,000 of them held the loop about 2 s). One query
+    of their runs, per thousand runs, in the call spares those. Airflow 2's pass reads no run."""
+    if not AIRFLOW_V3:
+        return
+    from k8s_executor.task_instances import load_related
+
+    try:
+        load_related(tis, "dag_run")
+    except Exception as exc:
+        # Only a saving: Airflow's pass then reads each run itself.
+        log.warning("the runs of %d task instances handed over were not read ahead: %s", len(tis), exc)
 
 
 def hold_heartbeat(ti: Any) -> None:

@@ -736,21 +736,23 @@ class KubernetesExecutor(BaseExecutor):
     # --- adoption, revocation, logs ---------------------------------------
     @metrics.timed_call("try_adopt_task_instances")
     def try_adopt_task_instances(self, tis: Sequence[Any]) -> Sequence[Any]:
-        """Take over the task instances of dead schedulers without a query or a request in Airflow's
-        loop: their rows are read and their pods looked for in every cluster on errands, and each
-        cluster adopts what it found (`_found`); a try whose pod no cluster has is then reset, as
-        Airflow would have reset it. Nothing is handed back here."""
+        """Take over the task instances of dead schedulers without a request in Airflow's loop, and
+        with no query but the one that spares Airflow's own pass a query per row
+        (`spare_run_reads`): their rows are read and their pods looked for in every cluster on
+        errands, and each cluster adopts what it found (`_found`); a try whose pod no cluster has
+        is then reset, as Airflow would have reset it. Nothing is handed back here."""
         assert self.settings is not None
         if not tis:
             return []
         watch = metrics.Stopwatch()
         handed = task_instances.handed_over(tis)
+        # Before the heartbeats are held: its read would flush them, in this call.
+        airflow_adapter.spare_run_reads(tis)
         for ti in tis:
             airflow_adapter.hold_heartbeat(ti)
         taking = _Adoption(len(handed), watch, set(self.clusters))
         self._unread.append(taking)
-        for cluster in self.clusters.values():
-            cluster.scheduler.reading_handed_over(True)
+        self._tell_unread()
         # One read of the rows for every cluster. A try's pod may be in any cluster (the routing
         # may have changed since its launch): each cluster looks for all of them, on an errand of
         # its own that waits for the read.
@@ -798,7 +800,7 @@ class KubernetesExecutor(BaseExecutor):
             self.running.add(airflow_adapter.to_airflow_key(ref))
         for cluster in self.clusters.values():
             cluster.scheduler.await_adoption(taking.wanted)
-            cluster.scheduler.reading_handed_over(bool(self._unread))
+        self._tell_unread()
         self.log.info(
             "%d task instances handed over by schedulers %s: %d held here already, adopting the pods "
             "of %d (their rows read in %.2f s)",
@@ -808,6 +810,12 @@ class KubernetesExecutor(BaseExecutor):
             len(taking.wanted),
             looked.read_s,
         )
+
+    def _tell_unread(self) -> None:
+        """Every ledger holds back its disposal of unclaimed pods while the rows of a hand-over are
+        unread: their tries may be any dead scheduler's."""
+        for cluster in self.clusters.values():
+            cluster.scheduler.reading_handed_over(bool(self._unread))
 
     def _found(self, cluster: Cluster, taking: _Adoption, outcome: Future[_Looked]) -> Todo:
         """What one cluster's errand found: the pods of the tries its ledger still awaits are
@@ -834,8 +842,7 @@ class KubernetesExecutor(BaseExecutor):
             # The read gave up: the executor is stopping. Its successor is handed these tries.
             if taking in self._unread:
                 self._unread.remove(taking)
-                for each in self.clusters.values():
-                    each.scheduler.reading_handed_over(bool(self._unread))
+                self._tell_unread()
                 self.log.warning(
                     "stopped before the rows of %d task instances handed over were read (%s)",
                     taking.handed,

@@ -1,5 +1,5 @@
-"""Adoption takes what Airflow hands over without a query in Airflow's loop, and reads the rows
-off it with a query per thousand rows, not per row."""
+"""Adoption takes what Airflow hands over without a query per row in Airflow's loop, and reads the
+rows off it with a query per thousand rows, not per row."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ from types import SimpleNamespace
 from typing import Any, NamedTuple
 
 import pytest
-from sqlalchemy import Column, Integer, String, create_engine, event, select
-from sqlalchemy.orm import Session, declarative_base, load_only
+from sqlalchemy import Column, ForeignKeyConstraint, Integer, String, create_engine, event, select
+from sqlalchemy.orm import Session, declarative_base, lazyload, load_only, relationship
 
 from k8s_executor.airflow_adapter import hold_heartbeat
 from k8s_executor.identity import TaskRef
 from k8s_executor.shapes import HandedTry
-from k8s_executor.task_instances import handed_over
+from k8s_executor.task_instances import handed_over, load_related
 
 # The SQLAlchemy of Airflow 2.11 (1.4) and of Airflow 3 (2.x) both take this form.
 Base: Any = declarative_base()
@@ -97,3 +97,65 @@ def test_task_instances_outside_a_session_are_read_as_they_are() -> None:
         HandedTry(TaskRef("d", "u", "r", 3, 0), "queued", None),
     ]
     assert len(handed_over([])) == 0
+
+
+class Run(Base):
+    """Keyed by an id, and found from a task instance by its dag and run ids, as Airflow's runs."""
+
+    __tablename__ = "run"
+    id = Column(Integer, primary_key=True)
+    dag_id = Column(String)
+    run_id = Column(String)
+    conf = Column(String)
+
+
+class InRun(Base):
+    """A task instance with its run as Airflow 3's have it: a many-to-one on two columns that are
+    not the run's primary key, so a lazy load of it is a query per row."""
+
+    __tablename__ = "in_run"
+    __table_args__ = (ForeignKeyConstraint(["dag_id", "run_id"], ["run.dag_id", "run.run_id"]),)
+    id = Column(Integer, primary_key=True)
+    dag_id = Column(String)
+    run_id = Column(String)
+    map_index = Column(Integer)
+    last_heartbeat_at = Column(Integer)
+    dag_run = relationship(Run, primaryjoin="and_(InRun.dag_id == Run.dag_id, InRun.run_id == Run.run_id)")
+
+
+def _handed_over_in_runs(session: Session) -> list[Any]:
+    # As Airflow's orphan query loads them: a few columns, the run left to a lazy load.
+    query = select(InRun).options(lazyload(InRun.dag_run), load_only(InRun.id, InRun.dag_id, InRun.run_id))
+    return list(session.scalars(query))
+
+
+def test_the_runs_of_the_task_instances_handed_over_are_read_in_one_query_not_one_per_row() -> None:
+    engine = create_engine("sqlite://")
+    Base.metadata.create_all(engine)
+    with Session(engine) as session:
+        session.add_all([Run(id=i, dag_id="d", run_id=f"r{i}", conf="{}" if i else None) for i in range(3)])
+        session.add_all([InRun(id=i, dag_id="d", run_id=f"r{i % 3}", map_index=i) for i in range(2000)])
+        session.commit()
+    statements: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+
+    def airflow_pass(tis: list[Any]) -> list[Any]:
+        # Airflow 3's pass over the task instances adopted: each one's run, to default its conf.
+        statements.clear()
+        return [ti.dag_run.conf for ti in tis]
+
+    expected = [None if i % 3 == 0 else "{}" for i in range(2000)]
+    with Session(engine) as session:
+        assert airflow_pass(_handed_over_in_runs(session)) == expected
+        assert len(statements) == 2000, "a lazy load per row, as Airflow's pass has it unspared"
+    with Session(engine) as session:
+        tis = _handed_over_in_runs(session)
+        statements.clear()
+        assert load_related(tis, "dag_run") == 1
+        reads = [s for s in statements if s.startswith("SELECT")]
+        assert len(reads) == 1 and reads == [s for s in statements if "SAVEPOINT" not in s]
+        for ti in tis:
+            hold_heartbeat(ti)  # as the executor's call goes on: a change for Airflow to flush
+        assert airflow_pass(tis) == expected
+        assert statements == []
+        assert load_related(tis, "dag_run") == 0, "loaded already: no query"

@@ -19,10 +19,22 @@ from k8s_executor.task_instances import handed_over, load_related
 Base: Any = declarative_base()
 
 
+class Run(Base):
+    """Keyed by an id, and found from a task instance by its dag and run ids, as Airflow's runs."""
+
+    __tablename__ = "run"
+    id = Column(Integer, primary_key=True)
+    dag_id = Column(String)
+    run_id = Column(String)
+    conf = Column(String)
+
+
 class ById(Base):
-    """Keyed as Airflow 3's task instances are."""
+    """Keyed as Airflow 3's task instances are, with their run as Airflow 3 has it: a many-to-one on
+    two columns that are not the run's primary key, so a lazy load of it is a query per row."""
 
     __tablename__ = "by_id"
+    __table_args__ = (ForeignKeyConstraint(["dag_id", "run_id"], ["run.dag_id", "run.run_id"]),)
     id = Column(Integer, primary_key=True)
     dag_id = Column(String)
     task_id = Column(String)
@@ -32,6 +44,7 @@ class ById(Base):
     state = Column(String)
     queued_by_job_id = Column(Integer)
     last_heartbeat_at = Column(Integer)  # Airflow 3's
+    dag_run = relationship(Run, primaryjoin="and_(ById.dag_id == Run.dag_id, ById.run_id == Run.run_id)")
 
 
 class ByComposite(Base):
@@ -99,33 +112,9 @@ def test_task_instances_outside_a_session_are_read_as_they_are() -> None:
     assert len(handed_over([])) == 0
 
 
-class Run(Base):
-    """Keyed by an id, and found from a task instance by its dag and run ids, as Airflow's runs."""
-
-    __tablename__ = "run"
-    id = Column(Integer, primary_key=True)
-    dag_id = Column(String)
-    run_id = Column(String)
-    conf = Column(String)
-
-
-class InRun(Base):
-    """A task instance with its run as Airflow 3's have it: a many-to-one on two columns that are
-    not the run's primary key, so a lazy load of it is a query per row."""
-
-    __tablename__ = "in_run"
-    __table_args__ = (ForeignKeyConstraint(["dag_id", "run_id"], ["run.dag_id", "run.run_id"]),)
-    id = Column(Integer, primary_key=True)
-    dag_id = Column(String)
-    run_id = Column(String)
-    map_index = Column(Integer)
-    last_heartbeat_at = Column(Integer)
-    dag_run = relationship(Run, primaryjoin="and_(InRun.dag_id == Run.dag_id, InRun.run_id == Run.run_id)")
-
-
 def _handed_over_in_runs(session: Session) -> list[Any]:
     # As Airflow's orphan query loads them: a few columns, the run left to a lazy load.
-    query = select(InRun).options(lazyload(InRun.dag_run), load_only(InRun.id, InRun.dag_id, InRun.run_id))
+    query = select(ById).options(lazyload(ById.dag_run), load_only(ById.id, ById.dag_id, ById.run_id))
     return list(session.scalars(query))
 
 
@@ -134,7 +123,7 @@ def test_the_runs_of_the_task_instances_handed_over_are_read_in_one_query_not_on
     Base.metadata.create_all(engine)
     with Session(engine) as session:
         session.add_all([Run(id=i, dag_id="d", run_id=f"r{i}", conf="{}" if i else None) for i in range(3)])
-        session.add_all([InRun(id=i, dag_id="d", run_id=f"r{i % 3}", map_index=i) for i in range(2000)])
+        session.add_all([ById(id=i, dag_id="d", run_id=f"r{i % 3}", map_index=i) for i in range(2000)])
         session.commit()
     statements: list[str] = []
     event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))

@@ -234,12 +234,13 @@ def spare_run_reads(tis: Sequence[Any]) -> None:
     of their runs, per thousand runs, in the call spares those. Airflow 2's pass reads no run."""
     if not AIRFLOW_V3:
         return
-    from k8s_executor.task_instances import load_related
+    from k8s_executor.task_instances import NotLoaded, load_related
 
     try:
         load_related(tis, "dag_run")
-    except Exception as exc:
-        # Only a saving: Airflow's pass then reads each run itself.
+    except NotLoaded as exc:
+        # Only a saving: Airflow's pass then reads each run itself. (A failure that lost Airflow's
+        # transaction is raised as it came, for Airflow's retry of its pass.)
         log.warning("the runs of %d task instances handed over were not read ahead: %s", len(tis), exc)
 
 

@@ -165,35 +165,48 @@ def handed_over(tis: Sequence[Any]) -> HandedOver:
     return HandedOver(tries, model, keys)
 
 
+class NotLoaded(Exception):
+    """`load_related` failed, and left the caller's transaction as it was."""
+
+
 def load_related(tis: Sequence[Any], relationship: str, chunk: int = 1000) -> int:
     """Load the many-to-one `relationship` of each task instance that a session holds with it
     unloaded, a query per `chunk` distinct targets, instead of the query per row its lazy load
     costs. The targets are set as loaded from the database (nothing is written); their own
-    relationships stay lazy. The reads run in a savepoint of the caller's transaction, so one that
-    fails leaves that transaction as it was (and its row locks held); the savepoint flushes what
-    the session has pending first, so it is best called before anything is changed. Returns the
-    number of queries."""
+    relationships stay lazy. The reads run in a savepoint of the caller's transaction, which
+    flushes what the session has pending first (so it is best called before anything is changed).
+    A failure that leaves the caller's transaction as it was (its row locks held) is raised as
+    `NotLoaded`; one that lost it (a dropped connection, a failed flush) as it came, for the
+    caller's own handling of a lost transaction. Returns the number of queries."""
     from sqlalchemy import inspect, select, tuple_
+    from sqlalchemy.exc import DBAPIError
     from sqlalchemy.orm.attributes import set_committed_value
 
     pending = [ti for ti in tis if _unloaded(ti, relationship)]
     if not pending:
         return 0
-    model = inspect(type(pending[0]))
-    rel = model.relationships[relationship]
-    local = [model.get_property_by_column(column).key for column, _ in rel.local_remote_pairs]
-    remote = [rel.mapper.get_property_by_column(column).key for _, column in rel.local_remote_pairs]
-    target = rel.mapper.class_
-    wanted = sorted({tuple(getattr(ti, key) for key in local) for ti in pending})
-    found: dict[tuple[Any, ...], Any] = {}
     session = inspect(pending[0]).session
+    found: dict[tuple[Any, ...], Any] = {}
     queries = 0
-    with session.begin_nested(), session.no_autoflush:
-        for start in range(0, len(wanted), chunk):
-            columns = tuple_(*(getattr(target, key) for key in remote))
-            for row in session.scalars(select(target).where(columns.in_(wanted[start : start + chunk]))):
-                found[tuple(getattr(row, key) for key in remote)] = row
-            queries += 1
+    try:
+        model = inspect(type(pending[0]))
+        rel = model.relationships[relationship]
+        local = [model.get_property_by_column(column).key for column, _ in rel.local_remote_pairs]
+        remote = [rel.mapper.get_property_by_column(column).key for _, column in rel.local_remote_pairs]
+        target = rel.mapper.class_
+        wanted = sorted({tuple(getattr(ti, key) for key in local) for ti in pending})
+        with session.begin_nested(), session.no_autoflush:
+            for start in range(0, len(wanted), chunk):
+                columns = tuple_(*(getattr(target, key) for key in remote))
+                for row in session.scalars(select(target).where(columns.in_(wanted[start : start + chunk]))):
+                    found[tuple(getattr(row, key) for key in remote)] = row
+                queries += 1
+    except Exception as exc:
+        transaction = session.get_transaction()
+        lost = isinstance(exc, DBAPIError) and exc.connection_invalidated
+        if lost or transaction is None or not transaction.is_active:
+            raise
+        raise NotLoaded(f"{type(exc).__name__}: {exc}") from exc
     for ti in pending:
         row = found.get(tuple(getattr(ti, key) for key in local))
         if row is not None:

@@ -7,13 +7,13 @@ from types import SimpleNamespace
 from typing import Any, NamedTuple
 
 import pytest
-from sqlalchemy import Column, ForeignKeyConstraint, Integer, String, create_engine, event, select
+from sqlalchemy import Column, ForeignKeyConstraint, Integer, String, create_engine, event, select, text
 from sqlalchemy.orm import Session, declarative_base, lazyload, load_only, relationship
 
 from k8s_executor.airflow_adapter import hold_heartbeat
 from k8s_executor.identity import TaskRef
 from k8s_executor.shapes import HandedTry
-from k8s_executor.task_instances import handed_over, load_related
+from k8s_executor.task_instances import NotLoaded, handed_over, load_related
 
 # The SQLAlchemy of Airflow 2.11 (1.4) and of Airflow 3 (2.x) both take this form.
 Base: Any = declarative_base()
@@ -140,11 +140,29 @@ def test_the_runs_of_the_task_instances_handed_over_are_read_in_one_query_not_on
     with Session(engine) as session:
         tis = _handed_over_in_runs(session)
         statements.clear()
-        assert load_related(tis, "dag_run") == 1
+        assert load_related(tis, "dag_run", chunk=2) == 2
         reads = [s for s in statements if s.startswith("SELECT")]
-        assert len(reads) == 1 and reads == [s for s in statements if "SAVEPOINT" not in s]
+        assert len(reads) == 2 and reads == [s for s in statements if "SAVEPOINT" not in s]
         for ti in tis:
             hold_heartbeat(ti)  # as the executor's call goes on: a change for Airflow to flush
         assert airflow_pass(tis) == expected
         assert statements == []
         assert load_related(tis, "dag_run") == 0, "loaded already: no query"
+
+
+def test_a_read_ahead_that_fails_leaves_the_callers_transaction_as_it_was() -> None:
+    engine = create_engine("sqlite://")
+    Base.metadata.create_all(engine)
+    with Session(engine) as session:
+        session.add_all([ById(id=i, dag_id="d", run_id="r", map_index=i) for i in range(3)])
+        session.commit()
+    with Session(engine) as session:
+        tis = _handed_over_in_runs(session)
+        session.execute(text("DROP TABLE run"))  # the read of the runs fails; the session lives on
+        with pytest.raises(NotLoaded, match="no such table"):
+            load_related(tis, "dag_run")
+        for ti in tis:
+            hold_heartbeat(ti)
+        session.commit()  # the caller's transaction goes on, and its changes land
+    with Session(engine) as session:
+        assert all(ti.last_heartbeat_at is not None for ti in session.scalars(select(ById)))

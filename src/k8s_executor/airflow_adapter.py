@@ -227,12 +227,20 @@ def ref_of(key: Any) -> TaskRef:
     return TaskRef(key.dag_id, key.task_id, key.run_id, int(key.try_number), int(key.map_index))
 
 
+# From how many task instances handed over adoption reads their runs in Airflow's call. Each lazy
+# load it spares costs Airflow's loop about 0.45 ms (0.9 s for 2,000, bench/RESULTS.md); the read
+# itself, the first of its kind in a scheduler just started, took 0.18 s of the loop's CPU in CI's
+# fault run (docs/reliability.md). Below this many it would cost the loop more than it spares.
+READ_RUNS_AHEAD_FROM = 400
+
+
 def spare_run_reads(tis: Sequence[Any]) -> None:
     """Airflow 3's pass over the task instances an executor adopted reads each one's dag run (to
     default its conf), which its orphan query leaves to a lazy load: a query per task instance, in
-    the loop, right after the executor's call (2,000 of them held the loop about 2 s). One query
-    of their runs, per thousand runs, in the call spares those. Airflow 2's pass reads no run."""
-    if not AIRFLOW_V3:
+    the loop, right after the executor's call. For a large hand-over (READ_RUNS_AHEAD_FROM) one
+    query of their runs, per thousand runs, in the call spares those. Airflow 2's pass reads no
+    run."""
+    if not AIRFLOW_V3 or len(tis) < READ_RUNS_AHEAD_FROM:
         return
     from k8s_executor.task_instances import NotLoaded, load_related
 

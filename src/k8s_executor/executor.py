@@ -737,8 +737,8 @@ class KubernetesExecutor(BaseExecutor):
     @metrics.timed_call("try_adopt_task_instances")
     def try_adopt_task_instances(self, tis: Sequence[Any]) -> Sequence[Any]:
         """Take over the task instances of dead schedulers without a request in Airflow's loop, and
-        with no query but the one that spares Airflow's own pass a query per row
-        (`spare_run_reads`): their rows are read and their pods looked for in every cluster on
+        with no query but, for a large hand-over, the one that spares Airflow's own pass a query
+        per row (`spare_run_reads`): their rows are read and their pods looked for in every cluster on
         errands, and each cluster adopts what it found (`_found`); a try whose pod no cluster has
         is then reset, as Airflow would have reset it. Nothing is handed back here."""
         assert self.settings is not None

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import Column, ForeignKeyConstraint, Integer, String, create_engine, event, select, text
 from sqlalchemy.orm import Session, declarative_base, lazyload, load_only, relationship
 
+from k8s_executor import airflow_adapter
 from k8s_executor.airflow_adapter import hold_heartbeat
 from k8s_executor.identity import TaskRef
 from k8s_executor.shapes import HandedTry
@@ -166,3 +167,22 @@ def test_a_read_ahead_that_fails_leaves_the_callers_transaction_as_it_was() -> N
         session.commit()  # the caller's transaction goes on, and its changes land
     with Session(engine) as session:
         assert all(ti.last_heartbeat_at is not None for ti in session.scalars(select(ById)))
+
+
+@pytest.mark.parametrize("handed", [3, airflow_adapter.READ_RUNS_AHEAD_FROM])
+def test_adoption_reads_the_runs_ahead_only_on_airflow_3_and_for_a_large_hand_over(handed: int) -> None:
+    engine = create_engine("sqlite://")
+    Base.metadata.create_all(engine)
+    with Session(engine) as session:
+        session.add(Run(id=1, dag_id="d", run_id="r", conf="{}"))
+        session.add_all([ById(id=i, dag_id="d", run_id="r", map_index=i) for i in range(handed)])
+        session.commit()
+    statements: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    with Session(engine) as session:
+        tis = _handed_over_in_runs(session)
+        statements.clear()
+        airflow_adapter.spare_run_reads(tis)
+        reads = [s for s in statements if s.startswith("SELECT")]
+        large = handed >= airflow_adapter.READ_RUNS_AHEAD_FROM
+        assert len(reads) == (1 if airflow_adapter.AIRFLOW_V3 and large else 0)

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import threading
+import time
+from collections.abc import Callable
 
 import pytest
 
@@ -25,8 +29,6 @@ class Executor:
 
     @metrics.timed_call("sync")
     def sync(self, seconds: float) -> str:
-        import time
-
         time.sleep(seconds)
         return "synced"
 
@@ -80,6 +82,41 @@ def test_the_wait_for_a_cpu_is_read_from_the_threads_scheduler_statistics() -> N
     assert before is not None
     after = metrics.cpu_wait_s()
     assert after is not None and after >= before
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux's /proc gives it; elsewhere None")
+def test_reading_the_wait_for_a_cpu_never_hands_the_gil_to_a_busy_thread() -> None:
+    """Each timed call reads it twice: a read that let go of the GIL would wait a switch interval
+    or more to take it back from any busy thread of the scheduler. With a long switch interval,
+    the busy thread below runs only when this one lets go of the GIL."""
+    ran = [0]
+    stop = threading.Event()
+
+    def busy() -> None:
+        while not stop.is_set():
+            ran[0] += 1
+
+    def ran_during(read: Callable[[], object], times: int) -> int:
+        before = ran[0]
+        for _ in range(times):
+            read()
+        return ran[0] - before
+
+    interval = sys.getswitchinterval()
+    thread = threading.Thread(target=busy, daemon=True)
+    fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+    try:
+        thread.start()
+        sys.setswitchinterval(0.5)
+        time.sleep(0)  # lets go of the GIL: from its return, the busy thread waits for it
+        # A read of Python's own lets go of the GIL once: the test can fail.
+        assert ran_during(lambda: os.pread(fd, 128, 0), 1) > 0
+        assert ran_during(metrics.cpu_wait_s, 50) == 0
+    finally:
+        os.close(fd)
+        stop.set()
+        sys.setswitchinterval(interval)
+        thread.join()
 
 
 def test_the_summary_gives_how_often_airflows_loop_came_round() -> None:

@@ -41,53 +41,67 @@ _PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
 class Helper:
     """A helper process running `target(channel, **options)` ("module:function") in a new interpreter.
 
-    `send` never blocks the caller (messages are pickled and written by a thread of their own);
-    every message the child sends is given to `on_message`, in a thread of this object's.
+    Nothing here waits on the caller's thread, which is Airflow's scheduler loop when a dead helper
+    is restarted: the process is started by the scheduler process's spawner thread (below), and
+    `send` only queues (messages are pickled and written by a thread of their own). Every message
+    the child sends is given to `on_message`, in a thread of this object's.
     """
 
     def __init__(
         self, target: str, options: dict[str, Any], name: str, on_message: Callable[[Any], None]
     ) -> None:
         self.name = name
-        down_r, down_w = os.pipe()
-        up_r, up_w = os.pipe()
-        environ = dict(os.environ)
-        environ["PYTHONPATH"] = os.pathsep.join(
-            [_PACKAGE_ROOT, *filter(None, environ.get("PYTHONPATH", "").split(os.pathsep))]
-        )
-        try:
-            self.popen = subprocess.Popen(
-                [sys.executable, "-m", "k8s_executor.helper", str(down_r), str(up_w), name],
-                pass_fds=(down_r, up_w),
-                stdin=subprocess.DEVNULL,
-                env=environ,
-            )
-        finally:
-            os.close(down_r)
-            os.close(up_w)
-        self._down: BinaryIO = os.fdopen(down_w, "wb")
+        self._on_message = on_message
         self._outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._outbox.put((target, options, sys.path, log_level()))
-        threading.Thread(target=self._write, name=f"{name}-send", daemon=True).start()
-        self._reader = threading.Thread(
-            target=self._read, args=(os.fdopen(up_r, "rb"), on_message), name=f"{name}-receive", daemon=True
-        )
-        self._reader.start()
+        self._outbox.put((target, options, list(sys.path), log_level()))
+        self.popen: subprocess.Popen[bytes] | None = None
+        self._reader: threading.Thread | None = None
+        # Set once `_spawn` is done, started or not (then `failed` says why).
+        self._spawned = threading.Event()
+        self.failed: Exception | None = None
+        self._killed = False
+        self._lock = threading.Lock()
+        _SPAWNER.start(self)
+
+    def _spawn(self) -> None:
+        """On the spawner thread: start the process, then its pipes' reader and writer."""
+        pipes: tuple[int, int] | None = None
+        try:
+            with self._lock:
+                if not self._killed:
+                    self.popen, down_w, up_r = _start_process(self.name)
+                    pipes = (down_w, up_r)
+        except Exception as error:
+            log.error("%s: could not start its process (%s); it counts as dead", self.name, error)
+            self.failed = error
+        if pipes is not None:
+            down_w, up_r = pipes
+            self._reader = threading.Thread(
+                target=self._read, args=(os.fdopen(up_r, "rb"),), name=f"{self.name}-receive", daemon=True
+            )
+            self._reader.start()
+            threading.Thread(
+                target=self._write, args=(os.fdopen(down_w, "wb"),), name=f"{self.name}-send", daemon=True
+            ).start()
+        self._spawned.set()
 
     @property
     def pid(self) -> int:
+        self._spawned.wait()
+        if self.popen is None:
+            raise RuntimeError(f"{self.name} has no process: {self.failed or 'killed before it started'}")
         return self.popen.pid
 
     @property
     def exitcode(self) -> int | None:
-        return self.popen.poll()
+        return None if self.popen is None else self.popen.poll()
 
     def send(self, message: Any) -> None:
         self._outbox.put(message)
 
-    def _write(self) -> None:
+    def _write(self, down: BinaryIO) -> None:
         meter = ThreadCpuMeter()
-        with self._down:
+        try:
             while (message := self._outbox.get()) is not _CLOSE:
                 meter.tick()
                 try:
@@ -98,12 +112,16 @@ class Helper:
                     log.exception("%s: a message could not be sent to the helper", self.name)
                     continue
                 try:
-                    self._down.write(data)
-                    self._down.flush()
+                    down.write(data)
+                    down.flush()
                 except (BrokenPipeError, ValueError):
                     return  # the child is gone: whoever owns this helper sees it dead and decides
+        finally:
+            # Closing flushes what a dead child left unread, and fails; the pipe is closed anyway.
+            with contextlib.suppress(OSError):
+                down.close()
 
-    def _read(self, up: BinaryIO, on_message: Callable[[Any], None]) -> None:
+    def _read(self, up: BinaryIO) -> None:
         meter = ThreadCpuMeter()
         with up:
             while True:
@@ -111,17 +129,24 @@ class Helper:
                     message = pickle.load(up)
                 except (EOFError, OSError, pickle.UnpicklingError):
                     return
-                on_message(message)
+                self._on_message(message)
                 meter.tick()
 
     def is_alive(self) -> bool:
-        return self.popen.poll() is None
+        """Running, or still being started (unless killed first)."""
+        if not self._spawned.is_set():
+            return not self._killed
+        return self.popen is not None and self.popen.poll() is None
 
     def join(self, timeout: float | None = None) -> None:
         """Wait for the child to exit; then, for everything it sent to have been handed on."""
+        self._spawned.wait(timeout)
+        if self.popen is None:
+            return
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(timeout)
         if not self.is_alive():
+            assert self._reader is not None
             self._reader.join(timeout=5)
             self._outbox.put(_CLOSE)
 
@@ -133,17 +158,77 @@ class Helper:
     @property
     def drained(self) -> bool:
         """Whether everything the child sent has been handed on (its pipe is at its end)."""
-        return not self._reader.is_alive()
+        if not self._spawned.is_set():
+            return False
+        return self._reader is None or not self._reader.is_alive()
 
     def terminate(self) -> None:
         """Stop the helper now (it ignores SIGTERM, which a process group's shutdown sends it)."""
         self.kill()
 
     def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            self.popen.kill()
+        with self._lock:
+            self._killed = True
+            if self.popen is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    self.popen.kill()
 
 
+def _start_process(name: str) -> tuple[subprocess.Popen[bytes], int, int]:
+    """`python -m k8s_executor.helper`, and this process's ends of its two pipes (down, up)."""
+    down_r, down_w = os.pipe()
+    up_r, up_w = os.pipe()
+    environ = dict(os.environ)
+    environ["PYTHONPATH"] = os.pathsep.join(
+        [_PACKAGE_ROOT, *filter(None, environ.get("PYTHONPATH", "").split(os.pathsep))]
+    )
+    try:
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "k8s_executor.helper", str(down_r), str(up_w), name],
+            pass_fds=(down_r, up_w),
+            stdin=subprocess.DEVNULL,
+            env=environ,
+        )
+    except OSError:
+        os.close(down_w)
+        os.close(up_r)
+        raise
+    finally:
+        os.close(down_r)
+        os.close(up_w)
+    return popen, down_w, up_r
+
+
+class _Spawner:
+    """The thread that starts the scheduler process's helpers, one after another.
+
+    Starting a process makes a dozen system calls, each letting go of the GIL; taking it back from
+    a busy thread of the scheduler costs a switch interval each. On the loop's thread, a launcher
+    restarted by `sync` held Airflow's loop 0.18 s in a fault run; here it holds nothing."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._queue: queue.SimpleQueue[Helper] = queue.SimpleQueue()
+
+    def start(self, helper: Helper) -> None:
+        with self._lock:
+            # Once per process: a fork of the scheduler's (LocalExecutor's workers) has no thread.
+            if self._pid != os.getpid():
+                self._pid = os.getpid()
+                self._queue = queue.SimpleQueue()
+                threading.Thread(
+                    target=self._run, args=(self._queue,), name="k8s-executor-spawner", daemon=True
+                ).start()
+        self._queue.put(helper)
+
+    @staticmethod
+    def _run(helpers: queue.SimpleQueue[Helper]) -> None:
+        while True:
+            helpers.get()._spawn()
+
+
+_SPAWNER = _Spawner()
 _CLOSE = object()
 
 

@@ -233,6 +233,8 @@ class AirflowKubernetesScheduler(LoggingMixin):
         # Watcher messages, put here by the threads that read the watcher processes' pipes.
         self.watcher_queue: queue.Queue[Any] = queue.Queue()
         self.watchers: dict[str | None, Helper] = {}
+        # Watchers seen dead whose last messages are still being read.
+        self._dead_watchers: set[str | None] = set()
         self.watcher_restarts = 0
         self.watch_events_read = 0
         self.listed: set[str | None] = set()
@@ -259,11 +261,18 @@ class AirflowKubernetesScheduler(LoggingMixin):
         )
 
     def check_watchers(self) -> None:
-        """Restart a dead watcher from the last resourceVersion seen, not from the beginning."""
+        """Restart a dead watcher from the last resourceVersion seen, not from the beginning: once
+        its last messages are read (their events come before its successor's), without waiting
+        for them on Airflow's loop."""
         for namespace, watcher in list(self.watchers.items()):
-            if not watcher.is_alive():
+            if watcher.is_alive():
+                continue
+            if namespace not in self._dead_watchers:
                 self.log.error("watcher of %s died (exit code %s); restarting", namespace, watcher.exitcode)
-                watcher.join(timeout=1)  # its pipes and threads go with it
+                watcher.forget()
+                self._dead_watchers.add(namespace)
+            if watcher.drained:
+                self._dead_watchers.discard(namespace)
                 self.watcher_restarts += 1
                 metrics.incr("watcher.restarts", cluster=self.cluster)
                 self._start_watcher(namespace)

@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from k8s_executor.processes import log_in_parent
+from k8s_executor.processes import Helper, log_in_parent
 
 REPO = Path(__file__).parents[2]
 
@@ -134,3 +136,55 @@ def test_a_childs_record_is_logged_in_the_parent_under_its_own_name(caplog: pyte
     assert [(r.name, r.levelname, r.getMessage()) for r in caplog.records] == [
         ("k8s_executor.watching", "WARNING", "watch broke")
     ]
+
+
+def echo(channel: Any) -> None:
+    while True:
+        channel.put(channel.get())
+
+
+def test_starting_a_helper_never_hands_the_gil_to_a_busy_thread_of_the_scheduler() -> None:
+    """A dead helper is restarted in Airflow's `sync`: starting a process there let go of the GIL
+    a dozen times, and taking it back from a busy thread of the scheduler cost a switch interval
+    each. With a long switch interval, the busy thread runs only when this one lets go of it."""
+    received: queue.Queue[Any] = queue.Queue()
+    first = Helper("tests.unit.test_processes:echo", {}, "probe", received.put)  # the spawner thread
+    ran = [0]
+    stop = threading.Event()
+
+    def busy() -> None:
+        while not stop.is_set():
+            ran[0] += 1
+
+    interval = sys.getswitchinterval()
+    thread = threading.Thread(target=busy, daemon=True)
+    helpers = [first]
+    try:
+        thread.start()
+        sys.setswitchinterval(0.5)
+        time.sleep(0)  # from its return, the busy thread waits for the GIL
+        before = ran[0]
+        for number in range(5):
+            helpers.append(Helper("tests.unit.test_processes:echo", {}, f"probe-{number}", received.put))
+            helpers[-1].send(number)  # before its process even started: it still gets it
+        assert ran[0] == before
+    finally:
+        stop.set()
+        sys.setswitchinterval(interval)
+        thread.join()
+    try:
+        assert sorted(received.get(timeout=60) for _ in range(5)) == [0, 1, 2, 3, 4]
+    finally:
+        for helper in helpers:
+            helper.kill()
+            helper.join(10)
+    assert not any(helper.is_alive() for helper in helpers)
+
+
+def test_a_helper_killed_before_its_process_started_never_runs() -> None:
+    helper = Helper("tests.unit.test_processes:wait_forever", {}, "probe", queue.Queue().put)
+    helper.kill()
+    helper.join(10)
+    assert not helper.is_alive()
+    assert helper.drained
+    assert helper.popen is None or helper.popen.returncode is not None

@@ -16,7 +16,7 @@ import threading
 import time
 from typing import BinaryIO
 
-from k8s_executor.processes import Channel, send_logs_to
+from k8s_executor.processes import PIPE_BUFFER, Channel, send_logs_to
 
 
 def _read_down(down: BinaryIO, channel: Channel) -> None:
@@ -47,8 +47,8 @@ def main(argv: list[str]) -> None:
     # (creates in flight land), and a helper whose scheduler is gone exits by itself (below).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    down = os.fdopen(int(argv[1]), "rb")
-    channel = Channel(os.fdopen(int(argv[2]), "wb"))
+    down = os.fdopen(int(argv[1]), "rb", PIPE_BUFFER)
+    channel = Channel(os.fdopen(int(argv[2]), "wb", PIPE_BUFFER))
     try:
         target, options, path, level = pickle.load(down)
     except EOFError:

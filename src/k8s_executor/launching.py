@@ -37,7 +37,7 @@ from k8s_executor.kube_client import (
     read_body,
     read_pod,
 )
-from k8s_executor.processes import Channel, Helper, log_in_parent
+from k8s_executor.processes import Channel, Helper, log_in_parent, next_batch
 from k8s_executor.settings import ExecutorSettings
 from k8s_executor.shapes import DeleteResult, LauncherResult, LaunchResult, PatchResult
 
@@ -447,8 +447,13 @@ def serve(channel: Channel, settings: ExecutorSettings, options: dict[str, Any])
     launcher = Launcher(client.CoreV1Api(connect_in_helper(settings)), **options)
 
     def forward() -> None:
-        while (result := launcher.results.get()) is not None:
-            channel.put(result)
+        while True:
+            batch = next_batch(launcher.results)
+            # Whatever answered meanwhile goes up in one write (see processes.Helper._write).
+            ending = None in batch
+            channel.put_many(batch[: batch.index(None)] if ending else batch)
+            if ending:
+                return
 
     forwarder = threading.Thread(target=forward, name="k8s-launch-forward")
     forwarder.start()

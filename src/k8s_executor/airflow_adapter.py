@@ -245,11 +245,17 @@ def spare_run_reads(tis: Sequence[Any]) -> None:
     from k8s_executor.task_instances import NotLoaded, load_related
 
     try:
-        load_related(tis, "dag_run")
+        queries = load_related(tis, "dag_run")
     except NotLoaded as exc:
         # Only a saving: Airflow's pass then reads each run itself. (A failure that lost Airflow's
         # transaction is raised as it came, for Airflow's retry of its pass.)
         log.warning("the runs of %d task instances handed over were not read ahead: %s", len(tis), exc)
+        return
+    log.info(
+        "the runs of %d task instances handed over read ahead (queries: %d), for Airflow's pass after the adoption",
+        len(tis),
+        queries,
+    )
 
 
 def hold_heartbeat(ti: Any) -> None:

@@ -195,9 +195,9 @@ def load_related(tis: Sequence[Any], relationship: str, chunk: int = 1000) -> in
         remote = [rel.mapper.get_property_by_column(column).key for _, column in rel.local_remote_pairs]
         target = rel.mapper.class_
         wanted = sorted({tuple(getattr(ti, key) for key in local) for ti in pending})
+        columns = tuple_(*(getattr(target, key) for key in remote))
         with session.begin_nested(), session.no_autoflush:
             for start in range(0, len(wanted), chunk):
-                columns = tuple_(*(getattr(target, key) for key in remote))
                 for row in session.scalars(select(target).where(columns.in_(wanted[start : start + chunk]))):
                     found[tuple(getattr(row, key) for key in remote)] = row
                 queries += 1

@@ -23,6 +23,7 @@ from devcluster import control_plane
 from devcluster.node_agent import simulated_pod_template
 from kubernetes import client
 
+from k8s_executor import airflow_adapter
 from tests.e2e.conftest import airflow_stack
 from tests.helpers import audit_entries, pods_created, wait_for
 from tests.least_privilege import executor_kubeconfig
@@ -267,3 +268,64 @@ def test_a_create_held_back_until_airflow_reset_its_try_makes_no_pod(
         [event] = wait_for(events, "the executor's report of the task", timeout=60)
         time.sleep(5)
         assert events() == [event] and "state success" in event, events()
+
+
+def test_a_scheduler_taking_over_hundreds_of_tries_reads_their_runs_ahead_and_adopts_every_pod(
+    cluster: control_plane.ClusterState, core: client.CoreV1Api
+) -> None:
+    # From READ_RUNS_AHEAD_FROM tries handed over, the adoption reads their dag runs in Airflow's
+    # transaction, in a savepoint, before Airflow's own pass reads each one's conf: here on
+    # PostgreSQL under a real scheduler, where the savepoint, the row locks Airflow's orphan query
+    # took and its flush after the call meet.
+    assert TASKS >= airflow_adapter.READ_RUNS_AHEAD_FROM
+    scratch = Path(tempfile.mkdtemp(prefix="k8s-executor-ha-"))
+    finish = scratch / "finish"
+    template = scratch / "simulated_pod.json"
+    template.write_text(json.dumps(simulated_pod_template(finish)))
+    run = "adopt-1"
+    with airflow_stack(
+        cluster,
+        core,
+        AIRFLOW__KUBERNETES_EXECUTOR__POD_TEMPLATE_FILE=str(template),
+        AIRFLOW__KUBERNETES_EXECUTOR__DELETE_WORKER_PODS="True",
+        AIRFLOW__CORE__PARALLELISM="1000",
+        AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG="1000",
+        AIRFLOW__CORE__DEFAULT_POOL_TASK_SLOT_COUNT="1000",
+        AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT="900",
+    ) as stack:
+        stack.wait_for_dag("e2e_ha")
+        stack.trigger("e2e_ha", run)
+
+        def pods() -> list[client.V1Pod]:
+            return core.list_namespaced_pod(stack.namespace, label_selector=f"run_id={run}").items
+
+        wait_for(lambda: len(pods()) == TASKS, "every task's pod", timeout=300, interval=1)
+        before = {p.metadata.name: p.metadata.uid for p in pods()}
+        stack.kill_component("scheduler")
+        stack.start_component("scheduler", name="scheduler-b")
+        log_b = stack.home / "scheduler-b.log"
+        wait_for(
+            lambda: f"adopted {TASKS} of {TASKS} task instances" in log_b.read_text(errors="replace"),
+            "the successor adopting every pod",
+            timeout=300,
+            interval=2,
+        )
+        text = log_b.read_text(errors="replace")
+        assert f"the runs of {TASKS} task instances handed over read ahead (queries: 1)" in text
+        [(job_b,)] = stack.sql("SELECT id FROM job WHERE job_type = 'SchedulerJob' AND state = 'running'")
+        # Every try kept its pod and its number, now the successor's: none was reset.
+        rows = stack.sql(
+            "SELECT try_number, state, queued_by_job_id FROM task_instance WHERE run_id = %s", run
+        )
+        assert Counter(rows) == Counter({(1, "queued", job_b): TASKS})
+        assert {p.metadata.name: p.metadata.uid for p in pods()} == before
+        # The workers' report (see the module's docstring), then every pod ends.
+        stack.sql("UPDATE task_instance SET state = 'success', end_date = now() WHERE run_id = %s", run)
+        finish.touch()
+        wait_for(lambda: not pods(), "every finished pod deleted", timeout=300, interval=2)
+        events = Counter(
+            line.split("map_index=")[1].split(")")[0]
+            for line in log_b.read_text(errors="replace").splitlines()
+            if "Received executor event with state success" in line and f"run_id='{run}'" in line
+        )
+        assert events == Counter({str(i): 1 for i in range(TASKS)})

@@ -33,15 +33,29 @@ pytestmark = pytest.mark.e2e
 TASKS = 500
 RUN = "ha-1"
 POD_TRY = re.compile(r"^(?P<base>.+-t\d+)(r\d+)?$")
+# Room for every task at once, and for a hand-over that takes a while.
+AT_ONCE = {
+    "AIRFLOW__KUBERNETES_EXECUTOR__DELETE_WORKER_PODS": "True",
+    "AIRFLOW__CORE__PARALLELISM": "1000",
+    "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "1000",
+    "AIRFLOW__CORE__DEFAULT_POOL_TASK_SLOT_COUNT": "1000",
+    "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "900",
+}
+
+
+def simulated_pods() -> tuple[Path, Path]:
+    """A pod template whose pods run nothing on the simulated node, and the file that ends them."""
+    scratch = Path(tempfile.mkdtemp(prefix="k8s-executor-ha-"))
+    finish = scratch / "finish"
+    template = scratch / "simulated_pod.json"
+    template.write_text(json.dumps(simulated_pod_template(finish)))
+    return template, finish
 
 
 def test_two_schedulers_share_a_run_one_is_killed_a_third_starts_and_nothing_is_lost_or_doubled(
     cluster: control_plane.ClusterState, core: client.CoreV1Api
 ) -> None:
-    scratch = Path(tempfile.mkdtemp(prefix="k8s-executor-ha-"))
-    finish = scratch / "finish"
-    template = scratch / "simulated_pod.json"
-    template.write_text(json.dumps(simulated_pod_template(finish)))
+    template, finish = simulated_pods()
     suffix = uuid.uuid4().hex[:6]
     users = {name: f"ha-{name}-{suffix}" for name in ("a", "b", "c")}
     kubeconfigs: dict[str, Path] = {}
@@ -56,11 +70,7 @@ def test_two_schedulers_share_a_run_one_is_killed_a_third_starts_and_nothing_is_
         core,
         kubeconfig_for=kubeconfig_for,
         AIRFLOW__KUBERNETES_EXECUTOR__POD_TEMPLATE_FILE=str(template),
-        AIRFLOW__KUBERNETES_EXECUTOR__DELETE_WORKER_PODS="True",
-        AIRFLOW__CORE__PARALLELISM="1000",
-        AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG="1000",
-        AIRFLOW__CORE__DEFAULT_POOL_TASK_SLOT_COUNT="1000",
-        AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT="900",
+        **AT_ONCE,
     ) as stack:
         [(job_a,)] = wait_for(
             lambda: stack.sql("SELECT id FROM job WHERE job_type = 'SchedulerJob' AND state = 'running'"),
@@ -278,20 +288,10 @@ def test_a_scheduler_taking_over_hundreds_of_tries_reads_their_runs_ahead_and_ad
     # PostgreSQL under a real scheduler, where the savepoint, the row locks Airflow's orphan query
     # took and its flush after the call meet.
     assert TASKS >= airflow_adapter.READ_RUNS_AHEAD_FROM
-    scratch = Path(tempfile.mkdtemp(prefix="k8s-executor-ha-"))
-    finish = scratch / "finish"
-    template = scratch / "simulated_pod.json"
-    template.write_text(json.dumps(simulated_pod_template(finish)))
+    template, finish = simulated_pods()
     run = "adopt-1"
     with airflow_stack(
-        cluster,
-        core,
-        AIRFLOW__KUBERNETES_EXECUTOR__POD_TEMPLATE_FILE=str(template),
-        AIRFLOW__KUBERNETES_EXECUTOR__DELETE_WORKER_PODS="True",
-        AIRFLOW__CORE__PARALLELISM="1000",
-        AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG="1000",
-        AIRFLOW__CORE__DEFAULT_POOL_TASK_SLOT_COUNT="1000",
-        AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT="900",
+        cluster, core, AIRFLOW__KUBERNETES_EXECUTOR__POD_TEMPLATE_FILE=str(template), **AT_ONCE
     ) as stack:
         stack.wait_for_dag("e2e_ha")
         stack.trigger("e2e_ha", run)

@@ -401,7 +401,7 @@ class LauncherProcess:
         sends what they left unanswered."""
         if self._draining is not None:
             dead, creates, patches = self._draining
-            if not dead.drained:
+            if not dead.settled():
                 return
             self._draining = None
             with self.lock:
@@ -416,7 +416,7 @@ class LauncherProcess:
             return
         if self.closed or self.process.is_alive():
             return
-        log.error("launcher process died (exit code %s); restarting", self.process.exitcode)
+        log.error("launcher process died (%s); restarting", self.process.how_it_ended)
         self.process.forget()
         with self.lock:
             # What the dead process had not answered: what is sent from now on goes to the new one.

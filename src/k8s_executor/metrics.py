@@ -7,6 +7,7 @@ in the name, as Airflow's own metrics do.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import datetime
 import functools
@@ -172,14 +173,23 @@ class _Schedstat:
 
     def __init__(self) -> None:
         self._local = threading.local()
+        # A fork's threads are new: the files it inherited describe its parent's.
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._forget_files)
         try:
             pread = ctypes.PyDLL(None).pread
-        except (OSError, AttributeError):
+        except (OSError, AttributeError, TypeError):
+            self._pread = None
+            return
+        if not os.path.exists("/proc/thread-self/schedstat"):  # not Linux
             self._pread = None
             return
         pread.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_long]
         pread.restype = ctypes.c_ssize_t
         self._pread = pread
+
+    def _forget_files(self) -> None:
+        self._local = threading.local()
 
     def wait_s(self) -> float | None:
         if self._pread is None:
@@ -189,8 +199,7 @@ class _Schedstat:
             try:
                 file = self._local.file = _ThreadFile(os.open("/proc/thread-self/schedstat", os.O_RDONLY))
             except OSError:
-                self._pread = None
-                return None
+                return None  # tried again on the next call (out of file descriptors, say)
         read = self._pread(file.fd, file.buffer, len(file.buffer), 0)
         if read <= 0:
             return None
@@ -208,7 +217,8 @@ class _ThreadFile:
         self.buffer = ctypes.create_string_buffer(128)
 
     def __del__(self) -> None:
-        os.close(self.fd)
+        with contextlib.suppress(Exception):  # at the interpreter's exit, `os` may be gone
+            os.close(self.fd)
 
 
 _SCHEDSTAT = _Schedstat()

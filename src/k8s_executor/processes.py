@@ -25,7 +25,8 @@ import queue
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable
 from logging.handlers import QueueHandler
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -60,22 +61,18 @@ class Helper:
         self._spawned = threading.Event()
         self.failed: Exception | None = None
         self._killed = False
+        self._dead_since: float | None = None
         self._lock = threading.Lock()
         _SPAWNER.start(self)
 
     def _spawn(self) -> None:
-        """On the spawner thread: start the process, then its pipes' reader and writer."""
-        pipes: tuple[int, int] | None = None
+        """On the spawner thread: start the process, then its pipes' reader and writer. Whatever
+        fails, the helper ends up started or counted as dead, never left starting."""
         try:
             with self._lock:
-                if not self._killed:
-                    self.popen, down_w, up_r = _start_process(self.name)
-                    pipes = (down_w, up_r)
-        except Exception as error:
-            log.error("%s: could not start its process (%s); it counts as dead", self.name, error)
-            self.failed = error
-        if pipes is not None:
-            down_w, up_r = pipes
+                if self._killed:
+                    return
+                self.popen, down_w, up_r = _start_process(self.name)
             self._reader = threading.Thread(
                 target=self._read,
                 args=(os.fdopen(up_r, "rb", PIPE_BUFFER),),
@@ -89,7 +86,12 @@ class Helper:
                 name=f"{self.name}-send",
                 daemon=True,
             ).start()
-        self._spawned.set()
+        except Exception as error:
+            log.error("%s: could not start its process (%s); it counts as dead", self.name, error)
+            self.failed = error
+            self.kill()
+        finally:
+            self._spawned.set()
 
     @property
     def pid(self) -> int:
@@ -101,6 +103,12 @@ class Helper:
     @property
     def exitcode(self) -> int | None:
         return None if self.popen is None else self.popen.poll()
+
+    @property
+    def how_it_ended(self) -> str:
+        if self.failed is not None:
+            return f"could not start: {self.failed}"
+        return f"exit code {self.exitcode}"
 
     def send(self, message: Any) -> None:
         self._outbox.put(message)
@@ -118,7 +126,7 @@ class Helper:
                 closing = _CLOSE in batch
                 if closing:
                     batch = batch[: batch.index(_CLOSE)]
-                data = b"".join(self._pickled(batch))
+                data = pickled(batch, self.name)
                 try:
                     if data:
                         down.write(data)
@@ -131,15 +139,6 @@ class Helper:
             # Closing flushes what a dead child left unread, and fails; the pipe is closed anyway.
             with contextlib.suppress(OSError):
                 down.close()
-
-    def _pickled(self, messages: list[Any]) -> Iterator[bytes]:
-        for message in messages:
-            try:
-                yield pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-            except Exception:
-                # A bug (something unpicklable handed over): said once, and this message only is
-                # lost; the helper goes on hearing the rest.
-                log.exception("%s: a message could not be sent to the helper", self.name)
 
     def _read(self, up: BinaryIO) -> None:
         meter = ThreadCpuMeter()
@@ -160,14 +159,14 @@ class Helper:
 
     def join(self, timeout: float | None = None) -> None:
         """Wait for the child to exit; then, for everything it sent to have been handed on."""
-        self._spawned.wait(timeout)
-        if self.popen is None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._spawned.wait(timeout) or self.popen is None:
             return
         with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(timeout)
-        if not self.is_alive():
-            assert self._reader is not None
-            self._reader.join(timeout=5)
+            self.popen.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        if self.popen.poll() is not None:
+            if self._reader is not None:
+                self._reader.join(timeout=5)
             self._outbox.put(_CLOSE)
 
     def forget(self) -> None:
@@ -182,6 +181,18 @@ class Helper:
             return False
         return self._reader is None or not self._reader.is_alive()
 
+    def settled(self) -> bool:
+        """Dead, and everything it sent handed on; or dead for DRAIN_GRACE_S with its pipe still
+        open, which only another holder of the pipe's write end explains (a process this one forked
+        at the wrong moment): what it sent is then as much as will come."""
+        if self.is_alive():
+            return False
+        if self.drained:
+            return True
+        if self._dead_since is None:
+            self._dead_since = time.monotonic()
+        return time.monotonic() - self._dead_since >= DRAIN_GRACE_S
+
     def terminate(self) -> None:
         """Stop the helper now (it ignores SIGTERM, which a process group's shutdown sends it)."""
         self.kill()
@@ -195,28 +206,45 @@ class Helper:
 
 
 def _start_process(name: str) -> tuple[subprocess.Popen[bytes], int, int]:
-    """`python -m k8s_executor.helper`, and this process's ends of its two pipes (down, up)."""
-    down_r, down_w = os.pipe()
-    up_r, up_w = os.pipe()
+    """`python -m k8s_executor.helper`, and this process's ends of its two pipes (down, up).
+
+    The child's ends are closed here once it has them. Until then a fork of this process (the
+    scheduler forks LocalExecutor's workers on another thread) would take copies along, and a copy
+    of the child's write end would keep its pipe open after it died: so forks wait (`_PIPES`)."""
     environ = dict(os.environ)
     environ["PYTHONPATH"] = os.pathsep.join(
         [_PACKAGE_ROOT, *filter(None, environ.get("PYTHONPATH", "").split(os.pathsep))]
     )
-    try:
-        popen = subprocess.Popen(
-            [sys.executable, "-m", "k8s_executor.helper", str(down_r), str(up_w), name],
-            pass_fds=(down_r, up_w),
-            stdin=subprocess.DEVNULL,
-            env=environ,
-        )
-    except OSError:
-        os.close(down_w)
-        os.close(up_r)
-        raise
-    finally:
-        os.close(down_r)
-        os.close(up_w)
+    with _PIPES:
+        down_r, down_w = os.pipe()
+        try:
+            up_r, up_w = os.pipe()
+        except OSError:
+            os.close(down_r)
+            os.close(down_w)
+            raise
+        try:
+            popen = subprocess.Popen(
+                [sys.executable, "-m", "k8s_executor.helper", str(down_r), str(up_w), name],
+                pass_fds=(down_r, up_w),
+                stdin=subprocess.DEVNULL,
+                env=environ,
+            )
+        except BaseException:
+            os.close(down_w)
+            os.close(up_r)
+            raise
+        finally:
+            os.close(down_r)
+            os.close(up_w)
     return popen, down_w, up_r
+
+
+# Held while a child's pipe ends are open in this process, and by every fork of it (see above).
+# `subprocess` itself runs no fork handlers, so a helper's own start does not wait on it.
+_PIPES = threading.Lock()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_PIPES.acquire, after_in_parent=_PIPES.release, after_in_child=_PIPES.release)
 
 
 class _Spawner:
@@ -235,21 +263,27 @@ class _Spawner:
         with self._lock:
             # Once per process: a fork of the scheduler's (LocalExecutor's workers) has no thread.
             if self._pid != os.getpid():
-                self._pid = os.getpid()
-                self._queue = queue.SimpleQueue()
+                helpers: queue.SimpleQueue[Helper] = queue.SimpleQueue()
                 threading.Thread(
-                    target=self._run, args=(self._queue,), name="k8s-executor-spawner", daemon=True
+                    target=self._run, args=(helpers,), name="k8s-executor-spawner", daemon=True
                 ).start()
+                self._queue, self._pid = helpers, os.getpid()
         self._queue.put(helper)
 
     @staticmethod
     def _run(helpers: queue.SimpleQueue[Helper]) -> None:
         while True:
-            helpers.get()._spawn()
+            helper = helpers.get()
+            try:
+                helper._spawn()
+            except Exception:  # _spawn counts its own failures; this thread must outlive any bug
+                log.exception("%s: starting it failed", helper.name)
 
 
 _SPAWNER = _Spawner()
 _CLOSE = object()
+# How long a dead helper's pipe may stay open before it is restarted anyway (Helper.settled).
+DRAIN_GRACE_S = 10.0
 # Each pipe end's buffer: a read or write of the pipe lets go of the GIL, so the fewer the better.
 PIPE_BUFFER = 1 << 16
 
@@ -267,7 +301,7 @@ class Channel:
 
     def put_many(self, messages: list[Any]) -> None:
         """Send several messages in one write (a write lets go of the GIL, see Helper._write)."""
-        data = b"".join(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL) for message in messages)
+        data = pickled(messages, "the scheduler")
         with self._lock:
             self._up.write(data)
             self._up.flush()
@@ -278,6 +312,18 @@ class Channel:
     def get(self) -> Any:
         """The next message from the scheduler."""
         return self.inbox.get()
+
+
+def pickled(messages: list[Any], to: str) -> bytes:
+    """The messages, pickled one after another for a pipe. One that cannot be pickled (a bug) is
+    said and left out: the others still go."""
+    parts = []
+    for message in messages:
+        try:
+            parts.append(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+        except Exception:
+            log.exception("a message could not be sent to %s", to)
+    return b"".join(parts)
 
 
 # At most this many messages in one write to a pipe.

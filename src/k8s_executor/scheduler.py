@@ -268,10 +268,10 @@ class AirflowKubernetesScheduler(LoggingMixin):
             if watcher.is_alive():
                 continue
             if namespace not in self._dead_watchers:
-                self.log.error("watcher of %s died (exit code %s); restarting", namespace, watcher.exitcode)
+                self.log.error("watcher of %s died (%s); restarting", namespace, watcher.how_it_ended)
                 watcher.forget()
                 self._dead_watchers.add(namespace)
-            if watcher.drained:
+            if watcher.settled():
                 self._dead_watchers.discard(namespace)
                 self.watcher_restarts += 1
                 metrics.incr("watcher.restarts", cluster=self.cluster)

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from k8s_executor import processes
 from k8s_executor.processes import Helper, log_in_parent
 
 REPO = Path(__file__).parents[2]
@@ -167,7 +168,9 @@ def test_starting_a_helper_never_hands_the_gil_to_a_busy_thread_of_the_scheduler
         for number in range(5):
             helpers.append(Helper("tests.unit.test_processes:echo", {}, f"probe-{number}", received.put))
             helpers[-1].send(number)  # before its process even started: it still gets it
+        # Neither the busy thread nor the spawner (woken by the first Helper) got the GIL.
         assert ran[0] == before
+        assert not any(helper._spawned.is_set() for helper in helpers[1:])
     finally:
         stop.set()
         sys.setswitchinterval(interval)
@@ -181,10 +184,58 @@ def test_starting_a_helper_never_hands_the_gil_to_a_busy_thread_of_the_scheduler
     assert not any(helper.is_alive() for helper in helpers)
 
 
+class Blocker:
+    """Put on the spawner's queue, it holds the spawner until released."""
+
+    name = "blocker"
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def _spawn(self) -> None:
+        self.release.wait(60)
+
+
 def test_a_helper_killed_before_its_process_started_never_runs() -> None:
+    blocker = Blocker()
+    processes._SPAWNER.start(blocker)  # type: ignore[arg-type]
     helper = Helper("tests.unit.test_processes:wait_forever", {}, "probe", queue.Queue().put)
+    assert helper.is_alive()  # starting
     helper.kill()
-    helper.join(10)
     assert not helper.is_alive()
-    assert helper.drained
-    assert helper.popen is None or helper.popen.returncode is not None
+    blocker.release.set()
+    helper.join(10)
+    assert helper.popen is None
+    assert helper.drained and helper.settled()
+
+
+def fork_and_die(channel: Any) -> None:
+    """Leave a process holding the pipe up to the scheduler open (as a fork of the wrong moment
+    would), and die."""
+    holder = os.fork()
+    if holder == 0:
+        time.sleep(60)
+        os._exit(0)
+    channel.put(holder)
+    time.sleep(0.5)
+    os._exit(1)
+
+
+def test_a_dead_helper_whose_pipe_another_process_holds_open_is_settled_after_a_grace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(processes, "DRAIN_GRACE_S", 1.0)
+    received: queue.Queue[Any] = queue.Queue()
+    helper = Helper("tests.unit.test_processes:fork_and_die", {}, "probe", received.put)
+    holder = received.get(timeout=60)
+    try:
+        deadline = time.monotonic() + 30
+        while helper.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert helper.exitcode == 1
+        assert not helper.drained  # the holder keeps the pipe open
+        assert not helper.settled()
+        time.sleep(1.2)
+        assert helper.settled()
+    finally:
+        os.kill(holder, signal.SIGKILL)

@@ -239,3 +239,23 @@ def test_a_dead_helper_whose_pipe_another_process_holds_open_is_settled_after_a_
         assert helper.settled()
     finally:
         os.kill(holder, signal.SIGKILL)
+
+
+def test_a_fork_waits_while_a_helpers_pipe_ends_are_open() -> None:
+    """A fork taken while the spawner holds a child's pipe ends (LocalExecutor's workers start on
+    another thread) would keep the child's pipe open after its death."""
+    forked = threading.Event()
+
+    def fork() -> None:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        forked.set()
+
+    thread = threading.Thread(target=fork)
+    with processes._PIPES:
+        thread.start()
+        assert not forked.wait(0.5)
+    assert forked.wait(30)
+    thread.join()

@@ -167,8 +167,8 @@ class _Schedstat:
 
     Read without letting go of the GIL. Python's own file reads release it, and taking it back
     from a busy thread of the scheduler (a pipe's reader, say) costs a switch interval, 5 ms or
-    more: four reads in one `heartbeat` made the measurement longer than the call it measured.
-    So each thread keeps its file open, and reads it with libc's `pread` called through
+    more: a `heartbeat` made six reads (it, `trigger_tasks` and `sync` are each timed), each of
+    which could cost that. So each thread keeps its file open, and reads it with libc's `pread` called through
     `ctypes.PyDLL`, which holds the GIL (a read of /proc takes microseconds and never blocks)."""
 
     def __init__(self) -> None:

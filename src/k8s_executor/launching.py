@@ -347,6 +347,8 @@ class LauncherProcess:
         self._start()
 
     def _start(self) -> None:
+        # Whether anything was sent to this process: one that was sent nothing has nothing to finish.
+        self.sent_anything = False
         self.process = Helper(
             "k8s_executor.launching:serve",
             {"settings": self.settings, "options": self.options},
@@ -367,9 +369,11 @@ class LauncherProcess:
         self.results.put(result)
 
     def _send(self, verb: str, *args: Any) -> None:
+        """Under `lock`: what `shutdown` sees sent, or refused, is all that is sent."""
         if self.closed:
             log.info("launcher closed: %s%s left to the next scheduler", verb, args[:2])
             return
+        self.sent_anything = True
         self.process.send((verb, args))
 
     def create(self, pod: dict[str, Any], deadline: float) -> None:
@@ -380,7 +384,8 @@ class LauncherProcess:
             self._send("create", pod, deadline)
 
     def delete(self, namespace: str, name: str, resource_version: str | None = None) -> None:
-        self._send("delete", namespace, name, resource_version)
+        with self.lock:
+            self._send("delete", namespace, name, resource_version)
 
     def patch_labels(
         self, namespace: str, name: str, labels: dict[str, str | None], stop: bool = False
@@ -392,7 +397,7 @@ class LauncherProcess:
     def drop(self, namespace: str, name: str) -> None:
         with self.lock:
             self.unanswered.pop((namespace, name), None)
-        self._send("drop", namespace, name)
+            self._send("drop", namespace, name)
 
     def check(self) -> None:
         """Restart a launcher process that died, and send its unanswered creates and patches again
@@ -409,10 +414,10 @@ class LauncherProcess:
                 patched = [
                     (key, self.unanswered_patches[key]) for key in patches if key in self.unanswered_patches
                 ]
-            for pod, deadline in pending:
-                self._send("create", pod, deadline)
-            for (namespace, name), (labels, stop) in patched:
-                self._send("patch_labels", namespace, name, labels, stop)
+                for pod, deadline in pending:
+                    self._send("create", pod, deadline)
+                for (namespace, name), (labels, stop) in patched:
+                    self._send("patch_labels", namespace, name, labels, stop)
             return
         if self.closed or self.process.is_alive():
             return
@@ -433,7 +438,15 @@ class LauncherProcess:
             # A process that died just before: what it left unanswered goes to its successor first.
             self._draining[0].join(timeout=5)
             self.check()
-        self.closed = True
+        with self.lock:
+            self.closed = True
+            untouched = not self.sent_anything
+        if untouched:
+            # Nothing to send or answer: a process just restarted (after a fault, say) is not
+            # waited for while it starts up (seconds, on a busy machine) only to be told to stop.
+            self.process.kill()
+            self.process.join(timeout=5)
+            return
         self.process.send(("shutdown", (wait,)))
         self.process.join(timeout=60 if wait else 5)
         if self.process.is_alive():

@@ -140,6 +140,23 @@ def test_launcher_process_shut_down_with_wait_delivers_every_result(
     assert len(delivered) == 20 and all(r.ok for r in delivered)
 
 
+def test_a_launcher_process_sent_nothing_is_stopped_without_being_waited_for(
+    cluster: control_plane.ClusterState,
+) -> None:
+    untouched = LauncherProcess(admin_settings(cluster), concurrency=2, qps=50, burst=50, max_retries=3)
+    untouched.shutdown(wait=True)
+    assert not untouched.process.is_alive()
+    # Killed (or never started), not asked to stop: asked, it would start up first and exit 0.
+    assert untouched.process.popen is None or untouched.process.exitcode == -signal.SIGKILL
+
+    # The control: a process sent anything, even a request that needs no API call, is asked.
+    used = LauncherProcess(admin_settings(cluster), concurrency=2, qps=50, burst=50, max_retries=3)
+    used.drop("default", "no-such-pod")
+    used.shutdown(wait=True)
+    assert not used.process.is_alive()
+    assert used.process.exitcode == 0, used.process.how_it_ended
+
+
 def test_a_create_that_meets_an_earlier_launchs_pod_is_told_apart_from_its_own(
     core: client.CoreV1Api, namespace: str
 ) -> None:

@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import datetime
 import functools
+import gc
 import logging
 import os
 import threading
@@ -98,8 +99,12 @@ class CallTimes:
     gives how often Airflow's loop came round (from one `heartbeat` to the next): the executor's
     events reach Airflow once a turn, so a long turn delays them, whatever the executor does."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, collections: FullCollections | None = None
+    ) -> None:
         self.clock = clock
+        # The process's garbage collections, for the summary (a process-wide figure).
+        self.collections = collections
         # How deep the loop is in timed calls: Airflow's `heartbeat` calls `trigger_tasks` and
         # `sync`, and only the outermost call's CPU counts towards the executor's own.
         self.depth = 0
@@ -117,10 +122,19 @@ class CallTimes:
             self.longest_turn = max(self.longest_turn, at - self.last_heartbeat)
         self.last_heartbeat = at
 
-    def record(self, call: str, seconds: float, cpu_s: float = 0.0, cpu_wait_s: float | None = None) -> None:
+    def record(
+        self,
+        call: str,
+        seconds: float,
+        cpu_s: float = 0.0,
+        cpu_wait_s: float | None = None,
+        collecting_s: float = 0.0,
+    ) -> None:
         """`seconds` the call took; `cpu_s` of it the calling thread ran; `cpu_wait_s` of it the
         thread was ready to run and waited for a CPU of a busy machine (None where the system does
-        not tell). The rest it waited on a lock, I/O or the GIL held by another thread."""
+        not tell). The rest it waited on a lock, I/O or the GIL held by another thread.
+        `collecting_s` of it Python's garbage collector spent in full collections, on this thread
+        (then within `cpu_s`) or another (then holding the GIL)."""
         self.recent.setdefault(call, deque(maxlen=CALL_WINDOW)).append(seconds)
         self.count[call] = self.count.get(call, 0) + 1
         self.longest[call] = max(self.longest.get(call, 0.0), seconds)
@@ -128,6 +142,8 @@ class CallTimes:
         if seconds > SLOW_CALL_S:
             incr(f"executor_call.slow.{call}")
             waited = "" if cpu_wait_s is None else f", {cpu_wait_s:.3f} s waiting for a CPU"
+            if collecting_s >= 0.001:
+                waited += f", {collecting_s:.3f} s in Python's full garbage collections"
             log.warning(
                 "%s held Airflow's scheduler loop for %.3f s (%.3f s of it on the loop's own CPU%s)",
                 call,
@@ -151,9 +167,15 @@ class CallTimes:
             f"{call} n={self.count[call]} p99={self.p99(call):.3f} s max={self.longest[call]:.3f} s"
             for call in sorted(self.count)
         )
-        if not self.turns:
-            return calls
-        return f"{calls}; Airflow's loop turn p99={_p99(self.turns):.3f} s max={self.longest_turn:.3f} s"
+        if self.turns:
+            calls += f"; Airflow's loop turn p99={_p99(self.turns):.3f} s max={self.longest_turn:.3f} s"
+        if self.collections is not None:
+            calls += (
+                f"; Python's full garbage collections in this process since the executor started "
+                f"n={self.collections.count} "
+                f"total={self.collections.seconds:.3f} s longest={self.collections.longest:.3f} s"
+            )
+        return calls
 
 
 def _p99(values: deque[float]) -> float:
@@ -229,6 +251,46 @@ def cpu_wait_s() -> float | None:
     return _SCHEDSTAT.wait_s()
 
 
+class FullCollections:
+    """Seconds Python's garbage collector has spent in full collections (generation 2), on any
+    thread of the process: one holds the GIL throughout, so it holds Airflow's loop wherever it
+    runs. In a scheduler, whose heap holds Airflow's modules, one took about 0.12 s."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.count = 0
+        self.longest = 0.0
+        self._started: float | None = None
+        gc.callbacks.append(self._note)
+
+    def stop(self) -> None:
+        gc.callbacks.remove(self._note)
+
+    def forget(self) -> None:
+        """Count from now on (the executor's start: what the process's own start-up cost is not its)."""
+        self.seconds, self.count, self.longest = 0.0, 0, 0.0
+
+    def _note(self, phase: str, info: dict[str, Any]) -> None:
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            self._started = time.perf_counter()
+        elif self._started is not None:
+            took = time.perf_counter() - self._started
+            self._started = None
+            self.seconds += took
+            self.count += 1
+            self.longest = max(self.longest, took)
+
+
+FULL_COLLECTIONS = FullCollections()
+
+
+def full_collections_s() -> float:
+    """Seconds spent so far in full garbage collections, by any thread of this process."""
+    return FULL_COLLECTIONS.seconds
+
+
 def timed_call(call: str) -> Callable[[_Call], _Call]:
     """Times a method Airflow's scheduler loop calls, into its object's `call_times`."""
 
@@ -236,6 +298,7 @@ def timed_call(call: str) -> Callable[[_Call], _Call]:
         @functools.wraps(method)
         def timed(self: Any, *args: Any, **kwargs: Any) -> Any:
             watch, cpu_before, wait_before = Stopwatch(), time.thread_time(), cpu_wait_s()
+            collections_before = full_collections_s()
             if call == "heartbeat":
                 self.call_times.heartbeat_started(watch.started)
             self.call_times.depth += 1
@@ -252,6 +315,7 @@ def timed_call(call: str) -> Callable[[_Call], _Call]:
                     watch.seconds,
                     cpu_s,
                     None if wait_before is None or wait_after is None else wait_after - wait_before,
+                    full_collections_s() - collections_before,
                 )
 
         return timed  # type: ignore[return-value]

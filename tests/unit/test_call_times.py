@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 import threading
@@ -30,6 +31,10 @@ class Executor:
     def sync(self, seconds: float) -> str:
         time.sleep(seconds)
         return "synced"
+
+    @metrics.timed_call("heartbeat")
+    def heartbeat(self) -> None:
+        gc.collect()
 
     @metrics.timed_call("end")
     def end(self) -> None:
@@ -73,6 +78,51 @@ def test_a_slow_calls_warning_tells_its_own_cpu_and_its_wait_for_a_cpu_apart(
         "(0.040 s of it on the loop's own CPU, 0.150 s waiting for a CPU)",
         "heartbeat held Airflow's scheduler loop for 0.200 s (0.050 s of it on the loop's own CPU)",
     ]
+
+
+def test_full_garbage_collections_are_counted_and_timed_young_ones_not() -> None:
+    collections = metrics.FullCollections()
+    try:
+        gc.collect(0)
+        gc.collect(1)
+        assert (collections.count, collections.seconds) == (0, 0.0)
+        gc.collect()
+        assert collections.count == 1
+        assert 0.0 < collections.seconds == collections.longest
+    finally:
+        collections.stop()
+
+
+def test_a_slow_calls_warning_tells_the_full_garbage_collections_within_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="k8s_executor.executor")
+    times = metrics.CallTimes(Clock(), collections=metrics.FullCollections())
+    times.record("sync", 0.25, cpu_s=0.14, cpu_wait_s=0.01, collecting_s=0.12)
+    assert caplog.records[-1].getMessage() == (
+        "sync held Airflow's scheduler loop for 0.250 s (0.140 s of it on the loop's own CPU, "
+        "0.010 s waiting for a CPU, 0.120 s in Python's full garbage collections)"
+    )
+    assert times.summary().endswith(
+        "; Python's full garbage collections in this process since the executor started "
+        "n=0 total=0.000 s longest=0.000 s"
+    )
+    assert times.collections is not None
+    times.collections.stop()
+
+
+def test_a_timed_call_is_told_the_full_collections_made_during_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    executor = Executor(Clock())
+    recorded: list[tuple[str, float]] = []
+    monkeypatch.setattr(
+        executor.call_times,
+        "record",
+        lambda call, s, cpu, wait, collecting: recorded.append((call, collecting)),
+    )
+    executor.sync(0.0)
+    executor.heartbeat()  # makes one
+    [(_, none), (_, one)] = recorded
+    assert one > 0.0 and none < one
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux's /proc gives it; elsewhere None")

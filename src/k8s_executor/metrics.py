@@ -171,9 +171,8 @@ class CallTimes:
             calls += f"; Airflow's loop turn p99={_p99(self.turns):.3f} s max={self.longest_turn:.3f} s"
         if self.collections is not None:
             calls += (
-                f"; Python's full garbage collections in this process since the executor started "
-                f"n={self.collections.count} "
-                f"total={self.collections.seconds:.3f} s longest={self.collections.longest:.3f} s"
+                "; Python's full garbage collections in this process since the executor started "
+                + self.collections.summary()
             )
         return calls
 
@@ -258,9 +257,11 @@ class FullCollections:
 
     def __init__(self) -> None:
         self.seconds = 0.0
+        # Of `seconds`, those the collecting thread ran: the rest it waited for a busy machine's CPU.
+        self.cpu_s = 0.0
         self.count = 0
         self.longest = 0.0
-        self._started: float | None = None
+        self._started: tuple[float, float] | None = None
         gc.callbacks.append(self._note)
 
     def stop(self) -> None:
@@ -268,19 +269,26 @@ class FullCollections:
 
     def forget(self) -> None:
         """Count from now on (the executor's start: what the process's own start-up cost is not its)."""
-        self.seconds, self.count, self.longest = 0.0, 0, 0.0
+        self.seconds, self.cpu_s, self.count, self.longest = 0.0, 0.0, 0, 0.0
 
     def _note(self, phase: str, info: dict[str, Any]) -> None:
         if info.get("generation") != 2:
             return
         if phase == "start":
-            self._started = time.perf_counter()
+            self._started = (time.perf_counter(), time.thread_time())
         elif self._started is not None:
-            took = time.perf_counter() - self._started
+            took = time.perf_counter() - self._started[0]
+            self.cpu_s += time.thread_time() - self._started[1]
             self._started = None
             self.seconds += took
             self.count += 1
             self.longest = max(self.longest, took)
+
+    def summary(self) -> str:
+        return (
+            f"n={self.count} total={self.seconds:.3f} s ({self.cpu_s:.3f} s of it on a CPU) "
+            f"longest={self.longest:.3f} s"
+        )
 
 
 FULL_COLLECTIONS = FullCollections()

@@ -89,6 +89,7 @@ def test_full_garbage_collections_are_counted_and_timed_young_ones_not() -> None
         gc.collect()
         assert collections.count == 1
         assert 0.0 < collections.seconds == collections.longest
+        assert collections.cpu_s > 0.0
     finally:
         collections.stop()
 
@@ -105,7 +106,7 @@ def test_a_slow_calls_warning_tells_the_full_garbage_collections_within_it(
     )
     assert times.summary().endswith(
         "; Python's full garbage collections in this process since the executor started "
-        "n=0 total=0.000 s longest=0.000 s"
+        "n=0 total=0.000 s (0.000 s of it on a CPU) longest=0.000 s"
     )
     assert times.collections is not None
     times.collections.stop()

@@ -601,8 +601,8 @@ def print_table(result: dict[str, Any]) -> None:
     print(
         f"\nAirflow's loop held at most {result['loop_hold_max_s']:.3f} s by the executor "
         f"(of the slow calls, the longest ran {result['loop_hold_max_own_cpu_s'] or 0:.3f} s on the loop's "
-        f"own CPU, waited {result['loop_hold_max_cpu_wait_s'] or 0:.3f} s for a CPU and "
-        f"{result['loop_hold_max_gc_s'] or 0:.3f} s for Python's full garbage collections; "
+        f"own CPU, waited {result['loop_hold_max_cpu_wait_s'] or 0:.3f} s for a CPU and had "
+        f"{result['loop_hold_max_full_collections'] or 0} of Python's full garbage collections in it; "
         f"{result['slow_calls']} calls over 100 ms; end at most {result['end_max_s']:.3f} s); p99 by call: "
         + ", ".join(f"{call} {s:.3f} s" for call, s in result["loop_hold_p99_s"].items())
     )

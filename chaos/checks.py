@@ -40,7 +40,7 @@ _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 _HELD = re.compile(
     r"(?P<call>\w+) held Airflow's scheduler loop for (?P<s>[\d.]+) s"
     r"(?: \((?P<cpu>[\d.]+) s of it on the loop's own CPU(?:, (?P<queued>[\d.]+) s waiting for a CPU)?"
-    r"(?:, (?P<gc>[\d.]+) s in Python's full garbage collections)?)?"
+    r"(?:, (?P<gc>\d+) full garbage collections?)?)?"
 )
 _CALLS = re.compile(r"executor calls since start: (?P<calls>.*)$")
 _CALL = re.compile(r"(?P<call>\w+) n=(?P<n>\d+) p99=(?P<p99>[\d.]+) s max=(?P<max>[\d.]+) s")
@@ -437,7 +437,7 @@ def loop_holds(logs: list[str]) -> dict[str, Any]:
     call (`end`, the scheduler's shutdown, apart), the p99 of each call in each scheduler's last
     summary (the highest among schedulers), and how many calls took longer than 100 ms."""
     slow: list[tuple[str, float]] = []
-    own_cpu: list[tuple[float, float, float | None, float]] = []
+    own_cpu: list[tuple[float, float, float | None, int]] = []
     longest: list[tuple[str, float]] = []
     p99: dict[str, float] = {}
     turns: list[tuple[float, float]] = []
@@ -449,7 +449,7 @@ def loop_holds(logs: list[str]) -> dict[str, Any]:
                 float(m["s"]),
                 float(m["cpu"]),
                 float(m["queued"]) if m["queued"] else None,
-                float(m["gc"]) if m["gc"] else 0.0,
+                int(m["gc"]) if m["gc"] else 0,
             )
             for m in held
             if m["call"] != "end" and m["cpu"] is not None
@@ -470,8 +470,8 @@ def loop_holds(logs: list[str]) -> dict[str, Any]:
         "loop_hold_max_own_cpu_s": worst[1] if worst else None,
         # And how much of it the loop's thread was ready to run while the machine's CPUs were busy.
         "loop_hold_max_cpu_wait_s": worst[2] if worst else None,
-        # And how much of it Python's garbage collector held the GIL for a full collection.
-        "loop_hold_max_gc_s": worst[3] if worst else None,
+        # And how many of Python's full garbage collections, which hold the GIL, it had in it.
+        "loop_hold_max_full_collections": worst[3] if worst else None,
         "end_max_s": max((s for call, s in every if call == "end"), default=0.0),
         # How often Airflow's loop came round, from one heartbeat to the next: the executor's
         # events reach Airflow once a turn.

@@ -103,7 +103,7 @@ class CallTimes:
         self, clock: Callable[[], float] = time.monotonic, collections: FullCollections | None = None
     ) -> None:
         self.clock = clock
-        # The process's garbage collections, for the summary (a process-wide figure).
+        # The process's full garbage collections, for the summary (a process-wide figure).
         self.collections = collections
         # How deep the loop is in timed calls: Airflow's `heartbeat` calls `trigger_tasks` and
         # `sync`, and only the outermost call's CPU counts towards the executor's own.
@@ -128,13 +128,13 @@ class CallTimes:
         seconds: float,
         cpu_s: float = 0.0,
         cpu_wait_s: float | None = None,
-        collecting_s: float = 0.0,
+        collections: int = 0,
     ) -> None:
         """`seconds` the call took; `cpu_s` of it the calling thread ran; `cpu_wait_s` of it the
         thread was ready to run and waited for a CPU of a busy machine (None where the system does
         not tell). The rest it waited on a lock, I/O or the GIL held by another thread.
-        `collecting_s` of it Python's garbage collector spent in full collections, on this thread
-        (then within `cpu_s`) or another (then holding the GIL)."""
+        `collections`: Python's full garbage collections meanwhile, on this thread (then within
+        `cpu_s`) or another (then holding the GIL)."""
         self.recent.setdefault(call, deque(maxlen=CALL_WINDOW)).append(seconds)
         self.count[call] = self.count.get(call, 0) + 1
         self.longest[call] = max(self.longest.get(call, 0.0), seconds)
@@ -142,8 +142,8 @@ class CallTimes:
         if seconds > SLOW_CALL_S:
             incr(f"executor_call.slow.{call}")
             waited = "" if cpu_wait_s is None else f", {cpu_wait_s:.3f} s waiting for a CPU"
-            if collecting_s >= 0.001:
-                waited += f", {collecting_s:.3f} s in Python's full garbage collections"
+            if collections:
+                waited += f", {collections} full garbage collection{'s' if collections > 1 else ''}"
             log.warning(
                 "%s held Airflow's scheduler loop for %.3f s (%.3f s of it on the loop's own CPU%s)",
                 call,
@@ -250,53 +250,38 @@ def cpu_wait_s() -> float | None:
     return _SCHEDSTAT.wait_s()
 
 
+def full_collections() -> int:
+    """How many full collections (of generation 2) Python's garbage collector has made in this
+    process. One holds the GIL throughout, and so Airflow's loop, whichever thread it runs on.
+
+    Read from `gc.get_stats()`, not timed with a `gc.callbacks` function: a signal's Python handler
+    can run inside such a callback, and the exception it raises there is dropped, which would lose
+    Airflow's SIGTERM (its handler raises SystemExit to stop the scheduler)."""
+    return int(gc.get_stats()[2]["collections"])
+
+
 class FullCollections:
-    """Seconds Python's garbage collector has spent in full collections (generation 2), on any
-    thread of the process: one holds the GIL throughout, so it holds Airflow's loop wherever it
-    runs. In a scheduler, whose heap holds Airflow's modules, one took about 0.12 s."""
+    """The full collections since the executor started, how many objects are frozen (out of their
+    reach), and the collector's thresholds (see executor._set_the_schedulers_collector; a
+    LocalExecutor in the same process unfreezes the objects when it starts workers)."""
 
     def __init__(self) -> None:
-        self.seconds = 0.0
-        # Of `seconds`, those the collecting thread ran: the rest it waited for a busy machine's CPU.
-        self.cpu_s = 0.0
-        self.count = 0
-        self.longest = 0.0
-        self._started: tuple[float, float] | None = None
-        gc.callbacks.append(self._note)
-
-    def stop(self) -> None:
-        gc.callbacks.remove(self._note)
+        self.before = full_collections()
 
     def forget(self) -> None:
-        """Count from now on (the executor's start: what the process's own start-up cost is not its)."""
-        self.seconds, self.cpu_s, self.count, self.longest = 0.0, 0.0, 0, 0.0
+        """Count from now on (the executor's start: the process's own start-up is not its)."""
+        self.before = full_collections()
 
-    def _note(self, phase: str, info: dict[str, Any]) -> None:
-        if info.get("generation") != 2:
-            return
-        if phase == "start":
-            self._started = (time.perf_counter(), time.thread_time())
-        elif self._started is not None:
-            took = time.perf_counter() - self._started[0]
-            self.cpu_s += time.thread_time() - self._started[1]
-            self._started = None
-            self.seconds += took
-            self.count += 1
-            self.longest = max(self.longest, took)
+    @property
+    def count(self) -> int:
+        return full_collections() - self.before
 
     def summary(self) -> str:
-        return (
-            f"n={self.count} total={self.seconds:.3f} s ({self.cpu_s:.3f} s of it on a CPU) "
-            f"longest={self.longest:.3f} s"
-        )
+        thresholds = "/".join(str(t) for t in gc.get_threshold())
+        return f"n={self.count} ({gc.get_freeze_count()} objects frozen; thresholds {thresholds})"
 
 
 FULL_COLLECTIONS = FullCollections()
-
-
-def full_collections_s() -> float:
-    """Seconds spent so far in full garbage collections, by any thread of this process."""
-    return FULL_COLLECTIONS.seconds
 
 
 def timed_call(call: str) -> Callable[[_Call], _Call]:
@@ -306,7 +291,7 @@ def timed_call(call: str) -> Callable[[_Call], _Call]:
         @functools.wraps(method)
         def timed(self: Any, *args: Any, **kwargs: Any) -> Any:
             watch, cpu_before, wait_before = Stopwatch(), time.thread_time(), cpu_wait_s()
-            collections_before = full_collections_s()
+            collections_before = full_collections()
             if call == "heartbeat":
                 self.call_times.heartbeat_started(watch.started)
             self.call_times.depth += 1
@@ -323,7 +308,7 @@ def timed_call(call: str) -> Callable[[_Call], _Call]:
                     watch.seconds,
                     cpu_s,
                     None if wait_before is None or wait_after is None else wait_after - wait_before,
-                    full_collections_s() - collections_before,
+                    full_collections() - collections_before,
                 )
 
         return timed  # type: ignore[return-value]

@@ -9,9 +9,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+import pytest
 from kubernetes import client
 
 T = TypeVar("T")
+
+
+def configure_executor(monkeypatch: pytest.MonkeyPatch, kubeconfig: Path, namespace: str) -> None:
+    """[kubernetes_executor] settings, as Airflow reads them, for an executor started in this process."""
+    for option, value in {
+        "IN_CLUSTER": "False",
+        "CONFIG_FILE": str(kubeconfig),
+        "NAMESPACE": namespace,
+        "WORKER_CONTAINER_REPOSITORY": "busybox",
+    }.items():
+        monkeypatch.setenv(f"AIRFLOW__KUBERNETES_EXECUTOR__{option}", value)
 
 
 def wait_for(check: Callable[[], T], what: str, timeout: float = 60.0, interval: float = 0.1) -> T:

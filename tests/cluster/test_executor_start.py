@@ -15,6 +15,7 @@ from devcluster import control_plane
 from k8s_executor import executor as executor_module
 from k8s_executor import metrics
 from k8s_executor.executor import KubernetesExecutor
+from tests.helpers import configure_executor
 
 pytestmark = pytest.mark.cluster
 
@@ -24,13 +25,7 @@ def fresh_collector(
     cluster: control_plane.ClusterState, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[None]:
     """A process as Airflow's scheduler starts it: the collector as Python sets it, nothing frozen."""
-    for option, value in {
-        "IN_CLUSTER": "False",
-        "CONFIG_FILE": str(cluster.kubeconfig),
-        "NAMESPACE": namespace,
-        "WORKER_CONTAINER_REPOSITORY": "busybox",
-    }.items():
-        monkeypatch.setenv(f"AIRFLOW__KUBERNETES_EXECUTOR__{option}", value)
+    configure_executor(monkeypatch, cluster.kubeconfig, namespace)
     monkeypatch.setattr(executor_module, "_collector_set_in", None)
     thresholds = gc.get_threshold()
     gc.set_threshold(700, 10, 10)

@@ -17,7 +17,7 @@ from devcluster import control_plane
 from kubernetes import client
 
 from k8s_executor.executor import KubernetesExecutor
-from tests.helpers import audit_entries
+from tests.helpers import audit_entries, configure_executor
 
 pytestmark = pytest.mark.cluster
 
@@ -35,13 +35,7 @@ def test_a_try_taken_back_while_its_pod_is_built_leaves_no_pod_and_no_report(
     namespace: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    for option, value in {
-        "IN_CLUSTER": "False",
-        "CONFIG_FILE": str(cluster.kubeconfig),
-        "NAMESPACE": namespace,
-        "WORKER_CONTAINER_REPOSITORY": "busybox",
-    }.items():
-        monkeypatch.setenv(f"AIRFLOW__KUBERNETES_EXECUTOR__{option}", value)
+    configure_executor(monkeypatch, cluster.kubeconfig, namespace)
     executor = KubernetesExecutor(parallelism=10)
     executor.start()
     try:

@@ -128,7 +128,7 @@ _PYTHONS_THRESHOLDS = (700, 10, 10)
 _SCHEDULERS_THRESHOLDS = (700, 10, 100)
 
 
-def _set_the_schedulers_collector() -> None:
+def _set_the_schedulers_collector() -> int | None:
     """Python's full garbage collections in a scheduler's process: fewer, and over less.
 
     What the process holds once its executor starts (Airflow's modules, classes and settings, a
@@ -144,7 +144,7 @@ def _set_the_schedulers_collector() -> None:
     runs in short-lived processes (a task run through the executor, a test of a DAG)."""
     global _collector_set_in
     if _collector_set_in == os.getpid():
-        return
+        return None
     _collector_set_in = os.getpid()
     gc.collect()
     gc.freeze()
@@ -152,6 +152,8 @@ def _set_the_schedulers_collector() -> None:
         gc.set_threshold(*_SCHEDULERS_THRESHOLDS)
         # Not in what the scheduler forks (a LocalExecutor's workers, and the tasks they run).
         os.register_at_fork(after_in_child=lambda: gc.set_threshold(*_PYTHONS_THRESHOLDS))
+    # Counted once, here: counting walks every frozen object.
+    return gc.get_freeze_count()
 
 
 class KubernetesExecutor(BaseExecutor):
@@ -241,8 +243,13 @@ class KubernetesExecutor(BaseExecutor):
         self.kube_client, self.kube_scheduler = default_cluster.kube_client, default_cluster.scheduler
         for cluster in self.clusters.values():
             cluster.scheduler.start_watchers()
-        if self.job_id is not None:
-            _set_the_schedulers_collector()
+        if self.job_id is not None and (frozen := _set_the_schedulers_collector()) is not None:
+            self.log.info(
+                "froze the %d objects this process holds (Python's full garbage collections skip them); "
+                "collector thresholds %s",
+                frozen,
+                "/".join(str(t) for t in gc.get_threshold()),
+            )
         metrics.FULL_COLLECTIONS.forget()
         self.log.info(
             "KubernetesExecutor started: scheduler id %s, pods labelled %s=%s, namespaces %s",

@@ -278,7 +278,8 @@ class FullCollections:
 
     def summary(self) -> str:
         thresholds = "/".join(str(t) for t in gc.get_threshold())
-        return f"n={self.count} ({gc.get_freeze_count()} objects frozen; thresholds {thresholds})"
+        # Not `gc.get_freeze_count()`: it walks every frozen object, 30 ms of the loop's CPU.
+        return f"n={self.count} (thresholds {thresholds})"
 
 
 FULL_COLLECTIONS = FullCollections()

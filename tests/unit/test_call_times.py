@@ -114,7 +114,7 @@ def test_a_slow_calls_warning_tells_the_full_garbage_collections_within_it(
     ]
     assert times.summary().endswith(
         f"; Python's full garbage collections in this process since the executor started "
-        f"n=0 ({gc.get_freeze_count()} objects frozen; thresholds {'/'.join(map(str, gc.get_threshold()))})"
+        f"n=0 (thresholds {'/'.join(map(str, gc.get_threshold()))})"
     )
 
 

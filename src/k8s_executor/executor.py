@@ -248,7 +248,7 @@ class KubernetesExecutor(BaseExecutor):
                 "froze the %d objects this process holds (Python's full garbage collections skip them); "
                 "collector thresholds %s",
                 frozen,
-                "/".join(str(t) for t in gc.get_threshold()),
+                metrics.collector_thresholds(),
             )
         metrics.FULL_COLLECTIONS.forget()
         self.log.info(

@@ -260,10 +260,13 @@ def full_collections() -> int:
     return int(gc.get_stats()[2]["collections"])
 
 
+def collector_thresholds() -> str:
+    return "/".join(str(t) for t in gc.get_threshold())
+
+
 class FullCollections:
-    """The full collections since the executor started, how many objects are frozen (out of their
-    reach), and the collector's thresholds (see executor._set_the_schedulers_collector; a
-    LocalExecutor in the same process unfreezes the objects when it starts workers)."""
+    """The full collections since the executor started, and the collector's thresholds (see
+    executor._set_the_schedulers_collector)."""
 
     def __init__(self) -> None:
         self.before = full_collections()
@@ -277,9 +280,8 @@ class FullCollections:
         return full_collections() - self.before
 
     def summary(self) -> str:
-        thresholds = "/".join(str(t) for t in gc.get_threshold())
         # Not `gc.get_freeze_count()`: it walks every frozen object, 30 ms of the loop's CPU.
-        return f"n={self.count} (thresholds {thresholds})"
+        return f"n={self.count} (thresholds {collector_thresholds()})"
 
 
 FULL_COLLECTIONS = FullCollections()

@@ -44,6 +44,8 @@ One clock, injected: monotonic seconds, shared by every process of the machine
 from __future__ import annotations
 
 import datetime
+import heapq
+import itertools
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -397,6 +399,16 @@ class PodLedger:
         # A hand-over whose rows are still being read: which tries it holds is not known yet, so
         # no dead scheduler's pod is disposed of meanwhile (it may be one of theirs).
         self.rows_unread = False
+        # What time can decide, indexed so that `tick` and `questions` cost what is due, not what
+        # is held: they run at every sync, and a walk over every pod of a 20,000-pod burst, several
+        # times a sync, was half of the sync's time in Airflow's loop (bench/RESULTS.md).
+        # Unsettled pods by start deadline (a heap: an entry settled or replaced since is skipped
+        # when it comes up), tries with a relaunch due or a failure held (an ordered set, pruned
+        # by `tick`), and pods whose create is not yet answered, in the order they were launched.
+        self._deadlines: list[tuple[float, int, Entry]] = []
+        self._pushed = itertools.count()
+        self._timed: dict[identity.WorkloadRef, None] = {}
+        self._creating: dict[PodKey, Entry] = {}
 
     # --- inputs ----------------------------------------------------------------------------
     def attempt(self, ref: identity.WorkloadRef) -> int:
@@ -419,7 +431,7 @@ class PodLedger:
         if ref not in self.tries:
             allowed = self.disruption_retries if disruption_retries is None else disruption_retries
             self.tries[ref] = Try(ref, payload, timeout_s, now + timeout_s, disruption_retries=allowed)
-        self.pods[(namespace, name)] = Entry(ref, namespace, name, now + timeout_s, launched_at=now)
+        self._hold(Entry(ref, namespace, name, now + timeout_s, launched_at=now))
 
     def abandoned(
         self, ref: identity.WorkloadRef, namespace: str, name: str, timeout_s: float
@@ -428,9 +440,7 @@ class PodLedger:
         that nothing is reported for it and its pod is deleted as late if the create lands. The try
         itself is untouched: Airflow may have handed it back here since."""
         now = self.clock()
-        self.pods[(namespace, name)] = Entry(
-            ref, namespace, name, now + timeout_s, launched_at=now, settled=True, report=False
-        )
+        self._hold(Entry(ref, namespace, name, now + timeout_s, launched_at=now, settled=True, report=False))
         return [Drop(namespace, name)]
 
     def launched(
@@ -465,10 +475,15 @@ class PodLedger:
                 self._note_other(event)
                 return []
             # Launched by this scheduler's previous incarnation, with the same id.
-            entry = Entry(
-                event.ref, event.namespace, event.name, self.clock() + DEFAULT_START_TIMEOUT_S, created=True
+            entry = self._hold(
+                Entry(
+                    event.ref,
+                    event.namespace,
+                    event.name,
+                    self.clock() + DEFAULT_START_TIMEOUT_S,
+                    created=True,
+                )
             )
-            self.pods[key] = entry
         if entry.settled:
             if event.deleted:
                 self._forget(key)
@@ -478,7 +493,12 @@ class PodLedger:
             entry.created, entry.created_at = True, self.clock()
         entry.visible = True
         entry.last_state = event.state
-        return self._settle(entry, event.state) if event.state.terminal else []
+        if event.state.terminal:
+            return self._settle(entry, event.state)
+        if event.state.verdict == "pending" and self.clock() >= entry.deadline:
+            # Back to pending past its deadline (its heap item may be spent): `tick` fails it.
+            self._push_deadline(entry)
+        return []
 
     def resynced(self, resync: Resync) -> list[Action]:
         """A relist's full set of pods: what is missing from it vanished while the watch was out,
@@ -541,7 +561,7 @@ class PodLedger:
         key = (orphan.namespace, orphan.name)
         self.others.pop(key, None)
         self.unclaimed.pop(key, None)
-        entry = self.pods[key] = Entry(
+        entry = Entry(
             orphan.ref,
             *key,
             self.clock() + timeout_s,
@@ -551,8 +571,9 @@ class PodLedger:
             # Until its relabelling shows it in this scheduler's watch, a relist that misses it says
             # nothing of its fate (a finished pod is settled here and now).
             visible=orphan.state.terminal,
+            last_state=orphan.state,
         )
-        entry.last_state = orphan.state
+        self._hold(entry)
         actions = self._settle(entry, orphan.state) if orphan.state.terminal else []
         # Last: a try whose adoption failed half-way is still awaited, and so reset (`unfound`).
         if orphan.ours:
@@ -620,10 +641,18 @@ class PodLedger:
         if now >= self.next_obsolete_check:
             self.next_obsolete_check = now + OBSOLETE_CHECK_INTERVAL_S
             obsolete = frozenset(self.waiting_for_create(OBSOLETE_AFTER_S))
-        started = frozenset(
-            t.ref for t in self.tries.values() if t.held is not None and isinstance(t.ref, identity.TaskRef)
+        return Questions(liveness, self.holding(), obsolete, {ref: self.attempts[ref] for ref in obsolete})
+
+    def holding(self) -> frozenset[identity.TaskRef]:
+        """Tries whose failure (or disruption) is held until the database says whether their task
+        started (or is still queued or running)."""
+        return frozenset(
+            ref
+            for ref in self._timed
+            if isinstance(ref, identity.TaskRef)
+            and (t := self.tries.get(ref)) is not None
+            and t.held is not None
         )
-        return Questions(liveness, started, obsolete, {ref: self.attempts[ref] for ref in obsolete})
 
     def answered(
         self,
@@ -688,8 +717,11 @@ class PodLedger:
         """What the passing of time decides: tries that did not start in time, unclaimed pods."""
         now = self.clock()
         actions: list[Action] = []
-        for t in list(self.tries.values()):
-            if t.relaunch_at is not None and now >= t.relaunch_at:
+        for ref in list(self._timed):
+            t = self.tries.get(ref)
+            if t is None or (t.relaunch_at is None and t.held is None):
+                del self._timed[ref]
+            elif t.relaunch_at is not None and now >= t.relaunch_at:
                 t.relaunch_at = None
                 self.attempts[t.ref] += 1
                 actions.append(Launch(t.ref, t.payload, max(t.deadline - now, RELAUNCH_MIN_TIME_LEFT_S)))
@@ -701,9 +733,12 @@ class PodLedger:
                 # No answer came while a new pod could still have started: the failure stands.
                 actions.append(self._with_disruptions(t, t.held))
                 del self.tries[t.ref]
-        for entry in self.pods.values():
-            if entry.settled or now < entry.deadline:
+        while self._deadlines and self._deadlines[0][0] <= now:
+            entry = heapq.heappop(self._deadlines)[2]
+            if entry.settled or self.pods.get((entry.namespace, entry.name)) is not entry:
                 continue
+            # A pod running at its deadline is left; if it is seen pending again, `observed`
+            # puts it back.
             if entry.last_state is None or entry.last_state.verdict == "pending":
                 why = f" ({entry.last_state.reason})" if entry.last_state and entry.last_state.reason else ""
                 failed = PodState(
@@ -713,9 +748,12 @@ class PodLedger:
                     "StartTimeout",
                 )
                 actions += self._settle(entry, failed, never_started=True)
-        for key, since in list(self.gone.items()):
+        forgotten = []
+        for key, since in self.gone.items():
             if now - since < FORGET_AFTER_S:
                 break  # in the order they went
+            forgotten.append(key)
+        for key in forgotten:
             del self.gone[key]
         for key, since in list(self.unclaimed.items()):
             if self.rows_unread:
@@ -757,13 +795,18 @@ class PodLedger:
     def waiting_for_create(self, older_than_s: float) -> set[identity.TaskRef]:
         """Tries whose create has been on its way (queued in the launcher, or retried) that long."""
         cutoff = self.clock() - older_than_s
-        return {
-            e.ref
-            for e in self.pods.values()
-            if isinstance(e.ref, identity.TaskRef)
-            and not (e.created or e.settled)
-            and e.launched_at <= cutoff
-        }
+        waiting: set[identity.TaskRef] = set()
+        answered: list[PodKey] = []
+        for key, e in self._creating.items():
+            if e.created or e.settled or self.pods.get(key) is not e:
+                answered.append(key)
+            elif e.launched_at > cutoff:
+                break  # in the order they were launched
+            elif isinstance(e.ref, identity.TaskRef):
+                waiting.add(e.ref)
+        for key in answered:
+            del self._creating[key]
+        return waiting
 
     def swept(self, sightings: Iterable[PodSeen]) -> list[Action]:
         """What the sweep found of other schedulers' pods (none of them alive): they replace what
@@ -809,6 +852,7 @@ class PodLedger:
         t = self.tries.get(result.ref)
         if t is not None and (self._may_requeue(t, result.state) or self._may_relaunch(t, result.state)):
             t.held, t.held_as_disruption = result, self._may_requeue(t, result.state)
+            self._timed[t.ref] = None
             return []
         self.tries.pop(result.ref, None)
         return [self._with_disruptions(t, result) if t is not None else result]
@@ -894,6 +938,7 @@ class PodLedger:
         t.launch_failures += 1
         delay_s = min(RELAUNCH_MAX_DELAY_S, 2.0 ** (t.launch_failures - 1))
         t.relaunch_at = now + delay_s
+        self._timed[t.ref] = None
         return [
             Relaunch(
                 t.ref,
@@ -919,6 +964,21 @@ class PodLedger:
             return [TaskResult(ref, PodState("failed", reason, "CreateRefused", ran=False), taken.where)]
         t.deadline = self.clock() + t.timeout_s
         return [Launch(ref, t.payload, t.timeout_s)]
+
+    def _hold(self, entry: Entry) -> Entry:
+        """A pod this scheduler is now responsible for, in the indexes `tick` reads."""
+        key = (entry.namespace, entry.name)
+        self.pods[key] = entry
+        if not entry.settled:
+            self._push_deadline(entry)
+            if not entry.created:
+                # Last in launch order, even if an earlier entry of the name is still indexed.
+                self._creating.pop(key, None)
+                self._creating[key] = entry
+        return entry
+
+    def _push_deadline(self, entry: Entry) -> None:
+        heapq.heappush(self._deadlines, (entry.deadline, next(self._pushed), entry))
 
     def _forget(self, key: PodKey) -> None:
         del self.pods[key]

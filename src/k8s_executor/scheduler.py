@@ -95,6 +95,10 @@ LIST_TIMEOUT_S = 60.0
 # Nor is a list tried for longer than this in all: the tries handed over wait for every cluster's
 # answer, and Airflow 3 fails a try whose heartbeat is older than its heartbeat timeout (300 s).
 LIST_DEADLINE_S = 120.0
+# How often the pods.pending and pods.running gauges are counted: a count goes over every pod
+# awaited, which a sync in a burst of thousands cannot afford each time (Airflow's own pool gauges
+# come every 5 s too).
+GAUGE_INTERVAL_S = 5.0
 
 
 class KubernetesJobWatcher(multiprocessing.Process, LoggingMixin):
@@ -238,6 +242,7 @@ class AirflowKubernetesScheduler(LoggingMixin):
         self.watcher_restarts = 0
         self.watch_events_read = 0
         self.listed: set[str | None] = set()
+        self._gauged_at = -GAUGE_INTERVAL_S
 
     # --- watchers --------------------------------------------------------
     def start_watchers(self) -> None:
@@ -511,9 +516,11 @@ class AirflowKubernetesScheduler(LoggingMixin):
         todo = self._apply_answers(incoming.answers)
         todo += self._apply_watched(incoming.watched)
         todo += self._carry_out(self.ledger.tick())
-        verdicts = self.ledger.verdicts()
-        metrics.gauge("pods.pending", verdicts.count("pending"), cluster=self.cluster)
-        metrics.gauge("pods.running", verdicts.count("running"), cluster=self.cluster)
+        if (now := time.monotonic()) - self._gauged_at >= GAUGE_INTERVAL_S:
+            self._gauged_at = now
+            verdicts = self.ledger.verdicts()
+            metrics.gauge("pods.pending", verdicts.count("pending"), cluster=self.cluster)
+            metrics.gauge("pods.running", verdicts.count("running"), cluster=self.cluster)
         return todo
 
     def _carry_out(self, actions: list[Action]) -> list[Action]:

@@ -418,7 +418,31 @@ class World:
                     self._progress_pod(pod)
         self.now += jump
         self.note("tick")
-        self.carry_out(self.scheduler.ledger.tick())
+        self._tick()
+
+    def _tick(self) -> None:
+        """Time passes for the ledger, which must then have decided everything that was due: its
+        indexes (`tick` looks only at what they say is due) agree with a walk over all it holds."""
+        ledger = self.scheduler.ledger
+        self.carry_out(ledger.tick())
+        left = [
+            f"pod {e.name} unstarted past its deadline"
+            for e in ledger.pods.values()
+            if not e.settled
+            and self.now >= e.deadline
+            and (e.last_state is None or e.last_state.verdict == "pending")
+        ]
+        for t in ledger.tries.values():
+            if t.relaunch_at is not None and self.now >= t.relaunch_at:
+                left.append(f"{t.ref}'s relaunch")
+            elif (
+                t.held is not None
+                and not t.held_as_disruption
+                and t.deadline - self.now <= RELAUNCH_MIN_TIME_LEFT_S
+            ):
+                left.append(f"{t.ref}'s held failure, its time to start over")
+        if left:
+            raise Violation(f"tick at {self.now} left what was due: {left}")
 
     def _hear_everything(self) -> None:
         while self.stream or self.scheduler.acks:
@@ -591,16 +615,30 @@ class World:
             self._database()
             if self.rng.random() < 0.1:
                 self.now += 1.0
-                self.carry_out(self.scheduler.ledger.tick())
+                self._tick()
         for _ in range(3):
             self.now += max(START_TIMEOUT_S, UNCLAIMED_GRACE_S) + 1
             self.note("tick (the end)")
-            self.carry_out(self.scheduler.ledger.tick())
+            self._tick()
             while self.stream or self.scheduler.acks:
                 self._ack()
                 self._deliver()
 
     def check(self, final: bool = True) -> None:
+        ledger = self.scheduler.ledger
+        held = {r for r, t in ledger.tries.items() if t.held is not None and isinstance(r, identity.TaskRef)}
+        if ledger.holding() != held:
+            raise Violation(f"the ledger holds failures of {sorted(held)}, and asks about {ledger.holding()}")
+        for older_than_s in (0.0, 15.0):
+            waiting = {
+                e.ref
+                for e in ledger.pods.values()
+                if isinstance(e.ref, identity.TaskRef)
+                and not (e.created or e.settled)
+                and e.launched_at <= self.now - older_than_s
+            }
+            if ledger.waiting_for_create(older_than_s) != waiting:
+                raise Violation(f"creates waiting {older_than_s} s: {waiting}, not as the ledger says")
         for name, count in self.disposed.items():
             if count > 1:
                 raise Violation(f"{name} disposed of {count} times")
@@ -693,6 +731,40 @@ def test_ten_thousand_seeded_histories_keep_every_invariant() -> None:
     assert all(outcomes[f] > SEEDS // 10 for f in FATES) and outcomes["restarts"] > SEEDS // 10
     assert outcomes["pods launched again"] > SEEDS // 10 and outcomes["handed over"] > SEEDS // 100
     assert outcomes["names taken"] > SEEDS // 100
+
+
+class ForgetsHeldFailures(PodLedger):
+    """A broken index: a held failure is not in what `tick` and `questions` look at."""
+
+    def _conclude(self, result: TaskResult) -> list[Action]:
+        actions = super()._conclude(result)
+        self._timed.pop(result.ref, None)
+        return actions
+
+
+def test_the_simulation_catches_an_index_that_misses_what_is_due() -> None:
+    with pytest.raises(Violation, match=r"asks about|held failure"):
+        for seed in range(SEEDS):
+            simulate(seed, ledger_class=ForgetsHeldFailures)
+
+
+def test_a_pod_seen_pending_again_after_its_deadline_fails_at_the_next_tick() -> None:
+    """The histories never take a running pod back to pending; `tick` must still see it."""
+    now = [0.0]
+    ledger = PodLedger("s1", DisposalRule(), clock=lambda: now[0])
+    ref = identity.TaskRef("dag", "t", "run", 1)
+    ledger.launching(ref, NAMESPACE, "pod", START_TIMEOUT_S, payload="build")
+    ledger.launched(NAMESPACE, "pod", ok=True)
+
+    def seen(state: PodState) -> list[Action]:
+        return ledger.observed(PodEvent(NAMESPACE, "pod", ref, "s1", state))
+
+    assert seen(RUNNING) == []
+    now[0] = START_TIMEOUT_S + 1
+    assert ledger.tick() == []  # running at its deadline: left alone
+    assert seen(PENDING) == []
+    results = [a for a in ledger.tick() if isinstance(a, TaskResult)]
+    assert [(r.state.verdict, r.state.cause) for r in results] == [("failed", "StartTimeout")]
 
 
 class DisposesWithoutGrace(PodLedger):

@@ -67,9 +67,12 @@ LIVENESS_INTERVAL_S = 10.0
 OBSOLETE_CHECK_INTERVAL_S = 2.0
 # Only creates held back this long are checked: a try is reset or handed to another scheduler
 # after its scheduler missed its health check (30 s by default) or its queued timeout, never in
-# the seconds a burst keeps creates waiting for the rate limit, whose check would be a query of
-# up to a thousand tries every 2 s for nothing.
+# the seconds a burst keeps creates waiting for the rate limit. Each is asked about again only
+# after as long again, and at most OBSOLETE_ASKED_AT_ONCE in one check, oldest launch first: in a
+# burst of 20,000 most creates wait longer than that (a minute and a half at the median), and
+# asking about every one of them every 2 s took most of each sync (bench/RESULTS.md).
 OBSOLETE_AFTER_S = 15.0
+OBSOLETE_ASKED_AT_ONCE = 1000
 # A pod that failed before its task started is launched again after 1, 2, 4 ... at most 60 s (a
 # cause that lasts, such as a webhook refusing every create, is not hammered), and not when less
 # than this is left of its try's time to start (its workload token expires with it).
@@ -326,6 +329,8 @@ class Entry:
     # False for a pod adopted and being relabelled into this scheduler's watch: until the watch
     # has shown it, a relist that misses it says nothing of its fate.
     visible: bool = True
+    # When its try was last asked about as perhaps no longer this scheduler's (`questions`).
+    asked_at: float = float("-inf")
 
     @property
     def where(self) -> str:
@@ -640,8 +645,19 @@ class PodLedger:
         obsolete: frozenset[identity.TaskRef] = frozenset()
         if now >= self.next_obsolete_check:
             self.next_obsolete_check = now + OBSOLETE_CHECK_INTERVAL_S
-            obsolete = frozenset(self.waiting_for_create(OBSOLETE_AFTER_S))
+            obsolete = self._ask_if_obsolete(now)
         return Questions(liveness, self.holding(), obsolete, {ref: self.attempts[ref] for ref in obsolete})
+
+    def _ask_if_obsolete(self, now: float) -> frozenset[identity.TaskRef]:
+        cutoff = now - OBSOLETE_AFTER_S
+        asked: set[identity.TaskRef] = set()
+        for entry in self._waiting(cutoff):
+            if len(asked) >= OBSOLETE_ASKED_AT_ONCE:
+                break
+            if isinstance(entry.ref, identity.TaskRef) and entry.asked_at <= cutoff:
+                entry.asked_at = now
+                asked.add(entry.ref)
+        return frozenset(asked)
 
     def holding(self) -> frozenset[identity.TaskRef]:
         """Tries whose failure (or disruption) is held until the database says whether their task
@@ -794,16 +810,22 @@ class PodLedger:
 
     def waiting_for_create(self, older_than_s: float) -> set[identity.TaskRef]:
         """Tries whose create has been on its way (queued in the launcher, or retried) that long."""
-        cutoff = self.clock() - older_than_s
-        waiting: set[identity.TaskRef] = set()
+        return {
+            e.ref for e in self._waiting(self.clock() - older_than_s) if isinstance(e.ref, identity.TaskRef)
+        }
+
+    def _waiting(self, launched_by: float) -> list[Entry]:
+        """The pods whose create is on its way, launched by then, oldest first (the index is
+        pruned of those answered on the way)."""
+        waiting: list[Entry] = []
         answered: list[PodKey] = []
         for key, e in self._creating.items():
             if e.created or e.settled or self.pods.get(key) is not e:
                 answered.append(key)
-            elif e.launched_at > cutoff:
+            elif e.launched_at > launched_by:
                 break  # in the order they were launched
-            elif isinstance(e.ref, identity.TaskRef):
-                waiting.add(e.ref)
+            else:
+                waiting.append(e)
         for key in answered:
             del self._creating[key]
         return waiting

@@ -26,8 +26,8 @@ from k8s_executor.own_cpu import OWN_CPU
 
 PREFIX = "k8s_executor"
 NAMES = {
-    "pods.pending": "gauge: pods created and not yet running",
-    "pods.running": "gauge: pods running their task",
+    "pods.pending": "gauge: pods created and not yet running (counted every 5 s)",
+    "pods.running": "gauge: pods running their task (counted every 5 s)",
     "pod_create.duration": "timer: one create request, from first attempt to answer (retries included)",
     "pod_create.status.<code>": "counter: create outcomes by HTTP status (0 = API server unreachable)",
     "pod_delete.status.<code>": "counter: delete outcomes by HTTP status",

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from k8s_executor.identity import TaskRef
 from k8s_executor.ledger import (
+    OBSOLETE_AFTER_S,
+    OBSOLETE_ASKED_AT_ONCE,
+    OBSOLETE_CHECK_INTERVAL_S,
     DisposalRule,
     Dispose,
     Drop,
@@ -138,3 +141,19 @@ def test_an_answer_that_comes_after_the_try_was_launched_again_does_not_withdraw
     NOW[0] = 60.0
     again = ledger.questions()
     assert ledger.answered({REF: stale}, again.attempts) == [Drop("ns", "p1"), Withdrawn(REF, stale)]
+
+
+def test_a_burst_asks_about_a_thousand_waiting_creates_at_a_time_each_again_only_after_a_while() -> None:
+    NOW[0] = 0.0
+    ledger = PodLedger("7", DisposalRule(), clock=lambda: NOW[0])
+    refs = [TaskRef("dag", "task", "run", 1, i) for i in range(OBSOLETE_ASKED_AT_ONCE + 500)]
+    for i, ref in enumerate(refs):
+        ledger.launching(ref, "ns", f"p{i}", 600, payload="build")
+    NOW[0] = OBSOLETE_AFTER_S + 1
+    assert ledger.questions().obsolete == set(refs[:OBSOLETE_ASKED_AT_ONCE])  # oldest launch first
+    NOW[0] += OBSOLETE_CHECK_INTERVAL_S
+    assert ledger.questions().obsolete == set(refs[OBSOLETE_ASKED_AT_ONCE:])
+    NOW[0] += OBSOLETE_CHECK_INTERVAL_S
+    assert ledger.questions().obsolete == set()  # every one was asked about a moment ago
+    NOW[0] = 2 * OBSOLETE_AFTER_S + 2
+    assert ledger.questions().obsolete == set(refs[:OBSOLETE_ASKED_AT_ONCE])

@@ -1,5 +1,6 @@
-"""What Airflow's loop pays for two things the executor does in its calls, while other threads of the
-scheduler's process are busy: starting a helper process, and reading the thread's CPU wait.
+"""What Airflow's loop pays for things the executor does in its calls, while other threads of the
+scheduler's process are busy: starting a helper process, reading the thread's CPU wait, and asking
+whether a helper process lives (`Popen.poll`, a system call, at every `sync`).
 
     python -m bench.gil_waits --busy 0,1,3
 
@@ -63,9 +64,10 @@ def main() -> None:
 
     schedstat = Path("/proc/thread-self/schedstat")
     print(
-        "| busy threads | start a helper (6 runs) | schedstat, Python read (50) | `metrics.cpu_wait_s` (50) |"
+        "| busy threads | start a helper (6 runs) | schedstat, Python read (50) | `metrics.cpu_wait_s` (50) "
+        "| a helper's liveness, `Helper.is_alive` (50) |"
     )
-    print("|---|---|---|---|")
+    print("|---|---|---|---|---|")
     for count in (int(n) for n in args.busy.split(",")):
         workers = [threading.Thread(target=busy, daemon=True) for _ in range(count)]
         stop.clear()
@@ -76,6 +78,7 @@ def main() -> None:
             (start_helper, 6, 0.3),
             (schedstat.read_text, 50, 0.0),
             (metrics.cpu_wait_s, 50, 0.0),
+            (lambda: helpers[0].is_alive(), 50, 0.0),
         ):
             took = _times(action, runs, pause)
             cells.append(f"{statistics.median(took):.2f} ms (max {max(took):.2f})")

@@ -259,3 +259,24 @@ def test_a_fork_waits_while_a_helpers_pipe_ends_are_open() -> None:
         assert not forked.wait(0.5)
     assert forked.wait(30)
     thread.join()
+
+
+def test_whether_a_child_has_exited_is_told_without_a_poll_until_it_has() -> None:
+    """`Popen.poll` lets go of the GIL (bench.gil_waits): a running child is never polled."""
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        polled = []
+        real_poll = child.poll
+        child.poll = lambda: polled.append(1) or real_poll()  # type: ignore[method-assign]
+        assert not processes.has_exited(child) and not processes.has_exited(child)
+        assert polled == [] and child.returncode is None and alive(child.pid)
+        child.kill()
+        deadline = time.monotonic() + 10
+        while not processes.has_exited(child):
+            assert time.monotonic() < deadline, "the killed child was never seen to exit"
+            time.sleep(0.01)
+        assert polled and child.returncode == -signal.SIGKILL  # reaped by Popen, its exit code kept
+        assert processes.has_exited(child)
+    finally:
+        child.kill()
+        child.wait()

@@ -4,8 +4,8 @@
 
 Airflow 3 workloads for `--queued` tries are queued on an executor that is not started; its one
 cluster's ledger stands in for the cluster's scheduler shell, and the builds the call hands on are
-not run. Python's collector is set as the executor sets it in a scheduler (the heap frozen first,
-thresholds 700/10/100), or turned off. Each line is one call: its wall-clock time and the full
+not run. Python's collector is set as the executor sets it in a scheduler, by the same function
+(the heap frozen first, the oldest threshold raised), or turned off. Each line is one call: its wall-clock time and the full
 collections in it.
 """
 
@@ -21,7 +21,7 @@ from airflow.executors.workloads.base import BundleInfo
 from airflow.executors.workloads.task import ExecuteTask, TaskInstanceDTO
 
 from k8s_executor import metrics
-from k8s_executor.executor import KubernetesExecutor
+from k8s_executor.executor import KubernetesExecutor, _set_the_schedulers_collector
 from k8s_executor.ledger import DisposalRule, PodLedger
 
 
@@ -36,9 +36,7 @@ def main() -> None:
     ledger = PodLedger("1", DisposalRule(), clock=time.monotonic)
     executor.clusters = {"default": types.SimpleNamespace(scheduler=ledger)}  # type: ignore[dict-item]
     executor._start_builds = lambda: None  # type: ignore[method-assign]
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(700, 10, 100)
+    _set_the_schedulers_collector()
     bundle = BundleInfo(name="dags-folder", version=None)
     for i in range(args.queued):
         ti = TaskInstanceDTO(

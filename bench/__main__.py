@@ -49,6 +49,7 @@ from kubernetes import client, config
 from bench.bare_client import bare_burst, executor_shaped
 from bench.measure import (
     BENCH_USER_AGENT,
+    MachineCpu,
     PeakMemory,
     PodClock,
     adoption_passes,
@@ -224,7 +225,12 @@ def stop_stack(stack: AirflowStack, core: client.CoreV1Api) -> None:
 
 
 def run_executor(
-    name: str, state: control_plane.ClusterState, core: client.CoreV1Api, tasks: int, timeout: float
+    name: str,
+    state: control_plane.ClusterState,
+    core: client.CoreV1Api,
+    tasks: int,
+    timeout: float,
+    machine: MachineCpu,
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """One burst through one executor: launch, then every pod completes at once. Returns the
     figures and the first pod the executor created."""
@@ -311,6 +317,9 @@ def run_executor(
             # Airflow's part of the launch: from the first task queued to the first pod created.
             "queue_to_first_pod_s": min(created_at.values(), default=started) - started,
             "pods_per_s": created / (last_created - started) if last_created > started else None,
+            # Where this machine's CPU went while the pods were created: the cluster's part is what
+            # the pods cost the API server and its components, the rest what ran beside them.
+            "launch_cpu_s_by_part": machine.between(started, last_created),
             "queue_to_pod_p50_s": percentile(to_pod, 50),
             "queue_to_pod_p99_s": percentile(to_pod, 99),
             # How far behind the API server this harness's watch saw the pods created: what the
@@ -434,7 +443,8 @@ def run_bare(
     tasks: int,
     observed: bool,
     executor_pod: dict[str, Any] | None,
-) -> float:
+    machine: MachineCpu,
+) -> tuple[float, dict[str, float]]:
     """The same burst from a bare client. `observed`: with this harness's watch on the namespace,
     as during every executor's burst (the watch costs the API server and this machine's cores).
     `executor_pod`: one of the executor's pods, whose shape the bare client's pods take; without it,
@@ -450,12 +460,14 @@ def run_bare(
         time.sleep(0.1)
     clock = PodClock(core, namespace) if observed else None
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as process:
-        rate = process.submit(bare_burst, str(state.kubeconfig), namespace, template, tasks).result()
+        rate, began, ended = process.submit(
+            bare_burst, str(state.kubeconfig), namespace, template, tasks
+        ).result()
     if clock:
         clock.stop.set()
     (scratch / "finish").touch()
     delete_namespace(core, namespace)
-    return rate
+    return rate, machine.between(began, ended)
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -471,6 +483,17 @@ def spread(values: list[float | None]) -> dict[str, float | int | None]:
         "max": max(kept, default=None),
         "n": len(kept),
     }
+
+
+def cpu_budget_text(parts: dict[str, float] | None, rate: float | None, tasks: int) -> str:
+    """One launch's CPU by part, in cores (CPU seconds over the launch's seconds)."""
+    if not parts or not rate:
+        return "-"
+    seconds = tasks / rate
+    text = "  ".join(
+        f"{part} {cpu / seconds:.2f}" for part, cpu in sorted(parts.items(), key=lambda kv: -kv[1])
+    )
+    return f"{text}   (cluster {parts.get('cluster', 0.0) / tasks * 1000:.2f} ms/pod)"
 
 
 def _spread_text(s: dict[str, Any]) -> str:
@@ -526,6 +549,7 @@ def main() -> None:
     api = client.ApiClient(cfg)
     api.user_agent = BENCH_USER_AGENT
     core = client.CoreV1Api(api)
+    machine = MachineCpu()
 
     runs: dict[str, list[dict[str, Any]]] = {}
     adoptions: dict[str, list[dict[str, Any]]] = {}
@@ -534,7 +558,7 @@ def main() -> None:
     for round_ in range(args.repeat):
         for name in args.configs.split(","):
             load = os.getloadavg()[0]
-            result, sample = run_executor(name, state, core, args.tasks, args.timeout)
+            result, sample = run_executor(name, state, core, args.tasks, args.timeout, machine)
             runs.setdefault(name, []).append(result)
             if sample:
                 samples.setdefault(name, sample)
@@ -543,7 +567,7 @@ def main() -> None:
             # between runs minutes apart, so each executor's run is judged against its neighbour.
             shape = samples.get("ours_best") or samples.get(name) or next(iter(samples.values()), None)
             bare_load = os.getloadavg()[0]
-            bare_rate = run_bare(state, core, args.tasks, True, shape)
+            bare_rate, bare_cpu = run_bare(state, core, args.tasks, True, shape, machine)
             pair = {
                 "round": round_,
                 "pods_per_s": result.get("pods_per_s"),
@@ -551,6 +575,8 @@ def main() -> None:
                 "share_of_bare": ratio(result.get("pods_per_s"), bare_rate),
                 "load_avg_1m_before": round(load, 2),
                 "bare_load_avg_1m_before": round(bare_load, 2),
+                "launch_cpu_s_by_part": result.get("launch_cpu_s_by_part"),
+                "bare_launch_cpu_s_by_part": bare_cpu,
             }
             pairs.setdefault(name, []).append(pair)
             print(json.dumps({"config": name, **pair}), flush=True)
@@ -569,8 +595,10 @@ def main() -> None:
         # Once each: what the harness's watch and the executor's additions to the pod cost.
         "unobserved": []
         if args.paired_ceiling_only
-        else [run_bare(state, core, args.tasks, False, executor_pod)],
-        "template": [] if args.paired_ceiling_only else [run_bare(state, core, args.tasks, True, None)],
+        else [run_bare(state, core, args.tasks, False, executor_pod, machine)[0]],
+        "template": []
+        if args.paired_ceiling_only
+        else [run_bare(state, core, args.tasks, True, None, machine)[0]],
     }
     bare, unobserved, template_pods = (
         statistics.median(values) if values else None for values in bare_runs.values()
@@ -704,6 +732,14 @@ def main() -> None:
         )
     for key, s in out["ours_over_official_by_round"].items():
         print(f"  {key:<34}{_spread_text(s)}")
+    print("\nwhere the CPU went while the pods were created (cores; the cluster's part also in ms per pod):")
+    for name, each in pairs.items():
+        for p in each:
+            for who, parts, rate in (
+                (name, p["launch_cpu_s_by_part"], p["pods_per_s"]),
+                ("bare client", p["bare_launch_cpu_s_by_part"], p["bare_client_pods_per_s"]),
+            ):
+                print(f"  round {p['round']} {who:<18}{cpu_budget_text(parts, rate, args.tasks)}")
     for name, results in adoptions.items():
         print(f"adoption {name}: {median(name, 'adoption_s', adoptions)} s (runs: {results})")
     print(f"ratios: {json.dumps(out['ratios'])}")

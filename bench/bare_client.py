@@ -40,8 +40,11 @@ def executor_shaped(template: dict[str, Any], pod: dict[str, Any]) -> dict[str, 
     return body
 
 
-def bare_burst(kubeconfig: str, namespace: str, template: dict[str, Any], tasks: int) -> float:
-    """The bare client, in a process of its own (as the executor's launcher is): pods per second."""
+def bare_burst(
+    kubeconfig: str, namespace: str, template: dict[str, Any], tasks: int
+) -> tuple[float, float, float]:
+    """The bare client, in a process of its own (as the executor's launcher is): pods per second,
+    and when its burst began and ended (epoch seconds)."""
     cfg = client.Configuration()
     config.load_kube_config(kubeconfig, client_configuration=cfg)
     cfg.connection_pool_maxsize = BARE_THREADS
@@ -52,7 +55,7 @@ def bare_burst(kubeconfig: str, namespace: str, template: dict[str, Any], tasks:
         pod["metadata"]["name"] = f"bare-{i}"
         read_body(core.create_namespaced_pod(namespace, pod, _preload_content=False))
 
-    started = time.monotonic()
+    started, began = time.monotonic(), time.time()
     with ThreadPoolExecutor(BARE_THREADS) as pool:
         list(pool.map(create, range(tasks)))
-    return tasks / (time.monotonic() - started)
+    return tasks / (time.monotonic() - started), began, time.time()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import functools
 import json
+import os
 import re
 import statistics
 import threading
@@ -279,3 +280,99 @@ def apiserver_pod_requests(api: client.ApiClient) -> dict[str, float]:
 
 def difference(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
     return {k: v - before.get(k, 0.0) for k, v in after.items() if v - before.get(k, 0.0) > 0}
+
+
+# Which part of the machine a process is, by its command line (first match wins). The cluster's
+# part is what each pod costs the API server, etcd and the components that act on it; the
+# scheduler's is Airflow's loop with the executor's part inside it (and the official provider's
+# job watcher, a fork of it); the executor's helpers are ours alone.
+MACHINE_PARTS = (
+    (
+        "cluster",
+        ("kube-apiserver", "/etcd ", "kube-scheduler", "kube-controller-manager", "devcluster.node_agent"),
+    ),
+    ("executor helpers", ("k8s_executor.helper",)),
+    ("scheduler", ("airflow scheduler",)),
+    ("postgres", ("postgres",)),
+    # This harness's process (its watch) and the bare client's, a spawned child of it.
+    ("harness", ("-m bench", "multiprocessing")),
+)
+
+
+def machine_part(command_line: str) -> str:
+    for part, marks in MACHINE_PARTS:
+        if any(mark in command_line for mark in marks):
+            return part
+    return "other"
+
+
+class MachineCpu:
+    """Every process's CPU on this machine, summed by part every half second, so that any window
+    of a run (an executor's launch, the bare client's) can be split by where its CPU went.
+
+    A process that exits between two samples loses at most its last half second; one that starts
+    in a window counts from zero."""
+
+    INTERVAL_S = 0.5
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, dict[str, float]]] = []
+        self._parts: dict[tuple[int, str], str] = {}
+        self._last: dict[int, tuple[str, float]] = {}
+        self._gone: dict[str, float] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="machine-cpu", daemon=True)
+        self.thread.start()
+
+    def _part(self, pid: int, started: str) -> str:
+        key = (pid, started)
+        if key not in self._parts:
+            try:
+                command = (
+                    Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                )
+            except OSError:
+                command = ""
+            self._parts[key] = machine_part(command)
+        return self._parts[key]
+
+    def _sample(self) -> None:
+        now: dict[int, tuple[str, float]] = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            fields = process_tree.stat_fields(int(entry))
+            if fields is None:
+                continue
+            # utime and stime alone: a reaped child's CPU is counted as the child's, not twice.
+            cpu = (int(fields[11]) + int(fields[12])) / process_tree.TICKS
+            now[int(entry)] = (self._part(int(entry), fields[19]), cpu)
+        for pid, (part, cpu) in self._last.items():
+            if pid not in now:
+                self._gone[part] = self._gone.get(part, 0.0) + cpu
+        self._last = now
+        totals = dict(self._gone)
+        for part, cpu in now.values():
+            totals[part] = totals.get(part, 0.0) + cpu
+        self.samples.append((time.time(), totals))
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            self._sample()
+            self.stop.wait(self.INTERVAL_S)
+
+    def _at(self, when: float) -> dict[str, float]:
+        """The totals by part at `when`, between the two samples around it."""
+        samples = list(self.samples)
+        after = next((i for i, (t, _) in enumerate(samples) if t >= when), len(samples) - 1)
+        (t1, b) = samples[after]
+        (t0, a) = samples[max(0, after - 1)]
+        share = 0.0 if t1 <= t0 else min(1.0, max(0.0, (when - t0) / (t1 - t0)))
+        return {part: a.get(part, 0.0) + share * (b.get(part, 0.0) - a.get(part, 0.0)) for part in b}
+
+    def between(self, start: float, end: float) -> dict[str, float]:
+        """CPU seconds by part from `start` to `end` (epoch seconds)."""
+        if len(self.samples) < 2 or end <= start:
+            return {}
+        first, last = self._at(start), self._at(end)
+        return {part: round(last[part] - first.get(part, 0.0), 2) for part in last}

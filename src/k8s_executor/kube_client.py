@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
 from kubernetes import client
+from pydantic_core import from_json
 from urllib3.util.retry import Retry
 
 from k8s_executor import __version__, credentials
@@ -169,7 +170,7 @@ def read_body(response: Any) -> bytes:
 
 def read_json(response: Any) -> Any:
     """The JSON body of a `_preload_content=False` response."""
-    return json.loads(read_body(response))
+    return from_json(read_body(response))
 
 
 class _Body(NamedTuple):
@@ -210,15 +211,21 @@ def error_message(exc: client.ApiException) -> str:
 
 
 def json_lines(response: Any) -> Iterator[dict[str, Any]]:
-    """Events of a watch response as dicts, read as they arrive."""
+    """Events of a watch response as dicts, read as they arrive.
+
+    Parsing is most of a watcher's CPU through a burst (a pod event is about 12 KB, most of it
+    the task's command): pydantic's parser takes two thirds of the time `json.loads` does
+    (bench/RESULTS.md, 2026-12-05 afternoon)."""
     buffer = b""
     try:
         for chunk in response.stream(amt=None, decode_content=False):
-            buffer += chunk
-            while b"\n" in buffer:
-                line, buffer = buffer.split(b"\n", 1)
+            if b"\n" not in chunk:
+                buffer += chunk
+                continue
+            *lines, buffer = (buffer + chunk).split(b"\n")
+            for line in lines:
                 if line.strip():
-                    yield json.loads(line)
+                    yield from_json(line)
     finally:
         response.release_conn()
 

@@ -5,8 +5,9 @@
 Each configuration runs a real Airflow 3 scheduler (with PostgreSQL holding the task
 instances) on one mapped task of N instances whose pods land on the simulated node of the
 development cluster, so the API server, not task processes, is the bottleneck. A run has
-two phases: the burst launch (until every pod exists), then the completion burst (every
-pod ends at one moment; until each task's event is taken and its pod deleted). Measured
+two phases: the burst launch (until every pod exists), then, once every pod runs, the
+completion burst (every pod ends at one moment; until each task's event is taken and its pod
+deleted). Measured
 from outside the scheduler (see bench/measure.py): each pod's creation and end and the
 executor's own requests from the API server's audit log, deletions from its watch, queue times
 from the metadata database, event times from the scheduler's log, CPU and memory from /proc (the
@@ -252,6 +253,11 @@ def run_executor(
         created = len(clock.pods)
         queued = queued_at(stack, "bench-1")
         started = min(queued.values(), default=window_start)
+        # The node starts the last pods of a burst seconds after they exist (the process node agent
+        # was 26 s behind at the end of a 5,000-pod one). A pod told to end before it ran has its
+        # start written first, and its end would count from that write: every pod runs first.
+        all_running = clock.wait(lambda c: all(p.running or p.terminal for p in c.pods.values()), timeout)
+        running_at = time.time()
 
         # 2. Completion: every pod ends now; until each task's event is taken and its pod is gone.
         # A real task reports its own end through the execution API before its pod exits; these
@@ -317,6 +323,10 @@ def run_executor(
             # Airflow's part of the launch: from the first task queued to the first pod created.
             "queue_to_first_pod_s": min(created_at.values(), default=started) - started,
             "pods_per_s": created / (last_created - started) if last_created > started else None,
+            # From the last pod created to every pod seen running by this harness's watch: the
+            # node's backlog, waited out before the completion burst.
+            "all_running": all_running,
+            "last_created_to_all_running_s": running_at - last_created,
             # Where this machine's CPU went while the pods were created: the cluster's part is what
             # the pods cost the API server and its components, the rest what ran beside them.
             "launch_cpu_s_by_part": machine.between(started, last_created),

@@ -37,6 +37,7 @@ EXECUTOR_USER_AGENT_PREFIXES = ("OpenAPI-Generator/", "airflow-k8s-executor/")
 class PodTimes:
     map_index: int
     created: float
+    running: float | None = None
     terminal: float | None = None
     deleted: float | None = None
     worker_label: str = ""
@@ -82,6 +83,8 @@ class PodClock:
             index = int((meta.get("annotations") or {}).get("map_index", -1))
             times = self.pods[meta["name"]] = PodTimes(index, now)
         phase = (pod.get("status") or {}).get("phase")
+        if phase == "Running" and times.running is None:
+            times.running = now
         if phase in ("Succeeded", "Failed") and times.terminal is None:
             times.terminal = now
         if kind == "DELETED" and times.deleted is None:

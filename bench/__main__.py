@@ -11,7 +11,8 @@ deleted). Measured
 from outside the scheduler (see bench/measure.py): each pod's creation and end and the
 executor's own requests from the API server's audit log, deletions from its watch, queue times
 from the metadata database, event times from the scheduler's log, CPU and memory from /proc (the
-executor's own share from two debug dumps it logs on SIGUSR2).
+executor's own share from the debug dumps it logs on SIGUSR2), without the wait for the node to
+run every pod.
 A separate run per executor kills the scheduler with N pods running and times the
 adoption by its successor. Runs are interleaved: every configuration's run is followed by the
 bare client's, and each ratio is taken within that adjacent pair (then the median, min and max
@@ -90,7 +91,8 @@ SCHEDULERS = {"ours_ha": 2}
 # What the executor logs when it stops: the watch events and listed pods its watchers read.
 _WATCH_READS = re.compile(r"the watchers read (\d+) watch events")
 # What it logs of its own CPU in the scheduler's process when Airflow's scheduler gets SIGUSR2 (its
-# debug dump): the harness asks at the start and at the end of the measured window.
+# debug dump): the harness asks at the start and at the end of the measured window, and on each
+# side of the wait for the node, which it leaves out.
 _OWN_CPU = re.compile(
     r"the executor's own CPU in this process so far: ([\d.]+) s in Airflow's calls, ([\d.]+) s on its threads"
 )
@@ -256,8 +258,16 @@ def run_executor(
         # The node starts the last pods of a burst seconds after they exist (the process node agent
         # was 26 s behind at the end of a 5,000-pod one). A pod told to end before it ran has its
         # start written first, and its end would count from that write: every pod runs first.
+        # Airflow's loop goes on over every task instance meanwhile: that wait's CPU is the node's
+        # doing, and is left out of the figures (with a debug dump on each side of it).
+        cpu_at_wait = sum(cpu_seconds(pid) for pid in pids)
+        own_cpu_at_wait = sum(own_cpu_seconds(pid) for pid in pids)
+        ask_own_cpu(name, pids)
         all_running = clock.wait(lambda c: all(p.running or p.terminal for p in c.pods.values()), timeout)
         running_at = time.time()
+        waited_cpu = sum(cpu_seconds(pid) for pid in pids) - cpu_at_wait
+        waited_own_cpu = sum(own_cpu_seconds(pid) for pid in pids) - own_cpu_at_wait
+        ask_own_cpu(name, pids)
 
         # 2. Completion: every pod ends now; until each task's event is taken and its pod is gone.
         # A real task reports its own end through the execution API before its pod exits; these
@@ -282,8 +292,8 @@ def run_executor(
                 break
             time.sleep(2)
         window_end = time.time()
-        cpu = sum(cpu_seconds(pid) for pid in pids) - cpu_before
-        own_cpu = sum(own_cpu_seconds(pid) for pid in pids) - own_cpu_before
+        cpu = sum(cpu_seconds(pid) for pid in pids) - cpu_before - waited_cpu
+        own_cpu = sum(own_cpu_seconds(pid) for pid in pids) - own_cpu_before - waited_own_cpu
         ask_own_cpu(name, pids)
         memory.stop.set()
         clock.stop.set()
@@ -379,8 +389,8 @@ def run_executor(
         dumps = [
             float(m.group(1)) + float(m.group(2)) for m in _OWN_CPU.finditer(log.read_text(errors="replace"))
         ]
-        if len(dumps) >= 2:
-            own.append(dumps[1] - dumps[0])
+        if len(dumps) >= 4:  # at the start, on each side of the wait for the node, at the end
+            own.append(dumps[1] - dumps[0] + dumps[3] - dumps[2])
     if own and len(own) == len(logs):
         helpers = figures["cpu_s_per_task_helpers"] * handled
         scheduler_process = figures["cpu_s_per_task_scheduler_process"] * handled

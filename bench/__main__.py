@@ -11,8 +11,8 @@ deleted). Measured
 from outside the scheduler (see bench/measure.py): each pod's creation and end and the
 executor's own requests from the API server's audit log, deletions from its watch, queue times
 from the metadata database, event times from the scheduler's log, CPU and memory from /proc (the
-executor's own share from the debug dumps it logs on SIGUSR2), without the wait for the node to
-run every pod.
+executor's own share from the debug dumps it logs on SIGUSR2), without Airflow's loop while the
+node starts the last pods.
 A separate run per executor kills the scheduler with N pods running and times the
 adoption by its successor. Runs are interleaved: every configuration's run is followed by the
 bare client's, and each ratio is taken within that adjacent pair (then the median, min and max
@@ -92,7 +92,7 @@ SCHEDULERS = {"ours_ha": 2}
 _WATCH_READS = re.compile(r"the watchers read (\d+) watch events")
 # What it logs of its own CPU in the scheduler's process when Airflow's scheduler gets SIGUSR2 (its
 # debug dump): the harness asks at the start and at the end of the measured window, and on each
-# side of the wait for the node, which it leaves out.
+# side of the wait for the node to run every pod.
 _OWN_CPU = re.compile(
     r"the executor's own CPU in this process so far: ([\d.]+) s in Airflow's calls, ([\d.]+) s on its threads"
 )
@@ -258,14 +258,13 @@ def run_executor(
         # The node starts the last pods of a burst seconds after they exist (the process node agent
         # was 26 s behind at the end of a 5,000-pod one). A pod told to end before it ran has its
         # start written first, and its end would count from that write: every pod runs first.
-        # Airflow's loop goes on over every task instance meanwhile: that wait's CPU is the node's
-        # doing, and is left out of the figures (with a debug dump on each side of it).
-        cpu_at_wait = sum(cpu_seconds(pid) for pid in pids)
+        # Airflow's loop goes on over every task instance meanwhile, at the node's pace: the
+        # scheduler process's CPU in that wait, less the executor's own part of it (a debug dump on
+        # each side), is left out of the figures. The executor's work there, the pods' starts, stays.
         own_cpu_at_wait = sum(own_cpu_seconds(pid) for pid in pids)
         ask_own_cpu(name, pids)
         all_running = clock.wait(lambda c: all(p.running or p.terminal for p in c.pods.values()), timeout)
         running_at = time.time()
-        waited_cpu = sum(cpu_seconds(pid) for pid in pids) - cpu_at_wait
         waited_own_cpu = sum(own_cpu_seconds(pid) for pid in pids) - own_cpu_at_wait
         ask_own_cpu(name, pids)
 
@@ -292,8 +291,8 @@ def run_executor(
                 break
             time.sleep(2)
         window_end = time.time()
-        cpu = sum(cpu_seconds(pid) for pid in pids) - cpu_before - waited_cpu
-        own_cpu = sum(own_cpu_seconds(pid) for pid in pids) - own_cpu_before - waited_own_cpu
+        cpu = sum(cpu_seconds(pid) for pid in pids) - cpu_before
+        own_cpu = sum(own_cpu_seconds(pid) for pid in pids) - own_cpu_before
         ask_own_cpu(name, pids)
         memory.stop.set()
         clock.stop.set()
@@ -363,10 +362,12 @@ def run_executor(
             "apiserver_pod_requests_by_verb": all_clients,
             "apiserver_pod_requests_per_task": sum(v for k, v in all_clients.items() if k != "WATCH")
             / handled,
-            "cpu_s_per_task": cpu / handled,
+            # Without the scheduler process's CPU in the wait for the node (ours: only Airflow's part
+            # of it, below; the official provider's part there cannot be told from Airflow's).
+            "cpu_s_per_task": (cpu - waited_own_cpu) / handled,
             # Of it, the scheduler's own process (Airflow's loop, and the executor's part inside it)
             # and its helper processes (our launcher and watchers; the official provider's job watcher).
-            "cpu_s_per_task_scheduler_process": own_cpu / handled,
+            "cpu_s_per_task_scheduler_process": (own_cpu - waited_own_cpu) / handled,
             "cpu_s_per_task_helpers": (cpu - own_cpu) / handled,
             "peak_memory_mb": memory.peak / 2**20,
             "schedulers": len(schedulers),
@@ -384,14 +385,18 @@ def run_executor(
     figures["watch_events_per_task_by_scheduler"] = reads or None
     # And the CPU its own work took in the scheduler's process (its calls and its threads there),
     # which with its helper processes is the executor's CPU; the rest of the process is Airflow's.
-    own = []
+    own, own_waiting = [], []
     for log in logs:
         dumps = [
             float(m.group(1)) + float(m.group(2)) for m in _OWN_CPU.finditer(log.read_text(errors="replace"))
         ]
         if len(dumps) >= 4:  # at the start, on each side of the wait for the node, at the end
-            own.append(dumps[1] - dumps[0] + dumps[3] - dumps[2])
+            own.append(dumps[3] - dumps[0])
+            own_waiting.append(dumps[2] - dumps[1])
     if own and len(own) == len(logs):
+        # The executor's own part of the wait goes back in: only Airflow's was the wait's.
+        for key in ("cpu_s_per_task", "cpu_s_per_task_scheduler_process"):
+            figures[key] += sum(own_waiting) / handled
         helpers = figures["cpu_s_per_task_helpers"] * handled
         scheduler_process = figures["cpu_s_per_task_scheduler_process"] * handled
         figures["executor_cpu_s_per_task"] = (sum(own) + helpers) / handled

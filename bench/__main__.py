@@ -199,11 +199,22 @@ def start_stack(
     return stack, finish_file
 
 
-def ask_own_cpu(name: str, pids: list[int]) -> None:
-    """Have each of our schedulers log its executor's own CPU so far (Airflow's debug dump, SIGUSR2)."""
-    if CONFIGS[name][0] == OURS:
-        for pid in pids:
-            os.kill(pid, signal.SIGUSR2)
+def ask_own_cpu(name: str, pids: list[int], logs: list[Path]) -> None:
+    """Have each of our schedulers log its executor's own CPU so far (Airflow's debug dump, SIGUSR2),
+    and wait until each has: two signals before Python's handler runs would make one dump."""
+    if CONFIGS[name][0] != OURS:
+        return
+    offsets = [log.stat().st_size if log.exists() else 0 for log in logs]
+    for pid in pids:
+        os.kill(pid, signal.SIGUSR2)
+    deadline = time.monotonic() + 30
+    for log, offset in zip(logs, offsets, strict=True):
+        while time.monotonic() < deadline:
+            with log.open("rb") as text:
+                text.seek(offset)
+                if _OWN_CPU.search(text.read().decode(errors="replace")):
+                    break
+            time.sleep(0.05)
 
 
 def delete_namespace(core: client.CoreV1Api, namespace: str, timeout: float = 600) -> None:
@@ -242,10 +253,11 @@ def run_executor(
         clock = PodClock(core, stack.namespace)
         schedulers = sorted(name for name in stack.procs if name.startswith("scheduler"))
         pids = [stack.procs[name].pid for name in schedulers]
+        logs = [stack.home / f"{name}.log" for name in schedulers]
         memory = PeakMemory(pids[0])
         cpu_before = sum(cpu_seconds(pid) for pid in pids)
         own_cpu_before = sum(own_cpu_seconds(pid) for pid in pids)
-        ask_own_cpu(name, pids)
+        ask_own_cpu(name, pids, logs)
         counted_before = apiserver_pod_requests(core.api_client)
         window_start = time.time()
         stack.trigger("bench", "bench-1")
@@ -262,11 +274,11 @@ def run_executor(
         # scheduler process's CPU in that wait, less the executor's own part of it (a debug dump on
         # each side), is left out of the figures. The executor's work there, the pods' starts, stays.
         own_cpu_at_wait = sum(own_cpu_seconds(pid) for pid in pids)
-        ask_own_cpu(name, pids)
+        ask_own_cpu(name, pids, logs)
         all_running = clock.wait(lambda c: all(p.running or p.terminal for p in c.pods.values()), timeout)
         running_at = time.time()
         waited_own_cpu = sum(own_cpu_seconds(pid) for pid in pids) - own_cpu_at_wait
-        ask_own_cpu(name, pids)
+        ask_own_cpu(name, pids, logs)
 
         # 2. Completion: every pod ends now; until each task's event is taken and its pod is gone.
         # A real task reports its own end through the execution API before its pod exits; these
@@ -276,7 +288,6 @@ def run_executor(
         told_to_end = time.time()
         finish_file.touch()
         ending = list(clock.pods)
-        logs = [stack.home / f"{name}.log" for name in schedulers]
 
         clock.wait(lambda c: all(c.pods[n].terminal and c.pods[n].deleted for n in ending), timeout)
         # The log is read only now and then: reading it is work this machine would take from the run.
@@ -293,7 +304,7 @@ def run_executor(
         window_end = time.time()
         cpu = sum(cpu_seconds(pid) for pid in pids) - cpu_before
         own_cpu = sum(own_cpu_seconds(pid) for pid in pids) - own_cpu_before
-        ask_own_cpu(name, pids)
+        ask_own_cpu(name, pids, logs)
         memory.stop.set()
         clock.stop.set()
         audited = executor_requests(
@@ -362,12 +373,10 @@ def run_executor(
             "apiserver_pod_requests_by_verb": all_clients,
             "apiserver_pod_requests_per_task": sum(v for k, v in all_clients.items() if k != "WATCH")
             / handled,
-            # Without the scheduler process's CPU in the wait for the node (ours: only Airflow's part
-            # of it, below; the official provider's part there cannot be told from Airflow's).
-            "cpu_s_per_task": (cpu - waited_own_cpu) / handled,
+            "cpu_s_per_task": cpu / handled,
             # Of it, the scheduler's own process (Airflow's loop, and the executor's part inside it)
             # and its helper processes (our launcher and watchers; the official provider's job watcher).
-            "cpu_s_per_task_scheduler_process": (own_cpu - waited_own_cpu) / handled,
+            "cpu_s_per_task_scheduler_process": own_cpu / handled,
             "cpu_s_per_task_helpers": (cpu - own_cpu) / handled,
             "peak_memory_mb": memory.peak / 2**20,
             "schedulers": len(schedulers),
@@ -393,10 +402,13 @@ def run_executor(
         if len(dumps) >= 4:  # at the start, on each side of the wait for the node, at the end
             own.append(dumps[3] - dumps[0])
             own_waiting.append(dumps[2] - dumps[1])
-    if own and len(own) == len(logs):
-        # The executor's own part of the wait goes back in: only Airflow's was the wait's.
-        for key in ("cpu_s_per_task", "cpu_s_per_task_scheduler_process"):
-            figures[key] += sum(own_waiting) / handled
+    complete = bool(own) and len(own) == len(logs)
+    # Airflow's loop in the wait for the node is left out: the scheduler process's CPU there, less
+    # the executor's own (the official provider's cannot be told from Airflow's, and goes too).
+    airflow_waited = waited_own_cpu - (sum(own_waiting) if complete else 0.0)
+    for key in ("cpu_s_per_task", "cpu_s_per_task_scheduler_process"):
+        figures[key] -= airflow_waited / handled
+    if complete:
         helpers = figures["cpu_s_per_task_helpers"] * handled
         scheduler_process = figures["cpu_s_per_task_scheduler_process"] * handled
         figures["executor_cpu_s_per_task"] = (sum(own) + helpers) / handled

@@ -1,6 +1,7 @@
 """What a pod's shape costs the cluster: the bare client's burst of the executor's pods, built by
-the executor's own pod building with the disruption guard and without it, and of the template
-alone, each followed by the cluster's CPU per pod.
+the executor's own pod building with the disruption guard from the image (the default), with it
+inline (`disruption_guard_source = inline`) and without it, and of the template alone, each
+followed by the cluster's CPU per pod.
 
     python -m bench.pod_shapes --pods 2000 --rounds 2
 
@@ -12,6 +13,7 @@ it is higher than in `python -m bench`'s launch windows; compare the shapes with
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 import time
@@ -25,6 +27,7 @@ from kubernetes import client, config
 
 from bench.bare_client import bare_burst
 from bench.measure import MachineCpu
+from k8s_executor import disruption_guard
 from k8s_executor.identity import TaskRef
 from k8s_executor.pod_building import PodDefaults, PodRequest, build_pod
 
@@ -47,10 +50,12 @@ def shapes(template_file: Path, namespace: str) -> dict[str, dict[str, Any]]:
         disruption_guard=True,
         disruption_retries=3,
     )
-    unguarded = PodDefaults(**{**defaults.__dict__, "disruption_guard": False})
+    inline = dataclasses.replace(defaults, disruption_guard_source=disruption_guard.INLINE)
+    unguarded = dataclasses.replace(defaults, disruption_guard=False)
     return {
-        "the executor's, with the guard": build_pod(request, defaults),
-        "the executor's, without it": build_pod(request, unguarded),
+        "the executor's (guard from image)": build_pod(request, defaults),
+        "the executor's, guard inline": build_pod(request, inline),
+        "the executor's, no guard": build_pod(request, unguarded),
         "the template alone": json.loads(template_file.read_text()),
     }
 

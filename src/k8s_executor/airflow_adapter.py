@@ -127,6 +127,7 @@ def pod_defaults(settings: ExecutorSettings) -> PodDefaults:
         fallback_image=f"apache/airflow:{AIRFLOW_VERSION}",
         termination_grace_period_seconds=settings.termination_grace_period_seconds,
         disruption_guard=settings.disruption_guard,
+        disruption_guard_source=settings.disruption_guard_source,
         disruption_retries=settings.disruption_retries,
         cluster=settings.cluster,
     )

@@ -19,9 +19,11 @@ token, a refusal, no API server).
 It runs the task in a session of its own: the image's init (dumb-init) signals its child's whole
 process group, and that signal must not reach the task before the guard has decided.
 
-This module is sent to the pod as `python -c <source>` (`command`), so it uses the standard
-library only: any image with Python runs it. `state_mapping` and the ledger read a pod's
-disruption with the same rule (`disruption`, `own_limit_eviction`).
+The pod runs it from its image, where this package is installed as in the scheduler's
+(`BOOTSTRAP`, a few lines), or, with `[kubernetes_executor] disruption_guard_source = inline`, as
+`python -c <this module's source>` (`source`), for images without the package. So the module uses
+the standard library only. `state_mapping` and the ledger read a pod's disruption with the same
+rule (`disruption`, `own_limit_eviction`).
 """
 
 from __future__ import annotations
@@ -186,7 +188,19 @@ class _Bare(ast.NodeTransformer):
         return node
 
 
-_NOT_SENT = {"ast", "functools", "inspect", "typing", "__future__", "_Bare", "source", "guarded"}
+_NOT_SENT = {
+    "ast",
+    "functools",
+    "inspect",
+    "typing",
+    "__future__",
+    "_Bare",
+    "source",
+    "guarded",
+    "IMAGE",
+    "INLINE",
+    "BOOTSTRAP",
+}
 
 
 @functools.cache
@@ -200,11 +214,34 @@ def source() -> str:
         if not (isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name in _NOT_SENT)
         and not (isinstance(node, ast.Import) and node.names[0].name in _NOT_SENT)
         and not (isinstance(node, ast.ImportFrom) and node.module in _NOT_SENT)
-        and not (isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "_NOT_SENT")
+        and not (
+            isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") in {*_NOT_SENT, "_NOT_SENT"}
+        )
     ]
     return ast.unparse(ast.fix_missing_locations(tree)) + "\nsys.exit(main(sys.argv[1:]))\n"
 
 
-def guarded(command: list[str]) -> list[str]:
-    """The container's args: `command` under the guard."""
-    return ["python", "-c", source(), *command]
+# Where the pod's guard comes from ([kubernetes_executor] disruption_guard_source).
+IMAGE = "image"
+INLINE = "inline"
+
+# The guard of the package in the pod's image. Every byte of a pod is paid for by the API server,
+# etcd and each watcher, on every event of the pod: the module's source would be about 4 KB of a
+# task's 6 KB pod, this about 0.4 KB. An image without the package runs the task as it is, and
+# says so in the task's log.
+BOOTSTRAP = """\
+import os, sys
+try:
+    from k8s_executor.disruption_guard import main
+except ImportError:
+    print("[disruption guard] airflow-k8s-executor is not installed in this image: the task runs "
+          "without the guard, and a disruption of its pod may spend one of its retries",
+          file=sys.stderr, flush=True)
+    os.execvp(sys.argv[1], sys.argv[1:])
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def guarded(command: list[str], source_from: str = IMAGE) -> list[str]:
+    """The container's args: `command` under the guard, from the image or sent whole."""
+    return ["python", "-c", BOOTSTRAP if source_from == IMAGE else source(), *command]

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from k8s_executor import disruption_guard, identity, pod_shape
+from k8s_executor.disruption_guard import IMAGE as GUARD_FROM_IMAGE
 from k8s_executor.executor_config import BASE_CONTAINER, ParsedExecutorConfig
 
 MAX_NAME = 253
@@ -151,8 +152,10 @@ class PodDefaults:
     worker_image: str | None
     fallback_image: str
     termination_grace_period_seconds: int | None = None
-    # [kubernetes_executor] disruption_guard and disruption_retries (a task may set its own).
+    # [kubernetes_executor] disruption_guard, disruption_guard_source and disruption_retries (a
+    # task may set its own).
     disruption_guard: bool = False
+    disruption_guard_source: str = GUARD_FROM_IMAGE
     disruption_retries: int = 0
     # The cluster of [kubernetes_executor] clusters the pod is for: its label (identity.py).
     cluster: str = identity.DEFAULT_CLUSTER
@@ -199,7 +202,7 @@ def build_pod(request: PodRequest, defaults: PodDefaults) -> dict[str, Any]:
     ]
     command = request.command
     if guarded(request, defaults):
-        command = disruption_guard.guarded(command)
+        command = disruption_guard.guarded(command, defaults.disruption_guard_source)
         env += [
             {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
             for name, path in (

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -220,6 +220,15 @@ class ExecutorSettings(BaseModel):
         "runs. Needs `get` on pods for the workers' service account (deploy/rbac/worker.yaml); "
         "without it, the guard passes SIGTERM on. Not used for a task whose disruption_retries is 0, "
         "nor for callbacks and connection tests.",
+    )
+    disruption_guard_source: Literal["image", "inline"] = Field(
+        "image",
+        description="Where a pod's disruption guard comes from. image: the package installed in the "
+        "worker image, as in the scheduler's (deploy/Dockerfile); the pod's args carry a few lines "
+        "that import it, and in an image without the package the task runs unguarded and says so in "
+        "its log. inline: the guard's whole source (about 4 KB, standard library only) in every "
+        "pod's args, for worker images without this package; each pod then costs the API server, "
+        "etcd and every watcher about 4 KB more on each of its events.",
     )
     logs_task_metadata: bool = Field(False, description="Accepted for compatibility; not used.")
     termination_grace_period_seconds: int | None = Field(

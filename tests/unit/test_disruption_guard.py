@@ -38,8 +38,7 @@ def base(pod: dict[str, Any]) -> dict[str, Any]:
 
 def test_a_task_runs_under_the_guard_which_learns_its_pod_from_the_downward_api() -> None:
     container = base(build_pod(request(), GUARDED))
-    assert container["args"][:2] == ["python", "-c"]
-    assert container["args"][3:] == COMMAND
+    assert container["args"] == ["python", "-c", disruption_guard.BOOTSTRAP, *COMMAND]
     fields = {
         e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"] if "valueFrom" in e
     }
@@ -47,6 +46,13 @@ def test_a_task_runs_under_the_guard_which_learns_its_pod_from_the_downward_api(
         disruption_guard.POD_NAME_ENV: "metadata.name",
         disruption_guard.POD_NAMESPACE_ENV: "metadata.namespace",
     }
+
+
+def test_with_the_guard_sent_inline_the_pod_carries_its_whole_source() -> None:
+    inline = dataclasses.replace(GUARDED, disruption_guard_source=disruption_guard.INLINE)
+    container = base(build_pod(request(), inline))
+    assert container["args"] == ["python", "-c", disruption_guard.source(), *COMMAND]
+    assert len(disruption_guard.BOOTSTRAP) * 5 < len(disruption_guard.source())
 
 
 @pytest.mark.parametrize(
@@ -186,9 +192,18 @@ def test_the_program_a_pod_runs_needs_the_standard_library_only() -> None:
     assert "k8s_executor" not in disruption_guard.source()
 
 
-def run_guarded(command: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+# The guard as a pod runs it: from the package installed with this Python, or sent whole.
+PROGRAMS = [
+    pytest.param(disruption_guard.BOOTSTRAP, id="from-the-image"),
+    pytest.param(disruption_guard.source(), id="inline"),
+]
+
+
+def run_guarded(
+    command: list[str], env: dict[str, str], program: str = disruption_guard.BOOTSTRAP
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-c", disruption_guard.source(), *command],
+        [sys.executable, "-c", program, *command],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -196,15 +211,17 @@ def run_guarded(command: list[str], env: dict[str, str]) -> subprocess.Popen[str
     )
 
 
-def test_the_task_keeps_its_exit_code() -> None:
-    guard = run_guarded([sys.executable, "-c", "import sys; sys.exit(3)"], {})
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_the_task_keeps_its_exit_code(program: str) -> None:
+    guard = run_guarded([sys.executable, "-c", "import sys; sys.exit(3)"], {}, program)
     assert guard.wait(timeout=30) == 3
 
 
-def test_a_stop_it_cannot_tell_from_a_deletion_reaches_the_task_at_once() -> None:
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_a_stop_it_cannot_tell_from_a_deletion_reaches_the_task_at_once(program: str) -> None:
     """No service account (a pod without a token): SIGTERM reaches the task, which ends by it, and
     the guard exits as a process killed by SIGTERM would (128 + 15)."""
-    guard = run_guarded([sys.executable, "-c", "import time; time.sleep(60)"], {})
+    guard = run_guarded([sys.executable, "-c", "import time; time.sleep(60)"], {}, program)
     time.sleep(1.0)  # the guard has started its task
     started = time.monotonic()
     guard.send_signal(signal.SIGTERM)
@@ -215,12 +232,30 @@ def test_a_stop_it_cannot_tell_from_a_deletion_reaches_the_task_at_once() -> Non
     )
 
 
-def test_the_task_is_in_a_session_of_its_own() -> None:
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_the_task_is_in_a_session_of_its_own(program: str) -> None:
     """The image's init signals its child's process group: that signal must not reach the task
     before the guard has decided."""
     guard = run_guarded(
         [sys.executable, "-c", "import os; print(os.getsid(0) == os.getpid(), flush=True)"],
         {},
+        program,
     )
     out, _ = guard.communicate(timeout=30)
     assert (guard.returncode, out.strip()) == (0, "True")
+
+
+def test_an_image_without_the_package_runs_the_task_as_it_is_and_says_so() -> None:
+    """`-S`: a Python without this environment's site-packages, as in an image without the package.
+    The task replaces the program (its own process, not in a session of its own), and keeps its
+    exit code."""
+    task = "import os, sys; sys.exit(4 if os.getsid(0) == os.getpid() else 5)"
+    ran = subprocess.run(
+        [sys.executable, "-S", "-c", disruption_guard.BOOTSTRAP, sys.executable, "-c", task],
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert ran.returncode == 5
+    assert "airflow-k8s-executor is not installed in this image" in ran.stderr

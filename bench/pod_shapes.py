@@ -96,13 +96,13 @@ def main() -> None:
     machine = MachineCpu()
     built = shapes(template_file, "placeholder")
     for name, body in built.items():
-        print(f"{name:<32}{len(json.dumps(body)):>6} bytes")
+        print(f"{name:<36}{len(json.dumps(body)):>6} bytes")
     for round_ in range(args.rounds):
         for name, body in built.items():
             body = json.loads(json.dumps(body))
             body["metadata"].pop("namespace", None)
             result = burst(core, str(state.kubeconfig), machine, body, args.pods)
-            print(f"round {round_} {name:<32}{result}", flush=True)
+            print(f"round {round_} {name:<36}{result}", flush=True)
 
 
 if __name__ == "__main__":

@@ -227,15 +227,15 @@ INLINE = "inline"
 
 # The guard of the package in the pod's image. Every byte of a pod is paid for by the API server,
 # etcd and each watcher, on every event of the pod: the module's source would be about 4 KB of a
-# task's 6 KB pod, this about 0.4 KB. An image without the package runs the task as it is, and
-# says so in the task's log.
+# task's 6 KB pod, this about 0.4 KB. An image whose guard cannot be imported (no package, a
+# broken one) runs the task as it is, and says so in the task's log: unguarded beats not run.
 BOOTSTRAP = """\
 import os, sys
 try:
     from k8s_executor.disruption_guard import main
-except ImportError:
-    print("[disruption guard] airflow-k8s-executor is not installed in this image: the task runs "
-          "without the guard, and a disruption of its pod may spend one of its retries",
+except Exception as exc:
+    print(f"[disruption guard] not in this image ({type(exc).__name__}: {exc}): the task runs "
+          "without it, and a disruption of its pod may spend one of its retries",
           file=sys.stderr, flush=True)
     os.execvp(sys.argv[1], sys.argv[1:])
 sys.exit(main(sys.argv[1:]))

@@ -153,7 +153,7 @@ class PodDefaults:
     fallback_image: str
     termination_grace_period_seconds: int | None = None
     # [kubernetes_executor] disruption_guard, disruption_guard_source and disruption_retries (a
-    # task may set its own).
+    # task may set its own disruption_retries).
     disruption_guard: bool = False
     disruption_guard_source: str = GUARD_FROM_IMAGE
     disruption_retries: int = 0

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import os
 import signal
 import subprocess
 import sys
 import time
 import urllib.error
 from email.message import Message
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -246,16 +248,42 @@ def test_the_task_is_in_a_session_of_its_own(program: str) -> None:
 
 
 def test_an_image_without_the_package_runs_the_task_as_it_is_and_says_so() -> None:
-    """`-S`: a Python without this environment's site-packages, as in an image without the package.
+    """`-I -S`: a Python without this environment's site-packages, as in an image without the package.
     The task replaces the program (its own process, not in a session of its own), and keeps its
     exit code."""
     task = "import os, sys; sys.exit(4 if os.getsid(0) == os.getpid() else 5)"
     ran = subprocess.run(
-        [sys.executable, "-S", "-c", disruption_guard.BOOTSTRAP, sys.executable, "-c", task],
+        [sys.executable, "-I", "-S", "-c", disruption_guard.BOOTSTRAP, sys.executable, "-c", task],
         cwd="/",
         capture_output=True,
         text=True,
         timeout=30,
     )
     assert ran.returncode == 5
-    assert "airflow-k8s-executor is not installed in this image" in ran.stderr
+    assert "[disruption guard] not in this image (ModuleNotFoundError: " in ran.stderr
+
+
+def test_a_guard_that_fails_to_import_runs_the_task_as_it_is(tmp_path: Path) -> None:
+    """A package in the image whose guard raises on import (a broken or mismatched install) does
+    not keep the task from running."""
+    broken = tmp_path / "k8s_executor"
+    broken.mkdir()
+    (broken / "__init__.py").write_text("")
+    (broken / "disruption_guard.py").write_text("raise RuntimeError('half an install')\n")
+    ran = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            disruption_guard.BOOTSTRAP,
+            sys.executable,
+            "-c",
+            "import sys; sys.exit(6)",
+        ],
+        cwd=tmp_path,  # first on the path of `python -c`, before the installed package
+        env={"PATH": os.environ.get("PATH", "")},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert ran.returncode == 6
+    assert "not in this image (RuntimeError: half an install)" in ran.stderr

@@ -27,7 +27,6 @@ from kubernetes import client, config
 
 from bench.bare_client import bare_burst
 from bench.measure import MachineCpu
-from k8s_executor import disruption_guard
 from k8s_executor.identity import TaskRef
 from k8s_executor.pod_building import PodDefaults, PodRequest, build_pod
 
@@ -50,7 +49,7 @@ def shapes(template_file: Path, namespace: str) -> dict[str, dict[str, Any]]:
         disruption_guard=True,
         disruption_retries=3,
     )
-    inline = dataclasses.replace(defaults, disruption_guard_source=disruption_guard.INLINE)
+    inline = dataclasses.replace(defaults, disruption_guard_source="inline")
     unguarded = dataclasses.replace(defaults, disruption_guard=False)
     return {
         "the executor's (guard from image)": build_pod(request, defaults),

@@ -41,7 +41,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from typing import Any
+from typing import Any, Literal
 
 SERVICE_ACCOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
 POD_NAME_ENV = "K8S_EXECUTOR_POD_NAME"
@@ -197,9 +197,9 @@ _NOT_SENT = {
     "_Bare",
     "source",
     "guarded",
-    "IMAGE",
-    "INLINE",
+    "GuardSource",
     "BOOTSTRAP",
+    "_NOT_SENT",
 }
 
 
@@ -214,16 +214,13 @@ def source() -> str:
         if not (isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name in _NOT_SENT)
         and not (isinstance(node, ast.Import) and node.names[0].name in _NOT_SENT)
         and not (isinstance(node, ast.ImportFrom) and node.module in _NOT_SENT)
-        and not (
-            isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") in {*_NOT_SENT, "_NOT_SENT"}
-        )
+        and not (isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") in _NOT_SENT)
     ]
     return ast.unparse(ast.fix_missing_locations(tree)) + "\nsys.exit(main(sys.argv[1:]))\n"
 
 
 # Where the pod's guard comes from ([kubernetes_executor] disruption_guard_source).
-IMAGE = "image"
-INLINE = "inline"
+GuardSource = Literal["image", "inline"]
 
 # The guard of the package in the pod's image. Every byte of a pod is paid for by the API server,
 # etcd and each watcher, on every event of the pod: the module's source would be about 4 KB of a
@@ -242,6 +239,6 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def guarded(command: list[str], source_from: str = IMAGE) -> list[str]:
+def guarded(command: list[str], source_from: GuardSource = "image") -> list[str]:
     """The container's args: `command` under the guard, from the image or sent whole."""
-    return ["python", "-c", BOOTSTRAP if source_from == IMAGE else source(), *command]
+    return ["python", "-c", BOOTSTRAP if source_from == "image" else source(), *command]

@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from k8s_executor import disruption_guard, identity, pod_shape
-from k8s_executor.disruption_guard import IMAGE as GUARD_FROM_IMAGE
+from k8s_executor.disruption_guard import GuardSource
 from k8s_executor.executor_config import BASE_CONTAINER, ParsedExecutorConfig
 
 MAX_NAME = 253
@@ -155,7 +155,7 @@ class PodDefaults:
     # [kubernetes_executor] disruption_guard, disruption_guard_source and disruption_retries (a
     # task may set its own disruption_retries).
     disruption_guard: bool = False
-    disruption_guard_source: str = GUARD_FROM_IMAGE
+    disruption_guard_source: GuardSource = "image"
     disruption_retries: int = 0
     # The cluster of [kubernetes_executor] clusters the pod is for: its label (identity.py).
     cluster: str = identity.DEFAULT_CLUSTER

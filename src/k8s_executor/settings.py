@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import (
@@ -25,6 +25,7 @@ from pydantic import (
     field_validator,
 )
 
+from k8s_executor.disruption_guard import GuardSource
 from k8s_executor.identity import DEFAULT_CLUSTER
 
 SECTION = "kubernetes_executor"
@@ -221,7 +222,7 @@ class ExecutorSettings(BaseModel):
         "without it, the guard passes SIGTERM on. Not used for a task whose disruption_retries is 0, "
         "nor for callbacks and connection tests.",
     )
-    disruption_guard_source: Literal["image", "inline"] = Field(
+    disruption_guard_source: GuardSource = Field(
         "image",
         description="Where a pod's disruption guard comes from. image: the package installed in the "
         "worker image, as in the scheduler's (deploy/Dockerfile); the pod's args carry a few lines "

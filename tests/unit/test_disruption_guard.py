@@ -51,7 +51,7 @@ def test_a_task_runs_under_the_guard_which_learns_its_pod_from_the_downward_api(
 
 
 def test_with_the_guard_sent_inline_the_pod_carries_its_whole_source() -> None:
-    inline = dataclasses.replace(GUARDED, disruption_guard_source=disruption_guard.INLINE)
+    inline = dataclasses.replace(GUARDED, disruption_guard_source="inline")
     container = base(build_pod(request(), inline))
     assert container["args"] == ["python", "-c", disruption_guard.source(), *COMMAND]
     assert len(disruption_guard.BOOTSTRAP) * 5 < len(disruption_guard.source())

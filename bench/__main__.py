@@ -22,7 +22,10 @@ the executor added to it, taken from the executor's first run) with 64 threads f
 of its own and nothing around them: the ceiling. It runs with this harness's watch on its
 namespace, as every executor's burst has (`bare_client`, the ceiling the ratios use), without
 it (`bare_client_unobserved`), and with the template's pods alone, which carry no task
-(`bare_client_template_pods`).
+(`bare_client_template_pods`). With `--beside-airflow` each round also runs the bare client
+beside Airflow's scheduler over the same mapped task, every task instance queued and handed to an
+executor that runs none (bench/null_executor.py): the ceiling with Airflow's own loop sharing the
+machine, as it does through every executor's launch.
 """
 
 from __future__ import annotations
@@ -88,6 +91,11 @@ CONFIGS = {
     "ours_ha": (OURS, {}),
 }
 SCHEDULERS = {"ours_ha": 2}
+# Not a configuration to compare: Airflow's scheduler with an executor that takes every task and runs
+# none (bench/null_executor.py), beside which the bare client measures the ceiling with Airflow's
+# loop on the machine (`--beside-airflow`).
+AIRFLOW_ONLY = "airflow_only"
+STACKS = CONFIGS | {AIRFLOW_ONLY: ("bench.null_executor.NullExecutor", {})}
 # What the executor logs when it stops: the watch events and listed pods its watchers read.
 _WATCH_READS = re.compile(r"the watchers read (\d+) watch events")
 # What it logs of its own CPU in the scheduler's process when Airflow's scheduler gets SIGUSR2 (its
@@ -170,11 +178,13 @@ def start_stack(
     dag: str = "",
     timers: dict[str, str] | None = None,
 ) -> tuple[AirflowStack, Path]:
-    executor, options = CONFIGS[name]
+    executor, options = STACKS[name]
     namespace = f"bench-{uuid.uuid4().hex[:8]}"
     core.create_namespace({"metadata": {"name": namespace}})
     home = Path(tempfile.mkdtemp(prefix=f"k8s-executor-bench-{name}-"))
     env = {f"AIRFLOW__KUBERNETES_EXECUTOR__{k}": v for k, v in options.items()} | (timers or {})
+    if name == AIRFLOW_ONLY:
+        env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)  # where `bench` is
     env.update(
         {
             "AIRFLOW__CORE__PARALLELISM": str(tasks * 2),
@@ -481,11 +491,38 @@ def run_bare(
     observed: bool,
     executor_pod: dict[str, Any] | None,
     machine: MachineCpu,
+    beside_airflow: bool = False,
 ) -> tuple[float, dict[str, float]]:
     """The same burst from a bare client. `observed`: with this harness's watch on the namespace,
     as during every executor's burst (the watch costs the API server and this machine's cores).
     `executor_pod`: one of the executor's pods, whose shape the bare client's pods take; without it,
-    the template's."""
+    the template's. `beside_airflow`: with Airflow's scheduler beside it over the same mapped task,
+    every task instance queued and handed to an executor that runs none, as Airflow's loop turns
+    through an executor's launch."""
+    airflow = None
+    if beside_airflow:
+        airflow, _ = start_stack(AIRFLOW_ONLY, state, core, tasks, timers=AIRFLOW_DEFAULT_TIMERS)
+    try:
+        if airflow:
+            airflow.trigger("bench", "bench-1")
+            queued = "SELECT count(*) FROM task_instance WHERE run_id = 'bench-1' AND state = 'queued'"
+            deadline = time.monotonic() + 600
+            while airflow.sql(queued)[0][0] < tasks and time.monotonic() < deadline:
+                time.sleep(0.2)
+        return _bare_burst(state, core, tasks, observed, executor_pod, machine)
+    finally:
+        if airflow:
+            stop_stack(airflow, core)
+
+
+def _bare_burst(
+    state: control_plane.ClusterState,
+    core: client.CoreV1Api,
+    tasks: int,
+    observed: bool,
+    executor_pod: dict[str, Any] | None,
+    machine: MachineCpu,
+) -> tuple[float, dict[str, float]]:
     namespace = f"bench-bare-{uuid.uuid4().hex[:8]}"
     core.create_namespace({"metadata": {"name": namespace}})
     scratch = Path(tempfile.mkdtemp(prefix="k8s-executor-bench-bare-"))
@@ -570,6 +607,12 @@ def main() -> None:
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--timeout", type=float, default=300.0, help="per phase, seconds")
     parser.add_argument(
+        "--beside-airflow",
+        action="store_true",
+        help="after each bare run, the bare client again with Airflow's scheduler beside it over the "
+        "same mapped task (its executor runs nothing): the ceiling with Airflow's loop on the machine",
+    )
+    parser.add_argument(
         "--paired-ceiling-only",
         action="store_true",
         help="only the bare runs paired with each configuration's (at 20,000 tasks the two one-off "
@@ -615,6 +658,15 @@ def main() -> None:
                 "launch_cpu_s_by_part": result.get("launch_cpu_s_by_part"),
                 "bare_launch_cpu_s_by_part": bare_cpu,
             }
+            if args.beside_airflow:
+                beside_rate, beside_cpu = run_bare(
+                    state, core, args.tasks, True, shape, machine, beside_airflow=True
+                )
+                pair |= {
+                    "bare_beside_airflow_pods_per_s": beside_rate,
+                    "share_of_bare_beside_airflow": ratio(result.get("pods_per_s"), beside_rate),
+                    "bare_beside_airflow_launch_cpu_s_by_part": beside_cpu,
+                }
             pairs.setdefault(name, []).append(pair)
             print(json.dumps({"config": name, **pair}), flush=True)
         # Each executor adopts with its defaults; the official one launches the pods with its best
@@ -714,6 +766,11 @@ def main() -> None:
         "share_of_bare_client": {
             name: spread([p["share_of_bare"] for p in each]) for name, each in pairs.items()
         },
+        "share_of_bare_client_beside_airflow": {
+            name: spread([p.get("share_of_bare_beside_airflow") for p in each])
+            for name, each in pairs.items()
+            if args.beside_airflow
+        },
         "ours_over_official_by_round": {
             f"{ours}_over_{official}": spread(
                 [
@@ -767,6 +824,11 @@ def main() -> None:
         print(
             f"  {name:<18}{_spread_text(s)}   rounds: {shares}   load: {[p['load_avg_1m_before'] for p in each]}"
         )
+    for name, s in out["share_of_bare_client_beside_airflow"].items():
+        rates = [p["bare_beside_airflow_pods_per_s"] for p in pairs[name]]
+        print(
+            f"  {name:<18}{_spread_text(s)}   of the bare client beside Airflow: {[round(r, 1) for r in rates]}"
+        )
     for key, s in out["ours_over_official_by_round"].items():
         print(f"  {key:<34}{_spread_text(s)}")
     print("\nwhere the CPU went while the pods were created (cores; the cluster's part also in ms per pod):")
@@ -775,8 +837,13 @@ def main() -> None:
             for who, parts, rate in (
                 (name, p["launch_cpu_s_by_part"], p["pods_per_s"]),
                 ("bare client", p["bare_launch_cpu_s_by_part"], p["bare_client_pods_per_s"]),
+                (
+                    "bare beside Airflow",
+                    p.get("bare_beside_airflow_launch_cpu_s_by_part"),
+                    p.get("bare_beside_airflow_pods_per_s"),
+                ),
             ):
-                print(f"  round {p['round']} {who:<18}{cpu_budget_text(parts, rate, args.tasks)}")
+                print(f"  round {p['round']} {who:<20}{cpu_budget_text(parts, rate, args.tasks)}")
     for name, results in adoptions.items():
         print(f"adoption {name}: {median(name, 'adoption_s', adoptions)} s (runs: {results})")
     print(f"ratios: {json.dumps(out['ratios'])}")

@@ -31,6 +31,7 @@ machine, as it does through every executor's launch.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -41,6 +42,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from importlib import metadata
 from pathlib import Path
@@ -484,6 +486,23 @@ def run_adoption(
         stop_stack(stack, core)
 
 
+@contextlib.contextmanager
+def airflow_beside(state: control_plane.ClusterState, core: client.CoreV1Api, tasks: int) -> Iterator[None]:
+    """Airflow's scheduler over the bench's mapped task of `tasks`, every task instance queued and
+    handed to an executor that runs none, while the block runs: Airflow's loop turns over them as
+    it does through an executor's launch."""
+    airflow, _ = start_stack(AIRFLOW_ONLY, state, core, tasks, timers=AIRFLOW_DEFAULT_TIMERS)
+    try:
+        airflow.trigger("bench", "bench-1")
+        queued = "SELECT count(*) FROM task_instance WHERE run_id = 'bench-1' AND state = 'queued'"
+        deadline = time.monotonic() + 600
+        while airflow.sql(queued)[0][0] < tasks and time.monotonic() < deadline:
+            time.sleep(0.2)
+        yield
+    finally:
+        stop_stack(airflow, core)
+
+
 def run_bare(
     state: control_plane.ClusterState,
     core: client.CoreV1Api,
@@ -496,52 +515,27 @@ def run_bare(
     """The same burst from a bare client. `observed`: with this harness's watch on the namespace,
     as during every executor's burst (the watch costs the API server and this machine's cores).
     `executor_pod`: one of the executor's pods, whose shape the bare client's pods take; without it,
-    the template's. `beside_airflow`: with Airflow's scheduler beside it over the same mapped task,
-    every task instance queued and handed to an executor that runs none, as Airflow's loop turns
-    through an executor's launch."""
-    airflow = None
-    if beside_airflow:
-        airflow, _ = start_stack(AIRFLOW_ONLY, state, core, tasks, timers=AIRFLOW_DEFAULT_TIMERS)
-    try:
-        if airflow:
-            airflow.trigger("bench", "bench-1")
-            queued = "SELECT count(*) FROM task_instance WHERE run_id = 'bench-1' AND state = 'queued'"
-            deadline = time.monotonic() + 600
-            while airflow.sql(queued)[0][0] < tasks and time.monotonic() < deadline:
-                time.sleep(0.2)
-        return _bare_burst(state, core, tasks, observed, executor_pod, machine)
-    finally:
-        if airflow:
-            stop_stack(airflow, core)
-
-
-def _bare_burst(
-    state: control_plane.ClusterState,
-    core: client.CoreV1Api,
-    tasks: int,
-    observed: bool,
-    executor_pod: dict[str, Any] | None,
-    machine: MachineCpu,
-) -> tuple[float, dict[str, float]]:
-    namespace = f"bench-bare-{uuid.uuid4().hex[:8]}"
-    core.create_namespace({"metadata": {"name": namespace}})
-    scratch = Path(tempfile.mkdtemp(prefix="k8s-executor-bench-bare-"))
-    template = json.loads(simulated_template(scratch / "pod.json", scratch / "finish").read_text())
-    if executor_pod:
-        template = executor_shaped(template, executor_pod)
-    wait = time.monotonic() + 30
-    while not core.list_namespaced_service_account(namespace).items and time.monotonic() < wait:
-        time.sleep(0.1)
-    clock = PodClock(core, namespace) if observed else None
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as process:
-        rate, began, ended = process.submit(
-            bare_burst, str(state.kubeconfig), namespace, template, tasks
-        ).result()
-    if clock:
-        clock.stop.set()
-    (scratch / "finish").touch()
-    delete_namespace(core, namespace)
-    return rate, machine.between(began, ended)
+    the template's. `beside_airflow`: with Airflow's scheduler beside it (`airflow_beside`)."""
+    with airflow_beside(state, core, tasks) if beside_airflow else contextlib.nullcontext():
+        namespace = f"bench-bare-{uuid.uuid4().hex[:8]}"
+        core.create_namespace({"metadata": {"name": namespace}})
+        scratch = Path(tempfile.mkdtemp(prefix="k8s-executor-bench-bare-"))
+        template = json.loads(simulated_template(scratch / "pod.json", scratch / "finish").read_text())
+        if executor_pod:
+            template = executor_shaped(template, executor_pod)
+        wait = time.monotonic() + 30
+        while not core.list_namespaced_service_account(namespace).items and time.monotonic() < wait:
+            time.sleep(0.1)
+        clock = PodClock(core, namespace) if observed else None
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as process:
+            rate, began, ended = process.submit(
+                bare_burst, str(state.kubeconfig), namespace, template, tasks
+            ).result()
+        if clock:
+            clock.stop.set()
+        (scratch / "finish").touch()
+        delete_namespace(core, namespace)
+        return rate, machine.between(began, ended)
 
 
 def ratio(a: float | None, b: float | None) -> float | None:

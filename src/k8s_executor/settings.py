@@ -140,10 +140,11 @@ class ExecutorSettings(BaseModel):
             "Client-side rate limit on requests to the API server (per second). The API server "
             "protects itself (priority and fairness, 429 with Retry-After, which the executor "
             "honours); this limit only keeps a runaway scheduler from flooding a shared cluster. "
-            "400 is above the rate one API server took pods from a bare client on the development "
-            "machine (200-370 creates per second, bench/RESULTS.md), so that the API server, not "
-            "this limit, paces a burst: at 200 (and api_burst 400) a burst of 5,000 could go no "
-            "faster than 217 pods per second, below that rate."
+            "400 is above the rate one API server on the development machine took the executor's "
+            "pods from a bare client (200-370 creates per second; smaller pods up to 440, "
+            "bench/RESULTS.md), so that the API server, not this limit, paces a burst: at 200 (and "
+            "api_burst 400) a burst of 5,000 could go no faster than 217 pods per second, below "
+            "that rate. Where the API servers take more, raise it with api_burst."
         ),
     )
     api_burst: int = Field(

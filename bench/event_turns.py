@@ -25,7 +25,7 @@ _RUN_DONE = re.compile(r"^(\S+Z) .*Marking run .*bench-1.* (successful|failed)")
 def turns(log: str, told: float) -> tuple[list[tuple[float, int]], float | None]:
     """The turns that took events after `told` (seconds since it, events taken), and when the DAG
     run was marked done (seconds since `told`). Events logged in one turn are written within a
-    few milliseconds of each other; a quarter second apart is another turn."""
+    few milliseconds of each other; one a quarter second after the line before is another turn."""
     taken: list[float] = []
     done = None
     for line in log.splitlines():
@@ -34,11 +34,14 @@ def turns(log: str, told: float) -> tuple[list[tuple[float, int]], float | None]
         elif (m := _RUN_DONE.match(line)) and done is None:
             done = _stamp(m.group(1)) - told
     grouped: list[tuple[float, int]] = []
+    last = 0.0
     for at in sorted(t for t in taken if t >= 0):
-        if grouped and at - grouped[-1][0] < 0.25:
+        # Measured from the turn's previous line, so that a turn whose lines take long stays one.
+        if grouped and at - last < 0.25:
             grouped[-1] = (grouped[-1][0], grouped[-1][1] + 1)
         else:
             grouped.append((at, 1))
+        last = at
     return grouped, done
 
 
@@ -48,10 +51,17 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=12, help="how many turns to print from the first")
     args = parser.parse_args()
     told = (args.run / "finish").stat().st_mtime
-    grouped, done = turns((args.run / "scheduler.log").read_text(errors="replace"), told)
-    print(f"DAG run marked done {done:.2f} s after the pods were told to end" if done is not None else "")
+    # With several schedulers (ours_ha) each logs the events it took; their turns are told apart.
+    for log in sorted(args.run.glob("scheduler*.log")):
+        print(f"{log.name}:")
+        report(*turns(log.read_text(errors="replace"), told), args.turns)
+
+
+def report(grouped: list[tuple[float, int]], done: float | None, shown: int) -> None:
+    if done is not None:
+        print(f"DAG run marked done {done:.2f} s after the pods were told to end")
     previous = 0.0
-    for at, count in grouped[: args.turns]:
+    for at, count in grouped[:shown]:
         print(f"  {at:7.2f} s  {count:6d} events  (gap {at - previous:5.2f} s)")
         previous = at
     gaps = [b[0] - a[0] for a, b in itertools.pairwise(grouped)]

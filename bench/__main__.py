@@ -775,10 +775,10 @@ def main() -> None:
             name: spread([p["share_of_bare"] for p in each]) for name, each in pairs.items()
         },
         "share_of_bare_client_beside_airflow": {
-            name: spread([p.get("share_of_bare_beside_airflow") for p in each])
-            for name, each in pairs.items()
-            if args.beside_airflow
-        },
+            name: spread([p["share_of_bare_beside_airflow"] for p in each]) for name, each in pairs.items()
+        }
+        if args.beside_airflow
+        else {},
         "ours_over_official_by_round": {
             f"{ours}_over_{official}": spread(
                 [
@@ -842,17 +842,19 @@ def main() -> None:
     print("\nwhere the CPU went while the pods were created (cores; the cluster's part also in ms per pod):")
     for name, each in pairs.items():
         for p in each:
-            for who, parts, rate in (
+            launches = [
                 (name, p["launch_cpu_s_by_part"], p["pods_per_s"]),
                 ("bare client", p["bare_launch_cpu_s_by_part"], p["bare_client_pods_per_s"]),
-                (
-                    "bare beside Airflow",
-                    p.get("bare_beside_airflow_launch_cpu_s_by_part"),
-                    p.get("bare_beside_airflow_pods_per_s"),
-                ),
-            ):
-                if rate is None and who == "bare beside Airflow":
-                    continue  # not asked for (--beside-airflow)
+            ]
+            if args.beside_airflow:
+                launches.append(
+                    (
+                        "bare beside Airflow",
+                        p["bare_beside_airflow_launch_cpu_s_by_part"],
+                        p["bare_beside_airflow_pods_per_s"],
+                    )
+                )
+            for who, parts, rate in launches:
                 print(f"  round {p['round']} {who:<20}{cpu_budget_text(parts, rate, args.tasks)}")
     for name, results in adoptions.items():
         print(f"adoption {name}: {median(name, 'adoption_s', adoptions)} s (runs: {results})")

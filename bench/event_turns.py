@@ -15,24 +15,18 @@ from __future__ import annotations
 import argparse
 import itertools
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
-from bench.measure import _EVENT, _stamp
+from bench.measure import _stamp, executor_events
 
 _RUN_DONE = re.compile(r"^(\S+Z) .*Marking run .*bench-1.* (successful|failed)")
 
 
-def turns(log: str, told: float) -> tuple[list[tuple[float, int]], float | None]:
-    """The turns that took events after `told` (seconds since it, events taken), and when the DAG
-    run was marked done (seconds since `told`). Events logged in one turn are written within a
-    few milliseconds of each other; one a quarter second after the line before is another turn."""
-    taken: list[float] = []
-    done = None
-    for line in log.splitlines():
-        if (m := _EVENT.match(line)) and m.group(3) == "bench-1" and m.group(2) in ("success", "failed"):
-            taken.append(_stamp(m.group(1)) - told)
-        elif (m := _RUN_DONE.match(line)) and done is None:
-            done = _stamp(m.group(1)) - told
+def turns(taken: Iterable[float]) -> list[tuple[float, int]]:
+    """The turns that took events at the times `taken` (seconds since the pods were told to end):
+    when each began and how many it took. Events logged in one turn are written within a few
+    milliseconds of each other; one a quarter second after the line before is another turn."""
     grouped: list[tuple[float, int]] = []
     last = 0.0
     for at in sorted(t for t in taken if t >= 0):
@@ -42,7 +36,15 @@ def turns(log: str, told: float) -> tuple[list[tuple[float, int]], float | None]
         else:
             grouped.append((at, 1))
         last = at
-    return grouped, done
+    return grouped
+
+
+def run_done(log: Path) -> float | None:
+    """When Airflow marked the bench's DAG run done (epoch seconds), if it did."""
+    for line in log.read_text(errors="replace").splitlines():
+        if m := _RUN_DONE.match(line):
+            return _stamp(m.group(1))
+    return None
 
 
 def main() -> None:
@@ -54,7 +56,9 @@ def main() -> None:
     # With several schedulers (ours_ha) each logs the events it took; their turns are told apart.
     for log in sorted(args.run.glob("scheduler*.log")):
         print(f"{log.name}:")
-        report(*turns(log.read_text(errors="replace"), told), args.turns)
+        done = run_done(log)
+        taken = [at - told for at in executor_events(log, "bench-1").values()]
+        report(turns(taken), None if done is None else done - told, args.turns)
 
 
 def report(grouped: list[tuple[float, int]], done: float | None, shown: int) -> None:

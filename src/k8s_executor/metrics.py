@@ -105,9 +105,10 @@ class CallTimes:
         self.clock = clock
         # The process's full garbage collections, for the summary (a process-wide figure).
         self.collections = collections
-        # How deep the loop is in timed calls: Airflow's `heartbeat` calls `trigger_tasks` and
-        # `sync`, and only the outermost call's CPU counts towards the executor's own.
-        self.depth = 0
+        # The timed calls the loop is in, outermost first: Airflow's `heartbeat` calls
+        # `trigger_tasks` and `sync`, and only the outermost call's CPU counts towards the
+        # executor's own.
+        self.within: list[str] = []
         self.recent: dict[str, deque[float]] = {}
         self.count: dict[str, int] = {}
         self.longest: dict[str, float] = {}
@@ -293,18 +294,22 @@ def timed_call(call: str) -> Callable[[_Call], _Call]:
     def wrap(method: _Call) -> _Call:
         @functools.wraps(method)
         def timed(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if "end" in self.call_times.within:
+                # `end` syncs on its own as the scheduler stops, after Airflow's loop has ended:
+                # that is part of `end`'s time, not a hold of the loop's turns.
+                return method(self, *args, **kwargs)
             watch, cpu_before, wait_before = Stopwatch(), time.thread_time(), cpu_wait_s()
             collections_before = full_collections()
             if call == "heartbeat":
                 self.call_times.heartbeat_started(watch.started)
-            self.call_times.depth += 1
+            self.call_times.within.append(call)
             try:
                 return method(self, *args, **kwargs)
             finally:
-                self.call_times.depth -= 1
+                self.call_times.within.pop()
                 wait_after = cpu_wait_s()
                 cpu_s = time.thread_time() - cpu_before
-                if not self.call_times.depth:
+                if not self.call_times.within:
                     OWN_CPU.add_calls(cpu_s)
                 self.call_times.record(
                     call,

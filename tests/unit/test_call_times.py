@@ -41,6 +41,13 @@ class Executor:
         raise RuntimeError("a call that raises is timed too")
 
 
+class Stopping(Executor):
+    @metrics.timed_call("end")
+    def end(self) -> None:
+        self.sync(0.15)
+        self.sync(0.0)
+
+
 def test_a_slow_call_is_logged_and_the_summary_gives_each_calls_p99_and_longest(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -64,6 +71,22 @@ def test_a_slow_call_is_logged_and_the_summary_gives_each_calls_p99_and_longest(
     assert summary.startswith("executor calls since start: end n=1 p99=0.000 s")
     assert "sync n=3 p99=0.1" in summary
     assert executor.call_times.count == {"sync": 3, "end": 1}
+
+
+def test_the_syncs_end_makes_as_the_scheduler_stops_are_ends_time_not_holds_of_their_own(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Airflow's loop has ended when it calls `end`: a slow sync inside it holds no turn of it, and
+    # would otherwise be counted with the syncs that do (the fault run's `loop_hold_max_s`).
+    caplog.set_level(logging.INFO, logger="k8s_executor.executor")
+    executor = Stopping(Clock())
+    executor.sync(0.0)
+    executor.end()
+    (slow,) = caplog.records
+    assert slow.getMessage().startswith("end held Airflow's scheduler loop for 0.1")
+    assert executor.call_times.count == {"sync": 1, "end": 1}
+    assert executor.call_times.longest["end"] >= 0.15
+    assert executor.call_times.within == []
 
 
 def test_a_slow_calls_warning_tells_its_own_cpu_and_its_wait_for_a_cpu_apart(

@@ -40,7 +40,7 @@ def test_a_call_inside_another_counts_once() -> None:
     counted = OWN_CPU.calls_s - before
     # heartbeat's 0.05 s includes sync's 0.03 s: summing both calls would give 0.08 s.
     assert 0.05 <= counted < 0.075
-    assert executor.call_times.depth == 0
+    assert executor.call_times.within == []
 
 
 def test_cpu_spent_outside_a_call_is_not_the_executors() -> None:

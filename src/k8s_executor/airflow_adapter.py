@@ -2,8 +2,10 @@
 
 What differs between Airflow 2.10/2.11 and Airflow 3 is answered here, so no other module
 branches on the version: where settings come from and which of them Airflow sets, which
-executor is configured under which name, a workload's keys and end states, what a worker needs
-in its environment, how a DAG is found, where a try's log file is, the metrics facade. The core
+executor is configured under which name and for which team, a workload's keys and end states,
+what a worker needs in its environment, how a DAG is found (and the CLI's bundle argument),
+which coordinators run other languages' tasks, where a try's log file is and how its lines and
+remote store look, the metrics facade. The core
 (pod building, launching, watching, state mapping) sees only `TaskRef`s, commands and pod JSON.
 
 Where Airflow offers no public API for what is needed, the private one is called here only,
@@ -15,6 +17,7 @@ from __future__ import annotations
 import datetime
 import importlib.util
 import inspect
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -33,7 +36,17 @@ log = logging.getLogger(__name__)
 AIRFLOW_V3 = Version(Version(AIRFLOW_VERSION).base_version) >= Version("3.0.0")
 
 
-def read_settings(section: str = SECTION, team: str | None = None) -> dict[str, Any]:
+def load_settings(team: str | None = None) -> ExecutorSettings:
+    """The executor's settings, validated: the installation's, with a team's own over them."""
+    return ExecutorSettings.parse(read_settings(team=team))
+
+
+def team_of(executor: Any) -> str | None:
+    """The team an executor serves (Airflow 3.1's multi-team setups); None before that."""
+    return getattr(executor, "team_name", None)
+
+
+def read_settings(team: str | None = None) -> dict[str, Any]:
     """The option values the operator set (airflow.cfg, AIRFLOW__SECTION__KEY, _cmd, _secret).
 
     Defaults are left to our settings model: with the official provider installed too, Airflow
@@ -45,7 +58,7 @@ def read_settings(section: str = SECTION, team: str | None = None) -> dict[str, 
     """
     # With display_source, every value is a (value, source) pair.
     values: dict[str, tuple[str, str]] = conf.as_dict(display_source=True, display_sensitive=True).get(
-        section, {}
+        SECTION, {}
     )  # type: ignore[assignment]
     out = {
         name: value
@@ -53,7 +66,7 @@ def read_settings(section: str = SECTION, team: str | None = None) -> dict[str, 
         if name in ExecutorSettings.model_fields and "default" not in source
     }
     if team:
-        out.update(_team_values(section, team))
+        out.update(_team_values(SECTION, team))
     return out
 
 
@@ -224,6 +237,11 @@ def end_states(ref: WorkloadRef) -> tuple[Any, Any]:
     return TaskInstanceState.SUCCESS, TaskInstanceState.FAILED
 
 
+def is_task_key(key: Any) -> bool:
+    """Whether an executor key is a task instance's, not a callback's or a connection test's."""
+    return hasattr(key, "dag_id")
+
+
 def ref_of(key: Any) -> TaskRef:
     return TaskRef(key.dag_id, key.task_id, key.run_id, int(key.try_number), int(key.map_index))
 
@@ -294,6 +312,48 @@ def is_callback(workload: Any) -> bool:
 
 def is_connection_test(workload: Any) -> bool:
     return type(workload).__name__ == "TestConnection"
+
+
+def task_log_line(text: str, now: datetime.datetime) -> str:
+    """One error line of the executor's, as the try's log file writes its lines: structured
+    JSON on Airflow 3, Airflow 2's text format before."""
+    if AIRFLOW_V3:
+        return json.dumps(
+            {"timestamp": now.isoformat(), "level": "error", "event": text, "logger": "k8s_executor"}
+        )
+    return f"[{now.isoformat()}] {{k8s_executor}} ERROR - {text}"
+
+
+def remote_task_log() -> Any | None:
+    """Airflow 3's remote log store (`RemoteLogIO`), or None when none is configured.
+
+    Airflow 2 ships task logs through its log handlers' `close()` only, for the process that ran
+    the task; there the executor's note stays in the local folder.
+    """
+    if not AIRFLOW_V3:
+        return None
+    import airflow.logging_config as logging_config
+
+    getter = getattr(logging_config, "get_remote_task_log", None)  # Airflow 3.2 and later
+    return getter() if getter else getattr(logging_config, "REMOTE_TASK_LOG", None)
+
+
+def dag_bundle_args() -> tuple[Any, ...]:
+    """The CLI's argument naming a DAG bundle (Airflow 3); Airflow 2 parses the DAG folder only."""
+    try:
+        from airflow.cli.cli_config import ARG_BUNDLE_NAME
+    except ImportError:
+        return ()
+    return (ARG_BUNDLE_NAME,)
+
+
+def coordinator_manager() -> Any | None:
+    """Airflow 3.3's manager of `[sdk] coordinators`, or None on an Airflow without them."""
+    try:
+        from airflow.sdk.execution_time.coordinator import get_coordinator_manager
+    except ImportError:
+        return None
+    return get_coordinator_manager()
 
 
 def task_log_filename(ti: Any, try_number: int, base_log_folder: str, session: Any) -> str:

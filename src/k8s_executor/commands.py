@@ -109,7 +109,7 @@ def _executor_pods(
 
 
 def _settings() -> ExecutorSettings:
-    return ExecutorSettings.parse(airflow_adapter.read_settings())
+    return airflow_adapter.load_settings()
 
 
 # --- which cluster a command works on -------------------------------------------
@@ -331,13 +331,7 @@ ARG_RUN_ID = Arg(
     default=RENDER_RUN_ID,
     help=f"Run id in the pod's name, labels and annotations (default {RENDER_RUN_ID!r})",
 )
-DAG_ARGS: tuple[Arg, ...] = ()
-try:
-    from airflow.cli.cli_config import ARG_BUNDLE_NAME
-
-    DAG_ARGS = (ARG_BUNDLE_NAME,)
-except ImportError:  # Airflow 2 parses the configured DAG folder only
-    pass
+DAG_ARGS: tuple[Arg, ...] = airflow_adapter.dag_bundle_args()
 
 COMMANDS = (
     ActionCommand(

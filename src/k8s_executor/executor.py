@@ -216,8 +216,7 @@ class KubernetesExecutor(BaseExecutor):
     # --- lifecycle -------------------------------------------------------
     def start(self) -> None:
         # Validate everything before anything starts: no half-configured scheduler.
-        team = getattr(self, "team_name", None)
-        self.settings = ExecutorSettings.parse(airflow_adapter.read_settings(team=team))
+        self.settings = airflow_adapter.load_settings(airflow_adapter.team_of(self))
         self.scheduler_id = str(self.job_id) if self.job_id is not None else uuid.uuid4().hex[:12]
         self.owner = self.owner or airflow_adapter.executor_identity(self)
         self._worker_env = airflow_adapter.worker_env()
@@ -635,7 +634,7 @@ class KubernetesExecutor(BaseExecutor):
         again before its first build gets a pod of another name."""
         job = next(self._jobs)
         self._building[key] = job
-        attempt = self._attempt(key) if hasattr(key, "dag_id") else None
+        attempt = self._attempt(key) if airflow_adapter.is_task_key(key) else None
         self._to_build.append((key, job, make_request, start_timeout_s, attempt))
 
     def _start_builds(self) -> None:
@@ -757,7 +756,7 @@ class KubernetesExecutor(BaseExecutor):
         return cluster, launch
 
     def _refuse(self, key: Any, exc: Exception) -> None:
-        if not hasattr(key, "dag_id"):  # a callback's or a connection test's key
+        if not airflow_adapter.is_task_key(key):
             message = f"{type(key).__name__} {key.id}: {exc}"
             self.log.error("not launching %s", message)
             self.change_state(key, airflow_adapter.failure_state_of(key), message)
@@ -835,7 +834,7 @@ class KubernetesExecutor(BaseExecutor):
         queued_here = {
             airflow_adapter.ref_of(key)
             for key in itertools.chain(self.queued_tasks, self._building)
-            if hasattr(key, "dag_id")  # not a callback's or a connection test's
+            if airflow_adapter.is_task_key(key)
         }
         claimed = set().union(*(c.scheduler.claimed() for c in self.clusters.values()))
         held = claimed | queued_here | taking.revoked
@@ -1014,8 +1013,7 @@ class KubernetesExecutor(BaseExecutor):
     def get_task_log(self, ti: Any, try_number: int) -> tuple[list[str], list[str]]:
         if self.settings is None:
             # The UI's log reader holds an executor it never started: it only needs clients.
-            team = getattr(self, "team_name", None)
-            self.settings = ExecutorSettings.parse(airflow_adapter.read_settings(team=team))
+            self.settings = airflow_adapter.load_settings(airflow_adapter.team_of(self))
         name = self._cluster_of(ti)
         if name not in self._log_clients:
             settings = self.settings.cluster_settings()[name]

@@ -10,11 +10,9 @@ the settings and a try.
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 from airflow.configuration import conf
 from kubernetes import client
@@ -91,33 +89,13 @@ def note_in_task_log(ref: identity.TaskRef, text: str, ends_try: bool) -> None:
         if ti is None:
             return
         path = Path(folder) / airflow_adapter.task_log_filename(ti, ref.try_number, folder, session)
-    now = datetime.datetime.now(datetime.timezone.utc)
-    if airflow_adapter.AIRFLOW_V3:
-        line = json.dumps(
-            {"timestamp": now.isoformat(), "level": "error", "event": text, "logger": "k8s_executor"}
-        )
-    else:
-        line = f"[{now.isoformat()}] {{k8s_executor}} ERROR - {text}"
+    line = airflow_adapter.task_log_line(text, datetime.datetime.now(datetime.timezone.utc))
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as log_file:
         log_file.write(line + "\n")
-    remote = _remote_task_log() if ends_try else None
+    remote = airflow_adapter.remote_task_log() if ends_try else None
     if remote is not None:
         remote.upload(path, ti)
-
-
-def _remote_task_log() -> Any | None:
-    """Airflow 3's remote log store (`RemoteLogIO`), or None when none is configured.
-
-    Airflow 2 ships task logs through its log handlers' `close()` only, for the process that ran
-    the task; there the note stays in the local folder.
-    """
-    if not airflow_adapter.AIRFLOW_V3:
-        return None
-    import airflow.logging_config as logging_config
-
-    getter = getattr(logging_config, "get_remote_task_log", None)  # Airflow 3.2 and later
-    return getter() if getter else getattr(logging_config, "REMOTE_TASK_LOG", None)
 
 
 # --- the log reader ----------------------------------------------------------------------

@@ -17,7 +17,13 @@ from typing import Any
 from airflow.configuration import conf
 
 from k8s_executor import executor_config as executor_config_module
-from k8s_executor.airflow_adapter import AIRFLOW_VERSION, configured_executor_id, ref_of, worker_env
+from k8s_executor.airflow_adapter import (
+    AIRFLOW_VERSION,
+    configured_executor_id,
+    coordinator_manager,
+    ref_of,
+    worker_env,
+)
 from k8s_executor.identity import CallbackRef, ConnectionTestRef, TaskRef, WorkloadRef
 from k8s_executor.kube_client import from_model, to_model
 from k8s_executor.pod_building import PodBuildError, PodDefaults, PodRequest, build_pod, validate
@@ -161,11 +167,10 @@ def coordinator_choice(queue: str | None) -> tuple[str | None, str | None]:
     if not queue:
         return None, None
     try:
-        from airflow.sdk.execution_time.coordinator import get_coordinator_manager
-    except ImportError:
-        return None, None
-    try:
-        extra = get_coordinator_manager().extra_for_queue(queue) or {}
+        manager = coordinator_manager()
+        if manager is None:
+            return None, None
+        extra = manager.extra_for_queue(queue) or {}
     except Exception as exc:
         # The installation's setting, but it decides the pods of the queues it routes: those
         # tasks fail, saying why; the other queues' tasks are not its concern.

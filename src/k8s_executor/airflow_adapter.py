@@ -248,8 +248,8 @@ def ref_of(key: Any) -> TaskRef:
 
 # From how many task instances handed over adoption reads their runs in Airflow's call. Each lazy
 # load it spares costs Airflow's loop about 0.45 ms (0.9 s for 2,000, bench/RESULTS.md); the read
-# itself, the first of its kind in a scheduler just started, took 0.18 s of the loop's CPU in CI's
-# fault run (docs/reliability.md). Below this many it would cost the loop more than it spares.
+# itself, the first of its kind in a scheduler just started, costs the loop's CPU up to about
+# 0.2 s (docs/reliability.md). Below this many it would cost the loop more than it spares.
 READ_RUNS_AHEAD_FROM = 400
 
 

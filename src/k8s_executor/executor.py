@@ -133,12 +133,13 @@ def _set_the_schedulers_collector() -> int | None:
 
     What the process holds once its executor starts (Airflow's modules, classes and settings, a
     few hundred thousand objects) lives as long as the process; frozen, full collections skip it
-    (each went over all of it, 0.2-0.3 s holding the GIL, and so Airflow's loop). The start-up's
-    garbage is collected first, so that none of it is kept for good. And through a 5,000-task burst
-    Airflow's loop, which holds every task instance of the run for seconds at a time, set off about
-    50 full collections (8-10 s, a quarter of the process's CPU); waiting for 100 collections of the
-    middle generation instead of 10, 5 or 6 (bench/RESULTS.md), with the same peak memory. Thresholds an
-    operator set are left as they are, and a process the scheduler forks gets Python's own back.
+    (each would go over all of it, a few tenths of a second holding the GIL, and so Airflow's
+    loop). The start-up's garbage is collected first, so that none of it is kept for good. And
+    Airflow's loop holds every task instance of a run for seconds at a time, which through a burst
+    of thousands sets off a full collection every few seconds; a full collection waits for 100
+    collections of the middle generation instead of 10, a tenth as many with the same peak memory
+    (bench/RESULTS.md). Thresholds an operator set are left as they are, and a process the
+    scheduler forks gets Python's own back.
 
     Only in a scheduler (an executor started by a scheduler job), once: `executor.start()` also
     runs in short-lived processes (a task run through the executor, a test of a DAG)."""

@@ -17,10 +17,10 @@ from kubernetes.client import ApiClient
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from k8s_executor import identity, pod_shape
+from k8s_executor.settings import validation_problems
 
 DICT_FORM_KEY = "KubernetesExecutor"
 TOP_LEVEL_KEYS = ("pod_override", "pod_template_file", DICT_FORM_KEY, "cluster")
-BASE_CONTAINER = identity.BASE_CONTAINER
 
 _serializer = ApiClient()
 
@@ -126,7 +126,7 @@ class KubernetesExecutorConfig(_Strict):
 
     def to_pod(self) -> dict[str, Any]:
         """The override this form stands for, as pod JSON with the worker container named `base`."""
-        container: dict[str, Any] = {"name": BASE_CONTAINER}
+        container: dict[str, Any] = {"name": identity.BASE_CONTAINER}
         spec: dict[str, Any] = {"containers": [container]}
         metadata: dict[str, Any] = {}
         if self.image:
@@ -255,11 +255,7 @@ def parse(executor_config: dict[str, Any] | None) -> ParsedExecutorConfig:
             overrides.append((DICT_FORM_KEY, parsed.to_pod()))
             disruption_retries = parsed.disruption_retries
         except ValidationError as exc:
-            problems = "; ".join(
-                # Our own validators' words, without pydantic's "Value error, " before them.
-                f"{'.'.join(str(p) for p in err['loc'])}: {err['msg'].removeprefix('Value error, ')}"
-                for err in exc.errors()
-            )
+            problems = "; ".join(f"{field}: {message}" for field, message, _ in validation_problems(exc))
             raise ExecutorConfigError(f"executor_config[{DICT_FORM_KEY!r}]: {problems}") from None
     pod_override = executor_config.get("pod_override")
     if pod_override is not None:

@@ -97,13 +97,11 @@ def list_pods(api: client.CoreV1Api, namespace: str | None, **kwargs: Any) -> An
     return api.list_pod_for_all_namespaces(**kwargs)
 
 
-def read_pod(api: client.CoreV1Api, namespace: str, name: str, **kwargs: Any) -> dict[str, Any] | None:
+def read_pod(api: client.CoreV1Api, namespace: str, name: str) -> dict[str, Any] | None:
     """One pod as it is now, as raw JSON; None when there is none of that name. Read by a list
     with a field selector: the executor's Role grants list and watch on pods, never get."""
     body = read_json(
-        api.list_namespaced_pod(
-            namespace, field_selector=f"metadata.name={name}", _preload_content=False, **kwargs
-        )
+        api.list_namespaced_pod(namespace, field_selector=f"metadata.name={name}", _preload_content=False)
     )
     items: list[dict[str, Any]] = body["items"]
     return items[0] if items else None
@@ -158,8 +156,8 @@ def read_body(response: Any) -> bytes:
     """The whole body of a `_preload_content=False` response, its connection back in the pool.
 
     urllib3 keeps the connection of an unreleased response out of the pool, so every
-    request after it would pay a new TLS handshake (the benchmark found creates spending
-    two fifths of their CPU there).
+    request after it would pay a new TLS handshake, which costs more CPU than a create
+    (bench/RESULTS.md).
     """
     try:
         data: bytes = response.data
@@ -215,7 +213,7 @@ def json_lines(response: Any) -> Iterator[dict[str, Any]]:
 
     Parsing is most of a watcher's CPU through a burst (a pod event is about 12 KB, most of it
     the task's command): pydantic's parser takes two thirds of the time `json.loads` does
-    (bench/RESULTS.md, 2026-12-05 afternoon)."""
+    (bench/RESULTS.md)."""
     buffer = b""
     try:
         for chunk in response.stream(amt=None, decode_content=False):

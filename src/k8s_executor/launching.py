@@ -402,7 +402,7 @@ class LauncherProcess:
     def check(self) -> None:
         """Restart a launcher process that died, and send its unanswered creates and patches again
         once the dead one's last answers are in. Nothing here waits (on a busy machine, waiting for
-        them held Airflow's loop): the dead process's own reader hands them on, and a later check
+        them would hold Airflow's loop): the dead process's own reader hands them on, and a later check
         sends what they left unanswered."""
         if self._draining is not None:
             dead, creates, patches = self._draining

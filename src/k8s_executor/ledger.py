@@ -70,7 +70,7 @@ OBSOLETE_CHECK_INTERVAL_S = 2.0
 # the seconds a burst keeps creates waiting for the rate limit. Each is asked about again only
 # after as long again, and at most OBSOLETE_ASKED_AT_ONCE in one check, oldest launch first: in a
 # burst of 20,000 most creates wait longer than that (a minute and a half at the median), and
-# asking about every one of them every 2 s took most of each sync (bench/RESULTS.md).
+# asking about every one of them every 2 s would take most of each sync (bench/RESULTS.md).
 OBSOLETE_AFTER_S = 15.0
 OBSOLETE_ASKED_AT_ONCE = 1000
 # A pod that failed before its task started is launched again after 1, 2, 4 ... at most 60 s (a
@@ -406,7 +406,7 @@ class PodLedger:
         self.rows_unread = False
         # What time can decide, indexed so that `tick` and `questions` cost what is due, not what
         # is held: they run at every sync, and a walk over every pod of a 20,000-pod burst, several
-        # times a sync, was half of the sync's time in Airflow's loop (bench/RESULTS.md).
+        # times a sync, would be half of the sync's time in Airflow's loop (bench/RESULTS.md).
         # Unsettled pods by start deadline (a heap: an entry settled or replaced since is skipped
         # when it comes up), tries with a relaunch due or a failure held (an ordered set, pruned
         # by `tick`), and pods whose create is not yet answered, in the order they were launched.

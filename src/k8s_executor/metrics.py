@@ -46,7 +46,8 @@ NAMES = {
 
 
 def _name(name: str, cluster: str | None) -> str:
-    # The default cluster's metrics keep the names they had before there were several clusters.
+    # The default cluster's metrics are named as an executor of one cluster names them, so that
+    # what watches one cluster needs no change when others are added.
     if cluster is None or cluster == DEFAULT_CLUSTER:
         return f"{PREFIX}.{name}"
     return f"{PREFIX}.clusters.{cluster}.{name}"
@@ -189,7 +190,7 @@ class _Schedstat:
 
     Read without letting go of the GIL. Python's own file reads release it, and taking it back
     from a busy thread of the scheduler (a pipe's reader, say) costs a switch interval, 5 ms or
-    more: a `heartbeat` made six reads (it, `trigger_tasks` and `sync` are each timed), each of
+    more, and a `heartbeat` makes six reads (it, `trigger_tasks` and `sync` are each timed), each of
     which could cost that. So each thread keeps its file open, and reads it with libc's `pread` called through
     `ctypes.PyDLL`, which holds the GIL (a read of /proc takes microseconds and never blocks)."""
 

@@ -25,7 +25,8 @@ import yaml
 
 from k8s_executor import disruption_guard, identity, pod_shape
 from k8s_executor.disruption_guard import GuardSource
-from k8s_executor.executor_config import BASE_CONTAINER, ParsedExecutorConfig
+from k8s_executor.executor_config import ParsedExecutorConfig
+from k8s_executor.identity import BASE_CONTAINER
 
 MAX_NAME = 253
 

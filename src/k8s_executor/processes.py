@@ -159,8 +159,8 @@ class Helper:
             while True:
                 # What queued meanwhile goes down in the same write. Each write lets go of the GIL,
                 # and may have to take it back from a busy thread (Airflow's loop over thousands of
-                # task instances): with one such thread, pod-sized messages went 2,500 a second
-                # written one by one, 35,000 in batches (bench/pipe_rate.py).
+                # task instances): with one such thread, pod-sized messages go about 2,500 a
+                # second written one by one, 35,000 in batches (bench/pipe_rate.py).
                 batch = next_batch(self._outbox)
                 meter.tick()
                 closing = _CLOSE in batch
@@ -292,7 +292,8 @@ class _Spawner:
 
     Starting a process makes a dozen system calls, each letting go of the GIL; taking it back from
     a busy thread of the scheduler costs a switch interval each. On the loop's thread, a launcher
-    restarted by `sync` held Airflow's loop 0.18 s in a fault run; here it holds nothing."""
+    restarted by `sync` would hold Airflow's loop a tenth of a second or more on a busy machine;
+    here it holds nothing."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

@@ -361,19 +361,23 @@ class ExecutorSettings(BaseModel):
         try:
             return cls(**known)
         except ValidationError as exc:
-            problems = "; ".join(_problem(err) for err in exc.errors())
+            problems = "; ".join(_problem(*problem) for problem in validation_problems(exc))
             raise SettingsError(f"invalid executor settings: {problems}") from None
-        except json.JSONDecodeError as exc:  # pragma: no cover - pydantic wraps validator errors
-            raise SettingsError(str(exc)) from None
 
 
-def _problem(err: Any) -> str:
-    where = ".".join(str(p) for p in err["loc"])
-    # Our validators' own words, without pydantic's "Value error, " before them.
-    message = err["msg"].removeprefix("Value error, ")
+def validation_problems(exc: ValidationError) -> list[tuple[str, str, Any]]:
+    """Each problem pydantic found: where (the dotted field), what is wrong in our validators' own
+    words (without pydantic's "Value error, " before them), and the value given."""
+    return [
+        (".".join(str(p) for p in err["loc"]), err["msg"].removeprefix("Value error, "), err.get("input"))
+        for err in exc.errors()
+    ]
+
+
+def _problem(where: str, message: str, value: Any) -> str:
     if message.startswith(f"{where}."):
         return f"[{SECTION}] {message}"  # a cluster's own problem, which names its key and value
-    return f"[{SECTION}] {where}: {message} (got {err.get('input')!r})"
+    return f"[{SECTION}] {where}: {message} (got {value!r})"
 
 
 def _cluster_settings(name: str, entry: Any, section: dict[str, Any]) -> ExecutorSettings:
@@ -402,9 +406,8 @@ def _cluster_settings(name: str, entry: Any, section: dict[str, Any]) -> Executo
         settings = ExecutorSettings(**{**inherited, "in_cluster": False, **entry})
     except ValidationError as exc:
         problems = "; ".join(
-            f"{where}.{'.'.join(str(p) for p in err['loc'])}: "
-            f"{err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r})"
-            for err in exc.errors()
+            f"{where}.{field}: {message} (got {value!r})"
+            for field, message, value in validation_problems(exc)
         )
         raise ValueError(problems) from None
     settings._cluster = name

@@ -18,7 +18,7 @@ from airflow.configuration import conf
 from kubernetes import client
 
 from k8s_executor import airflow_adapter, identity
-from k8s_executor.executor_config import BASE_CONTAINER
+from k8s_executor.identity import BASE_CONTAINER
 from k8s_executor.kube_client import error_message, list_pods, pod_events, read_body
 from k8s_executor.own_cpu import OWN_CPU
 from k8s_executor.settings import ExecutorSettings

@@ -6,7 +6,7 @@ from typing import Any
 
 from kubernetes.client import V1Pod
 
-from k8s_executor.executor_config import BASE_CONTAINER
+from k8s_executor.identity import BASE_CONTAINER
 from k8s_executor.kube_client import to_model
 from k8s_executor.pod_building import default_pod, load_template
 

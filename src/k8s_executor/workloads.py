@@ -109,7 +109,7 @@ def request_from_command(
     )
 
 
-def request_from_callback(workload: Any, owner: Owner, launch_attempt: int = 0) -> PodRequest:
+def request_from_callback(workload: Any, owner: Owner) -> PodRequest:
     """Airflow 3: an executor callback (a deadline alert's) runs in a pod as a task does: the
     same template and settings, the workload's JSON as its command."""
     # Its log path is executor_callbacks/<dag_id>/<run_id>/<callback id>: the run it is for.
@@ -119,7 +119,6 @@ def request_from_callback(workload: Any, owner: Owner, launch_attempt: int = 0) 
         owner,
         CallbackRef(str(workload.callback.id), dag_id, run_id),
         workload_command(workload),
-        launch_attempt=launch_attempt,
     )
 
 

@@ -539,7 +539,8 @@ class KubernetesExecutor(BaseExecutor):
 
     def debug_dump(self) -> None:
         """What Airflow's scheduler logs on SIGUSR2, and the executor's own CPU so far: two dumps
-        give its CPU between them (the bench brackets a burst with them)."""
+        give, between them, how much of a busy scheduler's CPU is the executor's and how much
+        Airflow's loop (bench/ brackets a burst with them)."""
         super().debug_dump()
         self.log.info("the executor's own CPU in this process so far: %s", OWN_CPU.summary())
 

@@ -111,6 +111,8 @@ class HandedOver:
         with session_scope() as session:
             for start in range(0, len(self.keys), chunk):
                 part = self.keys[start : start + chunk]
+                # The model says what its primary key is (one id column on Airflow 3, the task's
+                # coordinates on Airflow 2), so no version is asked here.
                 if len(key_columns) == 1:
                     where = key_columns[0].in_([key[0] for key in part])
                 else:

@@ -211,9 +211,9 @@ def error_message(exc: client.ApiException) -> str:
 def json_lines(response: Any) -> Iterator[dict[str, Any]]:
     """Events of a watch response as dicts, read as they arrive.
 
-    Parsing is most of a watcher's CPU through a burst (a pod event is about 12 KB, most of it
-    the task's command): pydantic's parser takes two thirds of the time `json.loads` does
-    (bench/RESULTS.md)."""
+    Parsing is most of a watcher's CPU through a burst (a pod event is 4-7 KB, the task's command
+    and the managed fields most of it): pydantic's parser takes two thirds of the time
+    `json.loads` does (bench/RESULTS.md)."""
     buffer = b""
     try:
         for chunk in response.stream(amt=None, decode_content=False):

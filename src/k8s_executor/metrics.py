@@ -32,6 +32,7 @@ NAMES = {
     "pod_create.status.<code>": "counter: create outcomes by HTTP status (0 = API server unreachable)",
     "pod_delete.status.<code>": "counter: delete outcomes by HTTP status",
     "watcher.restarts": "counter: watcher processes that died and were restarted",
+    "launcher.restarts": "counter: launcher processes that died and were restarted (their unanswered creates and patches are sent again)",
     "watcher.relists": "counter: full relists after a 410 Gone (history compacted)",
     "watcher.events": "counter: watch events and listed pods the watchers read (every scheduler of an executor reads its pods' events)",
     "pods.relaunched": "counter: new pods for tries whose pod failed before their task started (pod_launch_failure_retries)",
@@ -41,7 +42,7 @@ NAMES = {
     "adoption.pods": "counter: pods taken over from schedulers that died",
     "adoption.duration": "timer: one adoption pass, from Airflow's hand-over to the pods found adopted",
     "unclaimed_pods.disposed": "counter: finished pods of a scheduler that is gone, deleted or marked done",
-    "clusters.<cluster>.<name>": "each of the pod, watcher, relaunch, disruption and adoption metrics above, for a cluster of [kubernetes_executor] clusters other than the default (tagged cluster=<cluster> where the backend keeps tags)",
+    "clusters.<cluster>.<name>": "each of the pod, watcher, launcher, relaunch, disruption and adoption metrics above, for a cluster of [kubernetes_executor] clusters other than the default (tagged cluster=<cluster> where the backend keeps tags)",
 }
 
 

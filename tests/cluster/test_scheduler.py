@@ -123,6 +123,35 @@ def test_a_watcher_that_dies_is_restarted_where_it_stopped(
     assert len(lists) == 1, [e["requestURI"] for e in lists]
 
 
+def test_a_launcher_that_dies_is_restarted_and_counted(
+    namespace: str, scheduler: AirflowKubernetesScheduler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from k8s_executor import metrics
+
+    counted: list[tuple[str, int]] = []
+
+    class Stats:
+        def incr(self, name: str, count: int, tags: object = None) -> None:
+            counted.append((name, count))
+
+        def gauge(self, name: str, value: float) -> None:
+            pass
+
+        def timing(self, name: str, value: object) -> None:
+            pass
+
+    monkeypatch.setattr(metrics, "stats", Stats)
+    scheduler.start_watchers()
+    scheduler.launcher.process.kill()
+    scheduler.launcher.process.join(timeout=10)
+    wait_for(lambda: (scheduler.sync(), scheduler.launcher.restarts)[1] == 1, "the launcher's restart")
+    assert ("k8s_executor.launcher.restarts", 1) in counted
+    # The new launcher creates: a pod launched after the restart runs.
+    launch(scheduler, namespace, "after", "echo done")
+    [result] = results(scheduler, 1)
+    assert result.state.verdict == "success"
+
+
 def test_the_specifications_watcher_process_sends_its_namespaces_pods(
     cluster: control_plane.ClusterState, core: client.CoreV1Api, namespace: str
 ) -> None:

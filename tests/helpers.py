@@ -26,6 +26,26 @@ def configure_executor(monkeypatch: pytest.MonkeyPatch, kubeconfig: Path, namesp
         monkeypatch.setenv(f"AIRFLOW__KUBERNETES_EXECUTOR__{option}", value)
 
 
+class RecordedStats:
+    """Airflow's `Stats` as the executor's metrics call it, keeping what they send: put in place
+    with `monkeypatch.setattr(metrics, "stats", lambda: recorded)`."""
+
+    def __init__(self) -> None:
+        # Counters and gauges, by name, with a counter's tags (a gauge has none).
+        self.sent: list[tuple[str, object]] = []
+        self.counts: dict[str, int] = {}
+
+    def incr(self, name: str, count: int = 1, tags: object = None) -> None:
+        self.sent.append((name, tags))
+        self.counts[name] = self.counts.get(name, 0) + count
+
+    def gauge(self, name: str, value: float) -> None:
+        self.sent.append((name, None))
+
+    def timing(self, name: str, value: object) -> None:
+        pass
+
+
 def wait_for(check: Callable[[], T], what: str, timeout: float = 60.0, interval: float = 0.1) -> T:
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None

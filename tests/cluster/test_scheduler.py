@@ -22,7 +22,7 @@ from k8s_executor.pod_building import PodDefaults, PodRequest, build_pod
 from k8s_executor.scheduler import AirflowKubernetesScheduler, KubernetesJobWatcher, TaskResult
 from k8s_executor.shapes import PodEvent, Resync
 from tests.conftest import CLUSTER_DIR, admin_settings
-from tests.helpers import audit_entries, wait_for, wait_for_pod_phase
+from tests.helpers import RecordedStats, audit_entries, wait_for, wait_for_pod_phase
 
 pytestmark = pytest.mark.cluster
 
@@ -128,24 +128,13 @@ def test_a_launcher_that_dies_is_restarted_and_counted(
 ) -> None:
     from k8s_executor import metrics
 
-    counted: list[tuple[str, int]] = []
-
-    class Stats:
-        def incr(self, name: str, count: int, tags: object = None) -> None:
-            counted.append((name, count))
-
-        def gauge(self, name: str, value: float) -> None:
-            pass
-
-        def timing(self, name: str, value: object) -> None:
-            pass
-
-    monkeypatch.setattr(metrics, "stats", Stats)
+    recorded = RecordedStats()
+    monkeypatch.setattr(metrics, "stats", lambda: recorded)
     scheduler.start_watchers()
     scheduler.launcher.process.kill()
     scheduler.launcher.process.join(timeout=10)
     wait_for(lambda: (scheduler.sync(), scheduler.launcher.restarts)[1] == 1, "the launcher's restart")
-    assert ("k8s_executor.launcher.restarts", 1) in counted
+    assert recorded.counts["k8s_executor.launcher.restarts"] == 1
     # The new launcher creates: a pod launched after the restart runs.
     launch(scheduler, namespace, "after", "echo done")
     [result] = results(scheduler, 1)

@@ -13,6 +13,7 @@ from k8s_executor.executor_config import ExecutorConfigError
 from k8s_executor.identity import DEFAULT_CLUSTER
 from k8s_executor.pod_building import PodBuildError
 from k8s_executor.settings import ExecutorSettings, SettingsError
+from tests.helpers import RecordedStats
 
 GPU = {"config_file": "/etc/kube/gpu.yaml", "cluster_context": "gpu", "namespace": "gpu-tasks", "api_qps": 50}
 
@@ -146,21 +147,13 @@ def test_a_named_clusters_metrics_carry_its_name_and_the_defaults_keep_theirs(
 ) -> None:
     from k8s_executor import metrics
 
-    sent: list[tuple[str, object]] = []
-
-    class Stats:
-        def incr(self, name: str, count: int, tags: object = None) -> None:
-            sent.append((name, tags))
-
-        def gauge(self, name: str, value: float) -> None:
-            sent.append((name, None))
-
-    monkeypatch.setattr(metrics, "stats", Stats)
+    recorded = RecordedStats()
+    monkeypatch.setattr(metrics, "stats", lambda: recorded)
     metrics.incr("watcher.restarts", cluster="gpu")
     metrics.incr("watcher.restarts", cluster=DEFAULT_CLUSTER)
     metrics.gauge("pods.running", 3, cluster="gpu")
     metrics.http_outcome("pod_create", 201, "gpu")
-    assert sent == [
+    assert recorded.sent == [
         ("k8s_executor.clusters.gpu.watcher.restarts", {"cluster": "gpu"}),
         ("k8s_executor.watcher.restarts", None),
         ("k8s_executor.clusters.gpu.pods.running", None),

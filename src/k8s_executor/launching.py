@@ -399,15 +399,15 @@ class LauncherProcess:
             self.unanswered.pop((namespace, name), None)
             self._send("drop", namespace, name)
 
-    def check(self) -> None:
+    def check(self) -> bool:
         """Restart a launcher process that died, and send its unanswered creates and patches again
-        once the dead one's last answers are in. Nothing here waits (on a busy machine, waiting for
-        them would hold Airflow's loop): the dead process's own reader hands them on, and a later check
-        sends what they left unanswered."""
+        once the dead one's last answers are in; whether it restarted one. Nothing here waits (on
+        a busy machine, waiting for them would hold Airflow's loop): the dead process's own reader
+        hands them on, and a later check sends what they left unanswered."""
         if self._draining is not None:
             dead, creates, patches = self._draining
             if not dead.settled():
-                return
+                return False
             self._draining = None
             with self.lock:
                 pending = [self.unanswered[key] for key in creates if key in self.unanswered]
@@ -418,9 +418,9 @@ class LauncherProcess:
                     self._send("create", pod, deadline)
                 for (namespace, name), (labels, stop) in patched:
                     self._send("patch_labels", namespace, name, labels, stop)
-            return
+            return False
         if self.closed or self.process.is_alive():
-            return
+            return False
         log.error("launcher process died (%s); restarting", self.process.how_it_ended)
         self.process.forget()
         with self.lock:
@@ -429,6 +429,7 @@ class LauncherProcess:
             self.restarts += 1
             self._start()
         self.check()
+        return True
 
     def shutdown(self, wait: bool) -> None:
         """Stop retrying; with `wait`, requests already handed over are still sent, once each."""

@@ -511,10 +511,8 @@ class AirflowKubernetesScheduler(LoggingMixin):
         what time decided: results go onto the result queue; what the executor must do about its
         tries is returned."""
         self.launch_queued()
-        restarts = self.launcher.restarts
-        self.launcher.check()
-        if self.launcher.restarts > restarts:
-            metrics.incr("launcher.restarts", self.launcher.restarts - restarts, cluster=self.cluster)
+        if self.launcher.check():
+            metrics.incr("launcher.restarts", cluster=self.cluster)
         incoming = incoming or self.take_incoming()
         todo = self._apply_answers(incoming.answers)
         todo += self._apply_watched(incoming.watched)
